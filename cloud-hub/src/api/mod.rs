@@ -1,0 +1,108 @@
+//! The hub's HTTPS API (axum): resources, images, tokens, cluster status and the
+//! OpenAPI document. Every route but `/healthz` and `/api/v1/openapi.json` needs a
+//! bearer token; bodies are size-limited; errors name the field at fault.
+
+pub mod auth;
+pub mod error;
+pub mod images;
+pub mod objects;
+pub mod openapi;
+pub mod tokens;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Largest JSON body the API accepts.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+pub use crate::state::{HubConfig, HubState};
+
+pub fn router(state: Arc<HubState>) -> Router {
+    let image_limit = usize::try_from(state.config.max_image_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/images", post(images::import).layer(DefaultBodyLimit::max(image_limit)))
+        .route("/api/v1/enrolment-tokens", post(tokens::create_enrolment).get(tokens::list_enrolment))
+        .route("/api/v1/enrolment-tokens/{id}", axum::routing::delete(tokens::delete_enrolment))
+        .route("/api/v1/api-tokens", post(tokens::create_api).get(tokens::list_api))
+        .route("/api/v1/api-tokens/{id}", axum::routing::delete(tokens::delete_api))
+        .route("/api/v1/devices/{name}/manifest", get(objects::get_manifest))
+        .route("/api/v1/{kind}", get(objects::list))
+        .route("/api/v1/{kind}/{name}", get(objects::get).put(objects::apply).delete(objects::delete))
+        .fallback(|| async { error::ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state)
+}
+
+async fn cluster(State(state): State<Arc<HubState>>, caller: auth::Caller) -> error::ApiResult<Json<Value>> {
+    caller.require(shared_proto::store::Role::Viewer)?;
+    let leader = *state.store.leader().borrow();
+    Ok(Json(json!({
+        "leader": leader,
+        "isLeader": state.store.is_leader(),
+        "revision": state.store.revision(),
+        "connectedDevices": state.live.n_connected(),
+        "quicAddr": state.config.quic_addr.to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+/// Most connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves `router` over TLS on `listener` until `shutdown` flips.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "api connection ended with an error");
+            }
+        });
+    }
+}

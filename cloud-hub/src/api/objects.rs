@@ -1,0 +1,337 @@
+//! CRUD for the resource kinds: list, get, apply (create or update), delete.
+//!
+//! Apply is declarative: the body is the whole object as the operator wants it. The
+//! hub keeps what it owns (uid, revisions, status), bumps `generation` when the spec
+//! changes, and writes through Raft with a precondition on the revision it read, so
+//! a concurrent write is never silently overwritten. Sending `metadata.revision`
+//! makes the caller's own read the precondition.
+
+use super::HubState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use shared_proto::store::{Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome};
+use shared_proto::{App, Device, Image, Kind, ObjectMeta, Site, Timestamp, validate};
+use std::sync::Arc;
+
+/// Response header saying what an apply did: `created`, `configured` or `unchanged`.
+pub const APPLY_RESULT: &str = "flotilla-apply-result";
+
+pub fn kind_from_path(plural: &str) -> ApiResult<Kind> {
+    Kind::parse(plural).filter(|k| k.plural() == plural).ok_or_else(|| {
+        ApiError::NotFound(format!("no such resource kind {plural:?}: use sites, devices, apps or images"))
+    })
+}
+
+/// Parses an object of `kind` from JSON, naming the field on error.
+pub fn parse_object(kind: Kind, body: &[u8]) -> ApiResult<Object> {
+    fn de<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+        let mut d = serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize(&mut d).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "(body)".to_string() } else { path };
+            ApiError::invalid(&field, e.into_inner().to_string())
+        })
+    }
+    Ok(match kind {
+        Kind::Site => Object::Site(de::<Site>(body)?),
+        Kind::Device => Object::Device(de::<Device>(body)?),
+        Kind::App => Object::App(de::<App>(body)?),
+        Kind::Image => Object::Image(de::<Image>(body)?),
+    })
+}
+
+fn validate_object(o: &Object) -> ApiResult<()> {
+    match o {
+        Object::Site(s) => validate::validate_site(s),
+        Object::Device(d) => validate::validate_device(d),
+        Object::App(a) => validate::validate_app(a),
+        _ => Ok(()),
+    }
+    .map_err(ApiError::Invalid)
+}
+
+pub fn to_json(o: &Object) -> Value {
+    match o {
+        Object::Site(x) => serde_json::to_value(x),
+        Object::Device(x) => serde_json::to_value(x),
+        Object::App(x) => serde_json::to_value(x),
+        Object::Image(x) => serde_json::to_value(x),
+        Object::Manifest(x) => serde_json::to_value(x),
+        _ => Ok(Value::Null),
+    }
+    .unwrap_or(Value::Null)
+}
+
+/// Fills in what only this hub's memory knows: when the device was last heard from,
+/// and the revision of its desired manifest.
+fn overlay(state: &HubState, o: &mut Object) {
+    if let Object::Device(d) = o {
+        if let Some(seen) = state.live.last_seen(&d.metadata.name) {
+            d.status.last_seen_at = Some(seen);
+        }
+        if let Ok(Some(Object::Manifest(m))) = state.store.get_local(StoreKind::Manifest, &d.metadata.name) {
+            d.status.desired_revision = m.revision;
+        }
+    }
+}
+
+pub async fn list(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path(plural): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let kind = kind_from_path(&plural)?;
+    let mut items = state.store.list(kind.into()).await?;
+    for o in &mut items {
+        overlay(&state, o);
+    }
+    Ok(Json(json!({
+        "apiVersion": shared_proto::API_VERSION,
+        "kind": format!("{}List", kind.as_str()),
+        "revision": state.store.revision(),
+        "items": items.iter().map(to_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn get(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path((plural, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let kind = kind_from_path(&plural)?;
+    let mut o = state
+        .store
+        .get(kind.into(), &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{} {name:?} not found", kind.as_str())))?;
+    overlay(&state, &mut o);
+    Ok(Json(to_json(&o)))
+}
+
+pub async fn get_manifest(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    match state.store.get(StoreKind::Manifest, &name).await? {
+        Some(o) => Ok(Json(to_json(&o))),
+        None => Err(ApiError::NotFound(format!("device {name:?} has no desired manifest"))),
+    }
+}
+
+fn merge_meta(old: &ObjectMeta, new: &mut ObjectMeta, spec_changed: bool) {
+    new.uid.clone_from(&old.uid);
+    new.create_revision = old.create_revision;
+    new.created_at = old.created_at;
+    new.generation = old.generation + u64::from(spec_changed);
+}
+
+fn fresh_meta(meta: &mut ObjectMeta, now: Timestamp) {
+    meta.uid = crate::util::random_hex(16);
+    meta.generation = 1;
+    meta.created_at = Some(now);
+    meta.create_revision = 0;
+}
+
+/// The object to store given what is stored now, or why there is none.
+fn merge(current: Option<Object>, incoming: Object, now: Timestamp) -> ApiResult<Object> {
+    Ok(match (current, incoming) {
+        (Some(Object::Site(old)), Object::Site(mut new)) => {
+            merge_meta(&old.metadata, &mut new.metadata, old.spec != new.spec);
+            new.status = old.status;
+            Object::Site(new)
+        }
+        (Some(Object::App(old)), Object::App(mut new)) => {
+            merge_meta(&old.metadata, &mut new.metadata, old.spec != new.spec);
+            new.status = old.status;
+            Object::App(new)
+        }
+        (Some(Object::Device(old)), Object::Device(mut new)) => {
+            merge_meta(&old.metadata, &mut new.metadata, old.spec != new.spec);
+            new.status = old.status;
+            Object::Device(new)
+        }
+        (None, Object::Device(d)) => {
+            return Err(ApiError::NotFound(format!(
+                "device {:?} is not enrolled: devices are created when an agent enrols (flotilla token create)",
+                d.metadata.name
+            )));
+        }
+        (None, mut new @ (Object::Site(_) | Object::App(_))) => {
+            if let Some(m) = new.metadata_mut() {
+                fresh_meta(m, now);
+            }
+            match &mut new {
+                Object::Site(s) => s.status = Default::default(),
+                Object::App(a) => a.status = Default::default(),
+                _ => {}
+            }
+            new
+        }
+        (_, Object::Image(_)) => {
+            return Err(ApiError::MethodNotAllowed(
+                "images are imported, not applied: use flotilla image import FILE".into(),
+            ));
+        }
+        (Some(other), _) => {
+            return Err(ApiError::Internal(format!("stored object {} has an unexpected kind", other.key())));
+        }
+        (None, other) => return Err(ApiError::BadRequest(format!("{} cannot be applied", other.kind()))),
+    })
+}
+
+pub async fn apply(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path((plural, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, [(&'static str, &'static str); 1], Json<Value>)> {
+    caller.require(Role::Operator)?;
+    let kind = kind_from_path(&plural)?;
+    if kind == Kind::Image {
+        return Err(ApiError::MethodNotAllowed(
+            "images are imported, not applied: use flotilla image import FILE".into(),
+        ));
+    }
+    let incoming = parse_object(kind, &body)?;
+    if incoming.name() != name {
+        return Err(ApiError::invalid(
+            "metadata.name",
+            format!("{:?} does not match the name in the URL ({name:?})", incoming.name()),
+        ));
+    }
+    validate_object(&incoming)?;
+    let asked_revision = incoming.metadata().map_or(0, |m| m.revision);
+    for _ in 0..8 {
+        let current = state.store.get(kind.into(), &name).await?;
+        let created = current.is_none();
+        let precondition = match (&current, asked_revision) {
+            (None, 0) => Precondition::MustNotExist,
+            (None, r) => {
+                return Err(ApiError::Conflict(format!(
+                    "{} {name:?} does not exist, but the request expects revision {r}",
+                    kind.as_str()
+                )));
+            }
+            (Some(o), 0) => Precondition::RevisionIs(o.metadata().map_or(0, |m| m.revision)),
+            (Some(_), r) => Precondition::RevisionIs(r),
+        };
+        let next = merge(current.clone(), incoming.clone(), crate::util::now())?;
+        if let Some(mut cur) = current
+            && cur == next
+        {
+            overlay(&state, &mut cur);
+            return Ok((StatusCode::OK, [(APPLY_RESULT, "unchanged")], Json(to_json(&cur))));
+        }
+        match state.store.write(StoreCommand::put(next, precondition)).await? {
+            StoreOutcome::Applied { .. } => {
+                let mut stored = state
+                    .store
+                    .get_local(kind.into(), &name)?
+                    .ok_or_else(|| ApiError::Internal("object vanished right after it was written".into()))?;
+                overlay(&state, &mut stored);
+                let (code, result) =
+                    if created { (StatusCode::CREATED, "created") } else { (StatusCode::OK, "configured") };
+                return Ok((code, [(APPLY_RESULT, result)], Json(to_json(&stored))));
+            }
+            StoreOutcome::Conflict { current_revision, .. } if asked_revision != 0 => {
+                return Err(ApiError::Conflict(format!(
+                    "{} {name:?} changed since revision {asked_revision} (now {}): get it again and re-apply",
+                    kind.as_str(),
+                    current_revision.map_or("deleted".to_string(), |r| r.to_string())
+                )));
+            }
+            // Someone else wrote between our read and our write: read again and redo.
+            StoreOutcome::Conflict { .. } => continue,
+        }
+    }
+    Err(ApiError::Unavailable(format!("{} {name:?} keeps changing under this request; retry", kind.as_str())))
+}
+
+pub async fn delete(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path((plural, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Operator)?;
+    let kind = kind_from_path(&plural)?;
+    let cmd =
+        StoreCommand::Delete { kind: kind.into(), name: name.clone(), precondition: Precondition::MustExist };
+    match state.store.write(cmd).await? {
+        StoreOutcome::Applied { revision } => {
+            if kind == Kind::Device {
+                state.live.forget(&name);
+            }
+            Ok(Json(json!({ "deleted": { "kind": kind.as_str(), "name": name }, "revision": revision })))
+        }
+        StoreOutcome::Conflict { .. } => {
+            Err(ApiError::NotFound(format!("{} {name:?} not found", kind.as_str())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let body = br#"{"apiVersion":"flotilla.dev/v1","kind":"App","metadata":{"name":"x"},
+            "spec":{"containers":[{"name":"c","image":"i","ports":[{"containerPort":"eighty"}]}]}}"#;
+        match parse_object(Kind::App, body) {
+            Err(ApiError::Invalid(e)) => {
+                assert_eq!(e.0[0].field, "spec.containers[0].ports[0].containerPort")
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = br#"{"apiVersion":"flotilla.dev/v1","kind":"App","metadata":{"name":"x","lables":{}},"spec":{"containers":[]}}"#;
+        match parse_object(Kind::App, body) {
+            Err(ApiError::Invalid(e)) => {
+                assert_eq!(e.0[0].field, "metadata.lables");
+                assert!(e.0[0].message.contains("unknown field"), "{}", e.0[0].message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_object(Kind::Site, b"not json"), Err(ApiError::Invalid(_))));
+    }
+
+    #[test]
+    fn apply_keeps_hub_owned_fields_and_bumps_generation_on_spec_change() {
+        let mut old = App::new(ObjectMeta::named("web"), Default::default());
+        old.metadata.uid = "u1".into();
+        old.metadata.generation = 3;
+        old.metadata.create_revision = 5;
+        old.status.message = "kept".into();
+        let mut same = old.clone();
+        same.metadata.uid = "forged".into();
+        same.status.message = "ignored".into();
+        let Object::App(m) =
+            merge(Some(Object::App(old.clone())), Object::App(same.clone()), Timestamp(1)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (m.metadata.uid.as_str(), m.metadata.generation, m.status.message.as_str()),
+            ("u1", 3, "kept")
+        );
+        same.spec.restart_policy = shared_proto::RestartPolicy::Never;
+        let Object::App(m) = merge(Some(Object::App(old)), Object::App(same), Timestamp(1)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.metadata.generation, 4);
+    }
+
+    #[test]
+    fn devices_cannot_be_created_by_apply() {
+        let d = Device::new(ObjectMeta::named("pi"), Default::default());
+        assert!(matches!(merge(None, Object::Device(d), Timestamp(1)), Err(ApiError::NotFound(_))));
+    }
+}

@@ -1,0 +1,216 @@
+//! The OpenAPI 3.1 description of the API, served at `/api/v1/openapi.json`. Written
+//! by hand next to the routes (the shared-proto types stay free of schema macros so
+//! the agent does not link them); a test checks every route is described.
+
+use serde_json::{Value, json};
+
+fn object_schema(kind: &str, spec: Value, status: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata"],
+        "additionalProperties": false,
+        "properties": {
+            "apiVersion": { "const": shared_proto::API_VERSION },
+            "kind": { "const": kind },
+            "metadata": { "$ref": "#/components/schemas/ObjectMeta" },
+            "spec": spec,
+            "status": status,
+        }
+    })
+}
+
+fn crud(kind: &str, plural: &str, appliable: bool) -> (Value, Value) {
+    let item = json!({ "$ref": format!("#/components/schemas/{kind}") });
+    let collection = json!({
+        "get": {
+            "summary": format!("List {plural}"),
+            "responses": { "200": { "description": format!("All {plural}"), "content": { "application/json": {
+                "schema": { "type": "object", "properties": {
+                    "revision": { "type": "integer" }, "items": { "type": "array", "items": item }
+                } } } } } }
+        }
+    });
+    let mut one = json!({
+        "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "get": { "summary": format!("Get one {kind}"), "responses": {
+            "200": { "description": kind, "content": { "application/json": { "schema": item } } },
+            "404": { "$ref": "#/components/responses/Error" } } },
+        "delete": { "summary": format!("Delete one {kind}"), "responses": {
+            "200": { "description": "Deleted" }, "404": { "$ref": "#/components/responses/Error" } } },
+    });
+    if appliable {
+        one["put"] = json!({
+            "summary": format!("Create or update one {kind} (declarative apply)"),
+            "description": "The body is the whole object. Sending metadata.revision makes the write conditional.",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": item } } },
+            "responses": {
+                "200": { "description": "Updated", "content": { "application/json": { "schema": item } } },
+                "201": { "description": "Created", "content": { "application/json": { "schema": item } } },
+                "409": { "$ref": "#/components/responses/Error" },
+                "422": { "$ref": "#/components/responses/Error" }
+            }
+        });
+    }
+    (collection, one)
+}
+
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (kind, plural, appliable) in [
+        ("Site", "sites", true),
+        ("Device", "devices", true),
+        ("App", "apps", true),
+        ("Image", "images", false),
+    ] {
+        let (collection, one) = crud(kind, plural, appliable);
+        paths.insert(format!("/api/v1/{plural}"), collection);
+        paths.insert(format!("/api/v1/{plural}/{{name}}"), one);
+    }
+    paths["/api/v1/images"]["post"] = json!({
+        "summary": "Import an OCI image-layout archive (tar, optionally gzip)",
+        "parameters": [{ "name": "name", "in": "query", "schema": { "type": "string" },
+            "description": "Reference to import as; defaults to the archive's ref name" }],
+        "requestBody": { "required": true, "content": { "application/x-tar": { "schema": { "type": "string", "format": "binary" } } } },
+        "responses": { "201": { "description": "Imported", "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Image" } } } },
+            "400": { "$ref": "#/components/responses/Error" }, "413": { "$ref": "#/components/responses/Error" } }
+    });
+    paths.insert(
+        "/api/v1/devices/{name}/manifest".into(),
+        json!({ "get": { "summary": "The device's desired manifest",
+            "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": { "description": "Desired manifest" }, "404": { "$ref": "#/components/responses/Error" } } } }),
+    );
+    paths.insert(
+        "/api/v1/enrolment-tokens".into(),
+        json!({
+            "get": { "summary": "List enrolment tokens (without secrets)", "responses": { "200": { "description": "Tokens" } } },
+            "post": { "summary": "Create an enrolment token; the secret is returned once",
+                "requestBody": { "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": {
+                    "ttl": { "type": "string", "examples": ["24h"] }, "maxUses": { "type": "integer", "minimum": 1 },
+                    "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "site": { "type": "string" }, "description": { "type": "string" } } } } } },
+                "responses": { "201": { "description": "Created, with `token`" }, "422": { "$ref": "#/components/responses/Error" } } }
+        }),
+    );
+    paths.insert(
+        "/api/v1/enrolment-tokens/{id}".into(),
+        json!({ "delete": { "summary": "Revoke an enrolment token",
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": { "description": "Deleted" }, "404": { "$ref": "#/components/responses/Error" } } } }),
+    );
+    paths.insert(
+        "/api/v1/api-tokens".into(),
+        json!({
+            "get": { "summary": "List API tokens (admin)", "responses": { "200": { "description": "Tokens" } } },
+            "post": { "summary": "Create an API token (admin); the secret is returned once",
+                "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": {
+                    "role": { "enum": ["viewer", "operator", "admin"] }, "description": { "type": "string" } } } } } },
+                "responses": { "201": { "description": "Created, with `token`" } } }
+        }),
+    );
+    paths.insert(
+        "/api/v1/api-tokens/{id}".into(),
+        json!({ "delete": { "summary": "Revoke an API token (admin)",
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": { "description": "Deleted" } } } }),
+    );
+    paths.insert(
+        "/api/v1/cluster".into(),
+        json!({ "get": { "summary": "Hub and Raft status", "responses": { "200": { "description": "Status" } } } }),
+    );
+    paths.insert(
+        "/healthz".into(),
+        json!({ "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } }),
+    );
+    paths.insert(
+        "/api/v1/openapi.json".into(),
+        json!({ "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI" } } } }),
+    );
+
+    let selector = json!({ "type": "object", "additionalProperties": false, "properties": {
+        "matchLabels": { "type": "object", "additionalProperties": { "type": "string" } },
+        "matchExpressions": { "type": "array", "items": { "type": "object", "required": ["key", "operator"], "properties": {
+            "key": { "type": "string" }, "operator": { "enum": ["In", "NotIn", "Exists", "DoesNotExist"] },
+            "values": { "type": "array", "items": { "type": "string" } } } } } } });
+    let quantity = json!({ "oneOf": [{ "type": "string" }, { "type": "integer", "minimum": 0 }] });
+    let container = json!({ "type": "object", "required": ["name", "image"], "additionalProperties": false, "properties": {
+        "name": { "type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63 },
+        "image": { "type": "string", "examples": ["demo-httpd:latest"] },
+        "command": { "type": "array", "items": { "type": "string" } },
+        "args": { "type": "array", "items": { "type": "string" } },
+        "env": { "type": "array", "items": { "type": "object", "required": ["name"], "properties": {
+            "name": { "type": "string" }, "value": { "type": "string" } } } },
+        "ports": { "type": "array", "items": { "type": "object", "required": ["containerPort"], "properties": {
+            "name": { "type": "string" }, "containerPort": { "type": "integer", "minimum": 1, "maximum": 65535 },
+            "hostPort": { "type": ["integer", "null"], "minimum": 1, "maximum": 65535 }, "protocol": { "enum": ["TCP", "UDP"] } } } },
+        "resources": { "type": "object", "properties": {
+            "limits": { "type": "object", "properties": { "cpu": quantity, "memory": quantity, "pids": { "type": "integer" } } },
+            "requests": { "type": "object", "properties": { "cpu": quantity, "memory": quantity } } } },
+        "workingDir": { "type": "string" } } });
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Flotilla hub API", "version": env!("CARGO_PKG_VERSION") },
+        "security": [{ "bearer": [] }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "responses": { "Error": { "description": "An error; `fields` names the offending fields", "content": {
+                "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } } },
+            "schemas": {
+                "Error": { "type": "object", "properties": { "error": { "type": "string" }, "message": { "type": "string" },
+                    "fields": { "type": "array", "items": { "type": "object", "properties": {
+                        "field": { "type": "string" }, "message": { "type": "string" } } } } } },
+                "ObjectMeta": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": { "type": "string" },
+                    "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "annotations": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "uid": { "type": "string", "readOnly": true },
+                    "revision": { "type": "integer", "description": "Store revision of the last write; send it back for a conditional write" },
+                    "createRevision": { "type": "integer", "readOnly": true },
+                    "generation": { "type": "integer", "readOnly": true },
+                    "createdAt": { "type": ["string", "null"], "format": "date-time", "readOnly": true } } },
+                "Site": object_schema("Site", json!({ "type": "object", "properties": {
+                    "displayName": { "type": "string" }, "location": { "type": "string" } } }), json!({ "readOnly": true })),
+                "Device": object_schema("Device", json!({ "type": "object", "properties": {
+                    "site": { "type": "string" }, "unschedulable": { "type": "boolean" } } }), json!({ "readOnly": true,
+                    "type": "object", "properties": { "phase": { "enum": ["Pending", "Online", "Offline"] } } })),
+                "App": object_schema("App", json!({ "type": "object", "required": ["containers"], "properties": {
+                    "selector": selector,
+                    "placement": { "type": "object", "properties": { "sites": { "type": "array", "items": { "type": "string" } },
+                        "maxPerSite": { "type": ["integer", "null"], "minimum": 1 } } },
+                    "containers": { "type": "array", "minItems": 1, "maxItems": 16, "items": container },
+                    "restartPolicy": { "enum": ["Always", "OnFailure", "Never"] },
+                    "network": { "enum": ["Host", "None"] } } }),
+                    json!({ "readOnly": true, "type": "object", "properties": {
+                        "phase": { "enum": ["Pending", "Progressing", "Running", "Degraded"] } } })),
+                "Image": object_schema("Image", json!({ "readOnly": true }), json!({ "readOnly": true })),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_route_is_described() {
+        let doc = super::document();
+        for path in [
+            "/api/v1/sites",
+            "/api/v1/apps/{name}",
+            "/api/v1/devices/{name}/manifest",
+            "/api/v1/images",
+            "/api/v1/enrolment-tokens",
+            "/api/v1/enrolment-tokens/{id}",
+            "/api/v1/api-tokens",
+            "/api/v1/api-tokens/{id}",
+            "/api/v1/cluster",
+            "/healthz",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+        }
+        assert!(doc["paths"]["/api/v1/images"]["post"].is_object());
+        assert!(doc["paths"]["/api/v1/apps/{name}"]["put"].is_object());
+        assert!(doc["paths"]["/api/v1/images/{name}"].get("put").is_none());
+    }
+}

@@ -1,0 +1,232 @@
+//! Enrolment tokens (what a device presents the first time it connects) and API
+//! tokens (what operators and tools present to the API). Only hashes are stored; a
+//! token's secret is shown once, in the response that creates it.
+
+use super::HubState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use provisioning::token::{ApiToken, EnrolmentToken};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared_proto::store::{
+    ApiTokenRecord, EnrolmentTokenRecord, Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome,
+};
+use shared_proto::validate::{dns_label_problem, label_problem};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest an enrolment token may live.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateEnrolmentToken {
+    /// How long the token is valid, e.g. `24h`, `7d`. Default 24h.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    let mut d = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut d).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid(if path == "." { "(body)" } else { &path }, e.into_inner().to_string())
+    })
+}
+
+fn enrolment_json(r: &EnrolmentTokenRecord) -> Value {
+    json!({
+        "id": r.id,
+        "createdAt": r.created_at,
+        "expiresAt": r.expires_at,
+        "maxUses": r.max_uses,
+        "used": r.n_used,
+        "labels": r.labels,
+        "site": r.site,
+        "description": r.description,
+    })
+}
+
+pub async fn create_enrolment(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Operator)?;
+    let req: CreateEnrolmentToken = parse_json(&body)?;
+    let ttl = match req.ttl.as_deref() {
+        None | Some("") => Duration::from_secs(24 * 3600),
+        Some(s) => humantime::parse_duration(s)
+            .map_err(|e| ApiError::invalid("ttl", format!("{s:?} is not a duration like 24h or 7d: {e}")))?,
+    };
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::invalid("ttl", "must be between 1s and 365d"));
+    }
+    if req.max_uses == Some(0) {
+        return Err(ApiError::invalid("maxUses", "must be at least 1 (leave it out for unlimited)"));
+    }
+    for (k, v) in &req.labels {
+        if let Some(p) = label_problem(k, v) {
+            return Err(ApiError::invalid(&format!("labels[{k:?}]"), p));
+        }
+    }
+    if !req.site.is_empty()
+        && let Some(p) = dns_label_problem(&req.site)
+    {
+        return Err(ApiError::invalid("site", p));
+    }
+    if req.description.len() > 1024 {
+        return Err(ApiError::invalid("description", "must be at most 1024 bytes"));
+    }
+    let (token, secret_sha256) = EnrolmentToken::generate(state.ca.fingerprint_bytes())
+        .map_err(|e| ApiError::Internal(format!("generating a token: {e}")))?;
+    let now = crate::util::now();
+    let record = EnrolmentTokenRecord {
+        id: token.id().to_string(),
+        secret_sha256,
+        created_at: now,
+        expires_at: now.saturating_add(ttl),
+        max_uses: req.max_uses,
+        n_used: 0,
+        labels: req.labels,
+        site: req.site,
+        description: req.description,
+    };
+    let body = enrolment_json(&record);
+    match state
+        .store
+        .write(StoreCommand::put(Object::EnrolmentToken(record), Precondition::MustNotExist))
+        .await?
+    {
+        StoreOutcome::Applied { .. } => {}
+        StoreOutcome::Conflict { .. } => return Err(ApiError::Conflict("token id collision; retry".into())),
+    }
+    let mut body = body;
+    body["token"] = Value::String(token.to_token_string());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn list_enrolment(State(state): State<Arc<HubState>>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Operator)?;
+    let items: Vec<Value> = state
+        .store
+        .list(StoreKind::EnrolmentToken)
+        .await?
+        .iter()
+        .filter_map(|o| match o {
+            Object::EnrolmentToken(r) => Some(enrolment_json(r)),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn delete_record(state: &HubState, kind: StoreKind, id: &str) -> ApiResult<Json<Value>> {
+    let cmd = StoreCommand::Delete { kind, name: id.to_string(), precondition: Precondition::MustExist };
+    match state.store.write(cmd).await? {
+        StoreOutcome::Applied { .. } => Ok(Json(json!({ "deleted": id }))),
+        StoreOutcome::Conflict { .. } => Err(ApiError::NotFound(format!("token {id:?} not found"))),
+    }
+}
+
+pub async fn delete_enrolment(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Operator)?;
+    delete_record(&state, StoreKind::EnrolmentToken, &id).await
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateApiToken {
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Creates an API token record; returns the token string (shown once) and the record.
+pub fn new_api_token(role: Role, description: String) -> ApiResult<(String, ApiTokenRecord)> {
+    let (token, secret_sha256) =
+        ApiToken::generate().map_err(|e| ApiError::Internal(format!("generating a token: {e}")))?;
+    let record = ApiTokenRecord {
+        id: token.id().to_string(),
+        secret_sha256,
+        role,
+        created_at: crate::util::now(),
+        description,
+    };
+    Ok((token.to_token_string(), record))
+}
+
+pub async fn create_api(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin)?;
+    let req: CreateApiToken = parse_json(&body)?;
+    let role = match req.role.as_deref() {
+        None => Role::Viewer,
+        Some(r) => {
+            Role::parse(r).ok_or_else(|| ApiError::invalid("role", "must be viewer, operator or admin"))?
+        }
+    };
+    if req.description.len() > 1024 {
+        return Err(ApiError::invalid("description", "must be at most 1024 bytes"));
+    }
+    let (secret, record) = new_api_token(role, req.description)?;
+    let body =
+        json!({ "id": record.id, "role": role.to_string(), "createdAt": record.created_at, "token": secret });
+    match state.store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {
+        StoreOutcome::Applied { .. } => Ok((StatusCode::CREATED, Json(body))),
+        StoreOutcome::Conflict { .. } => Err(ApiError::Conflict("token id collision; retry".into())),
+    }
+}
+
+pub async fn list_api(State(state): State<Arc<HubState>>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin)?;
+    let items: Vec<Value> = state
+        .store
+        .list(StoreKind::ApiToken)
+        .await?
+        .iter()
+        .filter_map(|o| match o {
+            Object::ApiToken(r) => Some(json!({
+                "id": r.id, "role": r.role.to_string(), "createdAt": r.created_at, "description": r.description
+            })),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+pub async fn delete_api(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin)?;
+    if id == caller.token_id {
+        return Err(ApiError::BadRequest("refusing to delete the token this request uses".into()));
+    }
+    delete_record(&state, StoreKind::ApiToken, &id).await
+}

@@ -1,0 +1,158 @@
+//! The CLI's connection to a hub: where it is, which token to present, which CA to
+//! trust. Flags win over environment variables, which win over the context file.
+
+use anyhow::{Context, anyhow, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use shared_proto::config::CliContext;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HubArgs {
+    /// Hub API base URL, e.g. https://hub.example:7440.
+    #[arg(long, global = true, env = "FLOTILLA_HUB")]
+    pub hub: Option<String>,
+    /// API bearer token.
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the fleet CA the hub's certificate chains to.
+    #[arg(long, global = true, env = "FLOTILLA_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Context file written by `flotilla hub serve` or `flotilla demo`.
+    #[arg(long, global = true, env = "FLOTILLA_CONTEXT")]
+    pub context: Option<PathBuf>,
+}
+
+fn default_context_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("flotilla").join("context.json"))
+}
+
+/// A resolved hub connection.
+pub struct HubClient {
+    pub base: String,
+    pub quic: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+/// An error the hub answered with.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HubError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl HubClient {
+    pub fn connect(args: &HubArgs) -> anyhow::Result<HubClient> {
+        let path = args.context.clone().or_else(|| default_context_path().filter(|p| p.exists()));
+        let ctx: Option<CliContext> = match &path {
+            Some(p) => {
+                let bytes =
+                    std::fs::read(p).with_context(|| format!("reading context file {}", p.display()))?;
+                Some(
+                    serde_json::from_slice(&bytes)
+                        .with_context(|| format!("parsing context file {}", p.display()))?,
+                )
+            }
+            None => None,
+        };
+        let base = args.hub.clone().or_else(|| ctx.as_ref().map(|c| c.hub.clone())).ok_or_else(|| {
+            anyhow!("no hub given: pass --hub, set FLOTILLA_HUB, or point FLOTILLA_CONTEXT at a context file")
+        })?;
+        let token = args
+            .token
+            .clone()
+            .or_else(|| ctx.as_ref().map(|c| c.token.clone()))
+            .ok_or_else(|| anyhow!("no API token: pass --token or set FLOTILLA_TOKEN"))?;
+        let ca_pem = match &args.ca_cert {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            None => ctx.as_ref().map(|c| c.ca_cert_pem.clone()).ok_or_else(|| {
+                anyhow!("no CA certificate to check the hub with: pass --ca-cert or a context file")
+            })?,
+        };
+        let ca = provisioning::pem::decode_cert(&ca_pem).context("parsing the CA certificate")?;
+        let tls = provisioning::tls::api_client_config(&ca)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("https://") {
+            bail!("hub URL {base:?} must start with https://");
+        }
+        Ok(HubClient { base, quic: ctx.map(|c| c.quic).unwrap_or_default(), http, token })
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+        content_type: &str,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        self.request_with_headers(method, path, body, content_type).await.map(|(s, _, v)| (s, v))
+    }
+
+    pub async fn request_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+        content_type: &str,
+    ) -> anyhow::Result<(StatusCode, reqwest::header::HeaderMap, Value)> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await?;
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        if !status.is_success() {
+            return Err(HubError { status, message: error_text(&value) }.into());
+        }
+        Ok((status, headers, value))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.request(Method::GET, path, None, "").await?.1)
+    }
+
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        self.request(method, path, Some(serde_json::to_vec(body)?.into()), "application/json").await
+    }
+}
+
+/// The hub's error body as one readable message, fields included.
+fn error_text(v: &Value) -> String {
+    let mut out =
+        v.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+    if let Some(fields) = v.get("fields").and_then(Value::as_array)
+        && fields.len() > 1
+    {
+        for f in fields {
+            out.push_str(&format!(
+                "\n  {}: {}",
+                f.get("field").and_then(Value::as_str).unwrap_or("?"),
+                f.get("message").and_then(Value::as_str).unwrap_or("?")
+            ));
+        }
+    }
+    out
+}

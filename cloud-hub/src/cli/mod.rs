@@ -1,0 +1,572 @@
+//! The operator CLI: `flotilla apply | get | describe | delete | token | api-token |
+//! image`. A thin client of the HTTPS API; everything it can do, the API can do.
+
+pub mod client;
+pub mod output;
+
+use anyhow::{Context, bail};
+use client::{HubArgs, HubClient};
+use output::{Format, age, labels, n, s, table};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use shared_proto::Kind;
+use std::path::{Path, PathBuf};
+
+/// Largest manifest file `apply -f` reads.
+const MAX_MANIFEST_FILE: u64 = 4 << 20;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create an enrolment token for devices; prints it once.
+    Create {
+        /// How long the token stays valid (e.g. 1h, 24h, 30d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// How many devices may enrol with it; unlimited when left out.
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// Label every device enrolled with this token gets (repeatable): key=value.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Site every device enrolled with this token joins.
+        #[arg(long, default_value = "")]
+        site: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Print only the token.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List enrolment tokens (never their secrets).
+    List,
+    /// Revoke an enrolment token.
+    Revoke { id: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create an API token; prints it once.
+    Create {
+        #[arg(long, default_value = "viewer", value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image-layout archive (tar or tar.gz) into the hub.
+    Import {
+        file: PathBuf,
+        /// Reference to import as (default: the archive's own ref name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List imported images.
+    List,
+}
+
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+fn kind_arg(s: &str) -> anyhow::Result<Kind> {
+    Kind::parse(s).with_context(|| format!("unknown kind {s:?}: use sites, devices, apps or images"))
+}
+
+/// Reads `-f` input: a file, a directory of .yaml/.yml/.json files, or `-` for stdin.
+fn read_manifests(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    use std::io::Read;
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().take(MAX_MANIFEST_FILE + 1).read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_MANIFEST_FILE {
+            bail!("stdin: more than {MAX_MANIFEST_FILE} bytes");
+        }
+        return Ok(vec![("stdin".into(), text)]);
+    }
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+            let p = e?.path();
+            if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                files.push(p);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let meta = std::fs::metadata(&f).with_context(|| format!("reading {}", f.display()))?;
+        if meta.len() > MAX_MANIFEST_FILE {
+            bail!("{}: larger than {MAX_MANIFEST_FILE} bytes", f.display());
+        }
+        out.push((
+            f.display().to_string(),
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Splits YAML (or JSON) text into documents.
+pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let v = Value::deserialize(doc).with_context(|| format!("document {}: not valid YAML", i + 1))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+pub async fn apply(args: &HubArgs, file: &Path) -> anyhow::Result<()> {
+    let client = HubClient::connect(args)?;
+    let mut failed = 0;
+    for (source, text) in read_manifests(file)? {
+        for (i, doc) in parse_documents(&text).with_context(|| source.clone())?.into_iter().enumerate() {
+            let where_ = format!("{source} document {}", i + 1);
+            let kind_str = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_str) else {
+                eprintln!("error: {where_}: kind: must be one of Site, Device, App, got {kind_str:?}");
+                failed += 1;
+                continue;
+            };
+            let name = s(&doc, &["metadata", "name"]).to_string();
+            if name.is_empty() {
+                eprintln!("error: {where_}: metadata.name: must not be empty");
+                failed += 1;
+                continue;
+            }
+            let path = format!("/api/v1/{}/{name}", kind.plural());
+            let body = serde_json::to_vec(&doc)?;
+            match client.request_with_headers(Method::PUT, &path, Some(body.into()), "application/json").await
+            {
+                Ok((status, headers, _)) => {
+                    let result = headers
+                        .get(crate::api::objects::APPLY_RESULT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or(if status == StatusCode::CREATED { "created" } else { "configured" });
+                    println!("{}/{name} {result}", kind.as_str().to_lowercase());
+                }
+                Err(e) => {
+                    eprintln!("error: {where_} ({}/{name}): {e}", kind.as_str().to_lowercase());
+                    failed += 1;
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} object(s) not applied");
+    }
+    Ok(())
+}
+
+fn now() -> shared_proto::Timestamp {
+    crate::util::now()
+}
+
+fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let now = now();
+    match kind {
+        Kind::Device => {
+            let mut h = vec!["NAME", "SITE", "PHASE", "ARCH", "AGENT", "CONTAINERS", "LAST SEEN"];
+            if wide {
+                h.push("LABELS");
+            }
+            let rows = items
+                .iter()
+                .map(|d| {
+                    let containers = d["status"]["containers"].as_array().cloned().unwrap_or_default();
+                    let running = containers.iter().filter(|c| c["phase"] == "Running").count();
+                    let mut r = vec![
+                        s(d, &["metadata", "name"]).to_string(),
+                        s(d, &["spec", "site"]).to_string(),
+                        s(d, &["status", "phase"]).to_string(),
+                        s(d, &["status", "arch"]).to_string(),
+                        s(d, &["status", "agentVersion"]).to_string(),
+                        format!("{running}/{}", containers.len()),
+                        match s(d, &["status", "lastSeenAt"]) {
+                            "" => "-".into(),
+                            t => format!("{} ago", age(t, now)),
+                        },
+                    ];
+                    if wide {
+                        r.push(labels(d));
+                    }
+                    r
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::App => {
+            let h = vec!["NAME", "PHASE", "RUNNING", "GENERATION", "AGE", "MESSAGE"];
+            let rows = items
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(a, &["metadata", "name"]).to_string(),
+                        s(a, &["status", "phase"]).to_string(),
+                        format!(
+                            "{}/{}",
+                            n(a, &["status", "runningDevices"]),
+                            n(a, &["status", "desiredDevices"])
+                        ),
+                        n(a, &["metadata", "generation"]).to_string(),
+                        age(s(a, &["metadata", "createdAt"]), now),
+                        s(a, &["status", "message"]).to_string(),
+                    ]
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::Site => {
+            let h = vec!["NAME", "DISPLAY NAME", "DEVICES", "ONLINE"];
+            let rows = items
+                .iter()
+                .map(|x| {
+                    vec![
+                        s(x, &["metadata", "name"]).to_string(),
+                        s(x, &["spec", "displayName"]).to_string(),
+                        n(x, &["status", "devices"]).to_string(),
+                        n(x, &["status", "onlineDevices"]).to_string(),
+                    ]
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::Image => {
+            let h = vec!["NAME", "PLATFORMS", "SIZE", "DIGEST", "IMPORTED"];
+            let rows = items
+                .iter()
+                .map(|i| {
+                    let platforms = i["spec"]["platforms"].as_array().cloned().unwrap_or_default();
+                    let size: u64 = platforms.iter().map(|p| p["size"].as_u64().unwrap_or(0)).sum();
+                    vec![
+                        s(i, &["metadata", "name"]).to_string(),
+                        platforms
+                            .iter()
+                            .map(|p| {
+                                format!(
+                                    "{}/{}",
+                                    p["os"].as_str().unwrap_or(""),
+                                    p["architecture"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        shared_proto::Bytes(size).to_string(),
+                        s(i, &["spec", "digest"]).chars().take(19).collect(),
+                        age(s(i, &["status", "importedAt"]), now),
+                    ]
+                })
+                .collect();
+            (h, rows)
+        }
+    }
+}
+
+pub async fn get(args: &HubArgs, kind: &str, name: Option<&str>, format: Format) -> anyhow::Result<()> {
+    let kind = kind_arg(kind)?;
+    let client = HubClient::connect(args)?;
+    let (value, items) = match name {
+        Some(n) => {
+            let v = client.get(&format!("/api/v1/{}/{n}", kind.plural())).await?;
+            (v.clone(), vec![v])
+        }
+        None => {
+            let v = client.get(&format!("/api/v1/{}", kind.plural())).await?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            (v, items)
+        }
+    };
+    match format {
+        Format::Json | Format::Yaml => output::print_value(&value, format),
+        Format::Table | Format::Wide => {
+            if items.is_empty() {
+                eprintln!("no {} found", kind.plural());
+                return Ok(());
+            }
+            let (h, rows) = rows_for(kind, &items, format == Format::Wide);
+            print!("{}", table(&h, &rows));
+            Ok(())
+        }
+    }
+}
+
+pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()> {
+    let kind = kind_arg(kind)?;
+    let client = HubClient::connect(args)?;
+    let v = client.get(&format!("/api/v1/{}/{name}", kind.plural())).await?;
+    let now = now();
+    println!("Name:        {}", s(&v, &["metadata", "name"]));
+    println!("Kind:        {}", kind.as_str());
+    println!("Labels:      {}", labels(&v));
+    println!("Revision:    {}", n(&v, &["metadata", "revision"]));
+    println!("Generation:  {}", n(&v, &["metadata", "generation"]));
+    println!(
+        "Created:     {} ({} ago)",
+        s(&v, &["metadata", "createdAt"]),
+        age(s(&v, &["metadata", "createdAt"]), now)
+    );
+    println!("Spec:");
+    for line in serde_yaml_ng::to_string(&v["spec"])?.lines() {
+        println!("  {line}");
+    }
+    println!("Status:");
+    match kind {
+        Kind::Device => {
+            for (label, path) in [
+                ("Phase", "phase"),
+                ("Arch", "arch"),
+                ("Agent", "agentVersion"),
+                ("Last seen", "lastSeenAt"),
+                ("Transition", "lastTransitionAt"),
+                ("Message", "message"),
+            ] {
+                println!("  {:<20}{}", format!("{label}:"), s(&v, &["status", path]));
+            }
+            println!(
+                "  {:<20}{} (desired) / {} (held by the agent)",
+                "Manifest revision:",
+                n(&v, &["status", "desiredRevision"]),
+                n(&v, &["status", "appliedRevision"])
+            );
+            let rows: Vec<Vec<String>> = v["status"]["containers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| {
+                    vec![
+                        format!("{}/{}", s(c, &["app"]), s(c, &["name"])),
+                        s(c, &["phase"]).to_string(),
+                        n(c, &["restarts"]).to_string(),
+                        c["exitCode"].as_i64().map_or("-".into(), |x| x.to_string()),
+                        s(c, &["reason"]).to_string(),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                println!("Containers:");
+                for l in table(&["APP/CONTAINER", "PHASE", "RESTARTS", "EXIT", "REASON"], &rows).lines() {
+                    println!("  {l}");
+                }
+            }
+        }
+        Kind::App => {
+            println!("  Phase:     {}", s(&v, &["status", "phase"]));
+            println!(
+                "  Running:   {}/{}",
+                n(&v, &["status", "runningDevices"]),
+                n(&v, &["status", "desiredDevices"])
+            );
+            println!("  Message:   {}", s(&v, &["status", "message"]));
+            let rows: Vec<Vec<String>> = v["status"]["devices"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|d| {
+                    vec![
+                        s(d, &["device"]).to_string(),
+                        s(d, &["phase"]).to_string(),
+                        s(d, &["message"]).to_string(),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                println!("Devices:");
+                for l in table(&["DEVICE", "PHASE", "MESSAGE"], &rows).lines() {
+                    println!("  {l}");
+                }
+            }
+        }
+        _ => {
+            for line in serde_yaml_ng::to_string(&v["status"])?.lines() {
+                println!("  {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()> {
+    let kind = kind_arg(kind)?;
+    let client = HubClient::connect(args)?;
+    client.request(Method::DELETE, &format!("/api/v1/{}/{name}", kind.plural()), None, "").await?;
+    println!("{}/{name} deleted", kind.as_str().to_lowercase());
+    Ok(())
+}
+
+pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
+    let client = HubClient::connect(args)?;
+    match cmd {
+        TokenCommand::Create { ttl, max_uses, labels, site, description, quiet } => {
+            let body = json!({
+                "ttl": ttl,
+                "maxUses": max_uses,
+                "labels": labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "site": site,
+                "description": description,
+            });
+            let (_, v) = client.send_json(Method::POST, "/api/v1/enrolment-tokens", &body).await?;
+            let token = s(&v, &["token"]);
+            if *quiet {
+                println!("{token}");
+                return Ok(());
+            }
+            println!("Enrolment token (shown once; expires {}):\n\n  {token}\n", s(&v, &["expiresAt"]));
+            println!("Agent configuration (/etc/flotilla/agent.toml):\n");
+            let hub =
+                if client.quic.is_empty() { "<hub-address>:7441".to_string() } else { client.quic.clone() };
+            println!("  hub = \"{hub}\"\n  enrolment_token = \"{token}\"");
+        }
+        TokenCommand::List => {
+            let v = client.get("/api/v1/enrolment-tokens").await?;
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(t, &["id"]).to_string(),
+                        format!(
+                            "{}/{}",
+                            n(t, &["used"]),
+                            t["maxUses"].as_u64().map_or("∞".into(), |m| m.to_string())
+                        ),
+                        s(t, &["expiresAt"]).to_string(),
+                        s(t, &["site"]).to_string(),
+                        s(t, &["description"]).to_string(),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["ID", "USED", "EXPIRES", "SITE", "DESCRIPTION"], &rows));
+        }
+        TokenCommand::Revoke { id } => {
+            client.request(Method::DELETE, &format!("/api/v1/enrolment-tokens/{id}"), None, "").await?;
+            println!("enrolment token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<()> {
+    let client = HubClient::connect(args)?;
+    match cmd {
+        ApiTokenCommand::Create { role, description } => {
+            let (_, v) = client
+                .send_json(
+                    Method::POST,
+                    "/api/v1/api-tokens",
+                    &json!({ "role": role, "description": description }),
+                )
+                .await?;
+            println!("{}", s(&v, &["token"]));
+        }
+        ApiTokenCommand::List => {
+            let v = client.get("/api/v1/api-tokens").await?;
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(t, &["id"]).to_string(),
+                        s(t, &["role"]).to_string(),
+                        s(t, &["createdAt"]).to_string(),
+                        s(t, &["description"]).to_string(),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["ID", "ROLE", "CREATED", "DESCRIPTION"], &rows));
+        }
+        ApiTokenCommand::Revoke { id } => {
+            client.request(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None, "").await?;
+            println!("api token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// Uploads an image archive; returns the hub's Image object.
+pub async fn import_image(client: &HubClient, file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
+    let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
+    let body = reqwest::Body::wrap_stream(tokio_util_stream(f));
+    let mut path = "/api/v1/images".to_string();
+    if let Some(n) = name {
+        path.push_str(&format!("?name={}", url_escape(n)));
+    }
+    Ok(client.request(Method::POST, &path, Some(body), "application/x-tar").await?.1)
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Streams a file in chunks without pulling in tokio-util.
+fn tokio_util_stream(f: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> {
+    futures::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+pub async fn image(args: &HubArgs, cmd: &ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Import { file, name } => {
+            let client = HubClient::connect(args)?;
+            let v = import_image(&client, file, name.as_deref()).await?;
+            println!("image/{} imported ({})", s(&v, &["metadata", "name"]), s(&v, &["spec", "digest"]));
+            Ok(())
+        }
+        ImageCommand::List => get(args, "images", None, Format::Table).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_yaml_splits_and_skips_empty_documents() {
+        let docs = parse_documents("---\nkind: Site\nmetadata: {name: a}\n---\n---\nkind: App\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1]["kind"], "App");
+        assert!(parse_documents("kind: [unclosed").is_err());
+    }
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(parse_label("role=pos").unwrap(), ("role".into(), "pos".into()));
+        assert!(parse_label("role").is_err());
+        assert_eq!(url_escape("demo:1.0/x"), "demo%3A1.0%2Fx");
+    }
+}

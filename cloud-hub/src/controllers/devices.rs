@@ -1,0 +1,114 @@
+//! Device lifecycle: turns what the hub sees of a device's connection into the
+//! device's stored status. Only transitions are written (Online ↔ Offline, a new
+//! report of what runs, new facts), never heartbeats, so an idle fleet costs the
+//! Raft log nothing.
+
+use shared_proto::manifest::ObservedContainer;
+use shared_proto::wire::DeviceFacts;
+use shared_proto::{Device, DevicePhase, DeviceStatus, Timestamp};
+use std::time::Duration;
+
+/// What this hub knows, in memory, about one device's connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveDevice {
+    pub connected: bool,
+    /// When the connection state last changed (or the hub started, if it never
+    /// saw the device).
+    pub since: Timestamp,
+    pub last_seen: Timestamp,
+    pub facts: Option<DeviceFacts>,
+    /// The last report: held revision and containers.
+    pub held_revision: u64,
+    pub containers: Option<Vec<ObservedContainer>>,
+}
+
+/// The status `device` should have now, or `None` if the stored one is right.
+///
+/// A device that disconnects is marked Offline only after `offline_grace`, so a
+/// reconnect over a flaky link does not flap its status (and the log).
+pub fn device_status(
+    device: &Device,
+    live: &LiveDevice,
+    now: Timestamp,
+    offline_grace: Duration,
+) -> Option<DeviceStatus> {
+    let old = &device.status;
+    let mut new = old.clone();
+    if live.connected {
+        new.phase = DevicePhase::Online;
+    } else if old.phase == DevicePhase::Online && now.since(live.since) >= offline_grace {
+        new.phase = DevicePhase::Offline;
+    }
+    if new.phase != old.phase {
+        new.last_transition_at = Some(now);
+        new.message = match new.phase {
+            DevicePhase::Offline => format!("no connection since {}", live.since),
+            _ => String::new(),
+        };
+    }
+    if let Some(f) = &live.facts {
+        new.arch.clone_from(&f.arch);
+        new.os.clone_from(&f.os);
+        new.agent_version.clone_from(&f.agent_version);
+        new.capacity = f.capacity;
+    }
+    if let Some(containers) = &live.containers {
+        new.applied_revision = live.held_revision;
+        new.containers.clone_from(containers);
+    }
+    (new != *old).then_some(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::manifest::ContainerPhase;
+    use shared_proto::{DeviceSpec, ObjectMeta};
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    fn device(phase: DevicePhase) -> Device {
+        let mut d = Device::new(ObjectMeta::named("pi"), DeviceSpec::default());
+        d.status.phase = phase;
+        d
+    }
+
+    #[test]
+    fn connecting_makes_a_device_online_once() {
+        let live = LiveDevice { connected: true, since: Timestamp(1000), ..Default::default() };
+        let s = device_status(&device(DevicePhase::Pending), &live, Timestamp(1000), GRACE).unwrap();
+        assert_eq!(s.phase, DevicePhase::Online);
+        assert_eq!(s.last_transition_at, Some(Timestamp(1000)));
+        let mut online = device(DevicePhase::Online);
+        online.status = s;
+        assert_eq!(device_status(&online, &live, Timestamp(99_000), GRACE), None, "heartbeats write nothing");
+    }
+
+    #[test]
+    fn offline_only_after_the_grace_period() {
+        let live = LiveDevice { connected: false, since: Timestamp(10_000), ..Default::default() };
+        let d = device(DevicePhase::Online);
+        assert_eq!(device_status(&d, &live, Timestamp(39_999), GRACE), None);
+        let s = device_status(&d, &live, Timestamp(40_000), GRACE).unwrap();
+        assert_eq!(s.phase, DevicePhase::Offline);
+        assert!(s.message.contains("no connection since"));
+        // A device that never connected stays Pending.
+        assert_eq!(device_status(&device(DevicePhase::Pending), &live, Timestamp(90_000), GRACE), None);
+    }
+
+    #[test]
+    fn reports_and_facts_are_recorded_when_they_change() {
+        let c = ObservedContainer { app: "web".into(), phase: ContainerPhase::Running, ..Default::default() };
+        let live = LiveDevice {
+            connected: true,
+            held_revision: 12,
+            containers: Some(vec![c.clone()]),
+            facts: Some(DeviceFacts { arch: "arm64".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let s = device_status(&device(DevicePhase::Online), &live, Timestamp(5), GRACE).unwrap();
+        assert_eq!(s.containers, vec![c]);
+        assert_eq!(s.applied_revision, 12);
+        assert_eq!(s.arch, "arm64");
+    }
+}

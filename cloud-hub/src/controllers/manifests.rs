@@ -1,0 +1,287 @@
+//! Derives each device's desired manifest from the apps placed on it. Pure: the
+//! runner feeds it the store's contents and writes back the commands it returns.
+//!
+//! Images are resolved here, once, to the content digest of the platform manifest
+//! matching the device's architecture, so agents never resolve tags themselves and
+//! every device of one generation runs the same bytes.
+//!
+//! An update whose image cannot be resolved for a device does not take the app away
+//! from that device: the device keeps the entry it has (the last good generation),
+//! and the problem is reported. A store that loses its link to the hub keeps working;
+//! a typo in an image tag must not stop it either.
+
+use super::scheduler::Placement;
+use shared_proto::manifest::{ContainerLimits, DesiredApp, DesiredContainer, DesiredManifest};
+use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind};
+use shared_proto::{App, Device, Image};
+use std::collections::BTreeMap;
+
+/// Manifest writes for one controller pass, and what stood in the way.
+#[derive(Debug, Default, PartialEq)]
+pub struct ManifestPlan {
+    pub commands: Vec<StoreCommand>,
+    /// app → device → problem (image missing, no matching platform).
+    pub problems: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// `name` plus `:latest` when the reference has neither tag nor digest.
+pub fn normalize_reference(reference: &str) -> String {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if last.contains(':') || reference.contains('@') {
+        reference.to_string()
+    } else {
+        format!("{reference}:latest")
+    }
+}
+
+/// The platform manifest digest of `reference` for `arch`, or why there is none.
+pub fn resolve_image(
+    images: &BTreeMap<String, Image>,
+    reference: &str,
+    arch: &str,
+) -> Result<String, String> {
+    let reference = normalize_reference(reference);
+    let image = if let Some((_, digest)) = reference.split_once('@') {
+        // Pinned by digest: the index digest or one platform's manifest digest.
+        let hit = images.values().find(|i| {
+            i.spec.digest == digest || i.spec.platforms.iter().any(|p| p.manifest_digest == digest)
+        });
+        match hit {
+            Some(i) if i.spec.digest != digest => return Ok(digest.to_string()),
+            Some(i) => i,
+            None => return Err(format!("image {reference} is not imported: run flotilla image import")),
+        }
+    } else {
+        images
+            .get(&reference)
+            .ok_or_else(|| format!("image {reference} is not imported: run flotilla image import"))?
+    };
+    image
+        .spec
+        .platforms
+        .iter()
+        .find(|p| p.os == "linux" && p.architecture == arch)
+        .map(|p| p.manifest_digest.clone())
+        .ok_or_else(|| {
+            let have: Vec<String> =
+                image.spec.platforms.iter().map(|p| format!("{}/{}", p.os, p.architecture)).collect();
+            format!("image {reference} has no linux/{arch} variant (it has {})", have.join(", "))
+        })
+}
+
+fn desired_app(app: &App, images: &BTreeMap<String, Image>, arch: &str) -> Result<DesiredApp, String> {
+    let mut containers = Vec::with_capacity(app.spec.containers.len());
+    for c in &app.spec.containers {
+        let image_digest = resolve_image(images, &c.image, arch)?;
+        let limits = &c.resources.limits;
+        containers.push(DesiredContainer {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_digest,
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+            ports: c.ports.clone(),
+            limits: ContainerLimits {
+                cpu_millis: limits.cpu.map(|c| c.0),
+                memory_bytes: limits.memory.map(|m| m.0),
+                pids: limits.pids,
+            },
+            working_dir: c.working_dir.clone(),
+        });
+    }
+    Ok(DesiredApp {
+        name: app.metadata.name.clone(),
+        generation: app.metadata.generation,
+        restart_policy: app.spec.restart_policy,
+        network: app.spec.network,
+        containers,
+    })
+}
+
+/// Computes the manifest of every device and the writes that bring the store there.
+pub fn plan_manifests(
+    apps: &BTreeMap<String, App>,
+    devices: &[Device],
+    images: &BTreeMap<String, Image>,
+    placement: &Placement,
+    current: &BTreeMap<String, DesiredManifest>,
+) -> ManifestPlan {
+    let mut plan = ManifestPlan::default();
+    let by_device = placement.by_device();
+    let mut puts = Vec::new();
+    for device in devices {
+        let name = &device.metadata.name;
+        let held = current.get(name);
+        let mut desired = Vec::new();
+        for app_name in by_device.get(name).into_iter().flatten() {
+            let Some(app) = apps.get(app_name) else { continue };
+            match desired_app(app, images, &device.status.arch) {
+                Ok(d) => desired.push(d),
+                Err(problem) => {
+                    plan.problems.entry(app_name.clone()).or_default().insert(name.clone(), problem);
+                    if let Some(old) = held.and_then(|m| m.apps.iter().find(|a| &a.name == app_name)) {
+                        desired.push(old.clone());
+                    }
+                }
+            }
+        }
+        desired.sort_by(|a, b| a.name.cmp(&b.name));
+        let precondition = match held {
+            Some(m) if m.apps == desired => continue,
+            Some(m) => Precondition::RevisionIs(m.revision),
+            None => Precondition::MustNotExist,
+        };
+        let manifest = DesiredManifest { device: name.clone(), revision: 0, apps: desired };
+        puts.push(StoreCommand::put(Object::Manifest(manifest), precondition));
+    }
+    let live: std::collections::BTreeSet<&str> = devices.iter().map(|d| d.metadata.name.as_str()).collect();
+    for (device, m) in current {
+        if !live.contains(device.as_str()) {
+            puts.push(StoreCommand::Delete {
+                kind: StoreKind::Manifest,
+                name: device.clone(),
+                precondition: Precondition::RevisionIs(m.revision),
+            });
+        }
+    }
+    plan.commands = puts;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::scheduler::schedule;
+    use shared_proto::{AppSpec, ContainerSpec, DeviceSpec, ImagePlatform, ImageSpec, ObjectMeta};
+
+    fn image(name: &str, archs: &[(&str, &str)]) -> Image {
+        Image::new(
+            ObjectMeta::named(name),
+            ImageSpec {
+                digest: format!("sha256:index-{name}"),
+                platforms: archs
+                    .iter()
+                    .map(|(a, d)| ImagePlatform {
+                        os: "linux".into(),
+                        architecture: a.to_string(),
+                        variant: String::new(),
+                        manifest_digest: d.to_string(),
+                        size: 1,
+                    })
+                    .collect(),
+            },
+        )
+    }
+
+    fn device(name: &str, arch: &str) -> Device {
+        let mut d = Device::new(ObjectMeta::named(name), DeviceSpec::default());
+        d.status.arch = arch.into();
+        d
+    }
+
+    fn app(name: &str, generation: u64, image: &str) -> App {
+        let mut meta = ObjectMeta::named(name);
+        meta.generation = generation;
+        App::new(
+            meta,
+            AppSpec {
+                containers: vec![ContainerSpec {
+                    name: "c".into(),
+                    image: image.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+    }
+
+    fn run(
+        apps: &[App],
+        devices: &[Device],
+        images: &[Image],
+        current: &BTreeMap<String, DesiredManifest>,
+    ) -> ManifestPlan {
+        let apps_by_name = apps.iter().map(|a| (a.metadata.name.clone(), a.clone())).collect();
+        let images = images.iter().map(|i| (i.metadata.name.clone(), i.clone())).collect();
+        let placement = schedule(apps, devices, &BTreeMap::new());
+        plan_manifests(&apps_by_name, devices, &images, &placement, current)
+    }
+
+    fn manifests(plan: &ManifestPlan) -> BTreeMap<String, DesiredManifest> {
+        plan.commands
+            .iter()
+            .filter_map(|c| match c {
+                StoreCommand::Put { object, .. } => match object.as_ref() {
+                    Object::Manifest(m) => Some((m.device.clone(), m.clone())),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resolves_per_architecture_and_defaults_to_latest() {
+        let images = [image("web:latest", &[("amd64", "sha256:x86"), ("arm64", "sha256:arm")])];
+        let plan = run(
+            &[app("web", 1, "web")],
+            &[device("a", "amd64"), device("b", "arm64")],
+            &images,
+            &BTreeMap::new(),
+        );
+        let m = manifests(&plan);
+        assert_eq!(m["a"].apps[0].containers[0].image_digest, "sha256:x86");
+        assert_eq!(m["b"].apps[0].containers[0].image_digest, "sha256:arm");
+        assert!(plan.problems.is_empty());
+    }
+
+    #[test]
+    fn unchanged_manifests_are_not_rewritten() {
+        let images = [image("web:1", &[("amd64", "sha256:x86")])];
+        let devices = [device("a", "amd64")];
+        let first = manifests(&run(&[app("web", 1, "web:1")], &devices, &images, &BTreeMap::new()));
+        let mut held = first.clone();
+        held.get_mut("a").unwrap().revision = 7;
+        let second = run(&[app("web", 1, "web:1")], &devices, &images, &held);
+        assert!(second.commands.is_empty(), "{:?}", second.commands);
+        let third = run(&[app("web", 2, "web:1")], &devices, &images, &held);
+        assert!(matches!(
+            &third.commands[0],
+            StoreCommand::Put { precondition: Precondition::RevisionIs(7), .. }
+        ));
+    }
+
+    #[test]
+    fn a_missing_image_keeps_the_last_good_generation() {
+        let images = [image("web:1", &[("amd64", "sha256:x86")])];
+        let devices = [device("a", "amd64")];
+        let mut held = manifests(&run(&[app("web", 1, "web:1")], &devices, &images, &BTreeMap::new()));
+        held.get_mut("a").unwrap().revision = 3;
+        let plan = run(&[app("web", 2, "web:2")], &devices, &images, &held);
+        assert!(plan.commands.is_empty(), "the device must keep generation 1");
+        assert!(plan.problems["web"]["a"].contains("not imported"));
+        // A device that never ran the app gets nothing for it, and is told why.
+        let plan = run(&[app("web", 2, "web:2")], &[device("b", "amd64")], &images, &BTreeMap::new());
+        assert!(manifests(&plan)["b"].apps.is_empty());
+        let arm = run(&[app("web", 1, "web:1")], &[device("c", "arm64")], &images, &BTreeMap::new());
+        assert!(arm.problems["web"]["c"].contains("no linux/arm64"));
+    }
+
+    #[test]
+    fn deleted_devices_lose_their_manifest() {
+        let held = BTreeMap::from([(
+            "gone".to_string(),
+            DesiredManifest { device: "gone".into(), revision: 4, apps: vec![] },
+        )]);
+        let plan = run(&[], &[], &[], &held);
+        assert_eq!(
+            plan.commands,
+            vec![StoreCommand::Delete {
+                kind: StoreKind::Manifest,
+                name: "gone".into(),
+                precondition: Precondition::RevisionIs(4)
+            }]
+        );
+    }
+}

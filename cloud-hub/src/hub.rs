@@ -1,0 +1,286 @@
+//! `flotilla hub serve`: opens the store, bootstraps the fleet CA and the first admin
+//! token, and runs the API, the QUIC endpoint for agents and the controllers until
+//! SIGINT/SIGTERM.
+
+use crate::controllers::{self, ControllerConfig};
+use crate::state::{HubConfig, HubState};
+use crate::sync::fanout::ManifestFanout;
+use crate::sync::liveness::LivenessTable;
+use anyhow::{Context, bail};
+use hub_store::{Store, StoreConfig};
+use provisioning::ca::FleetCa;
+use shared_proto::config::CliContext;
+use shared_proto::store::{Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Where the hub keeps its store, image blobs and CLI context.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "/var/lib/flotilla")]
+    pub data_dir: PathBuf,
+    /// HTTPS API address.
+    #[arg(long, default_value = "0.0.0.0:7440")]
+    pub api_listen: SocketAddr,
+    /// QUIC address agents connect to.
+    #[arg(long, default_value = "0.0.0.0:7441")]
+    pub quic_listen: SocketAddr,
+    /// Extra DNS names or IP addresses agents and the CLI use to reach this hub; they
+    /// go into the hub's certificate.
+    #[arg(long = "advertise")]
+    pub advertise: Vec<String>,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How long a disconnected device stays Online before it is marked Offline.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub offline_grace: Duration,
+    /// Largest image archive accepted by `flotilla image import`, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    pub max_image_bytes: u64,
+}
+
+/// A running hub, for `serve` and for `demo`.
+pub struct RunningHub {
+    pub api_addr: SocketAddr,
+    pub quic_addr: SocketAddr,
+    pub context_path: PathBuf,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    endpoint: quinn::Endpoint,
+    store: Store,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningHub {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.endpoint.close(crate::sync::close_code::SHUTDOWN.into(), b"hub shutting down");
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Err(e) = self.store.shutdown().await {
+            tracing::warn!(error = %e, "store shutdown");
+        }
+    }
+}
+
+async fn wait_for_leader(store: &Store) -> anyhow::Result<()> {
+    let mut leader = store.leader();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while leader.borrow().is_none() {
+        tokio::time::timeout_at(deadline, leader.changed())
+            .await
+            .context("no Raft leader elected within 60s")?
+            .context("store closed")?;
+    }
+    Ok(())
+}
+
+/// The fleet CA, created on the first start of the cluster.
+async fn fleet_ca(store: &Store) -> anyhow::Result<FleetCa> {
+    for _ in 0..100 {
+        if let Some(Object::FleetCa(r)) = store.get(StoreKind::FleetCa, "fleet").await? {
+            return Ok(FleetCa::from_record(&r)?);
+        }
+        if store.is_leader() {
+            let ca = FleetCa::generate("Flotilla fleet CA")?;
+            let record = ca.to_record(crate::util::now());
+            match store.write(StoreCommand::put(Object::FleetCa(record), Precondition::MustNotExist)).await? {
+                StoreOutcome::Applied { .. } => {
+                    tracing::info!(fingerprint = %ca.fingerprint(), "created the fleet CA");
+                    return Ok(ca);
+                }
+                StoreOutcome::Conflict { .. } => continue,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the fleet CA did not appear in the store")
+}
+
+/// Creates the first admin token when the store has none; returns its secret.
+async fn first_admin_token(store: &Store) -> anyhow::Result<Option<String>> {
+    if !store.list(StoreKind::ApiToken).await?.is_empty() || !store.is_leader() {
+        return Ok(None);
+    }
+    let (secret, record) = crate::api::tokens::new_api_token(Role::Admin, "created at first start".into())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {
+        StoreOutcome::Applied { .. } => Ok(Some(secret)),
+        StoreOutcome::Conflict { .. } => Ok(None),
+    }
+}
+
+fn host_sans(args: &ServeArgs) -> Vec<String> {
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(h) = nix::unistd::gethostname()
+        && let Some(h) = h.to_str()
+        && !h.is_empty()
+    {
+        sans.push(h.to_string());
+    }
+    for addr in [args.api_listen, args.quic_listen] {
+        if !addr.ip().is_unspecified() {
+            sans.push(addr.ip().to_string());
+        }
+    }
+    sans.extend(args.advertise.iter().cloned());
+    sans.sort();
+    sans.dedup();
+    sans
+}
+
+fn connect_host(addr: SocketAddr) -> String {
+    match addr {
+        a if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        a => a.to_string(),
+    }
+}
+
+/// Writes the CLI context: with a new token when we just made one, otherwise keeping
+/// the token of the existing file (only the addresses and CA may have changed).
+fn write_context(
+    path: &Path,
+    ctx_token: Option<String>,
+    api: SocketAddr,
+    quic: SocketAddr,
+    ca: &FleetCa,
+) -> anyhow::Result<bool> {
+    let token = match ctx_token {
+        Some(t) => t,
+        None => match std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<CliContext>(&b).ok()) {
+            Some(old) => old.token,
+            None => return Ok(false),
+        },
+    };
+    let ctx = CliContext {
+        hub: format!("https://{}", connect_host(api)),
+        quic: connect_host(quic),
+        token,
+        ca_cert_pem: provisioning::pem::encode_cert(ca.cert_der()),
+    };
+    let bytes = serde_json::to_vec_pretty(&ctx)?;
+    provisioning::files::write_private_file(path, &bytes)?;
+    Ok(true)
+}
+
+pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
+    let data_dir = args.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let store = Store::open(StoreConfig {
+        data_dir: data_dir.join("store"),
+        node_id: 1,
+        raft_addr: None,
+        initial_members: Default::default(),
+    })
+    .await
+    .context("opening the store")?;
+    wait_for_leader(&store).await?;
+    let ca = fleet_ca(&store).await?;
+    let new_token = first_admin_token(&store).await?;
+
+    let (hub_cert, hub_key) = {
+        let name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.to_str().map(str::to_string))
+            .filter(|h| shared_proto::validate::dns_label_problem(h).is_none())
+            .unwrap_or_else(|| "hub".to_string());
+        let c = ca.issue_hub_cert(&name, &host_sans(&args), Duration::from_secs(365 * 24 * 3600))?;
+        (
+            rustls_pki_types::CertificateDer::from(c.cert_der.clone()),
+            rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+                c.key_pkcs8_der.clone(),
+            )),
+        )
+    };
+    let chain = vec![hub_cert, ca.cert_der().clone()];
+    let api_tls = provisioning::tls::api_server_config(chain.clone(), hub_key.clone_key())?;
+    let quic_tls = provisioning::tls::hub_quic_server_config(chain, hub_key, ca.cert_der())?;
+
+    let blobs = images::blobstore::BlobStore::open(data_dir.join("blobs"))?;
+    let listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("binding the API to {}", args.api_listen))?;
+    let api_addr = listener.local_addr()?;
+
+    let live = Arc::new(LivenessTable::default());
+    let fanout = Arc::new(ManifestFanout::default());
+    let config = HubConfig {
+        data_dir: data_dir.clone(),
+        max_image_bytes: args.max_image_bytes,
+        quic_addr: args.quic_listen,
+        heartbeat_interval: args.heartbeat_interval,
+        device_cert_validity: Duration::from_secs(365 * 24 * 3600),
+    };
+    let mut state =
+        HubState { store: store.clone(), blobs, live: live.clone(), fanout: fanout.clone(), ca, config };
+    let endpoint = crate::sync::endpoint(&state, quic_tls, args.quic_listen)
+        .with_context(|| format!("binding QUIC to {}", args.quic_listen))?;
+    let quic_addr = endpoint.local_addr()?;
+    state.config.quic_addr = quic_addr;
+    let state = Arc::new(state);
+
+    let context_path = data_dir.join("context.json");
+    if !write_context(&context_path, new_token, api_addr, quic_addr, &state.ca)? {
+        tracing::warn!(
+            path = %context_path.display(),
+            "no CLI context file and the admin token exists already: the CLI needs a token (flotilla api-token create from another context)"
+        );
+    }
+
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    {
+        let fanout = fanout.clone();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { fanout.run(store).await }));
+    }
+    tasks.push(tokio::spawn(controllers::run(
+        store.clone(),
+        live,
+        ControllerConfig { offline_grace: args.offline_grace },
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::api::serve_tls(
+        listener,
+        api_tls,
+        crate::api::router(state.clone()),
+        shutdown_rx,
+    )));
+    tasks.push(tokio::spawn(crate::sync::serve(state, endpoint.clone())));
+    tracing::info!(api = %api_addr, quic = %quic_addr, context = %context_path.display(), "hub ready");
+    Ok(RunningHub { api_addr, quic_addr, context_path, shutdown, endpoint, store, tasks })
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let hub = start(args).await?;
+    println!("hub ready");
+    println!("  api      https://{}", connect_host(hub.api_addr));
+    println!("  agents   {} (QUIC)", connect_host(hub.quic_addr));
+    println!("  context  export FLOTILLA_CONTEXT={}", hub.context_path.display());
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    hub.stop().await;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Flotilla's hub: the control plane and the operator CLI, in one binary (`flotilla`).
+//!
+//! - [`hub`] wires it together: store, API, QUIC endpoint, controllers.
+//! - [`api`] is the HTTPS API; [`sync`] the QUIC endpoint agents talk to.
+//! - [`controllers`] are pure planners plus one async loop that runs them on the leader.
+//! - [`cli`] is the operator CLI; [`demo`] the one-command demo.
+//!
+//! The replicated store itself lives in the `hub-store` crate, the only user of openraft.
+
+pub mod api;
+pub mod cli;
+pub mod controllers;
+pub mod demo;
+pub mod hub;
+pub mod state;
+pub mod sync;
+pub mod util;

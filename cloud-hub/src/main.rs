@@ -1,0 +1,107 @@
+//! `flotilla`: the hub (`flotilla hub serve`), the demo and the operator CLI.
+
+use clap::{Parser, Subcommand};
+use cloud_hub::cli::{self, client::HubArgs, output::Format};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "flotilla", version, about = "Flotilla: edge fleet orchestration")]
+struct Cli {
+    #[command(flatten)]
+    hub: HubArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Hub {
+        #[command(subcommand)]
+        command: HubCommand,
+    },
+    /// Run a hub, an agent and the demo app on this machine (as root).
+    Demo(cloud_hub::demo::DemoArgs),
+    /// Create or update objects from YAML or JSON (a file, a directory, or - for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List objects of a kind, or show one.
+    Get {
+        /// sites, devices, apps or images.
+        kind: String,
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show one object in detail.
+    Describe { kind: String, name: String },
+    /// Delete one object.
+    Delete { kind: String, name: String },
+    /// Enrolment tokens for devices.
+    Token {
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+    },
+    /// API tokens for operators and tools.
+    ApiToken {
+        #[command(subcommand)]
+        command: cli::ApiTokenCommand,
+    },
+    /// OCI images.
+    Image {
+        #[command(subcommand)]
+        command: cli::ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HubCommand {
+    /// Serve the API and the agent endpoint (a one-member Raft cluster by default).
+    Serve(cloud_hub::hub::ServeArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let h = &cli.hub;
+    match cli.command {
+        Command::Hub { command: HubCommand::Serve(args) } => cloud_hub::hub::serve(args).await,
+        Command::Demo(args) => cloud_hub::demo::run(args).await,
+        Command::Apply { file } => cli::apply(h, &file).await,
+        Command::Get { kind, name, output } => cli::get(h, &kind, name.as_deref(), output).await,
+        Command::Describe { kind, name } => cli::describe(h, &kind, &name).await,
+        Command::Delete { kind, name } => cli::delete(h, &kind, &name).await,
+        Command::Token { command } => cli::token(h, &command).await,
+        Command::ApiToken { command } => cli::api_token(h, &command).await,
+        Command::Image { command } => cli::image(h, &command).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Hub { .. } | Command::Demo(_));
+    if serving {
+        init_tracing();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Serves image blobs to enrolled devices: one stream per blob, resumable from an
+//! offset, bytes straight from the content-addressed store.
+
+use super::SyncError;
+use crate::state::HubState;
+use quinn::SendStream;
+use shared_proto::wire::{self, BlobReply, BlobRequest};
+use std::io::SeekFrom;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+pub async fn serve(state: &HubState, req: BlobRequest, mut send: SendStream) -> Result<(), SyncError> {
+    let not_found = |message: String| BlobReply::NotFound { message };
+    let digest = match images::digest::Digest::parse(&req.digest) {
+        Ok(d) => d,
+        Err(e) => {
+            wire::write_frame(&mut send, &not_found(format!("bad digest: {e}"))).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
+    let path = state.blobs.path(&digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => {
+            wire::write_frame(&mut send, &not_found(format!("blob {digest} is not on this hub"))).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
+    let size = file.metadata().await?.len();
+    if req.offset > size {
+        wire::write_frame(
+            &mut send,
+            &not_found(format!("offset {} is past the blob's {size} bytes", req.offset)),
+        )
+        .await?;
+        let _ = send.finish();
+        return Ok(());
+    }
+    wire::write_frame(&mut send, &BlobReply::Found { size }).await?;
+    file.seek(SeekFrom::Start(req.offset)).await?;
+    tokio::io::copy(&mut file, &mut send).await?;
+    send.flush().await?;
+    let _ = send.finish();
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Small helpers shared across the hub: time and randomness at the edges.
+
+use ring::rand::SecureRandom;
+use shared_proto::Timestamp;
+
+pub fn now() -> Timestamp {
+    Timestamp::from_system_time(std::time::SystemTime::now())
+}
+
+/// `n` random bytes as lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    // The OS RNG failing is not something a request can recover from.
+    ring::rand::SystemRandom::new().fill(&mut buf).expect("the system random number generator failed");
+    hex::encode(buf)
+}

@@ -1,0 +1,435 @@
+//! openraft's state machine over the store's redb file: applies committed entries, builds and
+//! installs snapshots, and tells watchers what changed.
+//!
+//! Each `apply` call writes all the entries openraft hands over, and the new last-applied log id,
+//! in one durable transaction. The objects and last-applied can therefore never disagree after
+//! a crash, and openraft re-applies from the log whatever the transaction did not cover.
+
+use crate::apply::{self, KeyRevisions, KeyWrite};
+use crate::db::{
+    self, DbError, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_BLOB, KEY_SNAPSHOT_META, OBJECTS, SM_META,
+    SNAPSHOT, begin_read, begin_write, begin_write_with, read_record, run_blocking,
+};
+use crate::snapshot;
+use crate::types::{
+    ApplyResponse, CommandBytes, Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership,
+    TypeConfig,
+};
+use crate::{Change, ChangeBatch};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, Durability, ReadableTable, Table};
+use shared_proto::store::{Object, StoreCommand, StoreOutcome};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// How many change batches a watcher may fall behind before it lags and must relist.
+const WATCH_CAPACITY: usize = 4096;
+
+/// Publishes applied changes to watchers and tracks the applied revision.
+///
+/// Publishing and subscribing take the same lock, so a subscriber either sees a batch in its
+/// receiver or its start revision already covers it: never both, never neither.
+pub(crate) struct Publisher {
+    tx: Mutex<broadcast::Sender<Arc<ChangeBatch>>>,
+    revision: AtomicU64,
+}
+
+impl Publisher {
+    pub(crate) fn new(revision: u64) -> Self {
+        let (tx, _) = broadcast::channel(WATCH_CAPACITY);
+        Publisher { tx: Mutex::new(tx), revision: AtomicU64::new(revision) }
+    }
+
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn subscribe(&self) -> (u64, broadcast::Receiver<Arc<ChangeBatch>>) {
+        let tx = self.tx.lock().expect("publisher lock poisoned");
+        (self.revision(), tx.subscribe())
+    }
+
+    /// Called after the redb commit that made `batches` durable, with the commit's last index.
+    fn publish(&self, revision: u64, batches: Vec<ChangeBatch>) {
+        let tx = self.tx.lock().expect("publisher lock poisoned");
+        for batch in batches {
+            // An error only means nobody is watching right now.
+            let _ = tx.send(Arc::new(batch));
+        }
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    publisher: Arc<Publisher>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(db: Arc<Database>, publisher: Arc<Publisher>) -> Self {
+        StateMachineStore { db, publisher }
+    }
+}
+
+/// The last applied log id and membership, as recorded with the objects.
+pub(crate) fn read_applied_state(db: &Database) -> Result<(Option<LogId>, StoredMembership), DbError> {
+    let txn = begin_read(db)?;
+    let meta = txn.open_table(SM_META)?;
+    let applied: Option<Option<LogId>> = read_record(&meta, KEY_APPLIED, "last applied log id")?;
+    let membership: Option<StoredMembership> = read_record(&meta, KEY_MEMBERSHIP, "last membership")?;
+    Ok((applied.flatten(), membership.unwrap_or_default()))
+}
+
+/// What one `apply` transaction produced, for after its commit.
+struct AppliedEntries {
+    last_index: u64,
+    responses: Vec<ApplyResponse>,
+    batches: Vec<ChangeBatch>,
+}
+
+/// Durability of apply transactions: `None`, i.e. no fdatasync of its own. Recovery stays
+/// correct because:
+/// - objects and the last-applied log id are written in the same transaction, and redb commits
+///   are atomic at any durability, so after a crash the file holds the objects of exactly the
+///   recovered last-applied id (redb falls back to its last durable commit, all of whose
+///   earlier commits it also persisted);
+/// - openraft only applies entries that are durable in this node's log (appends commit with
+///   `Immediate` before openraft counts them), and purges only entries covered by a snapshot,
+///   whose `Immediate` commit also persists every apply before it; so every entry above the
+///   recovered last-applied id is still in the log, and openraft re-applies it once it knows
+///   the entry is committed;
+/// - until then a restarted node may serve older *local* reads than before the crash, which
+///   local reads allow; linearizable reads stay correct because a restarted leader must win a
+///   new election (`enable_leader_restore` is off, see `config.rs`) and commit an entry of its
+///   term, which makes it re-apply everything first;
+/// - any durable commit (the next append, vote, snapshot, or `Store::shutdown`) makes earlier
+///   applies durable, so apply work rides on the fdatasync the log pays anyway.
+pub(crate) const APPLY_DURABILITY: Durability = Durability::None;
+
+fn apply_entries(db: &Database, entries: Vec<Entry>) -> Result<AppliedEntries, DbError> {
+    let txn = begin_write_with(db, APPLY_DURABILITY)?;
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut batches = Vec::new();
+    let mut last_log_id = None;
+    let mut membership = None;
+    {
+        let mut objects = txn.open_table(OBJECTS)?;
+        for entry in entries {
+            let index = entry.log_id.index;
+            let response = match entry.payload {
+                EntryPayload::Blank => ApplyResponse::Outcome(StoreOutcome::Applied { revision: index }),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    ApplyResponse::Outcome(StoreOutcome::Applied { revision: index })
+                }
+                EntryPayload::Normal(cmd) => apply_normal(&mut objects, &cmd, index, &mut batches)?,
+            };
+            responses.push(response);
+            last_log_id = Some(entry.log_id);
+        }
+    }
+    let last_index = last_log_id.as_ref().map_or(0, |id| id.index);
+    {
+        let mut meta = txn.open_table(SM_META)?;
+        meta.insert(KEY_APPLIED, db::encode("last applied log id", &last_log_id)?.as_slice())?;
+        if let Some(membership) = membership {
+            meta.insert(KEY_MEMBERSHIP, db::encode("last membership", &membership)?.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(AppliedEntries { last_index, responses, batches })
+}
+
+fn lookup(
+    objects: &Table<'_, &'static str, (u64, u64, &'static [u8])>,
+    key: &str,
+) -> Result<Option<KeyRevisions>, DbError> {
+    Ok(objects.get(key)?.map(|guard| {
+        let (mod_revision, create_revision, _) = guard.value();
+        KeyRevisions { mod_revision, create_revision }
+    }))
+}
+
+/// Applies one command. A command this build cannot read or store is answered with
+/// `Rejected` and writes nothing; only storage failures are errors (they stop the node).
+fn apply_normal(
+    objects: &mut Table<'_, &'static str, (u64, u64, &'static [u8])>,
+    cmd: &CommandBytes,
+    index: u64,
+    batches: &mut Vec<ChangeBatch>,
+) -> Result<ApplyResponse, DbError> {
+    let cmd = match StoreCommand::decode(&cmd.0) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            tracing::warn!(index, error = %e, "rejecting an unreadable store command");
+            return Ok(ApplyResponse::Rejected(format!(
+                "store command at log index {index} is unreadable: {e}"
+            )));
+        }
+    };
+    let applied = apply::apply_command(|key| lookup(objects, key), &cmd, index)?;
+    if applied.writes.is_empty() {
+        return Ok(ApplyResponse::Outcome(applied.outcome));
+    }
+    // Encode everything before writing anything, so a failure leaves the command unapplied.
+    let mut prepared = Vec::with_capacity(applied.writes.len());
+    for write in applied.writes {
+        let bytes = match &write {
+            KeyWrite::Put { object, .. } => match object.encode() {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(index, error = %e, "rejecting a store command whose object cannot be encoded");
+                    return Ok(ApplyResponse::Rejected(format!("store command at log index {index}: {e}")));
+                }
+            },
+            KeyWrite::Delete { .. } => Vec::new(),
+        };
+        prepared.push((write, bytes));
+    }
+    let mut changes = Vec::with_capacity(prepared.len());
+    for (write, bytes) in prepared {
+        match write {
+            KeyWrite::Put { key, revisions, object } => {
+                objects.insert(
+                    key.as_str(),
+                    (revisions.mod_revision, revisions.create_revision, bytes.as_slice()),
+                )?;
+                changes.push(Change {
+                    kind: object.kind(),
+                    name: object.name().to_string(),
+                    object: Some(Arc::new(*object)),
+                });
+            }
+            KeyWrite::Delete { key, kind, name } => {
+                objects.remove(key.as_str())?;
+                changes.push(Change { kind, name, object: None });
+            }
+        }
+    }
+    batches.push(ChangeBatch { revision: index, changes });
+    Ok(ApplyResponse::Outcome(applied.outcome))
+}
+
+/// Builds a snapshot from one read transaction and keeps it as the current snapshot, unless a
+/// newer one (installed meanwhile) is already there.
+fn build_snapshot(db: &Database) -> Result<Snapshot, DbError> {
+    let (meta, blob) = {
+        let txn = begin_read(db)?;
+        let sm_meta = txn.open_table(SM_META)?;
+        let applied: Option<Option<LogId>> = read_record(&sm_meta, KEY_APPLIED, "last applied log id")?;
+        let membership: Option<StoredMembership> = read_record(&sm_meta, KEY_MEMBERSHIP, "last membership")?;
+        let objects = txn.open_table(OBJECTS)?;
+        let blob = snapshot::write_snapshot(&objects)?;
+        let meta =
+            SnapshotMeta { last_log_id: applied.flatten(), last_membership: membership.unwrap_or_default() };
+        (meta, blob)
+    };
+    let txn = begin_write(db)?;
+    {
+        let mut sm_meta = txn.open_table(SM_META)?;
+        let current: Option<SnapshotMeta> = read_record(&sm_meta, KEY_SNAPSHOT_META, "snapshot meta")?;
+        if current.is_none_or(|current| current.last_log_id < meta.last_log_id) {
+            sm_meta.insert(KEY_SNAPSHOT_META, db::encode("snapshot meta", &meta)?.as_slice())?;
+            txn.open_table(SNAPSHOT)?.insert(KEY_SNAPSHOT_BLOB, blob.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(Snapshot { meta, snapshot: blob })
+}
+
+/// Replaces every object with the snapshot's, in one transaction, and returns the changes
+/// watchers must see to go from the old state to the new one.
+fn install_snapshot(db: &Database, meta: &SnapshotMeta, blob: &[u8]) -> Result<Vec<Change>, DbError> {
+    let records = snapshot::read_snapshot(blob)?;
+    let txn = begin_write(db)?;
+    let mut changes = Vec::new();
+    {
+        let mut objects = txn.open_table(OBJECTS)?;
+        let mut old: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for item in objects.iter()? {
+            let (key, value) = item?;
+            old.insert(key.value().to_string(), value.value().2.to_vec());
+        }
+        objects.retain(|_, _| false)?;
+        for record in records {
+            let r = record.revisions;
+            objects
+                .insert(record.key.as_str(), (r.mod_revision, r.create_revision, record.bytes.as_slice()))?;
+            if old.remove(&record.key).as_deref() != Some(record.bytes.as_slice()) {
+                let object = record.object;
+                changes.push(Change {
+                    kind: object.kind(),
+                    name: object.name().to_string(),
+                    object: Some(Arc::new(object)),
+                });
+            }
+        }
+        for (key, bytes) in old {
+            // Deleted keys are named by their old object; an unreadable one was corrupt anyway.
+            match Object::decode(&bytes) {
+                Ok(object) => changes.push(Change {
+                    kind: object.kind(),
+                    name: object.name().to_string(),
+                    object: None,
+                }),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "dropping an unreadable object replaced by a snapshot")
+                }
+            }
+        }
+    }
+    {
+        let mut sm_meta = txn.open_table(SM_META)?;
+        sm_meta.insert(KEY_APPLIED, db::encode("last applied log id", &meta.last_log_id)?.as_slice())?;
+        sm_meta.insert(KEY_MEMBERSHIP, db::encode("last membership", &meta.last_membership)?.as_slice())?;
+        sm_meta.insert(KEY_SNAPSHOT_META, db::encode("snapshot meta", meta)?.as_slice())?;
+        txn.open_table(SNAPSHOT)?.insert(KEY_SNAPSHOT_BLOB, blob)?;
+    }
+    txn.commit()?;
+    Ok(changes)
+}
+
+fn current_snapshot(db: &Database) -> Result<Option<Snapshot>, DbError> {
+    let txn = begin_read(db)?;
+    let sm_meta = txn.open_table(SM_META)?;
+    let Some(meta) = read_record::<SnapshotMeta, _>(&sm_meta, KEY_SNAPSHOT_META, "snapshot meta")? else {
+        return Ok(None);
+    };
+    let snapshots = txn.open_table(SNAPSHOT)?;
+    let Some(blob) = snapshots.get(KEY_SNAPSHOT_BLOB)? else {
+        return Ok(None);
+    };
+    Ok(Some(Snapshot { meta, snapshot: blob.value().to_vec() }))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotBlob;
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let db = self.db.clone();
+        Ok(run_blocking(move || read_applied_state(&db)).await?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let applied = run_blocking(move || apply_entries(&db, batch)).await?;
+        // Watchers first: once a writer hears back, `revision()` and watches already cover it.
+        self.publisher.publish(applied.last_index, applied.batches);
+        for (responder, response) in responders.into_iter().zip(applied.responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotBlob,
+    ) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let owned_meta = meta.clone();
+        let changes = run_blocking(move || install_snapshot(&db, &owned_meta, &snapshot)).await?;
+        let revision = meta.last_log_id.as_ref().map_or(0, |id| id.index);
+        tracing::info!(revision, n_changes = changes.len(), "installed a snapshot");
+        let batches = if changes.is_empty() { Vec::new() } else { vec![ChangeBatch { revision, changes }] };
+        self.publisher.publish(revision, batches);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let db = self.db.clone();
+        Ok(run_blocking(move || current_snapshot(&db)).await?)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotBlob;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let db = self.db.clone();
+        let snapshot = run_blocking(move || build_snapshot(&db)).await?;
+        tracing::info!(
+            last_log_id = ?snapshot.meta.last_log_id,
+            n_bytes = snapshot.snapshot.len(),
+            "built a snapshot"
+        );
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::open_database;
+    use openraft::vote::RaftLeaderIdExt;
+    use redb::ReadableTableMetadata;
+    use shared_proto::store::Precondition;
+    use shared_proto::{ObjectMeta, Site, SiteSpec};
+
+    fn entry(index: u64, payload: EntryPayload<CommandBytes, u64, openraft::BasicNode>) -> Entry {
+        let leader = <TypeConfig as openraft::RaftTypeConfig>::LeaderId::new_committed(1, 1);
+        Entry { log_id: LogId::new(leader, index), payload }
+    }
+
+    fn put_site(name: &str) -> CommandBytes {
+        let object = Object::Site(Site::new(ObjectMeta::named(name), SiteSpec::default()));
+        CommandBytes(StoreCommand::put(object, Precondition::None).encode().unwrap())
+    }
+
+    #[test]
+    fn unreadable_commands_are_rejected_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_database(&dir.path().join("store.redb")).unwrap();
+        let mut newer_version = put_site("b").0;
+        newer_version[0] = 2;
+        let applied = apply_entries(
+            &db,
+            vec![
+                entry(1, EntryPayload::Blank),
+                entry(2, EntryPayload::Normal(CommandBytes(vec![0xff, 0xff, 0xff]))),
+                entry(3, EntryPayload::Normal(CommandBytes(newer_version))),
+                entry(4, EntryPayload::Normal(put_site("a"))),
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(applied.last_index, 4);
+        assert_eq!(applied.responses[0], ApplyResponse::Outcome(StoreOutcome::Applied { revision: 1 }));
+        assert!(matches!(&applied.responses[1], ApplyResponse::Rejected(m) if m.contains("log index 2")));
+        assert!(matches!(&applied.responses[2], ApplyResponse::Rejected(m) if m.contains("version 2")));
+        assert_eq!(applied.responses[3], ApplyResponse::Outcome(StoreOutcome::Applied { revision: 4 }));
+        // Only the readable command changed anything, and watchers hear only of it.
+        let revisions: Vec<u64> = applied.batches.iter().map(|b| b.revision).collect();
+        assert_eq!(revisions, vec![4]);
+        let txn = begin_read(&db).unwrap();
+        assert_eq!(txn.open_table(OBJECTS).unwrap().len().unwrap(), 1);
+        let (last_applied, _) = read_applied_state(&db).unwrap();
+        assert_eq!(last_applied.map(|id| id.index), Some(4));
+    }
+}

@@ -1,0 +1,395 @@
+//! [`HelperRuntime`]: the agent's side of the runtime helper. It starts the helper on
+//! first use, multiplexes requests over the helper's stdin/stdout by request id,
+//! fans `Exited` notifications out to subscribers, and starts a fresh helper after the
+//! old one died (which adopts the containers the old one left running).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shared_proto::runtime::{RuntimeFailure, RuntimeMessage, RuntimeOp, RuntimeReply, RuntimeRequest};
+use shared_proto::wire::{encode_frame, read_frame};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+
+use crate::{
+    ContainerExit, ContainerRuntime, ContainerState, HELPER_SUBCOMMAND, RuntimeError, RuntimeFuture,
+    validate_container_id,
+};
+
+/// How [`HelperRuntime`] starts its helper and where containers keep their state.
+#[derive(Debug, Clone)]
+pub struct HelperConfig {
+    /// Binary to run as `<helper_exe> runtime-helper --root <state_root>`. The default,
+    /// `/proc/self/exe`, is the running agent itself, and still works after the agent's
+    /// file was replaced by an upgrade.
+    pub helper_exe: PathBuf,
+    /// libcontainer's state directory (one sub-directory per container).
+    pub state_root: PathBuf,
+    /// Container output goes to `<log_dir>/<id>.log`.
+    pub log_dir: PathBuf,
+    /// A helper that does not answer within this long is wedged: it is killed (its
+    /// containers keep running) and the next request starts a new one.
+    pub request_timeout: Duration,
+}
+
+impl HelperConfig {
+    pub fn new(state_root: impl Into<PathBuf>, log_dir: impl Into<PathBuf>) -> Self {
+        HelperConfig {
+            helper_exe: PathBuf::from("/proc/self/exe"),
+            state_root: state_root.into(),
+            log_dir: log_dir.into(),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn with_helper_exe(mut self, exe: impl Into<PathBuf>) -> Self {
+        self.helper_exe = exe.into();
+        self
+    }
+}
+
+type ReplyResult = Result<RuntimeReply, RuntimeFailure>;
+
+/// Requests waiting for their reply from one helper process.
+#[derive(Default)]
+struct Pending {
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Default)]
+struct PendingInner {
+    waiting: HashMap<u64, oneshot::Sender<ReplyResult>>,
+    /// Why this helper can no longer answer; set once.
+    closed: Option<String>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, request_id: u64, tx: oneshot::Sender<ReplyResult>) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        if let Some(reason) = &inner.closed {
+            return Err(RuntimeError::Helper(reason.clone()));
+        }
+        inner.waiting.insert(request_id, tx);
+        Ok(())
+    }
+
+    fn complete(&self, request_id: u64, result: ReplyResult) {
+        if let Some(tx) = self.lock().waiting.remove(&request_id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Fails every waiting request: dropping their senders wakes them up.
+    fn close(&self, reason: String) {
+        let mut inner = self.lock();
+        inner.closed.get_or_insert(reason);
+        inner.waiting.clear();
+    }
+
+    fn closed_reason(&self) -> Option<String> {
+        self.lock().closed.clone()
+    }
+}
+
+/// One running helper process.
+struct Session {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Arc<Pending>,
+    kill: Arc<Notify>,
+    pid: Option<u32>,
+    /// Finishes once the helper has exited and been reaped.
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    config: HelperConfig,
+    exits: broadcast::Sender<ContainerExit>,
+    session: tokio::sync::Mutex<Option<Session>>,
+    next_request_id: AtomicU64,
+}
+
+/// The real [`ContainerRuntime`]: containers run through libcontainer in a helper
+/// process, never in the agent's own (multi-threaded) process.
+///
+/// Dropping it closes the helper's stdin; the helper then exits and leaves every
+/// container running, exactly as when the agent is killed.
+pub struct HelperRuntime {
+    shared: Arc<Shared>,
+}
+
+impl HelperRuntime {
+    /// The helper starts on the first request (or [`HelperRuntime::ensure_helper`]).
+    pub fn new(config: HelperConfig) -> Self {
+        HelperRuntime {
+            shared: Arc::new(Shared {
+                config,
+                exits: broadcast::channel(256).0,
+                session: tokio::sync::Mutex::new(None),
+                next_request_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HelperConfig {
+        &self.shared.config
+    }
+
+    /// Where container `id`'s stdout and stderr go.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.shared.config.log_dir.join(format!("{id}.log"))
+    }
+
+    /// Starts the helper now if none runs, so that containers left by a previous agent
+    /// are adopted and their exits reported without waiting for a first request.
+    pub async fn ensure_helper(&self) -> Result<(), RuntimeError> {
+        self.session().await.map(|_| ())
+    }
+
+    /// Closes the helper's stdin and waits until it has exited; containers keep running.
+    /// Requests made afterwards start a new helper.
+    pub async fn shutdown(&self) {
+        let session = self.shared.session.lock().await.take();
+        if let Some(Session { frames, watcher, .. }) = session {
+            drop(frames);
+            let _ = watcher.await;
+        }
+    }
+
+    /// Pid of the current helper process, if one runs.
+    pub async fn helper_pid(&self) -> Option<u32> {
+        let slot = self.shared.session.lock().await;
+        slot.as_ref().filter(|s| s.pending.closed_reason().is_none()).and_then(|s| s.pid)
+    }
+
+    async fn session(
+        &self,
+    ) -> Result<(mpsc::UnboundedSender<Vec<u8>>, Arc<Pending>, Arc<Notify>), RuntimeError> {
+        let mut slot = self.shared.session.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| s.pending.closed_reason().is_none()) {
+            return Ok((s.frames.clone(), s.pending.clone(), s.kill.clone()));
+        }
+        let s = self.spawn()?;
+        let handles = (s.frames.clone(), s.pending.clone(), s.kill.clone());
+        *slot = Some(s);
+        Ok(handles)
+    }
+
+    fn spawn(&self) -> Result<Session, RuntimeError> {
+        let config = &self.shared.config;
+        let mut child = Command::new(&config.helper_exe)
+            .arg(HELPER_SUBCOMMAND)
+            .arg("--root")
+            .arg(&config.state_root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl-C meant for the agent must not kill the
+            // helper in the middle of an operation.
+            .process_group(0)
+            // libcontainer would hand systemd socket-activation fds to containers.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| {
+                RuntimeError::Helper(format!(
+                    "starting {} {HELPER_SUBCOMMAND}: {e}",
+                    config.helper_exe.display()
+                ))
+            })?;
+        let pid = child.id();
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.start_kill();
+            return Err(RuntimeError::Helper("runtime helper pipes missing".into()));
+        };
+        let pending = Arc::new(Pending::default());
+        let kill = Arc::new(Notify::new());
+        let (frames, frames_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(stdin, frames_rx, pending.clone(), kill.clone()));
+        let reader =
+            tokio::spawn(read_messages(stdout, pending.clone(), self.shared.exits.clone(), kill.clone()));
+        let watcher = tokio::spawn(watch_child(child, reader, pending.clone(), kill.clone()));
+        Ok(Session { frames, pending, kill, pid, watcher })
+    }
+
+    async fn request(&self, id: Option<&str>, op: RuntimeOp) -> Result<RuntimeReply, RuntimeError> {
+        if let Some(id) = id {
+            validate_container_id(id)?;
+        }
+        let (frames, pending, kill) = self.session().await?;
+        let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&RuntimeRequest { request_id, op })
+            .map_err(|e| RuntimeError::InvalidRequest(format!("encoding request: {e}")))?;
+        let (tx, rx) = oneshot::channel();
+        pending.register(request_id, tx)?;
+        // Whole frames go through one writer task, so a caller that gives up halfway
+        // can never leave half a frame in the pipe.
+        if frames.send(frame).is_err() {
+            pending.close("runtime helper input closed".into());
+        }
+        match tokio::time::timeout(self.shared.config.request_timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(|f| RuntimeError::from_failure(id, f)),
+            Ok(Err(_)) => Err(RuntimeError::Helper(
+                pending.closed_reason().unwrap_or_else(|| "runtime helper went away".into()),
+            )),
+            Err(_) => {
+                let reason = format!(
+                    "runtime helper did not answer within {:?}; it was killed and will be restarted",
+                    self.shared.config.request_timeout
+                );
+                pending.close(reason.clone());
+                kill.notify_one();
+                Err(RuntimeError::Helper(reason))
+            }
+        }
+    }
+}
+
+async fn write_frames(
+    mut stdin: ChildStdin,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Arc<Pending>,
+    kill: Arc<Notify>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if let Err(e) = stdin.write_all(&frame).await {
+            pending.close(format!("runtime helper is gone (writing its input: {e})"));
+            kill.notify_one();
+            return;
+        }
+    }
+    // Every sender is gone (the runtime was dropped): dropping stdin lets the helper
+    // see EOF and exit, leaving containers running.
+}
+
+async fn read_messages(
+    mut stdout: ChildStdout,
+    pending: Arc<Pending>,
+    exits: broadcast::Sender<ContainerExit>,
+    kill: Arc<Notify>,
+) {
+    loop {
+        match read_frame::<RuntimeMessage, _>(&mut stdout).await {
+            Ok(Some(RuntimeMessage::Reply { request_id, result })) => pending.complete(request_id, result),
+            Ok(Some(RuntimeMessage::Exited { id, pid, exit_code })) => {
+                // No subscriber is fine: nobody is waiting for exits right now.
+                let _ = exits.send(ContainerExit { id, pid, exit_code });
+            }
+            Ok(None) => {
+                pending.close("runtime helper closed its output".into());
+                return;
+            }
+            Err(e) => {
+                // The stream is out of step; nothing after this can be trusted.
+                pending.close(format!("runtime helper sent a malformed frame: {e}"));
+                kill.notify_one();
+                return;
+            }
+        }
+    }
+}
+
+/// Reaps the helper and fails what still waits once it is gone. Output EOF alone is
+/// not enough: a created-but-not-started container briefly holds a copy of the
+/// helper's stdout.
+async fn watch_child(
+    mut child: Child,
+    reader: tokio::task::JoinHandle<()>,
+    pending: Arc<Pending>,
+    kill: Arc<Notify>,
+) {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = kill.notified() => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    // Let the reader drain replies the helper wrote just before exiting.
+    let mut reader = reader;
+    if tokio::time::timeout(Duration::from_millis(200), &mut reader).await.is_err() {
+        reader.abort();
+    }
+    let status = match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("unknown status: {e}"),
+    };
+    pending.close(format!("runtime helper exited ({status})"));
+}
+
+impl ContainerRuntime for HelperRuntime {
+    fn create<'a>(&'a self, id: &'a str, bundle: &'a Path) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            let bundle = std::path::absolute(bundle).map_err(|e| {
+                RuntimeError::InvalidRequest(format!("bundle path {}: {e}", bundle.display()))
+            })?;
+            let (Some(bundle), Some(log_path)) =
+                (bundle.to_str().map(String::from), self.log_path(id).to_str().map(String::from))
+            else {
+                return Err(RuntimeError::InvalidRequest("bundle and log paths must be UTF-8".into()));
+            };
+            self.request(Some(id), RuntimeOp::Create { id: id.to_string(), bundle, log_path }).await?;
+            Ok(())
+        })
+    }
+
+    fn start<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.request(Some(id), RuntimeOp::Start { id: id.to_string() }).await?;
+            Ok(())
+        })
+    }
+
+    fn kill<'a>(&'a self, id: &'a str, signal: i32) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.request(Some(id), RuntimeOp::Kill { id: id.to_string(), signal }).await?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str, force: bool) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.request(Some(id), RuntimeOp::Delete { id: id.to_string(), force }).await?;
+            Ok(())
+        })
+    }
+
+    fn state<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<ContainerState>> {
+        Box::pin(async move {
+            match self.request(Some(id), RuntimeOp::State { id: id.to_string() }).await {
+                Ok(RuntimeReply::State(s)) => Ok(Some(s.into())),
+                Ok(other) => Err(unexpected(other)),
+                Err(RuntimeError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list(&self) -> RuntimeFuture<'_, Vec<ContainerState>> {
+        Box::pin(async move {
+            match self.request(None, RuntimeOp::List).await? {
+                RuntimeReply::List(states) => Ok(states.into_iter().map(Into::into).collect()),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn subscribe_exits(&self) -> broadcast::Receiver<ContainerExit> {
+        self.shared.exits.subscribe()
+    }
+}
+
+fn unexpected(reply: RuntimeReply) -> RuntimeError {
+    RuntimeError::Helper(format!("runtime helper answered with the wrong reply kind: {reply:?}"))
+}

@@ -1,0 +1,107 @@
+//! Loading `flotilla-agent run --config FILE` and filling in defaults.
+
+use anyhow::{Context, bail};
+use shared_proto::config::AgentConfigFile;
+use shared_proto::validate::{dns_label_problem, label_problem};
+use std::path::{Path, PathBuf};
+
+/// Largest config file read.
+const MAX_CONFIG_BYTES: u64 = 64 << 10;
+
+/// The agent's settings with defaults resolved.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub hub: String,
+    pub enrolment_token: Option<String>,
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            bail!("{}: larger than {MAX_CONFIG_BYTES} bytes", path.display());
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<AgentConfig> {
+        let file: AgentConfigFile = toml::from_str(text)?;
+        let name = match file.name {
+            Some(n) => n,
+            None => crate::facts::hostname().to_ascii_lowercase(),
+        };
+        if let Some(p) = dns_label_problem(&name) {
+            bail!("name: {p} (set `name = \"...\"` to a valid device name)");
+        }
+        if file.hub.is_empty() || !file.hub.contains(':') {
+            bail!("hub: must be host:port of the hub's QUIC endpoint, e.g. \"hub.example:7441\"");
+        }
+        for (k, v) in &file.labels {
+            if let Some(p) = label_problem(k, v) {
+                bail!("labels.{k}: {p}");
+            }
+        }
+        Ok(AgentConfig {
+            hub: file.hub,
+            enrolment_token: file.enrolment_token.filter(|t| !t.trim().is_empty()),
+            name,
+            state_dir: PathBuf::from(file.state_dir),
+            runtime_dir: PathBuf::from(file.runtime_dir),
+            labels: file.labels,
+        })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("state.redb")
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir.join("device.key")
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.state_dir.join("device.crt")
+    }
+    pub fn ca_path(&self) -> PathBuf {
+        self.state_dir.join("ca.crt")
+    }
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.state_dir.join("blobs")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+    pub fn containers_dir(&self) -> PathBuf {
+        self.state_dir.join("containers")
+    }
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.state_dir.join("bundles")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    pub fn runtime_state_dir(&self) -> PathBuf {
+        self.runtime_dir.join("containers")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = AgentConfig::parse("hub = \"h:7441\"\nname = \"pi-1\"\n").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/flotilla-agent"));
+        assert_eq!(c.enrolment_token, None);
+        let e = AgentConfig::parse("hub = \"h:7441\"\nname = \"Pi_1\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("name:"), "{e}");
+        let e = AgentConfig::parse("hub = \"h\"\nname = \"pi\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("hub:"), "{e}");
+        let e = AgentConfig::parse("hub = \"h:1\"\nname = \"pi\"\nhbu = 1\n").unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+    }
+}

@@ -1,0 +1,136 @@
+//! First start: enrol with the hub using the operator's token, keeping the key this
+//! device generated and the certificate the hub signed. Later starts load them.
+
+use crate::config::AgentConfig;
+use crate::state::StateDb;
+use anyhow::{Context, anyhow, bail};
+use provisioning::device_key::DeviceKey;
+use provisioning::token::EnrolmentToken;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use shared_proto::agent_state::AgentIdentity;
+use shared_proto::wire::{self, EnrolRefusal, EnrolReply, EnrolRequest, StreamOpen};
+use std::time::Duration;
+
+/// What the agent authenticates with.
+pub struct Identity {
+    pub device: String,
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub ca: CertificateDer<'static>,
+}
+
+/// An enrolment the hub refused for a reason retrying cannot fix.
+#[derive(Debug, thiserror::Error)]
+#[error("enrolment refused: {message}")]
+pub struct EnrolRefused {
+    pub reason: EnrolRefusal,
+    pub message: String,
+}
+
+fn load(config: &AgentConfig, device: &str) -> anyhow::Result<Identity> {
+    let key_pem = std::fs::read_to_string(config.key_path()).context("reading device.key")?;
+    let cert_pem = std::fs::read_to_string(config.cert_path()).context("reading device.crt")?;
+    let ca_pem = std::fs::read_to_string(config.ca_path()).context("reading ca.crt")?;
+    let key = DeviceKey::from_pem(&key_pem).context("parsing device.key")?;
+    Ok(Identity {
+        device: device.to_string(),
+        cert_chain: provisioning::pem::decode_certs(&cert_pem)?,
+        key: key.private_key_der(),
+        ca: provisioning::pem::decode_cert(&ca_pem)?,
+    })
+}
+
+/// The identity this agent has, enrolling first if it has none. Network trouble is
+/// retried with back-off; a refusal the operator must fix is returned as
+/// [`EnrolRefused`].
+pub async fn ensure_identity(
+    config: &AgentConfig,
+    db: &StateDb,
+    endpoint: &quinn::Endpoint,
+) -> anyhow::Result<Identity> {
+    if let Some(id) = db.identity()? {
+        return load(config, &id.device)
+            .with_context(|| format!("loading the identity in {}", config.state_dir.display()));
+    }
+    let token_text = config.enrolment_token.as_deref().ok_or_else(|| {
+        anyhow!("this device is not enrolled and the config has no enrolment_token: create one with `flotilla token create`")
+    })?;
+    let token = EnrolmentToken::parse(token_text).map_err(|e| anyhow!("enrolment_token: {e}"))?;
+    let key = DeviceKey::generate()?;
+    let csr = key.csr_der(&config.name)?;
+    let request = EnrolRequest {
+        token: token_text.to_string(),
+        device_name: config.name.clone(),
+        csr_der: csr,
+        facts: crate::facts::device_facts(),
+        labels: config.labels.clone(),
+    };
+    let tls = provisioning::tls::enrolment_client_config(token.ca_fingerprint())?;
+    let quic = crate::transport::client_config(tls)?;
+    let mut backoff = crate::transport::Backoff::new(Duration::from_secs(30));
+    let (device, chain, ca) = loop {
+        match enrol_once(endpoint, &config.hub, quic.clone(), &request).await {
+            Ok(EnrolReply::Accepted { device, cert_chain_der, ca_der }) => {
+                break (device, cert_chain_der, ca_der);
+            }
+            Ok(EnrolReply::Refused { reason: EnrolRefusal::Unavailable, message }) => {
+                tracing::warn!(%message, "hub cannot enrol right now; retrying");
+            }
+            Ok(EnrolReply::Refused { reason, message }) => {
+                return Err(EnrolRefused { reason, message }.into());
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "enrolment attempt failed; retrying"),
+        }
+        tokio::time::sleep(backoff.next()).await;
+    };
+    if device != config.name {
+        bail!("the hub enrolled this device as {device:?}, not {:?}", config.name);
+    }
+    let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
+    let leaf = chain.first().ok_or_else(|| anyhow!("the hub sent an empty certificate chain"))?;
+    if !key.matches_certificate(leaf)? {
+        bail!("the hub's certificate is not for this device's key");
+    }
+    let ca = CertificateDer::from(ca);
+    if provisioning::sha256_fingerprint(&ca) != token.ca_fingerprint() {
+        bail!("the hub sent a CA that is not the one named in the enrolment token");
+    }
+    std::fs::create_dir_all(&config.state_dir)?;
+    provisioning::files::write_private_file(&config.key_path(), key.to_pkcs8_pem().as_bytes())?;
+    provisioning::files::write_file_atomic(
+        &config.cert_path(),
+        provisioning::pem::encode_cert_chain(&chain).as_bytes(),
+        0o644,
+    )?;
+    provisioning::files::write_file_atomic(
+        &config.ca_path(),
+        provisioning::pem::encode_cert(&ca).as_bytes(),
+        0o644,
+    )?;
+    // The identity record goes last: its presence means the files above are complete.
+    db.set_identity(&AgentIdentity {
+        device: device.clone(),
+        hub: config.hub.clone(),
+        enrolled_at: shared_proto::Timestamp::from_system_time(std::time::SystemTime::now()),
+    })?;
+    tracing::info!(%device, "enrolled");
+    Ok(Identity { device, cert_chain: chain, key: key.private_key_der(), ca })
+}
+
+async fn enrol_once(
+    endpoint: &quinn::Endpoint,
+    hub: &str,
+    config: quinn::ClientConfig,
+    request: &EnrolRequest,
+) -> anyhow::Result<EnrolReply> {
+    let conn = crate::transport::connect(endpoint, hub, config).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    wire::write_frame(&mut send, &StreamOpen::Enrol(request.clone())).await?;
+    send.finish()?;
+    let reply = tokio::time::timeout(Duration::from_secs(30), wire::read_frame::<EnrolReply, _>(&mut recv))
+        .await
+        .map_err(|_| anyhow!("the hub did not answer the enrolment within 30s"))??
+        .ok_or_else(|| anyhow!("the hub closed the enrolment stream without an answer"))?;
+    conn.close(0u32.into(), b"enrolled");
+    Ok(reply)
+}

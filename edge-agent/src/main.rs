@@ -1,0 +1,64 @@
+//! `flotilla-agent`: `run --config FILE`, `reset --config FILE`, and the internal
+//! `runtime-helper` mode the agent re-executes itself in for container operations.
+
+use clap::{Parser, Subcommand};
+use edge_agent::config::AgentConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "flotilla-agent", version, about = "Flotilla edge agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrol if needed, then run the desired containers and sync with the hub.
+    Run {
+        #[arg(long, short, default_value = "/etc/flotilla/agent.toml")]
+        config: PathBuf,
+    },
+    /// Stop and remove every container this agent runs (identity and images stay).
+    Reset {
+        #[arg(long, short, default_value = "/etc/flotilla/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    // The runtime helper must start before any thread exists: it forks containers.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(agent_runtime::HELPER_SUBCOMMAND) {
+        return agent_runtime::helper_main(args.into_iter().skip(2));
+    }
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run { config } => edge_agent::agent::run(AgentConfig::load(&config)?).await,
+            Command::Reset { config } => edge_agent::agent::reset(AgentConfig::load(&config)?).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<edge_agent::enrol::EnrolRefused>().is_some() {
+                return ExitCode::from(2);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

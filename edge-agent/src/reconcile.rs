@@ -1,0 +1,409 @@
+//! The agent's reconcile core: a pure function from (desired manifest, what runs,
+//! what is unpacked, restart history, now) to the actions that close the gap, plus
+//! the report of every desired container's state. No I/O, no clock: the agent's loop
+//! gathers the inputs and carries out the actions, so this is tested exhaustively
+//! without containers.
+//!
+//! Invariants:
+//! - running the same inputs twice yields the same actions (idempotent);
+//! - containers no longer desired are removed before new ones start, so an update
+//!   that keeps a host port can take it over;
+//! - a container whose spec is unchanged across app generations keeps running;
+//! - a failing container or image pull is retried with exponential back-off, never
+//!   in a hot loop, and the report says why it waits.
+
+use shared_proto::manifest::{
+    ContainerPhase, DesiredApp, DesiredContainer, DesiredManifest, ObservedContainer,
+};
+use shared_proto::{NetworkMode, RestartPolicy, Timestamp};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Longest wait between two restarts or pull attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long before exiting starts its back-off afresh.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+/// What the runtime reports about one container, plus the exit code if we saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeView {
+    pub status: RuntimeStatus,
+    /// Known only when the agent's helper reaped the process.
+    pub exit_code: Option<i32>,
+    pub started_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeStatus {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+}
+
+/// Where an image pull stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullState {
+    InFlight,
+    Failed { reason: String, retry_at: Timestamp },
+}
+
+/// Restart bookkeeping for one (app, container).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestartState {
+    pub n_restarts: u32,
+    /// No new attempt before this time.
+    pub not_before: Timestamp,
+    /// Why the last attempt failed (create/start error), if it did.
+    pub last_error: Option<String>,
+}
+
+/// The exponential back-off after `n` consecutive failures: 1s, 2s, 4s … 5 min.
+pub fn backoff(n: u32) -> Duration {
+    let secs = 1u64.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u64::MAX);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Runtime containers by id.
+    pub runtime: BTreeMap<String, RuntimeView>,
+    /// Unpacked images by manifest digest.
+    pub images: BTreeSet<String>,
+    pub pulls: BTreeMap<String, PullState>,
+    /// By (app, container name).
+    pub restarts: BTreeMap<(String, String), RestartState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Fetch and unpack an image.
+    Pull { digest: String },
+    /// Create and start a container.
+    Run { id: String, app: String, generation: u64, network: NetworkMode, container: DesiredContainer },
+    /// Start a created container.
+    Start { id: String },
+    /// Stop (SIGTERM, then SIGKILL) and delete a container and its root filesystem.
+    Remove { id: String },
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub report: Vec<ObservedContainer>,
+    /// When to look again even if nothing happens (a back-off expiring).
+    pub wake_at: Option<Timestamp>,
+}
+
+/// The runtime id of a container: app, name and a hash of everything that requires
+/// a new container when it changes. `_` cannot appear in app or container names, so
+/// the id parses back unambiguously.
+pub fn container_id(app: &DesiredApp, c: &DesiredContainer) -> String {
+    let bytes = postcard::to_stdvec(&(c, app.network)).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    format!("{}_{}_{}", app.name, c.name, hex::encode(&digest.as_ref()[..6]))
+}
+
+/// App and container name of an id made by [`container_id`].
+pub fn parse_container_id(id: &str) -> Option<(&str, &str)> {
+    let mut parts = id.splitn(3, '_');
+    Some((parts.next()?, parts.next()?)).filter(|_| parts.next().is_some())
+}
+
+fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> Plan {
+    let mut plan = Plan::default();
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    let mut runs = Vec::new();
+    let mut pulls = BTreeSet::new();
+
+    for app in &desired.apps {
+        for c in &app.containers {
+            let id = container_id(app, c);
+            wanted.insert(id.clone());
+            let key = (app.name.clone(), c.name.clone());
+            let restart = obs.restarts.get(&key).cloned().unwrap_or_default();
+            let mut report = ObservedContainer {
+                app: app.name.clone(),
+                generation: app.generation,
+                name: c.name.clone(),
+                id: id.clone(),
+                restarts: restart.n_restarts,
+                ..Default::default()
+            };
+            let waiting = now < restart.not_before;
+            match obs.runtime.get(&id) {
+                Some(rt) if rt.status == RuntimeStatus::Running => {
+                    report.phase = ContainerPhase::Running;
+                    report.started_at = rt.started_at;
+                }
+                Some(rt) if rt.status == RuntimeStatus::Created => {
+                    report.reason = "starting".into();
+                    plan.actions.push(Action::Start { id: id.clone() });
+                }
+                Some(rt) if rt.status == RuntimeStatus::Stopped => {
+                    report.exit_code = rt.exit_code;
+                    let failed = rt.exit_code != Some(0);
+                    let again = match app.restart_policy {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => failed,
+                        RestartPolicy::Never => false,
+                    };
+                    report.phase = ContainerPhase::Exited;
+                    if !again {
+                        report.reason = match rt.exit_code {
+                            Some(code) => format!("exited with code {code}"),
+                            None => "exited while the agent was not watching".into(),
+                        };
+                    } else if waiting {
+                        let code = rt.exit_code.map_or("unknown".into(), |c| c.to_string());
+                        report.reason = format!(
+                            "exited with code {code}; restarting in {}s (back-off after {} restarts)",
+                            restart.not_before.since(now).as_secs().max(1),
+                            restart.n_restarts
+                        );
+                        if restart.n_restarts >= 3 && failed {
+                            report.phase = ContainerPhase::Failed;
+                            report.reason = format!("crash loop: {}", report.reason);
+                        }
+                        plan.wake_at = earliest(plan.wake_at, restart.not_before);
+                    } else {
+                        report.reason = "restarting".into();
+                        plan.actions.push(Action::Remove { id: id.clone() });
+                        runs.push(Action::Run {
+                            id: id.clone(),
+                            app: app.name.clone(),
+                            generation: app.generation,
+                            network: app.network,
+                            container: c.clone(),
+                        });
+                    }
+                }
+                Some(_) => report.reason = "being created".into(),
+                None if obs.images.contains(&c.image_digest) => {
+                    if waiting {
+                        report.phase = ContainerPhase::Failed;
+                        report.reason = format!(
+                            "{}; retrying in {}s",
+                            restart.last_error.as_deref().unwrap_or("could not start"),
+                            restart.not_before.since(now).as_secs().max(1)
+                        );
+                        plan.wake_at = earliest(plan.wake_at, restart.not_before);
+                    } else {
+                        report.reason = "creating".into();
+                        runs.push(Action::Run {
+                            id: id.clone(),
+                            app: app.name.clone(),
+                            generation: app.generation,
+                            network: app.network,
+                            container: c.clone(),
+                        });
+                    }
+                }
+                None => match obs.pulls.get(&c.image_digest) {
+                    Some(PullState::InFlight) => report.reason = format!("pulling image {}", c.image),
+                    Some(PullState::Failed { reason, retry_at }) if now < *retry_at => {
+                        report.phase = ContainerPhase::Failed;
+                        report.reason = format!(
+                            "image {} not available: {reason}; retrying in {}s",
+                            c.image,
+                            retry_at.since(now).as_secs().max(1)
+                        );
+                        plan.wake_at = earliest(plan.wake_at, *retry_at);
+                    }
+                    _ => {
+                        report.reason = format!("pulling image {}", c.image);
+                        if pulls.insert(c.image_digest.clone()) {
+                            plan.actions.push(Action::Pull { digest: c.image_digest.clone() });
+                        }
+                    }
+                },
+            }
+            plan.report.push(report);
+        }
+    }
+    // Remove what is no longer wanted before starting anything new.
+    let removals: Vec<Action> = obs
+        .runtime
+        .keys()
+        .filter(|id| !wanted.contains(*id))
+        .map(|id| Action::Remove { id: id.clone() })
+        .collect();
+    let mut actions = removals;
+    actions.append(&mut plan.actions);
+    actions.extend(runs);
+    plan.actions = actions;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::manifest::ContainerLimits;
+
+    fn container(name: &str, digest: &str) -> DesiredContainer {
+        DesiredContainer {
+            name: name.into(),
+            image: "img:1".into(),
+            image_digest: digest.into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            ports: vec![],
+            limits: ContainerLimits::default(),
+            working_dir: String::new(),
+        }
+    }
+
+    fn manifest(policy: RestartPolicy, containers: Vec<DesiredContainer>) -> DesiredManifest {
+        DesiredManifest {
+            device: "pi".into(),
+            revision: 3,
+            apps: vec![DesiredApp {
+                name: "web".into(),
+                generation: 2,
+                restart_policy: policy,
+                network: NetworkMode::Host,
+                containers,
+            }],
+        }
+    }
+
+    fn id_of(m: &DesiredManifest, i: usize) -> String {
+        container_id(&m.apps[0], &m.apps[0].containers[i])
+    }
+
+    fn rt(status: RuntimeStatus, exit_code: Option<i32>) -> RuntimeView {
+        RuntimeView { status, exit_code, started_at: None }
+    }
+
+    #[test]
+    fn missing_images_are_pulled_once_then_containers_run() {
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x"), container("b", "sha256:x")]);
+        let mut obs = Observed::default();
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert_eq!(plan.actions, vec![Action::Pull { digest: "sha256:x".into() }]);
+        assert!(
+            plan.report.iter().all(|r| r.phase == ContainerPhase::Pending && r.reason.contains("pulling"))
+        );
+        obs.pulls.insert("sha256:x".into(), PullState::InFlight);
+        assert!(reconcile(&m, &obs, Timestamp(0)).actions.is_empty());
+        obs.images.insert("sha256:x".into());
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert!(matches!(&plan.actions[..], [Action::Run { .. }, Action::Run { .. }]));
+    }
+
+    #[test]
+    fn running_containers_are_left_alone_and_reconcile_is_idempotent() {
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        let mut obs = Observed::default();
+        obs.images.insert("sha256:x".into());
+        obs.runtime.insert(id_of(&m, 0), rt(RuntimeStatus::Running, None));
+        let first = reconcile(&m, &obs, Timestamp(5));
+        assert!(first.actions.is_empty());
+        assert_eq!(first.report[0].phase, ContainerPhase::Running);
+        assert_eq!(first, reconcile(&m, &obs, Timestamp(5)));
+    }
+
+    #[test]
+    fn unwanted_containers_go_first() {
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:new")]);
+        let mut obs = Observed::default();
+        obs.images.insert("sha256:new".into());
+        obs.runtime.insert("web_a_oldhash".into(), rt(RuntimeStatus::Running, None));
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert_eq!(plan.actions[0], Action::Remove { id: "web_a_oldhash".into() });
+        assert!(matches!(plan.actions[1], Action::Run { .. }));
+    }
+
+    #[test]
+    fn restart_policies() {
+        for (policy, code, restarts) in [
+            (RestartPolicy::Always, Some(0), true),
+            (RestartPolicy::Always, Some(1), true),
+            (RestartPolicy::OnFailure, Some(0), false),
+            (RestartPolicy::OnFailure, Some(2), true),
+            (RestartPolicy::OnFailure, None, true),
+            (RestartPolicy::Never, Some(1), false),
+        ] {
+            let m = manifest(policy, vec![container("a", "sha256:x")]);
+            let mut obs = Observed::default();
+            obs.images.insert("sha256:x".into());
+            obs.runtime.insert(id_of(&m, 0), rt(RuntimeStatus::Stopped, code));
+            let plan = reconcile(&m, &obs, Timestamp(0));
+            assert_eq!(!plan.actions.is_empty(), restarts, "{policy:?} {code:?}");
+            assert_eq!(plan.report[0].exit_code, code);
+            if !restarts {
+                assert_eq!(plan.report[0].phase, ContainerPhase::Exited);
+            }
+        }
+    }
+
+    #[test]
+    fn crash_loops_back_off_and_say_so() {
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        let mut obs = Observed::default();
+        obs.images.insert("sha256:x".into());
+        obs.runtime.insert(id_of(&m, 0), rt(RuntimeStatus::Stopped, Some(1)));
+        obs.restarts.insert(
+            ("web".into(), "a".into()),
+            RestartState { n_restarts: 4, not_before: Timestamp(8_000), last_error: None },
+        );
+        let plan = reconcile(&m, &obs, Timestamp(1_000));
+        assert!(plan.actions.is_empty());
+        assert_eq!(plan.report[0].phase, ContainerPhase::Failed);
+        assert!(plan.report[0].reason.contains("crash loop"), "{}", plan.report[0].reason);
+        assert_eq!(plan.wake_at, Some(Timestamp(8_000)));
+        let plan = reconcile(&m, &obs, Timestamp(8_000));
+        assert!(matches!(&plan.actions[..], [Action::Remove { .. }, Action::Run { .. }]));
+    }
+
+    #[test]
+    fn failed_pulls_wait_then_retry() {
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        let mut obs = Observed::default();
+        obs.pulls.insert(
+            "sha256:x".into(),
+            PullState::Failed { reason: "hub unreachable".into(), retry_at: Timestamp(4_000) },
+        );
+        let plan = reconcile(&m, &obs, Timestamp(1_000));
+        assert!(plan.actions.is_empty());
+        assert!(plan.report[0].reason.contains("hub unreachable"));
+        assert_eq!(plan.wake_at, Some(Timestamp(4_000)));
+        assert_eq!(
+            reconcile(&m, &obs, Timestamp(4_000)).actions,
+            vec![Action::Pull { digest: "sha256:x".into() }]
+        );
+    }
+
+    #[test]
+    fn created_but_not_started_containers_are_started() {
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        let mut obs = Observed::default();
+        obs.runtime.insert(id_of(&m, 0), rt(RuntimeStatus::Created, None));
+        assert_eq!(reconcile(&m, &obs, Timestamp(0)).actions, vec![Action::Start { id: id_of(&m, 0) }]);
+    }
+
+    #[test]
+    fn ids_change_with_the_spec_and_parse_back() {
+        let m1 = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        let mut m2 = m1.clone();
+        m2.apps[0].generation = 9;
+        m2.apps[0].restart_policy = RestartPolicy::Never;
+        assert_eq!(id_of(&m1, 0), id_of(&m2, 0), "policy and generation do not recreate containers");
+        m2.apps[0].containers[0].image_digest = "sha256:y".into();
+        assert_ne!(id_of(&m1, 0), id_of(&m2, 0));
+        assert_eq!(parse_container_id(&id_of(&m1, 0)), Some(("web", "a")));
+        assert_eq!(parse_container_id("nounderscores"), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}

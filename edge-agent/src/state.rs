@@ -1,0 +1,180 @@
+//! The agent's state database (redb): its identity, the last desired manifest, the
+//! images it unpacked and the containers it created. Every write is one durable
+//! transaction, so a crash or power cut at any point leaves either the old or the
+//! new record, never half of one.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use shared_proto::CodecError;
+use shared_proto::agent_state::{AgentIdentity, ContainerRecord, HeldDesired, ImageRecord};
+use std::path::Path;
+use std::sync::Arc;
+
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+const SINGLETONS: Table = TableDefinition::new("singletons");
+const IMAGES: Table = TableDefinition::new("images");
+const CONTAINERS: Table = TableDefinition::new("containers");
+
+const IDENTITY_KEY: &str = "identity";
+const DESIRED_KEY: &str = "desired";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Db(String),
+    #[error("state database record: {0}")]
+    Codec(#[from] CodecError),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self {
+                StateError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[derive(Clone)]
+pub struct StateDb {
+    db: Arc<Database>,
+}
+
+impl StateDb {
+    pub fn open(path: &Path) -> Result<StateDb, StateError> {
+        let mut builder = Database::builder();
+        builder.set_repair_callback(|_| {});
+        let db = builder.create(path)?;
+        let tx = db.begin_write()?;
+        tx.open_table(SINGLETONS)?;
+        tx.open_table(IMAGES)?;
+        tx.open_table(CONTAINERS)?;
+        tx.commit()?;
+        Ok(StateDb { db: Arc::new(db) })
+    }
+
+    fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(table)?.insert(key, value)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn remove(&self, table: Table, key: &str) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(table)?.remove(key)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn all(&self, table: Table) -> Result<Vec<Vec<u8>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn identity(&self) -> Result<Option<AgentIdentity>, StateError> {
+        self.get(SINGLETONS, IDENTITY_KEY)?.map(|b| AgentIdentity::decode(&b)).transpose().map_err(Into::into)
+    }
+
+    pub fn set_identity(&self, id: &AgentIdentity) -> Result<(), StateError> {
+        self.put(SINGLETONS, IDENTITY_KEY, &id.encode()?)
+    }
+
+    pub fn desired(&self) -> Result<Option<HeldDesired>, StateError> {
+        self.get(SINGLETONS, DESIRED_KEY)?.map(|b| HeldDesired::decode(&b)).transpose().map_err(Into::into)
+    }
+
+    pub fn set_desired(&self, d: &HeldDesired) -> Result<(), StateError> {
+        self.put(SINGLETONS, DESIRED_KEY, &d.encode()?)
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StateError> {
+        self.all(IMAGES)?.iter().map(|b| ImageRecord::decode(b).map_err(Into::into)).collect()
+    }
+
+    pub fn put_image(&self, r: &ImageRecord) -> Result<(), StateError> {
+        self.put(IMAGES, &r.manifest_digest, &r.encode()?)
+    }
+
+    pub fn remove_image(&self, digest: &str) -> Result<(), StateError> {
+        self.remove(IMAGES, digest)
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, StateError> {
+        self.all(CONTAINERS)?.iter().map(|b| ContainerRecord::decode(b).map_err(Into::into)).collect()
+    }
+
+    pub fn put_container(&self, r: &ContainerRecord) -> Result<(), StateError> {
+        self.put(CONTAINERS, &r.id, &r.encode()?)
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<(), StateError> {
+        self.remove(CONTAINERS, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::Timestamp;
+    use shared_proto::manifest::DesiredManifest;
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let db = StateDb::open(&path).unwrap();
+            assert_eq!(db.desired().unwrap(), None);
+            db.set_desired(&HeldDesired {
+                manifest: DesiredManifest { device: "pi".into(), revision: 7, apps: vec![] },
+                received_at: Timestamp(1),
+            })
+            .unwrap();
+            db.set_identity(&AgentIdentity {
+                device: "pi".into(),
+                hub: "h:1".into(),
+                enrolled_at: Timestamp(2),
+            })
+            .unwrap();
+            db.put_container(&ContainerRecord {
+                id: "web_a_1".into(),
+                app: "web".into(),
+                name: "a".into(),
+                generation: 1,
+                spec_hash: "1".into(),
+                image_digest: "sha256:x".into(),
+                created_at: Timestamp(3),
+                restarts: 0,
+            })
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.desired().unwrap().unwrap().manifest.revision, 7);
+        assert_eq!(db.identity().unwrap().unwrap().device, "pi");
+        assert_eq!(db.containers().unwrap().len(), 1);
+        db.remove_container("web_a_1").unwrap();
+        assert!(db.containers().unwrap().is_empty());
+    }
+}

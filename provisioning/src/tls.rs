@@ -1,0 +1,346 @@
+//! rustls configurations for the hub↔agent QUIC link, enrolment and the hub's HTTPS API.
+//!
+//! Every configuration is built with the ring provider passed explicitly, so it never depends
+//! on (or panics over) a process-wide default provider. QUIC configurations are TLS 1.3 only
+//! and insist on ALPN [`shared_proto::wire::ALPN`]; they are ready for
+//! `quinn::crypto::rustls::QuicServerConfig::try_from` / `QuicClientConfig::try_from`. 0-RTT
+//! stays off (rustls' default), so nothing an agent sends can be replayed.
+//!
+//! Trust is the fleet CA alone: no system roots anywhere.
+
+use crate::sha256_fingerprint;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::VerifierBuilderError;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use shared_proto::wire::ALPN;
+use std::fmt;
+use std::sync::Arc;
+
+/// ALPN of the hub's HTTPS API.
+pub const API_ALPN: &[u8] = b"http/1.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("the fleet CA certificate cannot be used as a trust anchor: {0}")]
+    BadCa(rustls::Error),
+    #[error("could not build the certificate verifier: {0}")]
+    Verifier(#[from] VerifierBuilderError),
+    #[error(
+        "certificate and key are not usable together: {0}; check that the key belongs to the certificate"
+    )]
+    CertOrKey(rustls::Error),
+    #[error("the crypto provider does not support the required TLS versions: {0}")]
+    Versions(rustls::Error),
+}
+
+/// The ring provider every configuration here uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The hub's QUIC server configuration.
+///
+/// Client certificates are verified against the fleet CA (chain, validity and the ClientAuth
+/// usage, by webpki) but are OPTIONAL: a device that is enrolling has no certificate yet. So
+/// the hub must look at every connection after the handshake:
+/// - no peer identity (`quinn::Connection::peer_identity()` is `None`): the connection may open
+///   only an `Enrol` stream; close it on anything else;
+/// - a certificate chain: map it with [`crate::identity::peer_device_name`] and check the device
+///   still exists in the store before serving `Sync` or `Blob`; refuse a chain that names no
+///   device (a hub certificate), and refuse a `Sync` whose `AgentHello::device` differs.
+///
+/// The fleet CA certificate is appended to `hub_cert_chain` when it is not already last:
+/// an enrolling device, which knows only the CA's fingerprint, needs it in the chain.
+pub fn hub_quic_server_config(
+    hub_cert_chain: Vec<CertificateDer<'static>>,
+    hub_key: PrivateKeyDer<'static>,
+    fleet_ca_der: &CertificateDer<'_>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(fleet_roots(fleet_ca_der)?, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut chain = hub_cert_chain;
+    if chain.last().map(|c| c.as_ref()) != Some(fleet_ca_der.as_ref()) {
+        chain.push(fleet_ca_der.clone().into_owned());
+    }
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Versions)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, hub_key)
+        .map_err(TlsError::CertOrKey)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// An enrolled device's QUIC client configuration: trusts only hubs certified by the fleet CA
+/// (name checked against the address the agent dials) and presents the device certificate.
+pub fn device_quic_client_config(
+    device_cert_chain: Vec<CertificateDer<'static>>,
+    device_key: PrivateKeyDer<'static>,
+    fleet_ca_der: &CertificateDer<'_>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Versions)?
+        .with_root_certificates(fleet_roots(fleet_ca_der)?)
+        .with_client_auth_cert(device_cert_chain, device_key)
+        .map_err(TlsError::CertOrKey)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The QUIC client configuration of a device that is enrolling. It knows only the fleet CA's
+/// fingerprint from its enrolment token: the hub must present a chain whose last certificate is
+/// the CA with exactly that SHA-256, and its leaf must verify against that CA as a server
+/// certificate for the dialled name. No client certificate is sent.
+pub fn enrolment_client_config(ca_fingerprint: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCaVerifier { ca_fingerprint, provider: provider.clone() });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The hub's HTTPS API server: TLS 1.2 and 1.3, ALPN `http/1.1`. Callers authenticate with
+/// API tokens, not certificates.
+pub fn api_server_config(
+    hub_cert_chain: Vec<CertificateDer<'static>>,
+    hub_key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Versions)?
+        .with_no_client_auth()
+        .with_single_cert(hub_cert_chain, hub_key)
+        .map_err(TlsError::CertOrKey)?;
+    config.alpn_protocols = vec![API_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CLI's HTTPS client: trusts only hubs certified by the fleet CA.
+pub fn api_client_config(fleet_ca_der: &CertificateDer<'_>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Versions)?
+        .with_root_certificates(fleet_roots(fleet_ca_der)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![API_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn fleet_roots(fleet_ca_der: &CertificateDer<'_>) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(fleet_ca_der.clone()).map_err(TlsError::BadCa)?;
+    Ok(Arc::new(roots))
+}
+
+/// The hub did not present the fleet CA named in the enrolment token.
+#[derive(thiserror::Error)]
+#[error(
+    "the hub's CA does not match the fingerprint in the enrolment token; check the hub address and the token"
+)]
+struct CaFingerprintMismatch;
+
+// rustls shows `OtherError`s with `Debug`: make that the readable message.
+impl fmt::Debug for CaFingerprintMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Trusts the CA that the hub presents last in its chain, if its SHA-256 is the pinned one.
+struct PinnedCaVerifier {
+    ca_fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for PinnedCaVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedCaVerifier").field("ca_fingerprint", &hex::encode(self.ca_fingerprint)).finish()
+    }
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mismatch = || {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                CaFingerprintMismatch,
+            ))))
+        };
+        let (ca, rest) = intermediates.split_last().ok_or_else(mismatch)?;
+        // The fingerprint is public, so a plain comparison leaks nothing.
+        if sha256_fingerprint(ca) != self.ca_fingerprint {
+            return Err(mismatch());
+        }
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone())?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(end_entity, rest, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! In-memory handshakes (no sockets): the QUIC configurations are exercised over real
+    //! QUIC in `tests/quic_handshake.rs`.
+    use super::*;
+    use crate::ca::FleetCa;
+    use rustls::{ClientConnection, ServerConnection};
+    use std::time::Duration;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Runs a TLS handshake between two in-memory connections.
+    fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) -> Result<(), rustls::Error> {
+        for _ in 0..20 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).map_err(|e| rustls::Error::General(e.to_string()))?;
+            let mut rd = buf.as_slice();
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).map_err(|e| rustls::Error::General(e.to_string()))?;
+            }
+            server.process_new_packets()?;
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).map_err(|e| rustls::Error::General(e.to_string()))?;
+            let mut rd = buf.as_slice();
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).map_err(|e| rustls::Error::General(e.to_string()))?;
+            }
+            client.process_new_packets()?;
+        }
+        Err(rustls::Error::General("handshake did not finish".into()))
+    }
+
+    fn hub_api(ca: &FleetCa) -> Arc<ServerConfig> {
+        let hub = ca.issue_hub_cert("hub-a", &["hub.example.com".into()], DAY).expect("hub cert");
+        api_server_config(
+            vec![CertificateDer::from(hub.cert_der)],
+            PrivateKeyDer::try_from(hub.key_pkcs8_der).expect("key"),
+        )
+        .expect("server config")
+    }
+
+    #[test]
+    fn api_client_trusts_a_fleet_hub_over_tls13_and_tls12() {
+        let ca = FleetCa::generate("fleet").expect("ca");
+        let server_config = hub_api(&ca);
+        let client_config = api_client_config(ca.cert_der()).expect("client config");
+        let mut tls12 = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("tls12")
+            .with_root_certificates(fleet_roots(ca.cert_der()).expect("roots"))
+            .with_no_client_auth();
+        tls12.alpn_protocols = vec![API_ALPN.to_vec()];
+        let tls12 = Arc::new(tls12);
+        for (config, version) in
+            [(client_config, rustls::ProtocolVersion::TLSv1_3), (tls12, rustls::ProtocolVersion::TLSv1_2)]
+        {
+            let name = ServerName::try_from("hub.example.com").expect("name");
+            let mut client = ClientConnection::new(config, name).expect("client");
+            let mut server = ServerConnection::new(server_config.clone()).expect("server");
+            handshake(&mut client, &mut server).expect("handshake");
+            assert_eq!(client.protocol_version(), Some(version));
+            assert_eq!(client.alpn_protocol(), Some(API_ALPN));
+        }
+    }
+
+    #[test]
+    fn api_client_refuses_a_hub_from_another_fleet_and_a_wrong_name() {
+        let ca = FleetCa::generate("fleet").expect("ca");
+        let other = FleetCa::generate("other fleet").expect("ca");
+        let server_config = hub_api(&other);
+        let client_config = api_client_config(ca.cert_der()).expect("client config");
+        let mut client =
+            ClientConnection::new(client_config.clone(), ServerName::try_from("localhost").expect("name"))
+                .expect("client");
+        let mut server = ServerConnection::new(server_config).expect("server");
+        let err = handshake(&mut client, &mut server).expect_err("foreign hub");
+        assert!(matches!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)), "{err}");
+
+        let mut client =
+            ClientConnection::new(client_config, ServerName::try_from("elsewhere.example").expect("name"))
+                .expect("client");
+        let mut server = ServerConnection::new(hub_api(&ca)).expect("server");
+        let err = handshake(&mut client, &mut server).expect_err("wrong name");
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn quic_configs_are_tls13_only_with_the_flotilla_alpn() {
+        let ca = FleetCa::generate("fleet").expect("ca");
+        let hub = ca.issue_hub_cert("hub-a", &[], DAY).expect("hub cert");
+        let key = PrivateKeyDer::try_from(hub.key_pkcs8_der.clone()).expect("key");
+        let server =
+            hub_quic_server_config(vec![CertificateDer::from(hub.cert_der.clone())], key, ca.cert_der())
+                .expect("server");
+        assert_eq!(server.alpn_protocols, vec![ALPN.to_vec()]);
+        assert_eq!(server.max_early_data_size, 0);
+        let enrol = enrolment_client_config(ca.fingerprint_bytes()).expect("client");
+        assert_eq!(enrol.alpn_protocols, vec![ALPN.to_vec()]);
+        assert!(!enrol.enable_early_data);
+        assert!(!enrol.client_auth_cert_resolver.has_certs());
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let ca = FleetCa::generate("fleet").expect("ca");
+        let hub = ca.issue_hub_cert("hub-a", &[], DAY).expect("hub cert");
+        let other = ca.issue_hub_cert("hub-b", &[], DAY).expect("hub cert");
+        let wrong_key = PrivateKeyDer::try_from(other.key_pkcs8_der).expect("key");
+        let err =
+            api_server_config(vec![CertificateDer::from(hub.cert_der)], wrong_key).expect_err("mismatch");
+        assert!(matches!(err, TlsError::CertOrKey(_)), "{err}");
+    }
+}

@@ -1,0 +1,72 @@
+//! Files operators and tools keep on disk: the CLI context written by the hub and
+//! read by the `flotilla` CLI (JSON), and the agent's configuration file (TOML).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a hub is and how to talk to it. Written by `flotilla hub serve` and
+/// `flotilla demo` (mode 0600: it holds a token), read by the CLI.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CliContext {
+    /// Base URL of the hub's HTTPS API, e.g. `https://127.0.0.1:7440`.
+    pub hub: String,
+    /// `host:port` of the hub's QUIC endpoint for agents.
+    #[serde(default)]
+    pub quic: String,
+    /// An API bearer token.
+    pub token: String,
+    /// PEM of the fleet CA, which the hub's certificate chains to.
+    pub ca_cert_pem: String,
+}
+
+/// `flotilla-agent run --config FILE`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfigFile {
+    /// `host:port` of the hub's QUIC endpoint.
+    pub hub: String,
+    /// Needed only until the device has enrolled; ignored afterwards.
+    #[serde(default)]
+    pub enrolment_token: Option<String>,
+    /// The device's name in the fleet; defaults to the host name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where the agent keeps its identity, desired state and images.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: String,
+    /// Where container runtime state lives; a tmpfs, so a reboot clears it.
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: String,
+    /// Labels the device asks for at enrolment (the token's labels win).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_state_dir() -> String {
+    "/var/lib/flotilla-agent".into()
+}
+
+fn default_runtime_dir() -> String {
+    "/run/flotilla-agent".into()
+}
+
+impl std::fmt::Debug for AgentConfigFile {
+    // The enrolment token is a secret: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfigFile")
+            .field("hub", &self.hub)
+            .field("enrolment_token", &self.enrolment_token.as_ref().map(|_| "<redacted>"))
+            .field("name", &self.name)
+            .field("state_dir", &self.state_dir)
+            .field("runtime_dir", &self.runtime_dir)
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CliContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CliContext").field("hub", &self.hub).field("quic", &self.quic).finish_non_exhaustive()
+    }
+}

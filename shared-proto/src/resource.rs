@@ -1,0 +1,474 @@
+//! The resource model the hub's API serves and operators apply: `Site`, `Device`, `App`
+//! and `Image`, each shaped `apiVersion / kind / metadata / spec / status`.
+//!
+//! The same types serialise to JSON/YAML for the API and to postcard for the store, so
+//! no field may be skipped on output (`skip_serializing_if` would break positional
+//! decoding); optional input fields use `#[serde(default)]` instead.
+
+use crate::manifest::ObservedContainer;
+use crate::quantity::{Bytes, CpuMillis};
+use crate::selector::LabelSelector;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub const API_VERSION: &str = "flotilla.dev/v1";
+
+/// The kinds of object the API serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Site,
+    Device,
+    App,
+    Image,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Site, Kind::Device, Kind::App, Kind::Image];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Site => "Site",
+            Kind::Device => "Device",
+            Kind::App => "App",
+            Kind::Image => "Image",
+        }
+    }
+
+    /// The lower-case plural used in API paths and on the command line.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Site => "sites",
+            Kind::Device => "devices",
+            Kind::App => "apps",
+            Kind::Image => "images",
+        }
+    }
+
+    /// Accepts the kind, its plural or a short form, in any case: `app`, `Apps`, `dev`.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.to_ascii_lowercase().as_str() {
+            "site" | "sites" => Some(Kind::Site),
+            "device" | "devices" | "dev" | "devs" => Some(Kind::Device),
+            "app" | "apps" | "application" | "applications" => Some(Kind::App),
+            "image" | "images" | "img" => Some(Kind::Image),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity and bookkeeping shared by every object. The hub owns every field but
+/// `name`, `labels` and `annotations`; values sent for the others are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Unique for this incarnation of the object: a re-created object gets a new one.
+    #[serde(default)]
+    pub uid: String,
+    /// Store revision of the last write to this object. Sent back on apply, it makes
+    /// the write conditional (optimistic concurrency).
+    #[serde(default)]
+    pub revision: u64,
+    /// Store revision at which the object was created.
+    #[serde(default)]
+    pub create_revision: u64,
+    /// Bumped whenever `spec` changes.
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+}
+
+impl ObjectMeta {
+    pub fn named(name: impl Into<String>) -> Self {
+        ObjectMeta { name: name.into(), ..Default::default() }
+    }
+}
+
+macro_rules! resource {
+    ($(#[$doc:meta])* $name:ident, $spec:ty, $status:ty, $kind:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        pub struct $name {
+            pub api_version: String,
+            pub kind: String,
+            pub metadata: ObjectMeta,
+            #[serde(default)]
+            pub spec: $spec,
+            #[serde(default)]
+            pub status: $status,
+        }
+
+        impl $name {
+            pub const KIND: Kind = $kind;
+
+            pub fn new(metadata: ObjectMeta, spec: $spec) -> Self {
+                $name {
+                    api_version: API_VERSION.to_string(),
+                    kind: $kind.as_str().to_string(),
+                    metadata,
+                    spec,
+                    status: Default::default(),
+                }
+            }
+        }
+    };
+}
+
+resource!(
+    /// A place devices live in: a retail store, a plant, a depot.
+    Site, SiteSpec, SiteStatus, Kind::Site
+);
+resource!(
+    /// An enrolled edge device. Created by enrolment; `apply` may change its labels
+    /// and spec, the hub owns its status.
+    Device, DeviceSpec, DeviceStatus, Kind::Device
+);
+resource!(
+    /// A set of containers placed on the devices its selector matches.
+    App, AppSpec, AppStatus, Kind::App
+);
+resource!(
+    /// An OCI image imported into the hub, named by its reference (`demo-httpd:1.0`).
+    Image, ImageSpec, ImageStatus, Kind::Image
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteSpec {
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub location: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteStatus {
+    #[serde(default, rename = "devices")]
+    pub n_devices: u32,
+    #[serde(default, rename = "onlineDevices")]
+    pub n_online: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceSpec {
+    /// The site this device belongs to (a `Site` name), or empty.
+    #[serde(default)]
+    pub site: String,
+    /// When true the scheduler places nothing new on the device.
+    #[serde(default)]
+    pub unschedulable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DevicePhase {
+    /// Enrolled, never connected.
+    #[default]
+    Pending,
+    Online,
+    Offline,
+}
+
+impl fmt::Display for DevicePhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What a device offers to workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capacity {
+    #[serde(default)]
+    pub cpu: CpuMillis,
+    #[serde(default)]
+    pub memory: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceStatus {
+    #[serde(default)]
+    pub phase: DevicePhase,
+    /// OCI architecture name: `amd64`, `arm64`, `arm`.
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub enrolled_at: Option<Timestamp>,
+    /// When `phase` last changed.
+    #[serde(default)]
+    pub last_transition_at: Option<Timestamp>,
+    /// When the hub last heard from the device. Filled in from the hub's memory when
+    /// served; the stored value is only as fresh as the last status transition.
+    #[serde(default)]
+    pub last_seen_at: Option<Timestamp>,
+    /// Revision of the desired manifest the hub holds for this device.
+    #[serde(default)]
+    pub desired_revision: u64,
+    /// Revision of the desired manifest the agent last reported holding.
+    #[serde(default)]
+    pub applied_revision: u64,
+    /// The containers the agent last reported (written when they change, not per heartbeat).
+    #[serde(default)]
+    pub containers: Vec<ObservedContainer>,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppSpec {
+    /// Devices whose labels match run the app. Empty matches every device.
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub placement: Placement,
+    pub containers: Vec<ContainerSpec>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// Narrows where an app runs beyond its selector.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Only devices in these sites; empty means every site (and devices with none).
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// At most this many devices per site, picked by name; unset means all that fit.
+    #[serde(default)]
+    pub max_per_site: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// An image reference imported into the hub, e.g. `demo-httpd:1.0`.
+    pub image: String,
+    /// Replaces the image's entrypoint when non-empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Replaces the image's cmd when non-empty.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub resources: ResourceRequirements,
+    #[serde(default)]
+    pub working_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    #[serde(default)]
+    pub name: String,
+    pub container_port: u16,
+    /// With `network: Host` the container binds the host port itself, so this must
+    /// be unset or equal to `containerPort`.
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl PortSpec {
+    pub fn effective_host_port(&self) -> u16 {
+        self.host_port.unwrap_or(self.container_port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, Hash)]
+pub enum Protocol {
+    #[default]
+    TCP,
+    UDP,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceRequirements {
+    #[serde(default)]
+    pub limits: ResourceLimits,
+    /// What the scheduler reserves; defaults to the limits.
+    #[serde(default)]
+    pub requests: ResourceRequests,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceLimits {
+    #[serde(default)]
+    pub cpu: Option<CpuMillis>,
+    #[serde(default)]
+    pub memory: Option<Bytes>,
+    #[serde(default)]
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceRequests {
+    #[serde(default)]
+    pub cpu: Option<CpuMillis>,
+    #[serde(default)]
+    pub memory: Option<Bytes>,
+}
+
+impl ResourceRequirements {
+    /// What the scheduler must reserve for this container.
+    pub fn reserved(&self) -> Capacity {
+        Capacity {
+            cpu: self.requests.cpu.or(self.limits.cpu).unwrap_or_default(),
+            memory: self.requests.memory.or(self.limits.memory).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+pub enum NetworkMode {
+    /// Share the device's network namespace (ports bind on the device directly).
+    #[default]
+    Host,
+    /// A private network namespace with only a loopback interface.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AppPhase {
+    /// Accepted; no device runs it yet (none matches, or images are missing).
+    #[default]
+    Pending,
+    /// Devices are converging on the current generation.
+    Progressing,
+    /// Every placed device runs every container of the current generation.
+    Running,
+    /// Some placed devices are offline or report failed containers.
+    Degraded,
+}
+
+impl fmt::Display for AppPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppStatus {
+    #[serde(default)]
+    pub phase: AppPhase,
+    /// The `metadata.generation` this status describes.
+    #[serde(default)]
+    pub observed_generation: u64,
+    #[serde(default, rename = "desiredDevices")]
+    pub n_desired: u32,
+    #[serde(default, rename = "runningDevices")]
+    pub n_running: u32,
+    #[serde(default)]
+    pub devices: Vec<AppDeviceStatus>,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AppDevicePhase {
+    #[default]
+    Pending,
+    Running,
+    /// Every container exited successfully and its restart policy keeps it down.
+    Completed,
+    Failed,
+    Offline,
+}
+
+impl fmt::Display for AppDevicePhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppDeviceStatus {
+    pub device: String,
+    #[serde(default)]
+    pub phase: AppDevicePhase,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Digest of the OCI index (or single manifest) the image was imported from.
+    #[serde(default)]
+    pub digest: String,
+    /// One manifest per platform.
+    #[serde(default)]
+    pub platforms: Vec<ImagePlatform>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImagePlatform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: String,
+    /// Digest of the platform's image manifest: what devices pull.
+    pub manifest_digest: String,
+    /// Manifest, config and layer bytes together.
+    #[serde(default)]
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageStatus {
+    #[serde(default)]
+    pub imported_at: Option<Timestamp>,
+}

@@ -1,0 +1,168 @@
+//! Frames between the agent and its runtime helper: a re-executed copy of the agent
+//! binary (`flotilla-agent runtime-helper --root <dir>`) that performs every container
+//! operation through libcontainer, so that nothing ever forks the agent's multi-threaded
+//! tokio process. The helper is the parent (and child subreaper) of every container it
+//! creates, reaps them and reports their exits; containers it finds at start-up (left by
+//! a helper that died) are watched through pidfds and reported without an exit code.
+//!
+//! The agent writes [`RuntimeRequest`]s to the helper's stdin; the helper writes
+//! [`RuntimeMessage`]s to its stdout: exactly one `Reply` per request (matched by
+//! `request_id`; the helper serves requests one at a time, in order) and an `Exited`
+//! whenever a container's init process ends. Framing and versioning are the same as on
+//! the QUIC wire ([`crate::wire::encode_frame`], [`crate::wire::PROTOCOL_VERSION`]); the
+//! agent and its helper are the same binary, so both ends always agree. A frame the
+//! helper cannot decode makes it exit with an error (its containers keep running).
+
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Agent → helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeRequest {
+    /// Echoed in the reply.
+    pub request_id: u64,
+    pub op: RuntimeOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeOp {
+    /// Create the container from the OCI bundle at `bundle` (a directory holding
+    /// `config.json`), leaving it created but not started. The container's stdout and
+    /// stderr are appended to `log_path` (created with its parent directories if
+    /// missing); its stdin is `/dev/null`.
+    Create {
+        id: String,
+        bundle: String,
+        log_path: String,
+    },
+    Start {
+        id: String,
+    },
+    /// Send `signal` to the container's init process.
+    Kill {
+        id: String,
+        signal: i32,
+    },
+    /// Remove the container's state and cgroup; with `force`, kill it first.
+    Delete {
+        id: String,
+        force: bool,
+    },
+    State {
+        id: String,
+    },
+    List,
+}
+
+/// Helper → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeMessage {
+    Reply {
+        request_id: u64,
+        result: Result<RuntimeReply, RuntimeFailure>,
+    },
+    /// A container's init process ended. `exit_code` is the exit status, or 128 + the
+    /// signal number when a signal killed it; `None` when the process was not the
+    /// helper's child (adopted after a helper restart), so its status is unknowable.
+    Exited {
+        id: String,
+        pid: i32,
+        exit_code: Option<i32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeReply {
+    Done,
+    State(RuntimeContainerState),
+    List(Vec<RuntimeContainerState>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeFailure {
+    pub kind: RuntimeFailureKind,
+    /// Lowercase, with the causes chained: meant for an operator.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeFailureKind {
+    /// No container with that id exists.
+    NotFound,
+    /// The request cannot succeed as asked: bad id, broken bundle, wrong state
+    /// (starting a running container, deleting a running one without `force`),
+    /// an id that already exists.
+    InvalidRequest,
+    /// The request was fine but the node could not carry it out (cgroup, mount,
+    /// namespace or process failures).
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeContainerState {
+    pub id: String,
+    pub status: RuntimeStatus,
+    /// Host pid of the container's init process; `None` once it has stopped (the
+    /// number may already belong to another process).
+    pub pid: Option<i32>,
+    pub bundle: String,
+    pub created_at: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode_frame, encode_frame};
+
+    // Golden vectors: the agent and its helper are one binary, but pinning the bytes
+    // still catches an accidental reordering that would break a helper left running
+    // across an in-place upgrade.
+    #[test]
+    fn golden_request_and_exit_frames() {
+        let req = RuntimeRequest {
+            request_id: 7,
+            op: RuntimeOp::Create { id: "c1".into(), bundle: "/b".into(), log_path: "/l".into() },
+        };
+        let frame = encode_frame(&req).unwrap();
+        assert_eq!(frame, [12, 0, 0, 0, 1, 7, 0, 2, b'c', b'1', 2, b'/', b'b', 2, b'/', b'l']);
+        assert_eq!(decode_frame::<RuntimeRequest>(&frame).unwrap(), req);
+
+        let exit = RuntimeMessage::Exited { id: "c1".into(), pid: 300, exit_code: Some(3) };
+        let frame = encode_frame(&exit).unwrap();
+        assert_eq!(frame, [9, 0, 0, 0, 1, 1, 2, b'c', b'1', 0xd8, 0x04, 1, 6]);
+        assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), exit);
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let msgs = [
+            RuntimeMessage::Reply {
+                request_id: 1,
+                result: Ok(RuntimeReply::List(vec![RuntimeContainerState {
+                    id: "c".into(),
+                    status: RuntimeStatus::Running,
+                    pid: Some(42),
+                    bundle: "/b".into(),
+                    created_at: Some(Timestamp(5)),
+                }])),
+            },
+            RuntimeMessage::Reply {
+                request_id: 2,
+                result: Err(RuntimeFailure { kind: RuntimeFailureKind::NotFound, message: "x".into() }),
+            },
+            RuntimeMessage::Exited { id: "c".into(), pid: 1, exit_code: None },
+        ];
+        for m in msgs {
+            assert_eq!(decode_frame::<RuntimeMessage>(&encode_frame(&m).unwrap()).unwrap(), m);
+        }
+    }
+}

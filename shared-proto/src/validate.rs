@@ -1,0 +1,468 @@
+//! Validation of what operators send, naming the offending field
+//! (`spec.containers[0].image`) so that the error says what to fix. The hub runs it
+//! before anything is stored; the CLI may run it before anything is sent.
+
+use crate::resource::{API_VERSION, App, Device, Kind, NetworkMode, ObjectMeta, Site};
+use crate::selector::{LabelSelector, SelectorOperator};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Upper bounds that keep one object small enough to replicate and push to devices.
+pub const MAX_CONTAINERS_PER_APP: usize = 16;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ENV: usize = 256;
+pub const MAX_PORTS: usize = 64;
+pub const MAX_STRING: usize = 4096;
+pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.containers[1].ports[0].hostPort`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All the problems found in one object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl FieldErrors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+
+    pub fn into_result(self) -> Result<(), FieldErrors> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FieldErrors {}
+
+/// A DNS-1123 label: 1–63 of `a-z0-9-`, starting and ending alphanumeric. Used for
+/// the names of sites, devices, apps and containers.
+pub fn dns_label_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Some(format!("must be at most 63 characters, got {}", s.len()));
+    }
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Some(format!("{s:?} may contain only lower-case letters, digits and '-'"));
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Some(format!("{s:?} must start and end with a letter or digit"));
+    }
+    None
+}
+
+fn label_part_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Label keys are `[prefix/]name`; values are empty or label-shaped, as in Kubernetes.
+pub fn label_problem(key: &str, value: &str) -> Option<String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || p.split('.').any(|part| dns_label_problem(part).is_some()))
+    {
+        return Some(format!(
+            "label key {key:?} has an invalid prefix: use a DNS subdomain such as example.com/"
+        ));
+    }
+    if !label_part_ok(name) {
+        return Some(format!(
+            "label key {key:?} must be 1-63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
+        ));
+    }
+    if !value.is_empty() && !label_part_ok(value) {
+        return Some(format!(
+            "label value {value:?} must be empty or 1-63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
+        ));
+    }
+    None
+}
+
+/// Image references: `name[:tag]` or `name@sha256:<hex>`, name lower-case path segments.
+pub fn image_reference_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if s.len() > 255 {
+        return Some("must be at most 255 characters".into());
+    }
+    let (name, tag_or_digest) = if let Some((n, d)) = s.split_once('@') {
+        let hex = d.strip_prefix("sha256:");
+        if !hex.is_some_and(|h| {
+            h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }) {
+            return Some(format!("{s:?}: a digest must be sha256: followed by 64 lower-case hex digits"));
+        }
+        (n, None)
+    } else {
+        match s.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, Some(t)),
+            _ => (s, None),
+        }
+    };
+    let segment_ok = |seg: &str| {
+        !seg.is_empty()
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+            && seg.as_bytes()[0].is_ascii_alphanumeric()
+    };
+    // The first segment may be a registry host with a port (`registry.local:5000/x`).
+    let mut segs = name.split('/');
+    let first_ok = segs.next().is_some_and(|first| {
+        segment_ok(first)
+            || first.split_once(':').is_some_and(|(h, p)| segment_ok(h) && p.parse::<u16>().is_ok())
+    });
+    if !first_ok || !segs.all(segment_ok) {
+        return Some(format!(
+            "{s:?} is not a valid image reference: use lower-case name[:tag], e.g. demo-httpd:1.0"
+        ));
+    }
+    if let Some(t) = tag_or_digest
+        && (t.is_empty()
+            || t.len() > 128
+            || !t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')))
+    {
+        return Some(format!("{s:?}: a tag must be 1-128 letters, digits, '_', '.' or '-'"));
+    }
+    None
+}
+
+fn check_header(errs: &mut FieldErrors, api_version: &str, kind: &str, expected: Kind) {
+    if api_version != API_VERSION {
+        errs.push("apiVersion", format!("must be {API_VERSION:?}, got {api_version:?}"));
+    }
+    if kind != expected.as_str() {
+        errs.push("kind", format!("must be {:?}, got {kind:?}", expected.as_str()));
+    }
+}
+
+fn check_meta(errs: &mut FieldErrors, meta: &ObjectMeta, name_is_image_ref: bool) {
+    let problem =
+        if name_is_image_ref { image_reference_problem(&meta.name) } else { dns_label_problem(&meta.name) };
+    if let Some(p) = problem {
+        errs.push("metadata.name", p);
+    }
+    check_labels(errs, "metadata.labels", &meta.labels);
+    if meta.annotations.len() > MAX_LABELS {
+        errs.push("metadata.annotations", format!("at most {MAX_LABELS} annotations"));
+    }
+    for (k, v) in &meta.annotations {
+        if k.is_empty() || k.len() > 253 {
+            errs.push(format!("metadata.annotations[{k:?}]"), "key must be 1-253 characters");
+        }
+        if v.len() > MAX_STRING {
+            errs.push(
+                format!("metadata.annotations[{k:?}]"),
+                format!("value must be at most {MAX_STRING} bytes"),
+            );
+        }
+    }
+}
+
+fn check_labels(errs: &mut FieldErrors, field: &str, labels: &BTreeMap<String, String>) {
+    if labels.len() > MAX_LABELS {
+        errs.push(field, format!("at most {MAX_LABELS} labels"));
+    }
+    for (k, v) in labels {
+        if let Some(p) = label_problem(k, v) {
+            errs.push(format!("{field}[{k:?}]"), p);
+        }
+    }
+}
+
+fn check_selector(errs: &mut FieldErrors, field: &str, sel: &LabelSelector) {
+    check_labels(errs, &format!("{field}.matchLabels"), &sel.match_labels);
+    for (i, r) in sel.match_expressions.iter().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        if let Some(p) = label_problem(&r.key, "") {
+            errs.push(format!("{f}.key"), p);
+        }
+        match r.operator {
+            SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => {
+                errs.push(format!("{f}.values"), "must not be empty for In and NotIn");
+            }
+            SelectorOperator::Exists | SelectorOperator::DoesNotExist if !r.values.is_empty() => {
+                errs.push(format!("{f}.values"), "must be empty for Exists and DoesNotExist");
+            }
+            _ => {}
+        }
+        for (j, v) in r.values.iter().enumerate() {
+            if let Some(p) = label_problem("k", v) {
+                errs.push(format!("{f}.values[{j}]"), p);
+            }
+        }
+    }
+}
+
+fn check_string_list(errs: &mut FieldErrors, field: &str, list: &[String]) {
+    if list.len() > MAX_ARGS {
+        errs.push(field, format!("at most {MAX_ARGS} entries"));
+    }
+    for (i, s) in list.iter().enumerate() {
+        if s.len() > MAX_STRING {
+            errs.push(format!("{field}[{i}]"), format!("must be at most {MAX_STRING} bytes"));
+        }
+        if s.contains('\0') {
+            errs.push(format!("{field}[{i}]"), "must not contain NUL bytes");
+        }
+    }
+}
+
+pub fn validate_site(site: &Site) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    check_header(&mut errs, &site.api_version, &site.kind, Kind::Site);
+    check_meta(&mut errs, &site.metadata, false);
+    if site.spec.display_name.len() > 256 {
+        errs.push("spec.displayName", "must be at most 256 bytes");
+    }
+    if site.spec.location.len() > 256 {
+        errs.push("spec.location", "must be at most 256 bytes");
+    }
+    errs.into_result()
+}
+
+pub fn validate_device(device: &Device) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    check_header(&mut errs, &device.api_version, &device.kind, Kind::Device);
+    check_meta(&mut errs, &device.metadata, false);
+    if !device.spec.site.is_empty()
+        && let Some(p) = dns_label_problem(&device.spec.site)
+    {
+        errs.push("spec.site", p);
+    }
+    errs.into_result()
+}
+
+pub fn validate_app(app: &App) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    check_header(&mut errs, &app.api_version, &app.kind, Kind::App);
+    check_meta(&mut errs, &app.metadata, false);
+    let spec = &app.spec;
+    check_selector(&mut errs, "spec.selector", &spec.selector);
+    for (i, site) in spec.placement.sites.iter().enumerate() {
+        if let Some(p) = dns_label_problem(site) {
+            errs.push(format!("spec.placement.sites[{i}]"), p);
+        }
+    }
+    if spec.placement.max_per_site == Some(0) {
+        errs.push("spec.placement.maxPerSite", "must be at least 1 (leave it unset for no limit)");
+    }
+    if spec.containers.is_empty() {
+        errs.push("spec.containers", "must list at least one container");
+    }
+    if spec.containers.len() > MAX_CONTAINERS_PER_APP {
+        errs.push("spec.containers", format!("at most {MAX_CONTAINERS_PER_APP} containers"));
+    }
+    let mut names = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let f = format!("spec.containers[{i}]");
+        if let Some(p) = dns_label_problem(&c.name) {
+            errs.push(format!("{f}.name"), p);
+        } else if !names.insert(c.name.as_str()) {
+            errs.push(format!("{f}.name"), format!("{:?} is used by another container", c.name));
+        }
+        if let Some(p) = image_reference_problem(&c.image) {
+            errs.push(format!("{f}.image"), p);
+        }
+        check_string_list(&mut errs, &format!("{f}.command"), &c.command);
+        check_string_list(&mut errs, &format!("{f}.args"), &c.args);
+        if c.working_dir.len() > MAX_STRING || (!c.working_dir.is_empty() && !c.working_dir.starts_with('/'))
+        {
+            errs.push(format!("{f}.workingDir"), "must be an absolute path");
+        }
+        if c.env.len() > MAX_ENV {
+            errs.push(format!("{f}.env"), format!("at most {MAX_ENV} variables"));
+        }
+        let mut env_names = BTreeSet::new();
+        for (j, e) in c.env.iter().enumerate() {
+            let ef = format!("{f}.env[{j}]");
+            if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') || e.name.len() > 256 {
+                errs.push(format!("{ef}.name"), "must be 1-256 characters without '=' or NUL");
+            } else if !env_names.insert(e.name.as_str()) {
+                errs.push(format!("{ef}.name"), format!("{:?} is set twice", e.name));
+            }
+            if e.value.len() > MAX_STRING || e.value.contains('\0') {
+                errs.push(format!("{ef}.value"), format!("must be at most {MAX_STRING} bytes without NUL"));
+            }
+        }
+        if c.ports.len() > MAX_PORTS {
+            errs.push(format!("{f}.ports"), format!("at most {MAX_PORTS} ports"));
+        }
+        for (j, p) in c.ports.iter().enumerate() {
+            let pf = format!("{f}.ports[{j}]");
+            if p.container_port == 0 {
+                errs.push(format!("{pf}.containerPort"), "must be between 1 and 65535");
+            }
+            if p.host_port == Some(0) {
+                errs.push(format!("{pf}.hostPort"), "must be between 1 and 65535");
+            }
+            if spec.network == NetworkMode::Host
+                && let Some(h) = p.host_port
+                && h != p.container_port
+            {
+                errs.push(
+                    format!("{pf}.hostPort"),
+                    format!(
+                        "with network Host the container binds the device's port itself, so hostPort must equal containerPort ({}) or be left out",
+                        p.container_port
+                    ),
+                );
+            }
+            if spec.network == NetworkMode::None && p.host_port.is_some() {
+                errs.push(
+                    format!("{pf}.hostPort"),
+                    "network None has no host ports: use network Host to publish",
+                );
+            }
+            if p.host_port.is_some() || spec.network == NetworkMode::Host {
+                let hp = (p.effective_host_port(), p.protocol);
+                if !host_ports.insert(hp) {
+                    errs.push(
+                        format!("{pf}.hostPort"),
+                        format!("port {} is published twice in this app", hp.0),
+                    );
+                }
+            }
+        }
+        let lim = &c.resources.limits;
+        let req = &c.resources.requests;
+        if lim.cpu == Some(crate::CpuMillis(0)) {
+            errs.push(format!("{f}.resources.limits.cpu"), "must be more than 0 (leave it out for no limit)");
+        }
+        if let Some(m) = lim.memory
+            && m.0 < MIN_MEMORY_LIMIT
+        {
+            errs.push(format!("{f}.resources.limits.memory"), "must be at least 4Mi");
+        }
+        if lim.pids == Some(0) {
+            errs.push(format!("{f}.resources.limits.pids"), "must be at least 1");
+        }
+        if let (Some(r), Some(l)) = (req.cpu, lim.cpu)
+            && r > l
+        {
+            errs.push(format!("{f}.resources.requests.cpu"), format!("{r} exceeds the limit {l}"));
+        }
+        if let (Some(r), Some(l)) = (req.memory, lim.memory)
+            && r > l
+        {
+            errs.push(format!("{f}.resources.requests.memory"), format!("{r} exceeds the limit {l}"));
+        }
+    }
+    errs.into_result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{AppSpec, ContainerSpec, PortSpec};
+
+    fn app() -> App {
+        App::new(
+            ObjectMeta::named("web"),
+            AppSpec {
+                containers: vec![ContainerSpec {
+                    name: "httpd".into(),
+                    image: "demo-httpd:1.0".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+    }
+
+    fn fields(r: Result<(), FieldErrors>) -> Vec<String> {
+        r.err().map(|e| e.0.into_iter().map(|e| e.field).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_minimal_app_is_valid() {
+        assert_eq!(validate_app(&app()), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut a = app();
+        a.spec.containers[0].image = String::new();
+        a.spec.containers.push(ContainerSpec {
+            name: "httpd".into(),
+            image: "x".into(),
+            ..Default::default()
+        });
+        a.spec.containers[1].ports.push(PortSpec {
+            container_port: 80,
+            host_port: Some(8080),
+            ..Default::default()
+        });
+        a.metadata.name = "Web".into();
+        assert_eq!(
+            fields(validate_app(&a)),
+            vec![
+                "metadata.name",
+                "spec.containers[0].image",
+                "spec.containers[1].name",
+                "spec.containers[1].ports[0].hostPort"
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_header_is_reported() {
+        let mut a = app();
+        a.api_version = "v1".into();
+        a.kind = "Site".into();
+        assert_eq!(fields(validate_app(&a)), vec!["apiVersion", "kind"]);
+    }
+
+    #[test]
+    fn names_labels_and_references() {
+        assert!(dns_label_problem("store-12").is_none());
+        for bad in ["", "-a", "a-", "A", "a_b", &"a".repeat(64)] {
+            assert!(dns_label_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(label_problem("example.com/role", "pos").is_none());
+        assert!(label_problem("role", "").is_none());
+        assert!(label_problem("role", "-x").is_some());
+        assert!(label_problem("/role", "x").is_some());
+        for ok in ["demo-httpd", "demo-httpd:1.0", "library/busybox:1.36", "registry.local:5000/a/b:c"] {
+            assert!(image_reference_problem(ok).is_none(), "{ok:?}");
+        }
+        let digest = format!("demo@sha256:{}", "a".repeat(64));
+        assert!(image_reference_problem(&digest).is_none());
+        for bad in ["", "Demo", "demo:", "demo@sha256:xyz", "demo:t@g"] {
+            assert!(image_reference_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Golden byte vectors pin the wire and disk encodings: a change that alters them
+//! breaks agents and hubs already in the field, so it must come with a new version.
+
+use proptest::prelude::*;
+use shared_proto::manifest::{
+    ContainerLimits, ContainerPhase, DesiredApp, DesiredContainer, DesiredManifest, ObservedContainer,
+};
+use shared_proto::store::{Object, Precondition, StoreCommand};
+use shared_proto::wire::{self, AgentFrame, AgentHello, AgentReport, DeviceFacts, HubFrame, StreamOpen};
+use shared_proto::{
+    Bytes, Capacity, CpuMillis, NetworkMode, ObjectMeta, PortSpec, Protocol, RestartPolicy, Site, SiteSpec,
+    Timestamp,
+};
+
+fn manifest() -> DesiredManifest {
+    DesiredManifest {
+        device: "pi-1".into(),
+        revision: 42,
+        apps: vec![DesiredApp {
+            name: "web".into(),
+            generation: 3,
+            restart_policy: RestartPolicy::Always,
+            network: NetworkMode::Host,
+            containers: vec![DesiredContainer {
+                name: "httpd".into(),
+                image: "demo:1".into(),
+                image_digest: "sha256:ab".into(),
+                command: vec!["/httpd".into()],
+                args: vec![],
+                env: vec![("PORT".into(), "80".into())],
+                ports: vec![PortSpec {
+                    name: String::new(),
+                    container_port: 80,
+                    host_port: None,
+                    protocol: Protocol::TCP,
+                }],
+                limits: ContainerLimits { cpu_millis: Some(500), memory_bytes: Some(1 << 20), pids: None },
+                working_dir: String::new(),
+            }],
+        }],
+    }
+}
+
+#[test]
+fn golden_sync_hello_frame() {
+    let open = StreamOpen::Sync(AgentHello {
+        device: "pi-1".into(),
+        facts: DeviceFacts {
+            arch: "amd64".into(),
+            os: "linux".into(),
+            agent_version: "0.1.0".into(),
+            capacity: Capacity { cpu: CpuMillis(2000), memory: Bytes(1 << 30) },
+            hostname: "pi".into(),
+        },
+        held_revision: 7,
+        boot_id: "b".into(),
+    });
+    let frame = wire::encode_frame(&open).unwrap();
+    assert_eq!(
+        hex::encode(&frame),
+        "2600000001010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162"
+    );
+    assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
+}
+
+#[test]
+fn golden_desired_manifest_frame() {
+    let frame = wire::encode_frame(&HubFrame::Desired(manifest())).unwrap();
+    assert_eq!(
+        hex::encode(&frame),
+        "4800000001010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000"
+    );
+}
+
+#[test]
+fn golden_store_command() {
+    let site = Site::new(
+        ObjectMeta::named("store-12"),
+        SiteSpec { display_name: "Store 12".into(), location: String::new() },
+    );
+    let cmd = StoreCommand::put(Object::Site(site), Precondition::MustNotExist);
+    let bytes = cmd.encode().unwrap();
+    assert_eq!(
+        hex::encode(&bytes),
+        "0100000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+            .replace(' ', "")
+    );
+    assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
+}
+
+#[test]
+fn malformed_frames_are_errors_not_panics() {
+    let frame = wire::encode_frame(&AgentFrame::Heartbeat { seq: 9 }).unwrap();
+    for cut in 0..frame.len() {
+        assert!(wire::decode_frame::<AgentFrame>(&frame[..cut]).is_err());
+    }
+    let mut oversized = frame.clone();
+    oversized[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(wire::decode_frame::<AgentFrame>(&oversized), Err(wire::FrameError::TooLarge(_))));
+    let mut future = frame.clone();
+    future[4] = 99;
+    assert!(wire::decode_frame::<AgentFrame>(&future).is_err());
+}
+
+fn arb_container() -> impl Strategy<Value = ObservedContainer> {
+    (
+        "[a-z]{1,8}",
+        any::<u64>(),
+        "[a-z]{1,8}",
+        any::<Option<i32>>(),
+        any::<u32>(),
+        any::<Option<u64>>(),
+        ".{0,20}",
+    )
+        .prop_map(|(app, generation, name, exit_code, restarts, started, reason)| ObservedContainer {
+            id: format!("{app}_{name}"),
+            app,
+            generation,
+            name,
+            phase: ContainerPhase::Running,
+            exit_code,
+            restarts,
+            started_at: started.map(Timestamp),
+            reason,
+        })
+}
+
+proptest! {
+    #[test]
+    fn agent_reports_round_trip(held in any::<u64>(), containers in prop::collection::vec(arb_container(), 0..8)) {
+        let msg = AgentFrame::Report(AgentReport { held_revision: held, containers });
+        let frame = wire::encode_frame(&msg).unwrap();
+        prop_assert_eq!(wire::decode_frame::<AgentFrame>(&frame).unwrap(), msg);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = wire::decode_frame::<StreamOpen>(&bytes);
+        let _ = wire::decode_frame::<HubFrame>(&bytes);
+        let _ = StoreCommand::decode(&bytes);
+    }
+}

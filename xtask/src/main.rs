@@ -1,0 +1,35 @@
+//! Project chores, run as `cargo xtask <task>` (matklad's cargo-xtask convention): one
+//! binary, one module per task, dispatched from here.
+
+mod images;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Flotilla's project chores")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// To add a task: a variant here with its doc comment (the help text), a module
+/// `src/<task>.rs` exposing `Args` (clap) and `run(Args) -> anyhow::Result<()>`, and
+/// one line in `main`. Planned: `test`, `bench`, `agent-static`, `demo`.
+#[derive(Subcommand)]
+enum Task {
+    /// Build the demo image (images/out/demo-httpd.oci.tar) reproducibly, without Docker.
+    Images(images::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Images(args) => images::run(args),
+    }
+}
+
+/// The workspace root, which holds this crate's directory.
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().expect("xtask lives inside the workspace").to_path_buf()
+}
