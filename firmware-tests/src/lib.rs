@@ -202,7 +202,7 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("FLOTILLA_TEST_LOGS").is_some() {
             eprintln!("---- hub log (tail) ----\n{}\n----", tail(&self.log, 80));
         }
         self.kill();
@@ -324,7 +324,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("FLOTILLA_TEST_LOGS").is_some() {
             eprintln!("---- agent {} log (tail) ----\n{}\n----", self.name, tail(&self.log, 80));
         }
         self.kill();

@@ -11,6 +11,12 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(90);
 
+macro_rules! phase {
+    ($t:expr, $what:expr) => {
+        eprintln!("[{:>6.1}s] {}", $t.elapsed().as_secs_f64(), $what)
+    };
+}
+
 fn app_yaml(port: u16, memory: &str) -> String {
     format!(
         r#"apiVersion: flotilla.dev/v1
@@ -42,8 +48,10 @@ fn app_phase(hub: &Hub, name: &str) -> Option<String> {
 #[test]
 fn apply_to_running_container_and_back() {
     require_root();
+    let t0 = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let mut hub = Hub::start(dir.path());
+    phase!(t0, "hub started");
     let image = busybox_image(dir.path(), "busybox-test:1");
     let out = hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
     assert!(out.contains("busybox-test:1"), "{out}");
@@ -52,6 +60,7 @@ fn apply_to_running_container_and_back() {
     let mut agent = Agent::configure(dir.path(), "pi-1", &hub.quic, &token, &[("role", "web")]);
     agent.start();
     wait_until("the device to be Online", LONG, || (device_phase(&hub, "pi-1")? == "Online").then_some(()));
+    phase!(t0, "device online");
     let device = hub.get("devices", Some("pi-1")).unwrap();
     assert_eq!(device["metadata"]["labels"]["site-kind"], "store", "token labels apply");
     assert_eq!(device["metadata"]["labels"]["role"], "web", "agent labels apply");
@@ -68,6 +77,7 @@ fn apply_to_running_container_and_back() {
     let out = hub.apply(dir.path(), &app_yaml(port, "64Mi"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("the app to be Running", LONG, || (app_phase(&hub, "web")? == "Running").then_some(()));
+    phase!(t0, "app running");
     assert_eq!(http_status(port, "/passwd"), Some(200), "the container serves HTTP");
 
     let ids = agent.runtime_containers();
@@ -88,6 +98,7 @@ fn apply_to_running_container_and_back() {
         let running = d["status"]["containers"].as_array()?.iter().any(|c| c["phase"] == "Running");
         (running && agent.log().matches("agent running").count() == 2).then_some(())
     });
+    phase!(t0, "agent restarted");
     assert_eq!(agent.runtime_containers(), vec![id.clone()], "no duplicate container");
     assert_eq!(agent.container_pid(&id), Some(pid), "same process, adopted");
 
@@ -96,12 +107,14 @@ fn apply_to_running_container_and_back() {
     let app = hub.get("apps", Some("web")).expect("the app survives a hub restart");
     assert_eq!(app["spec"]["containers"][0]["image"], "busybox-test:1");
     assert!(hub.get("images", Some("busybox-test:1")).is_some());
-    wait_until("the device to reconnect", LONG, || {
+    // lastSeenAt comes from the new hub's memory: present only once the agent reconnected.
+    wait_until("the device to reconnect to the new hub", Duration::from_secs(15), || {
         let d = hub.get("devices", Some("pi-1"))?;
-        (d["status"]["phase"] == "Online" && hub.get("apps", Some("web"))?["status"]["phase"] == "Running")
-            .then_some(())
+        let seen = d["status"]["lastSeenAt"].is_string();
+        (seen && d["status"]["phase"] == "Online" && app_phase(&hub, "web")? == "Running").then_some(())
     });
 
+    phase!(t0, "hub restarted");
     // An update with a new limit replaces the container.
     let out = hub.apply(dir.path(), &app_yaml(port, "48Mi"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -118,12 +131,14 @@ fn apply_to_running_container_and_back() {
         "old cgroup removed"
     );
 
+    phase!(t0, "updated");
     // Deleting the app removes the container and its cgroup.
     hub.cli_ok(&["delete", "app", "web"]);
     wait_until("the container to be removed", LONG, || agent.runtime_containers().is_empty().then_some(()));
     wait_until("the cgroup to be removed", LONG, || {
         (!std::path::Path::new(&format!("/sys/fs/cgroup/memory/flotilla/{new_id}")).exists()).then_some(())
     });
+    phase!(t0, "deleted");
     assert_eq!(http_status(port, "/passwd"), None);
 }
 

@@ -89,14 +89,12 @@ impl BlobStore {
 
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let path = self.path(digest);
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| match e.kind() {
+        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path).map_err(
+            |e| match e.kind() {
                 io::ErrorKind::NotFound => BlobError::NotFound(*digest),
                 _ => io_err(&path)(e),
-            })
+            },
+        )
     }
 
     /// Reads a whole blob of at most `max_size` bytes, checking its digest on the way:
@@ -108,7 +106,10 @@ impl BlobStore {
             .read_to_end(&mut bytes)
             .map_err(|source| BlobError::Read { digest: *digest, source })?;
         if bytes.len() as u64 > max_size {
-            return Err(BlobError::Content { digest: *digest, source: DigestError::TooLarge { limit: max_size } });
+            return Err(BlobError::Content {
+                digest: *digest,
+                source: DigestError::TooLarge { limit: max_size },
+            });
         }
         let actual = Digest::of(&bytes);
         if actual != *digest {
@@ -145,7 +146,13 @@ impl BlobStore {
         Ok(digest)
     }
 
-    fn fill_temp(&self, temp: &TempFile, mut reader: impl Read, digest: &Digest, max_size: u64) -> Result<u64> {
+    fn fill_temp(
+        &self,
+        temp: &TempFile,
+        mut reader: impl Read,
+        digest: &Digest,
+        max_size: u64,
+    ) -> Result<u64> {
         let mut hasher = Hasher::new();
         let mut writer = io::BufWriter::with_capacity(256 * 1024, &temp.file);
         let mut buf = vec![0u8; 64 * 1024];

@@ -5,8 +5,8 @@
 use crate::blobstore::{BlobError, BlobStore};
 use crate::digest::{Digest, DigestWriter};
 use crate::oci::{
-    self, Compression, Descriptor, ImageConfig, ImageIndex, ImageManifest, OciLayout, Platform, RootFs,
-    ANNOTATION_REF_NAME,
+    self, ANNOTATION_REF_NAME, Compression, Descriptor, ImageConfig, ImageIndex, ImageManifest, OciLayout,
+    Platform, RootFs,
 };
 use crate::path;
 use std::collections::BTreeMap;
@@ -250,8 +250,10 @@ impl LayerBuilder {
                 let tar = self.write_tar(DigestWriter::new(Vec::new()))?;
                 let (tar_bytes, diff_id, _) = tar.finish();
                 let mut outer = outer;
-                let compressed =
-                    ruzstd::encoding::compress_to_vec(&tar_bytes[..], ruzstd::encoding::CompressionLevel::Fastest);
+                let compressed = ruzstd::encoding::compress_to_vec(
+                    &tar_bytes[..],
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                );
                 outer.write_all(&compressed).map_err(werr)?;
                 (outer, diff_id)
             }
@@ -377,7 +379,12 @@ impl ImageLayoutWriter {
 
     /// Adds an image made of `layers` (bottom first). `config.rootfs` is filled in from
     /// the layers; `ref_name` becomes the `org.opencontainers.image.ref.name` annotation.
-    pub fn add_image(&mut self, mut config: ImageConfig, layers: &[BuiltLayer], ref_name: Option<&str>) -> Result<Descriptor> {
+    pub fn add_image(
+        &mut self,
+        mut config: ImageConfig,
+        layers: &[BuiltLayer],
+        ref_name: Option<&str>,
+    ) -> Result<Descriptor> {
         let mut layer_descs = Vec::with_capacity(layers.len());
         for layer in layers {
             layer_descs.push(self.add_blob(layer.media_type, &layer.bytes)?);

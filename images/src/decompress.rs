@@ -58,7 +58,10 @@ impl<R: Read> Read for ZstdReader<R> {
                     return Ok(n);
                 }
                 ZstdState::Failed => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "zstd stream failed to decode earlier"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "zstd stream failed to decode earlier",
+                    ));
                 }
             }
         }
@@ -84,7 +87,8 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         let mut out = Vec::new();
-        let err = decompress(&b"\x28\xb5\x2f\xfdnot really zstd"[..], Compression::Zstd).read_to_end(&mut out);
+        let err =
+            decompress(&b"\x28\xb5\x2f\xfdnot really zstd"[..], Compression::Zstd).read_to_end(&mut out);
         assert!(err.is_err());
         let err = decompress(&b"\x1f\x8bnot really gzip"[..], Compression::Gzip).read_to_end(&mut out);
         assert!(err.is_err());

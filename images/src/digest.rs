@@ -232,7 +232,7 @@ impl<R: Read> Read for VerifyingReader<R> {
                 _ => {
                     self.overlong = true;
                     Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
+                        io::ErrorKind::InvalidData,
                         format!("content is longer than the expected {} bytes", self.expected_size),
                     ))
                 }

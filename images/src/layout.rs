@@ -8,8 +8,8 @@
 use crate::blobstore::{BlobError, BlobStore};
 use crate::digest::Digest;
 use crate::oci::{
-    self, Descriptor, ImageConfig, ImageIndex, ImageManifest, MediaKind, OciLayout, ANNOTATION_REF_NAME,
-    INDEX_FILE, OCI_LAYOUT_FILE,
+    self, ANNOTATION_REF_NAME, Descriptor, INDEX_FILE, ImageConfig, ImageIndex, ImageManifest, MediaKind,
+    OCI_LAYOUT_FILE, OciLayout,
 };
 use crate::path;
 use serde::de::DeserializeOwned;
@@ -31,7 +31,9 @@ pub enum LayoutError {
         #[source]
         source: serde_path_to_error::Error<serde_json::Error>,
     },
-    #[error("{what}: blob {digest} is missing from the image layout; export the image again with all its blobs")]
+    #[error(
+        "{what}: blob {digest} is missing from the image layout; export the image again with all its blobs"
+    )]
     Missing { what: String, digest: Digest },
     #[error("{what}: blob {digest} is {actual} bytes but its descriptor says {expected}")]
     SizeMismatch { what: String, digest: Digest, expected: u64, actual: u64 },
@@ -192,18 +194,19 @@ pub fn import_dir(dir: &Path, store: &BlobStore, limits: &ImportLimits) -> Resul
 
 fn read_layout_file(dir: &Path, name: &str, max: u64) -> Result<Vec<u8>> {
     let path = dir.join(name);
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => invalid(
-                dir.display().to_string(),
-                format!("no {name} file; is this an OCI image layout directory?"),
-            ),
-            _ if source.raw_os_error() == Some(libc::ELOOP) => invalid(name, "is a symlink; refusing to follow it"),
-            _ => LayoutError::Io { what: path.display().to_string(), source },
-        })?;
+    let file =
+        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path).map_err(
+            |source| match source.kind() {
+                io::ErrorKind::NotFound => invalid(
+                    dir.display().to_string(),
+                    format!("no {name} file; is this an OCI image layout directory?"),
+                ),
+                _ if source.raw_os_error() == Some(libc::ELOOP) => {
+                    invalid(name, "is a symlink; refusing to follow it")
+                }
+                _ => LayoutError::Io { what: path.display().to_string(), source },
+            },
+        )?;
     if !file.metadata().map_err(|source| LayoutError::Io { what: name.into(), source })?.is_file() {
         return Err(invalid(name, "is not a regular file"));
     }
@@ -273,10 +276,7 @@ type Resniffed<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
 
 fn sniff<R: Read>(mut reader: R) -> Result<([u8; 4], Resniffed<R>)> {
     let mut head = Vec::with_capacity(4);
-    (&mut reader)
-        .take(4)
-        .read_to_end(&mut head)
-        .map_err(LayoutError::Archive)?;
+    (&mut reader).take(4).read_to_end(&mut head).map_err(LayoutError::Archive)?;
     let mut magic = [0u8; 4];
     magic[..head.len()].copy_from_slice(&head);
     Ok((magic, io::Cursor::new(head).chain(reader)))
@@ -292,7 +292,8 @@ struct Staged {
 
 fn stage_archive(reader: impl Read, store: &BlobStore, limits: &ImportLimits) -> Result<Staged> {
     let archive_err = LayoutError::Archive;
-    let mut staged = Staged { oci_layout: None, index: None, new_blobs: BTreeSet::new(), saw_docker_manifest: false };
+    let mut staged =
+        Staged { oci_layout: None, index: None, new_blobs: BTreeSet::new(), saw_docker_manifest: false };
     let mut archive = tar::Archive::new(reader);
     let mut n_entries = 0u64;
     let mut total_size = 0u64;
@@ -313,14 +314,23 @@ fn stage_archive(reader: impl Read, store: &BlobStore, limits: &ImportLimits) ->
             continue;
         }
         let parts = path::components(&raw_name).map_err(&bad)?;
+        let is_layout_file = matches!(parts.as_slice(), [b"oci-layout" | b"index.json"] | [b"blobs", _, _]);
+        if matches!(parts.as_slice(), [b"manifest.json"]) {
+            staged.saw_docker_manifest = true;
+        }
         match entry_type {
-            t if t.is_dir() => continue,
+            // Anything else (docker's manifest.json, its legacy layer links) is skipped
+            // unread, whatever its type: nothing from it reaches the disk.
+            _ if !is_layout_file => continue,
             t if t.is_file() || t.is_contiguous() => {}
+            t if t.is_dir() => return Err(bad("must be a file, not a directory")),
             t if t.is_symlink() => {
                 return Err(bad("is a symlink; an image layout archive may hold only files and directories"));
             }
             t if t.is_hard_link() => {
-                return Err(bad("is a hard link; an image layout archive may hold only files and directories"));
+                return Err(bad(
+                    "is a hard link; an image layout archive may hold only files and directories",
+                ));
             }
             t => return Err(bad(&format!("has unsupported entry type {t:?}"))),
         }
@@ -338,14 +348,16 @@ fn stage_archive(reader: impl Read, store: &BlobStore, limits: &ImportLimits) ->
                 }
                 staged.index = Some(read_bounded(entry, INDEX_FILE, limits.max_json_size)?);
             }
-            [f] if *f == b"manifest.json" => staged.saw_docker_manifest = true,
             [b"blobs", b"sha256", hex] => {
                 let digest = std::str::from_utf8(hex)
                     .ok()
                     .and_then(Digest::from_hex)
                     .ok_or_else(|| bad("blob file names must be 64 lowercase hex digits"))?;
                 if size > limits.max_blob_size {
-                    return Err(LayoutError::TooLarge { what: format!("blob {digest}"), limit: limits.max_blob_size });
+                    return Err(LayoutError::TooLarge {
+                        what: format!("blob {digest}"),
+                        limit: limits.max_blob_size,
+                    });
                 }
                 total_size += size;
                 if total_size > limits.max_total_size {
@@ -355,9 +367,7 @@ fn stage_archive(reader: impl Read, store: &BlobStore, limits: &ImportLimits) ->
                     });
                 }
                 let existed = store.contains(&digest);
-                store
-                    .put(entry, &digest, size)
-                    .map_err(blob_err(format!("archive entry {name:?}")))?;
+                store.put(entry, &digest, size).map_err(blob_err(format!("archive entry {name:?}")))?;
                 if !existed {
                     staged.new_blobs.insert(digest);
                 }
@@ -366,8 +376,6 @@ fn stage_archive(reader: impl Read, store: &BlobStore, limits: &ImportLimits) ->
                 let alg = String::from_utf8_lossy(alg);
                 return Err(bad(&format!("{alg} blobs are not supported, only sha256")));
             }
-            // Other files (docker's manifest.json and repositories, for instance) are
-            // not part of the layout and are skipped unread.
             _ => {}
         }
     }
@@ -377,7 +385,13 @@ fn stage_archive(reader: impl Read, store: &BlobStore, limits: &ImportLimits) ->
 /// Where the blobs named by descriptors come from.
 trait BlobSource {
     /// Makes the blob available in the store, or fails saying why.
-    fn fetch(&mut self, what: &str, desc: &Descriptor, store: &BlobStore, limits: &ImportLimits) -> Result<()>;
+    fn fetch(
+        &mut self,
+        what: &str,
+        desc: &Descriptor,
+        store: &BlobStore,
+        limits: &ImportLimits,
+    ) -> Result<()>;
 }
 
 /// Blobs were staged while the archive streamed by; they are either there or missing.
@@ -440,6 +454,8 @@ struct Resolver<'a> {
     store: &'a BlobStore,
     limits: &'a ImportLimits,
     n_descriptors: usize,
+    /// Bytes of the distinct blobs referenced so far.
+    total_size: u64,
     referenced: BTreeSet<Digest>,
     platforms: BTreeMap<(String, String, String), PlatformImage>,
 }
@@ -470,6 +486,7 @@ fn resolve(
         store,
         limits,
         n_descriptors: 0,
+        total_size: 0,
         referenced: BTreeSet::new(),
         platforms: BTreeMap::new(),
     };
@@ -477,9 +494,7 @@ fn resolve(
     if resolver.platforms.is_empty() {
         return Err(invalid(INDEX_FILE, "references no container image manifest"));
     }
-    let index_digest = store
-        .put_bytes(index_json)
-        .map_err(blob_err(INDEX_FILE))?;
+    let index_digest = store.put_bytes(index_json).map_err(blob_err(INDEX_FILE))?;
     resolver.referenced.insert(index_digest);
     let unreferenced_blobs = new_blobs.difference(&resolver.referenced).copied().collect();
     Ok(ImportedImage {
@@ -494,12 +509,29 @@ fn resolve(
 impl Resolver<'_> {
     fn fetch(&mut self, what: &str, desc: &Descriptor) -> Result<()> {
         if desc.size > self.limits.max_blob_size {
-            return Err(LayoutError::TooLarge { what: format!("{what}: blob {}", desc.digest), limit: self.limits.max_blob_size });
+            return Err(LayoutError::TooLarge {
+                what: format!("{what}: blob {}", desc.digest),
+                limit: self.limits.max_blob_size,
+            });
+        }
+        if !self.referenced.contains(&desc.digest) {
+            self.total_size += desc.size;
+            if self.total_size > self.limits.max_total_size {
+                return Err(LayoutError::TooLarge {
+                    what: "the image's blobs together".into(),
+                    limit: self.limits.max_total_size,
+                });
+            }
         }
         self.source.fetch(what, desc, self.store, self.limits)?;
         let actual = self.store.size(&desc.digest).map_err(blob_err(what))?;
         if actual != desc.size {
-            return Err(LayoutError::SizeMismatch { what: what.into(), digest: desc.digest, expected: desc.size, actual });
+            return Err(LayoutError::SizeMismatch {
+                what: what.into(),
+                digest: desc.digest,
+                expected: desc.size,
+                actual,
+            });
         }
         self.referenced.insert(desc.digest);
         Ok(())
@@ -507,13 +539,14 @@ impl Resolver<'_> {
 
     fn fetch_json<T: DeserializeOwned>(&mut self, what: &str, desc: &Descriptor) -> Result<T> {
         if desc.size > self.limits.max_json_size {
-            return Err(LayoutError::TooLarge { what: format!("{what}: blob {}", desc.digest), limit: self.limits.max_json_size });
+            return Err(LayoutError::TooLarge {
+                what: format!("{what}: blob {}", desc.digest),
+                limit: self.limits.max_json_size,
+            });
         }
         self.fetch(what, desc)?;
-        let bytes = self
-            .store
-            .read_to_vec(&desc.digest, self.limits.max_json_size)
-            .map_err(blob_err(what))?;
+        let bytes =
+            self.store.read_to_vec(&desc.digest, self.limits.max_json_size).map_err(blob_err(what))?;
         parse_json(&format!("{} {}", kind_name(desc.kind()), desc.digest), &bytes)
     }
 
@@ -528,7 +561,10 @@ impl Resolver<'_> {
             let what = format!("{what}: manifests[{idx}]");
             self.n_descriptors += 1;
             if self.n_descriptors > self.limits.max_manifests {
-                return Err(invalid(what, format!("more than {} manifests in the image", self.limits.max_manifests)));
+                return Err(invalid(
+                    what,
+                    format!("more than {} manifests in the image", self.limits.max_manifests),
+                ));
             }
             if is_attachment(desc) {
                 continue;
@@ -551,7 +587,10 @@ impl Resolver<'_> {
                     self.walk_manifest(&what, desc)?;
                 }
                 MediaKind::Config | MediaKind::Layer(_) => {
-                    return Err(invalid(what, format!("media type {} is not a manifest or an index", desc.media_type)));
+                    return Err(invalid(
+                        what,
+                        format!("media type {} is not a manifest or an index", desc.media_type),
+                    ));
                 }
                 // Artifacts (signatures, SBOMs, charts) may share an index with images.
                 MediaKind::Other => {}
@@ -573,7 +612,11 @@ impl Resolver<'_> {
         if manifest.layers.len() > self.limits.max_layers {
             return Err(invalid(
                 format!("{mwhat}: layers"),
-                format!("{} layers, more than the limit of {}", manifest.layers.len(), self.limits.max_layers),
+                format!(
+                    "{} layers, more than the limit of {}",
+                    manifest.layers.len(),
+                    self.limits.max_layers
+                ),
             ));
         }
         let config: ImageConfig = self.fetch_json(&format!("{mwhat}: config"), &manifest.config)?;
@@ -586,7 +629,12 @@ impl Resolver<'_> {
                 _ if layer.media_type == oci::MEDIA_TYPE_DOCKER_FOREIGN_LAYER || !layer.urls.is_empty() => {
                     return Err(invalid(lwhat, "foreign layers (fetched from URLs) are not supported"));
                 }
-                _ => return Err(invalid(lwhat, format!("unsupported layer media type {:?}", layer.media_type))),
+                _ => {
+                    return Err(invalid(
+                        lwhat,
+                        format!("unsupported layer media type {:?}", layer.media_type),
+                    ));
+                }
             }
             self.fetch(&lwhat, layer)?;
             total_size += layer.size;
@@ -594,7 +642,11 @@ impl Resolver<'_> {
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(invalid(
                 format!("{cwhat}: rootfs.diff_ids"),
-                format!("lists {} layers but the manifest has {}", config.rootfs.diff_ids.len(), manifest.layers.len()),
+                format!(
+                    "lists {} layers but the manifest has {}",
+                    config.rootfs.diff_ids.len(),
+                    manifest.layers.len()
+                ),
             ));
         }
         let from_desc = desc.platform.clone().unwrap_or_default();

@@ -15,5 +15,7 @@ pub mod unpack;
 
 pub use blobstore::{BlobError, BlobStore};
 pub use digest::{Digest, DigestError};
-pub use layout::{ImportLimits, ImportedImage, LayoutError, PlatformImage, import_archive, import_dir, import_path};
+pub use layout::{
+    ImportLimits, ImportedImage, LayoutError, PlatformImage, import_archive, import_dir, import_path,
+};
 pub use unpack::{UnpackError, UnpackOptions, UnpackReport, remove_rootfs, unpack_layers};

@@ -55,7 +55,9 @@ pub fn media_kind(media_type: &str) -> MediaKind {
         }
         MEDIA_TYPE_OCI_LAYER_GZIP
         | MEDIA_TYPE_DOCKER_LAYER_GZIP
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => MediaKind::Layer(Compression::Gzip),
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
+            MediaKind::Layer(Compression::Gzip)
+        }
         MEDIA_TYPE_OCI_LAYER_ZSTD | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
             MediaKind::Layer(Compression::Zstd)
         }
@@ -279,7 +281,10 @@ mod tests {
             json,
             r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0}"#
         );
-        assert_eq!(serde_json::to_string(&OciLayout::default()).unwrap(), r#"{"imageLayoutVersion":"1.0.0"}"#);
+        assert_eq!(
+            serde_json::to_string(&OciLayout::default()).unwrap(),
+            r#"{"imageLayoutVersion":"1.0.0"}"#
+        );
     }
 
     #[test]

@@ -12,19 +12,81 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Applets linked into `/bin`: enough for shells, probes and scripts in tests and demos.
 pub const BUSYBOX_APPLETS: &[&str] = &[
-    "[", "ash", "awk", "basename", "cat", "chmod", "chown", "cp", "cut", "date", "df", "dirname", "du",
-    "echo", "env", "expr", "false", "find", "free", "grep", "head", "hostname", "id", "ip", "kill", "less",
-    "ln", "ls", "mkdir", "mount", "mv", "nc", "nslookup", "ping", "printf", "ps", "pwd", "readlink", "rm",
-    "rmdir", "sed", "seq", "sh", "sha256sum", "sleep", "sort", "stat", "sync", "tail", "tee", "test",
-    "timeout", "top", "touch", "tr", "true", "umount", "uname", "uniq", "uptime", "vi", "wc", "wget",
-    "which", "xargs", "yes",
+    "[",
+    "ash",
+    "awk",
+    "basename",
+    "cat",
+    "chmod",
+    "chown",
+    "cp",
+    "cut",
+    "date",
+    "df",
+    "dirname",
+    "du",
+    "echo",
+    "env",
+    "expr",
+    "false",
+    "find",
+    "free",
+    "grep",
+    "head",
+    "hostname",
+    "id",
+    "ip",
+    "kill",
+    "less",
+    "ln",
+    "ls",
+    "mkdir",
+    "mount",
+    "mv",
+    "nc",
+    "nslookup",
+    "ping",
+    "printf",
+    "ps",
+    "pwd",
+    "readlink",
+    "rm",
+    "rmdir",
+    "sed",
+    "seq",
+    "sh",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "sync",
+    "tail",
+    "tee",
+    "test",
+    "timeout",
+    "top",
+    "touch",
+    "tr",
+    "true",
+    "umount",
+    "uname",
+    "uniq",
+    "uptime",
+    "vi",
+    "wc",
+    "wget",
+    "which",
+    "xargs",
+    "yes",
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestImageError {
     #[error("{0} is missing: install it with `apt-get install -y busybox-static`")]
     NoBusybox(PathBuf),
-    #[error("{0} is not a statically linked ELF binary and would not run in an empty image; install busybox-static")]
+    #[error(
+        "{0} is not a statically linked ELF binary and would not run in an empty image; install busybox-static"
+    )]
     NotStatic(PathBuf),
     #[error("{path}: {source}")]
     Io {
@@ -85,7 +147,11 @@ pub fn image_config(entrypoint: &[&str], cmd: &[&str], env: &[&str], created: u6
 
 /// Writes a one-layer busybox image running `entrypoint` as an OCI layout archive at
 /// `out_path`, named `ref_name`. The same arguments give the same bytes.
-pub fn busybox_image(out_path: &Path, ref_name: &str, entrypoint: &[&str]) -> Result<WrittenImage, TestImageError> {
+pub fn busybox_image(
+    out_path: &Path,
+    ref_name: &str,
+    entrypoint: &[&str],
+) -> Result<WrittenImage, TestImageError> {
     let mut layer = LayerBuilder::new();
     add_busybox_base(&mut layer, Path::new(BUSYBOX))?;
     let layer = layer.build()?;

@@ -50,6 +50,8 @@ pub enum UnpackError {
     Blob(#[from] BlobError),
     #[error("the unpacked image would be larger than the {limit}-byte limit")]
     TooLarge { limit: u64 },
+    #[error("the image has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
     #[error("{0} already exists; remove it first")]
     Exists(PathBuf),
     #[error("{path}: {reason}")]
@@ -146,9 +148,18 @@ fn lock_dir(dir: &Path) -> Result<File> {
     Ok(f)
 }
 
-fn unpack_into(store: &BlobStore, layers: &[Descriptor], dir: &Path, opts: &UnpackOptions) -> Result<UnpackReport> {
-    let root = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io_err(dir)(e.into()))?;
+fn unpack_into(
+    store: &BlobStore,
+    layers: &[Descriptor],
+    dir: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport> {
+    let root = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(dir)(e.into()))?;
     rustix::fs::fchmod(&root, Mode::from_raw_mode(0o755)).map_err(|e| io_err(dir)(e.into()))?;
     let mut state = Unpacker {
         root,
@@ -262,7 +273,18 @@ impl Unpacker<'_> {
         // damage also broke the tar or the compression.
         let verified = verifying.finish().map_err(|source| UnpackError::Verify { layer, source });
         match (applied, verified) {
-            (_, Err(e @ UnpackError::Verify { source: DigestError::Mismatch { .. } | DigestError::SizeMismatch { .. } | DigestError::TooLarge { .. }, .. })) => {
+            (
+                _,
+                Err(
+                    e @ UnpackError::Verify {
+                        source:
+                            DigestError::Mismatch { .. }
+                            | DigestError::SizeMismatch { .. }
+                            | DigestError::TooLarge { .. },
+                        ..
+                    },
+                ),
+            ) => {
                 return Err(e);
             }
             (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
@@ -273,7 +295,8 @@ impl Unpacker<'_> {
         for (key, mtime) in dirs {
             let parts: Vec<&[u8]> = key.split(|&b| b == b'/').collect();
             if let Ok(fd) = self.open_dir_path(&parts, None) {
-                let _ = rustix::fs::futimens(&fd, &Timestamps { last_access: mtime, last_modification: mtime });
+                let _ =
+                    rustix::fs::futimens(&fd, &Timestamps { last_access: mtime, last_modification: mtime });
             }
         }
         Ok(())
@@ -290,17 +313,15 @@ impl Unpacker<'_> {
             let mut entry = entry.map_err(read_err)?;
             self.report.n_entries += 1;
             if self.report.n_entries > self.opts.max_entries {
-                return Err(UnpackError::Entry {
-                    layer,
-                    path: String::new(),
-                    reason: format!("the image has more than {} entries", self.opts.max_entries),
-                });
+                return Err(UnpackError::TooManyEntries { limit: self.opts.max_entries });
             }
             let raw_path = entry.path_bytes().into_owned();
             self.apply_entry(&mut entry, &raw_path, state).map_err(|fail| match fail {
-                Fail::Refused(reason) => {
-                    UnpackError::Entry { layer, path: String::from_utf8_lossy(&raw_path).into_owned(), reason }
-                }
+                Fail::Refused(reason) => UnpackError::Entry {
+                    layer,
+                    path: String::from_utf8_lossy(&raw_path).into_owned(),
+                    reason,
+                },
                 Fail::Io(e) => UnpackError::Entry {
                     layer,
                     path: String::from_utf8_lossy(&raw_path).into_owned(),
@@ -312,7 +333,12 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw_path: &[u8], state: &mut LayerState) -> FResult<()> {
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw_path: &[u8],
+        state: &mut LayerState,
+    ) -> FResult<()> {
         let entry_type = entry.header().entry_type();
         if entry_type.is_pax_global_extensions() {
             return Ok(());
@@ -428,7 +454,10 @@ impl Unpacker<'_> {
                 ) {
                     Ok(()) => {}
                     Err(Errno::PERM) => {
-                        self.warn(format!("skipped device node /{}: not permitted to create it", show(&parts)));
+                        self.warn(format!(
+                            "skipped device node /{}: not permitted to create it",
+                            show(&parts)
+                        ));
                         return Ok(());
                     }
                     Err(e) => return Err(e.into()),
@@ -475,7 +504,13 @@ impl Unpacker<'_> {
 
     /// Removes what lower layers put in `dir`, keeping this layer's entries (and, inside
     /// directories this layer touched, again only its own entries).
-    fn prune_opaque(&mut self, dir: &OwnedFd, dir_key: &[u8], state: &LayerState, depth: usize) -> FResult<()> {
+    fn prune_opaque(
+        &mut self,
+        dir: &OwnedFd,
+        dir_key: &[u8],
+        state: &LayerState,
+        depth: usize,
+    ) -> FResult<()> {
         if depth > path::MAX_DEPTH {
             return Err(refused("directory tree is too deep"));
         }
@@ -542,7 +577,8 @@ impl Unpacker<'_> {
         let bad = |what: &str| refused(format!("unreadable {what} in the tar header"));
         let mut uid = header.uid().map_err(|_| bad("uid"))?;
         let mut gid = header.gid().map_err(|_| bad("gid"))?;
-        let mut mtime = Timespec { tv_sec: clamp_secs(header.mtime().map_err(|_| bad("mtime"))?), tv_nsec: 0 };
+        let mut mtime =
+            Timespec { tv_sec: clamp_secs(header.mtime().map_err(|_| bad("mtime"))?), tv_nsec: 0 };
         let mode = header.mode().map_err(|_| bad("mode"))? & 0o7777;
         let mut xattrs = Vec::new();
         if let Some(pax) = entry.pax_extensions()? {
@@ -563,7 +599,10 @@ impl Unpacker<'_> {
             }
         }
         let to_id = |v: u64, what: &str| {
-            u32::try_from(v).ok().filter(|&v| v != u32::MAX).ok_or_else(|| refused(format!("{what} {v} is out of range")))
+            u32::try_from(v)
+                .ok()
+                .filter(|&v| v != u32::MAX)
+                .ok_or_else(|| refused(format!("{what} {v} is out of range")))
         };
         Ok(EntryMeta { mode, uid: to_id(uid, "uid")?, gid: to_id(gid, "gid")?, mtime, xattrs })
     }
@@ -708,7 +747,10 @@ pub fn remove_rootfs(target: &Path) -> Result<()> {
         Err(e) => return Err(io_err(target)(e)),
     };
     if !meta.is_dir() {
-        return Err(UnpackError::Target { path: target.to_path_buf(), reason: "is not a directory; refusing to remove it".into() });
+        return Err(UnpackError::Target {
+            path: target.to_path_buf(),
+            reason: "is not a directory; refusing to remove it".into(),
+        });
     }
     let (parent, name) = split_target(target)?;
     let _lock = lock_dir(parent)?;

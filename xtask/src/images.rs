@@ -39,8 +39,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let config = image_config(args.source_date_epoch);
     let out = out_dir.join(ARCHIVE_NAME);
-    let written = ::images::build::write_image_archive(&out, REF_NAME, config, &[layer], args.source_date_epoch)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let written =
+        ::images::build::write_image_archive(&out, REF_NAME, config, &[layer], args.source_date_epoch)
+            .with_context(|| format!("writing {}", out.display()))?;
     verify(&written, &out_dir)?;
 
     let shown = written.path.strip_prefix(&root).unwrap_or(&written.path).display().to_string();
@@ -85,7 +86,8 @@ fn build_demo_httpd(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let mut rustflags = format!("-C target-feature=+crt-static --remap-path-prefix={}=/flotilla", root.display());
+    let mut rustflags =
+        format!("-C target-feature=+crt-static --remap-path-prefix={}=/flotilla", root.display());
     if let Some(home) = cargo_home {
         rustflags.push_str(&format!(" --remap-path-prefix={}=/cargo", home.display()));
     }
@@ -115,7 +117,8 @@ fn build_demo_httpd(root: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn image_config(created: u64) -> ::images::oci::ImageConfig {
-    let mut config = ::images::testing::image_config(&["/usr/bin/demo-httpd"], &[], &[&format!("PORT={PORT}")], created);
+    let mut config =
+        ::images::testing::image_config(&["/usr/bin/demo-httpd"], &[], &[&format!("PORT={PORT}")], created);
     config.architecture = "amd64".into();
     let container = config.config.get_or_insert_with(Default::default);
     container.exposed_ports = Some(BTreeMap::from([(format!("{PORT}/tcp"), Default::default())]));
@@ -141,7 +144,8 @@ fn verify(written: &::images::build::WrittenImage, out_dir: &Path) -> anyhow::Re
         let image = ::images::import_path(&written.path, &store, &Default::default())?;
         ensure!(image.index_digest == written.index_digest, "re-imported image has another digest");
         ensure!(image.ref_name.as_deref() == Some(REF_NAME), "re-imported image lost its name");
-        let platform = image.platform("linux", "amd64", "").context("re-imported image has no linux/amd64")?;
+        let platform =
+            image.platform("linux", "amd64", "").context("re-imported image has no linux/amd64")?;
         ensure!(platform.run_config.entrypoint == ["/usr/bin/demo-httpd"], "entrypoint was lost");
         Ok(())
     })();

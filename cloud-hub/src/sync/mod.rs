@@ -44,6 +44,22 @@ pub mod close_code {
 /// How long a new stream may take to say what it is for.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The key the endpoint derives stateless-reset tokens from. It is kept in the data
+/// directory so that a restarted hub can reset its predecessor's connections: agents
+/// then reconnect at once instead of waiting out the idle timeout.
+fn endpoint_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("quic-reset.key");
+    let secret = match std::fs::read(&path) {
+        Ok(b) if b.len() == 32 => b,
+        _ => {
+            let s = hex::decode(crate::util::random_hex(32))?;
+            provisioning::files::write_private_file(&path, &s)?;
+            s
+        }
+    };
+    Ok(secret)
+}
+
 pub fn endpoint(
     state: &HubState,
     tls: Arc<rustls::ServerConfig>,
@@ -58,7 +74,20 @@ pub fn endpoint(
     transport.max_concurrent_bidi_streams(32u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
-    Ok(Endpoint::server(config, addr)?)
+    let secret = endpoint_secret(&state.config.data_dir)?;
+    let mut endpoint_config =
+        quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
+    // Connection ids carry a keyed hash the endpoint checks; with a fixed key the
+    // restarted hub recognises its predecessor's ids and answers them with a reset.
+    let cid_key = u64::from_le_bytes(
+        ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret), b"cid").as_ref()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    endpoint_config
+        .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let socket = std::net::UdpSocket::bind(addr)?;
+    Ok(Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))?)
 }
 
 /// Accepts connections until the endpoint closes.

@@ -260,6 +260,16 @@ impl Store {
                 .await;
             if let Err(e) = waited {
                 tracing::warn!(error = %e, "the single member has not become leader yet");
+                return Ok(());
+            }
+            // After a crash the state machine may be behind the durable log (applies are not
+            // fdatasync'ed): a read barrier makes it re-apply everything committed, so local
+            // reads and `revision()` start where the crashed process left off.
+            let barrier = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            match tokio::time::timeout(SINGLE_NODE_ELECTION_WAIT, barrier).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the single member could not catch up on open"),
+                Err(_) => tracing::warn!("the single member did not catch up on open in time"),
             }
         }
         Ok(())
@@ -460,8 +470,8 @@ impl Store {
         if let Some(mut server) = self.inner.server.lock().await.take() {
             server.stop().await;
         }
+        // Stopping Raft closes its metrics, which ends the leader watch with `None`.
         let raft_result = self.inner.raft.shutdown().await;
-        self.inner.leader_task.abort();
         let db = self.inner.db.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(db) = db {
             // Applies commit without fdatasync; make them durable so a clean restart starts

@@ -28,7 +28,8 @@ pub fn parse_head(head: &[u8]) -> Result<Request, ParseError> {
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let request_line = lines.next().ok_or(ParseError::Bad("empty request"))?;
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ParseError::Bad("request line must be METHOD TARGET VERSION"));
     };
@@ -291,7 +292,8 @@ mod tests {
     #[test]
     fn reads_a_head_split_across_reads() {
         // The terminator itself is split between two reads.
-        let mut s = Trickle(vec![b"GET / HTTP/1.1\r\nHost: a\r".to_vec(), b"\n\r".to_vec(), b"\nextra".to_vec()]);
+        let mut s =
+            Trickle(vec![b"GET / HTTP/1.1\r\nHost: a\r".to_vec(), b"\n\r".to_vec(), b"\nextra".to_vec()]);
         let head = read_head(&mut s, far()).unwrap();
         assert_eq!(head, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     }
@@ -311,7 +313,9 @@ mod tests {
 
     #[test]
     fn routes() {
-        let get = |path: &str| route(&Request { method: "GET".into(), path: path.into() }, &id(), Duration::from_secs(42));
+        let get = |path: &str| {
+            route(&Request { method: "GET".into(), path: path.into() }, &id(), Duration::from_secs(42))
+        };
         assert_eq!(get("/healthz"), Response::text(200, "ok"));
         let home = get("/");
         assert_eq!(home.status, 200);

@@ -115,11 +115,17 @@ fn linger_close(mut stream: TcpStream) {
     }
 }
 
+/// From uname(2) rather than /proc, which a minimal rootfs may not have mounted.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".to_string())
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the result is NUL-terminated within it
+    // or truncated, which the search for NUL below handles.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".to_string();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 /// SIGTERM/SIGINT handling that also works as PID 1 of a PID namespace, where the

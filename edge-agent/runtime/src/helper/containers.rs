@@ -336,6 +336,7 @@ impl Containers {
         let (stdin, stdout, stderr) = open_stdio(log_path)
             .map_err(|e| failed(format!("opening log file {}: {e}", log_path.display())))?;
 
+        let t0 = std::time::Instant::now();
         let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(&self.root)
             .and_then(|b| b.validate_id())
@@ -348,7 +349,11 @@ impl Containers {
                 return Err(lc_failure(&format!("creating container {id} from {}", bundle.display()), &e));
             }
         };
-        match self.watch_new(id, &container) {
+        let t1 = std::time::Instant::now();
+        let r = self.watch_new(id, &container);
+        let t2 = std::time::Instant::now();
+        if std::env::var_os("FLT_T").is_some() { eprintln!("T build={:?} watch={:?}", t1-t0, t2-t1); }
+        match r {
             Ok(()) => Ok(RuntimeReply::Done),
             Err(message) => {
                 // Never leave a half-set-up container behind: kill it and remove it.
@@ -435,6 +440,7 @@ impl Containers {
             }
             self.kill_and_wait(id, out);
         }
+        let t0 = std::time::Instant::now();
         if let Some(c) = container.as_mut() {
             // The init is gone (or never ran), so force only reaches what is left in
             // the container's cgroup; it also covers libcontainer mistaking a recycled
@@ -445,6 +451,7 @@ impl Containers {
             fs::remove_dir_all(&dir).map_err(|e| failed(format!("removing {}: {e}", dir.display())))?;
         }
         self.forget(id);
+        if std::env::var_os("FLT_T").is_some() { eprintln!("T lcdelete={:?}", t0.elapsed()); }
         Ok(RuntimeReply::Done)
     }
 
