@@ -54,7 +54,13 @@ async fn spawn_until(
     ready: &'static str,
     deadline: Duration,
 ) -> anyhow::Result<Child> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+    // Their own process group: Ctrl-C in the terminal reaches the demo only, which then
+    // shuts the hub and the agent down in order.
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("starting the {prefix}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let stderr = child.stderr.take().context("no stderr")?;

@@ -1,7 +1,10 @@
 //! Project chores, run as `cargo xtask <task>` (matklad's cargo-xtask convention): one
 //! binary, one module per task, dispatched from here.
 
+mod demo;
 mod images;
+mod test;
+mod util;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -15,16 +18,22 @@ struct Cli {
 
 /// To add a task: a variant here with its doc comment (the help text), a module
 /// `src/<task>.rs` exposing `Args` (clap) and `run(Args) -> anyhow::Result<()>`, and
-/// one line in `main`. Planned: `test`, `bench`, `agent-static`, `demo`.
+/// one line in `main`.
 #[derive(Subcommand)]
 enum Task {
     /// Build the demo image (images/out/demo-httpd.oci.tar) reproducibly, without Docker.
     Images(images::Args),
+    /// Run the whole suite as CI does: packages, fmt, clippy, dependency guard, tests (as root).
+    Test(test::Args),
+    /// Build everything and run `flotilla demo` on this machine (as root).
+    Demo(demo::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Images(args) => images::run(args),
+        Task::Test(args) => test::run_task(args),
+        Task::Demo(args) => demo::run_task(args),
     }
 }
 

@@ -27,6 +27,12 @@ pub struct StoreConfig {
     pub initial_members: BTreeMap<NodeId, String>,
 }
 
+/// The most entries one AppendEntries RPC carries. With [`MAX_COMMAND_BYTES`] it bounds an RPC
+/// body; small entries still replicate at tens of thousands per second per follower on a LAN.
+///
+/// [`MAX_COMMAND_BYTES`]: crate::MAX_COMMAND_BYTES
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
 /// Raft timing and log-compaction knobs. The defaults suit hubs on loopback or a LAN.
 #[derive(Debug, Clone)]
 pub struct RaftTuning {
@@ -41,7 +47,7 @@ pub struct RaftTuning {
     /// Entries already covered by a snapshot that are kept anyway, so that a briefly lagging
     /// follower catches up from the log instead of receiving a whole snapshot.
     pub n_logs_kept_after_snapshot: u64,
-    /// Most entries in one AppendEntries RPC.
+    /// Most entries in one AppendEntries RPC, at most [`MAX_PAYLOAD_ENTRIES`].
     pub max_payload_entries: u64,
 }
 
@@ -53,7 +59,7 @@ impl Default for RaftTuning {
             election_timeout_max: Duration::from_millis(2000),
             snapshot_every_n_logs: 10_000,
             n_logs_kept_after_snapshot: 1_000,
-            max_payload_entries: 500,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
         }
     }
 }
@@ -69,7 +75,7 @@ impl RaftTuning {
             // Sending and installing a whole store over a LAN; openraft's default (200 ms) is
             // for tiny test snapshots.
             install_snapshot_timeout: 60_000,
-            max_payload_entries: self.max_payload_entries,
+            max_payload_entries: self.max_payload_entries.clamp(1, MAX_PAYLOAD_ENTRIES),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_n_logs),
             max_in_snapshot_log_to_keep: self.n_logs_kept_after_snapshot,
             // openraft wants this above the snapshot interval: a follower further behind than

@@ -19,6 +19,10 @@ use std::time::Duration;
 
 /// A peer that does not accept a TCP connection within this is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// openraft gives every AppendEntries a heartbeat interval (150 ms by default). That suits
+/// heartbeats, which must fail fast, but not a full payload on a busy LAN followed by the
+/// follower's fdatasync; those get at least this long. Liveness is still judged by heartbeats.
+const MIN_REPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 enum CallError {
@@ -119,9 +123,8 @@ impl HttpPeer {
         action: RPCTypes,
         path: &str,
         req: &Req,
-        option: RPCOption,
+        timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let timeout = option.soft_ttl();
         let body = rpc::encode("raft rpc request", req)
             .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
         self.call(path, body, timeout)
@@ -148,7 +151,12 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::AppendEntries, rpc::PATH_APPEND, &rpc, option).await
+        let timeout = if rpc.entries.is_empty() {
+            option.soft_ttl()
+        } else {
+            option.soft_ttl().max(MIN_REPLICATION_TIMEOUT)
+        };
+        self.unary(RPCTypes::AppendEntries, rpc::PATH_APPEND, &rpc, timeout).await
     }
 
     async fn vote(
@@ -156,7 +164,7 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, rpc::PATH_VOTE, &rpc, option).await
+        self.unary(RPCTypes::Vote, rpc::PATH_VOTE, &rpc, option.soft_ttl()).await
     }
 
     async fn pre_vote(
@@ -164,7 +172,7 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, rpc::PATH_PRE_VOTE, &rpc, option).await
+        self.unary(RPCTypes::Vote, rpc::PATH_PRE_VOTE, &rpc, option.soft_ttl()).await
     }
 
     async fn full_snapshot(

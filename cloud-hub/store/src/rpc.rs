@@ -21,8 +21,10 @@ pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
 /// stale address that now belongs to a different hub cannot feed it the wrong log.
 pub(crate) const HEADER_TARGET_NODE: &str = "x-flotilla-raft-node";
 
-/// Append, vote and pre-vote bodies: a few hundred entries of at most a few hundred KiB each.
-pub(crate) const RPC_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Append, vote and pre-vote bodies: at most `MAX_PAYLOAD_ENTRIES` entries of at most
+/// `MAX_COMMAND_BYTES` each, plus per-entry framing.
+pub(crate) const RPC_BODY_LIMIT: usize =
+    crate::config::MAX_PAYLOAD_ENTRIES as usize * (crate::MAX_COMMAND_BYTES + 4096) + 1024 * 1024;
 /// A snapshot is the whole store in one body.
 pub(crate) const SNAPSHOT_BODY_LIMIT: usize = 1024 * 1024 * 1024;
 

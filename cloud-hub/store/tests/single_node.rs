@@ -117,6 +117,11 @@ async fn writes_preconditions_and_recovery() {
     assert_eq!(store.list(StoreKind::App).await.unwrap(), vec![]);
     assert_eq!(store.list_local(StoreKind::ApiToken).unwrap().len(), 1, "kinds do not leak into each other");
 
+    // A command too large to replicate is refused before it reaches the log.
+    let huge = site("huge", &"x".repeat(hub_store::MAX_COMMAND_BYTES));
+    assert!(matches!(store.write(put(huge, P::None)).await, Err(StoreError::Rejected(_))));
+    assert!(store.get_local(StoreKind::Site, "huge").unwrap().is_none());
+
     // Close and reopen: everything is still there, revision() included.
     let revision = store.revision();
     let sites = store.list_local(StoreKind::Site).unwrap();

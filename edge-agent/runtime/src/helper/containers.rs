@@ -352,7 +352,7 @@ impl Containers {
         let t1 = std::time::Instant::now();
         let r = self.watch_new(id, &container);
         let t2 = std::time::Instant::now();
-        if std::env::var_os("FLT_T").is_some() { eprintln!("T build={:?} watch={:?}", t1-t0, t2-t1); }
+        if std::env::var_os("FLT_T").is_some() { eprintln!("T build= {:.3} watch= {:.3}", (t1-t0).as_secs_f64()*1e3, (t2-t1).as_secs_f64()*1e3); }
         match r {
             Ok(()) => Ok(RuntimeReply::Done),
             Err(message) => {
@@ -451,7 +451,7 @@ impl Containers {
             fs::remove_dir_all(&dir).map_err(|e| failed(format!("removing {}: {e}", dir.display())))?;
         }
         self.forget(id);
-        if std::env::var_os("FLT_T").is_some() { eprintln!("T lcdelete={:?}", t0.elapsed()); }
+        if std::env::var_os("FLT_T").is_some() { eprintln!("T lcdelete= {:.3}", t0.elapsed().as_secs_f64()*1e3); }
         Ok(RuntimeReply::Done)
     }
 

@@ -1,0 +1,507 @@
+//! The [`Store`] facade: opens the redb file, runs this hub's openraft member and its RPC
+//! listener, and turns openraft's API and errors into the store's.
+
+use crate::config::{RaftTuning, StoreConfig};
+use crate::db::{self, DbError, OBJECTS, begin_read, run_blocking};
+use crate::log_store::LogStore;
+use crate::network::HttpNetworkFactory;
+use crate::server::RaftServer;
+use crate::state_machine::{self, Publisher, StateMachineStore};
+use crate::types::{ApplyResponse, CommandBytes, NodeId, Raft, TypeConfig};
+use crate::{ChangeBatch, DB_FILE_NAME, MAX_COMMAND_BYTES, Revisioned, StoreError, StoreStatus};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{
+    ChangeMembershipError, ClientWriteError, Fatal, ForwardToLeader, InitializeError, LinearizableReadError,
+    RaftError,
+};
+use openraft::{BasicNode, ChangeMembers, ReadPolicy};
+use redb::Database;
+use shared_proto::store::{Object, StoreCommand, StoreKind, StoreOutcome};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// How long `open` waits for a single-member cluster to elect itself, so the first write after
+/// `open` does not bounce off a node that is still a candidate.
+const SINGLE_NODE_ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// How long `add_member` keeps retrying while an earlier membership change is still committing.
+const MEMBERSHIP_CHANGE_WAIT: Duration = Duration::from_secs(30);
+/// How long `shutdown` waits for openraft's tasks to let go of the database file.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// A handle on this hub's store. Clones share one store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    raft: Raft,
+    /// `None` once shut down, so that local reads fail instead of touching a closed store.
+    db: RwLock<Option<Arc<Database>>>,
+    publisher: Arc<Publisher>,
+    leader_rx: watch::Receiver<Option<NodeId>>,
+    leader_task: JoinHandle<()>,
+    server: Mutex<Option<RaftServer>>,
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.leader_task.abort();
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `cfg.data_dir` and starts this node's Raft member.
+    ///
+    /// A restart recovers everything. `revision()` continues from where it was, plus the blank
+    /// entry every newly elected leader commits. A single-member store has re-applied its whole
+    /// committed log, even after a crash, when this returns; a member of a larger cluster
+    /// catches up in the background.
+    pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        Store::open_with_tuning(cfg, RaftTuning::default()).await
+    }
+
+    /// [`Store::open`] with non-default Raft timing and snapshot policy.
+    pub async fn open_with_tuning(cfg: StoreConfig, tuning: RaftTuning) -> Result<Store, StoreError> {
+        let raft_config = tuning.to_openraft().map_err(|e| StoreError::Fatal(format!("raft tuning: {e}")))?;
+        tokio::fs::create_dir_all(&cfg.data_dir).await.map_err(|e| {
+            StoreError::Fatal(format!("creating the store directory {}: {e}", cfg.data_dir.display()))
+        })?;
+        let path = cfg.data_dir.join(DB_FILE_NAME);
+        let db = run_blocking(move || db::open_database(&path).map(Arc::new)).await?;
+        let applied = {
+            let db = db.clone();
+            run_blocking(move || state_machine::read_applied_state(&db)).await?.0
+        };
+        let publisher = Arc::new(Publisher::new(applied.map_or(0, |id| id.index)));
+
+        // Bind before starting Raft: a taken port is an error of `open`, not a silent partition.
+        let listener = match cfg.raft_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StoreError::Fatal(format!("binding the raft address {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        let network = HttpNetworkFactory::new(cfg.node_id)
+            .map_err(|e| StoreError::Fatal(format!("building the raft http client: {e}")))?;
+        let raft = Raft::new(
+            cfg.node_id,
+            Arc::new(raft_config),
+            network,
+            LogStore::new(db.clone()),
+            StateMachineStore::new(db.clone(), publisher.clone()),
+        )
+        .await
+        .map_err(|e| StoreError::Fatal(format!("starting raft: {e}")))?;
+        let server = listener.map(|l| RaftServer::spawn(l, cfg.node_id, raft.clone()));
+        let (leader_rx, leader_task) = watch_leader(&raft);
+
+        let store = Store {
+            inner: Arc::new(Inner {
+                node_id: cfg.node_id,
+                raft,
+                db: RwLock::new(Some(db)),
+                publisher,
+                leader_rx,
+                leader_task,
+                server: Mutex::new(server),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        if let Err(e) = store.initialize(&cfg).await {
+            let _ = store.shutdown().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Forms the cluster on a pristine node that is one of `initial_members`.
+    async fn initialize(&self, cfg: &StoreConfig) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        if !raft.is_initialized().await.map_err(fatal_to_error)? {
+            let members: BTreeMap<NodeId, BasicNode> = if cfg.initial_members.is_empty() {
+                let addr = cfg.raft_addr.map(|a| a.to_string()).unwrap_or_default();
+                BTreeMap::from([(cfg.node_id, BasicNode::new(addr))])
+            } else {
+                cfg.initial_members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect()
+            };
+            if members.contains_key(&cfg.node_id) {
+                tracing::info!(node_id = cfg.node_id, members = ?members.keys(), "initialising a new raft cluster");
+                match raft.initialize(members).await {
+                    Ok(()) => {}
+                    // Another call got there first: the goal (an initialised node) is reached.
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(RaftError::APIError(e)) => return Err(StoreError::Rejected(e.to_string())),
+                    Err(RaftError::Fatal(f)) => return Err(fatal_to_error(f)),
+                }
+            } else {
+                tracing::info!(node_id = cfg.node_id, "empty store: waiting for a leader to add this node");
+                return Ok(());
+            }
+        }
+        // Asked of the core itself: right after `initialize` the metrics may not show the new
+        // membership yet.
+        let voters: BTreeSet<NodeId> = raft
+            .with_raft_state(|st| st.membership_state.effective().voter_ids().collect())
+            .await
+            .map_err(fatal_to_error)?;
+        let is_single_voter = voters == BTreeSet::from([cfg.node_id]);
+        if is_single_voter {
+            let me = cfg.node_id;
+            let waited = raft
+                .wait(Some(SINGLE_NODE_ELECTION_WAIT))
+                .metrics(
+                    |m| m.current_leader == Some(me) && m.state.is_leader(),
+                    "single member elects itself",
+                )
+                .await;
+            if let Err(e) = waited {
+                tracing::warn!(error = %e, "the single member has not become leader yet");
+                return Ok(());
+            }
+            // After a crash the state machine may be behind the durable log (applies are not
+            // fdatasync'ed): a read barrier makes it re-apply everything committed, so local
+            // reads and `revision()` start where the crashed process left off.
+            let barrier = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            match tokio::time::timeout(SINGLE_NODE_ELECTION_WAIT, barrier).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the single member could not catch up on open"),
+                Err(_) => tracing::warn!("the single member did not catch up on open in time"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes `cmd` through Raft; returns once it is committed and applied on this node.
+    ///
+    /// `Ok(StoreOutcome::Conflict { .. })` means a precondition failed and nothing changed.
+    /// [`StoreError::Unavailable`] after a leader change can mean the command still commits:
+    /// make retries safe with preconditions, or re-read before retrying.
+    pub async fn write(&self, cmd: StoreCommand) -> Result<StoreOutcome, StoreError> {
+        self.check_open()?;
+        let bytes = cmd.encode()?;
+        if bytes.len() > MAX_COMMAND_BYTES {
+            return Err(StoreError::Rejected(format!(
+                "the command encodes to {} bytes, more than the {MAX_COMMAND_BYTES} a write may carry: split it",
+                bytes.len()
+            )));
+        }
+        match self.inner.raft.client_write(CommandBytes(bytes)).await {
+            Ok(resp) => match resp.data {
+                ApplyResponse::Outcome(outcome) => Ok(outcome),
+                ApplyResponse::Rejected(msg) => Err(StoreError::Rejected(msg)),
+            },
+            Err(RaftError::APIError(e)) => Err(self.write_error(e)),
+            Err(RaftError::Fatal(f)) => Err(fatal_to_error(f)),
+        }
+    }
+
+    /// Linearizable read of one object: confirms leadership with a quorum, waits until this
+    /// node has applied everything committed before, then reads locally. Followers answer
+    /// [`StoreError::NotLeader`].
+    pub async fn get(&self, kind: StoreKind, name: &str) -> Result<Option<Object>, StoreError> {
+        self.read_barrier().await?;
+        self.get_local(kind, name)
+    }
+
+    /// Linearizable list of one kind, sorted by name. See [`Store::get`].
+    pub async fn list(&self, kind: StoreKind) -> Result<Vec<Object>, StoreError> {
+        self.read_barrier().await?;
+        self.list_local(kind)
+    }
+
+    /// [`Store::get`] with the key's revisions.
+    pub async fn get_revisioned(
+        &self,
+        kind: StoreKind,
+        name: &str,
+    ) -> Result<Option<Revisioned>, StoreError> {
+        self.read_barrier().await?;
+        self.get_local_revisioned(kind, name)
+    }
+
+    /// Local read with no barrier: what this node has applied, possibly stale.
+    pub fn get_local(&self, kind: StoreKind, name: &str) -> Result<Option<Object>, StoreError> {
+        Ok(self.get_local_revisioned(kind, name)?.map(|r| r.object))
+    }
+
+    /// [`Store::get_local`] with the key's revisions.
+    pub fn get_local_revisioned(
+        &self,
+        kind: StoreKind,
+        name: &str,
+    ) -> Result<Option<Revisioned>, StoreError> {
+        let db = self.db()?;
+        let txn = begin_read(&db)?;
+        let objects = txn.open_table(OBJECTS).map_err(DbError::from)?;
+        let key = kind.key(name);
+        let Some(guard) = objects.get(key.as_str()).map_err(DbError::from)? else {
+            return Ok(None);
+        };
+        let (revision, create_revision, bytes) = guard.value();
+        Ok(Some(Revisioned { object: decode_stored(&key, bytes)?, revision, create_revision }))
+    }
+
+    /// Local list with no barrier, sorted by name.
+    pub fn list_local(&self, kind: StoreKind) -> Result<Vec<Object>, StoreError> {
+        let db = self.db()?;
+        let txn = begin_read(&db)?;
+        let objects = txn.open_table(OBJECTS).map_err(DbError::from)?;
+        let prefix = kind.prefix();
+        // Keys are `kind/name`: every key of the kind sorts in [`kind/`, `kind0`), as '0' is the
+        // character after '/'.
+        let end = format!("{}0", kind.as_str());
+        let mut out = Vec::new();
+        for item in objects.range(prefix.as_str()..end.as_str()).map_err(DbError::from)? {
+            let (key, value) = item.map_err(DbError::from)?;
+            out.push(decode_stored(key.value(), value.value().2)?);
+        }
+        Ok(out)
+    }
+
+    /// Revision of the last applied entry (its log index; 0 for an empty store).
+    pub fn revision(&self) -> u64 {
+        self.inner.publisher.revision()
+    }
+
+    /// Race-free watch: returns the revision `R` the subscription starts at and a receiver
+    /// that gets every [`ChangeBatch`] with revision > `R`, in order.
+    ///
+    /// Start from a list taken at revision >= `R` (e.g. `list_local` right after subscribing)
+    /// and skip batches at or below the list's revision. A receiver that falls more than a few
+    /// thousand batches behind gets `RecvError::Lagged`: it has missed changes and must relist
+    /// and subscribe again. Installing a snapshot from the leader shows up as one batch holding
+    /// the net difference.
+    pub fn subscribe(&self) -> (u64, broadcast::Receiver<Arc<ChangeBatch>>) {
+        self.inner.publisher.subscribe()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        !self.inner.closed.load(Ordering::Acquire) && self.inner.raft.is_leader()
+    }
+
+    /// The current leader's id as this node knows it; changes are observable.
+    pub fn leader(&self) -> watch::Receiver<Option<NodeId>> {
+        self.inner.leader_rx.clone()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let addr = |id: NodeId| membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+        StoreStatus {
+            node_id: self.inner.node_id,
+            leader: metrics.current_leader,
+            is_leader: self.is_leader(),
+            revision: self.revision(),
+            last_log_index: metrics.last_log_index,
+            snapshot_revision: metrics.snapshot.as_ref().map(|id| id.index),
+            purged_revision: metrics.purged.as_ref().map(|id| id.index),
+            voters: membership.voter_ids().map(|id| (id, addr(id))).collect(),
+            learners: membership.learner_ids().map(|id| (id, addr(id))).collect(),
+        }
+    }
+
+    /// Adds node `id`, reachable at `raft_addr`, as a voter: first as a learner that catches up
+    /// (from the log or a snapshot), then promoted. Idempotent for a node already a voter at the
+    /// same address. Must be called on the leader.
+    pub async fn add_member(&self, id: NodeId, raft_addr: String) -> Result<(), StoreError> {
+        self.check_open()?;
+        let raft = &self.inner.raft;
+        {
+            let metrics = raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            let is_voter = membership.voter_ids().any(|v| v == id);
+            if is_voter && membership.get_node(&id).is_some_and(|n| n.addr == raft_addr) {
+                return Ok(());
+            }
+        }
+        let deadline = Instant::now() + MEMBERSHIP_CHANGE_WAIT;
+        let node = BasicNode::new(&raft_addr);
+        self.retry_membership_change(deadline, || raft.add_learner(id, node.clone(), true)).await?;
+        let voters = BTreeSet::from([id]);
+        self.retry_membership_change(deadline, || {
+            raft.change_membership(ChangeMembers::AddVoterIds(voters.clone()), false)
+        })
+        .await?;
+        tracing::info!(node_id = id, raft_addr, "added a voting member");
+        Ok(())
+    }
+
+    /// Runs one membership change, retrying while an earlier one is still committing (the
+    /// initial membership right after `initialize`, or the leader's first entry of its term).
+    async fn retry_membership_change<F, Fut, T>(
+        &self,
+        deadline: Instant,
+        mut change: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
+    {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match change().await {
+                Ok(v) => return Ok(v),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    e @ (ChangeMembershipError::InProgress(_)
+                    | ChangeMembershipError::UncommittedLeaderLog(_)),
+                ))) => {
+                    if Instant::now() + backoff > deadline {
+                        return Err(StoreError::Unavailable(format!("membership change still blocked: {e}")));
+                    }
+                    tracing::debug!(error = %e, "membership change must wait for an earlier one");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(RaftError::APIError(e)) => return Err(self.write_error(e)),
+                Err(RaftError::Fatal(f)) => return Err(fatal_to_error(f)),
+            }
+        }
+    }
+
+    /// Stops Raft and the RPC server and closes the database file. Idempotent; afterwards every
+    /// call answers [`StoreError::Unavailable`].
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(mut server) = self.inner.server.lock().await.take() {
+            server.stop().await;
+        }
+        // Stopping Raft closes its metrics, which ends the leader watch with `None`.
+        let raft_result = self.inner.raft.shutdown().await;
+        let db = self.inner.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(db) = db {
+            // Applies commit without fdatasync; make them durable so a clean restart starts
+            // exactly where this one stopped.
+            let flushed = {
+                let db = db.clone();
+                run_blocking(move || Ok(db::begin_write(&db)?.commit()?)).await
+            };
+            release_database(db).await;
+            flushed?;
+        }
+        raft_result.map_err(|e| StoreError::Fatal(format!("raft stopped abnormally: {e}")))
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the store is shut down".to_string()));
+        }
+        Ok(())
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let guard = self.inner.db.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone().ok_or_else(|| StoreError::Unavailable("the store is shut down".to_string()))
+    }
+
+    async fn read_barrier(&self) -> Result<(), StoreError> {
+        self.check_open()?;
+        match self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(StoreError::Unavailable(format!("no quorum to confirm leadership: {q}")))
+            }
+            Err(RaftError::Fatal(f)) => Err(fatal_to_error(f)),
+        }
+    }
+
+    fn write_error(&self, e: ClientWriteError<TypeConfig>) -> StoreError {
+        match e {
+            ClientWriteError::ForwardToLeader(f) => not_leader(f),
+            ClientWriteError::LogEntryDiscarded(f) => StoreError::Unavailable(format!(
+                "the leader changed before the write committed, so it may or may not apply \
+                 (new leader: {:?}): re-read, then retry",
+                f.leader_id
+            )),
+            ClientWriteError::ChangeMembershipError(ChangeMembershipError::NodeMetadataChanged(e)) => {
+                StoreError::Rejected(e.to_string())
+            }
+            ClientWriteError::ChangeMembershipError(e) => StoreError::Unavailable(e.to_string()),
+            ClientWriteError::PreconditionFailed(e) => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+fn not_leader(f: ForwardToLeader<TypeConfig>) -> StoreError {
+    StoreError::NotLeader { leader: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
+}
+
+fn fatal_to_error(f: Fatal<TypeConfig>) -> StoreError {
+    match f {
+        Fatal::Stopped => StoreError::Unavailable("the store is shutting down".to_string()),
+        Fatal::StorageError(e) => StoreError::Fatal(e.to_string()),
+        Fatal::Panicked => StoreError::Fatal("raft panicked".to_string()),
+    }
+}
+
+fn decode_stored(key: &str, bytes: &[u8]) -> Result<Object, StoreError> {
+    Object::decode(bytes).map_err(|e| StoreError::Fatal(format!("stored object {key} is unreadable: {e}")))
+}
+
+/// Mirrors openraft's view of the leader into a tokio watch channel.
+fn watch_leader(raft: &Raft) -> (watch::Receiver<Option<NodeId>>, JoinHandle<()>) {
+    let mut metrics = raft.metrics();
+    let (tx, rx) = watch::channel(metrics.borrow_watched().current_leader);
+    let task = tokio::spawn(async move {
+        loop {
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nobody leads as far as this node knows.
+                tx.send_replace(None);
+                return;
+            }
+            let leader = metrics.borrow_watched().current_leader;
+            tx.send_if_modified(|current| {
+                let changed = *current != leader;
+                *current = leader;
+                changed
+            });
+        }
+    });
+    (rx, task)
+}
+
+/// Waits (bounded) until openraft's tasks have dropped their handles on the database, so that
+/// the file lock is released when `shutdown` returns and the store can be reopened at once.
+async fn release_database(db: Arc<Database>) {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    let mut db = db;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => {
+                drop(db);
+                return;
+            }
+            Err(shared) if Instant::now() >= deadline => {
+                tracing::warn!("openraft still holds the store database; it closes when its last task ends");
+                drop(shared);
+                return;
+            }
+            Err(shared) => {
+                db = shared;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+// The hub shares one `Store` between its tasks.
+const _: fn() = || {
+    fn check<T: Send + Sync>() {}
+    check::<Store>();
+};

@@ -1,0 +1,67 @@
+//! `cargo xtask test`: the whole suite, as CI runs it. Installs the Debian packages
+//! the tests need when they are missing, checks formatting, lints and the agent's
+//! dependency guard, builds the binaries and the demo image, then runs every test.
+//! Tests that need root run for real: this task refuses to start without it.
+
+use crate::util::{cargo, ensure_packages, is_root, run};
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// What the suite needs from Debian.
+const PACKAGES: &[&str] = &["busybox-static", "crun", "iproute2", "util-linux", "python3"];
+
+/// Crates the agent must never link (STYLE.md: keep the agent lean).
+const AGENT_FORBIDDEN: &[&str] = &["openraft", "axum", "hyper", "reqwest", "openssl", "aws-lc-rs"];
+
+#[derive(Parser)]
+pub struct Args {
+    /// Skip fmt, clippy and the dependency guard.
+    #[arg(long)]
+    no_lint: bool,
+    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+/// Fails if `cargo tree` finds `krate` among the agent's normal dependencies.
+fn guard_agent_dependencies() -> anyhow::Result<()> {
+    for krate in AGENT_FORBIDDEN {
+        let out = cargo()
+            .args(["tree", "-p", "edge-agent", "-e", "normal", "-i", krate])
+            .output()
+            .context("running cargo tree")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && !stdout.trim().is_empty() {
+            bail!("the agent links {krate}, which it must not:\n{stdout}");
+        }
+    }
+    eprintln!("agent dependency guard: none of {} linked", AGENT_FORBIDDEN.join(", "));
+    Ok(())
+}
+
+pub fn run_task(args: Args) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the suite runs real containers, cgroups and network namespaces: run it as root (sudo -E cargo xtask test)"
+        );
+    }
+    ensure_packages(PACKAGES)?;
+    let root = crate::workspace_root();
+    std::env::set_current_dir(&root)?;
+    if !args.no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
+        guard_agent_dependencies()?;
+    }
+    crate::images::run(crate::images::Args::parse_from(["images"]))?;
+    run(cargo().args(["build", "--locked", "-p", "cloud-hub", "-p", "edge-agent"]))?;
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--locked"])
+        .env("FLOTILLA_DEMO_IMAGE", root.join("images/out/demo-httpd.oci.tar"));
+    if !args.test_args.is_empty() {
+        test.arg("--").args(&args.test_args);
+    }
+    run(&mut test)?;
+    eprintln!("all tests passed");
+    Ok(())
+}
