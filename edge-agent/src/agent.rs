@@ -307,12 +307,12 @@ fn gc_blobs(blobs: &images::blobstore::BlobStore, keep: &[String]) -> anyhow::Re
     let mut reachable = std::collections::BTreeSet::new();
     for d in keep {
         let digest = images::digest::Digest::parse(d)?;
-        reachable.insert(digest.clone());
+        reachable.insert(digest);
         if let Ok(bytes) = blobs.read_to_vec(&digest, 4 << 20)
             && let Ok(m) = serde_json::from_slice::<images::oci::ImageManifest>(&bytes)
         {
-            reachable.insert(m.config.digest.clone());
-            reachable.extend(m.layers.iter().map(|l| l.digest.clone()));
+            reachable.insert(m.config.digest);
+            reachable.extend(m.layers.iter().map(|l| l.digest));
         }
     }
     for d in blobs.list()? {

@@ -81,7 +81,7 @@ pub async fn ensure_identity(
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "enrolment attempt failed; retrying"),
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(backoff.next_wait()).await;
     };
     if device != config.name {
         bail!("the hub enrolled this device as {device:?}, not {:?}", config.name);

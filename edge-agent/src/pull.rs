@@ -88,7 +88,7 @@ impl Puller {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(16);
         let blobs = self.blobs.clone();
-        let d = digest.clone();
+        let d = *digest;
         let writer = tokio::task::spawn_blocking(move || {
             blobs.put(ChannelReader { rx, buf: Vec::new(), pos: 0 }, &d, max)
         });

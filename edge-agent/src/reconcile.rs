@@ -80,7 +80,7 @@ pub enum Action {
     /// Fetch and unpack an image.
     Pull { digest: String },
     /// Create and start a container.
-    Run { id: String, app: String, generation: u64, network: NetworkMode, container: DesiredContainer },
+    Run { id: String, app: String, generation: u64, network: NetworkMode, container: Box<DesiredContainer> },
     /// Start a created container.
     Start { id: String },
     /// Stop (SIGTERM, then SIGKILL) and delete a container and its root filesystem.
@@ -178,7 +178,7 @@ pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> P
                             app: app.name.clone(),
                             generation: app.generation,
                             network: app.network,
-                            container: c.clone(),
+                            container: Box::new(c.clone()),
                         });
                     }
                 }
@@ -199,7 +199,7 @@ pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> P
                             app: app.name.clone(),
                             generation: app.generation,
                             network: app.network,
-                            container: c.clone(),
+                            container: Box::new(c.clone()),
                         });
                     }
                 }

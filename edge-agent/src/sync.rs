@@ -61,7 +61,7 @@ pub async fn run(
         if started.elapsed() >= HEALTHY_SESSION {
             backoff.reset();
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 

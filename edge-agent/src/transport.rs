@@ -78,7 +78,7 @@ impl Backoff {
         wait
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let mut b = [0u8; 4];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
         self.next_with(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX))

@@ -1,6 +1,7 @@
 //! Project chores, run as `cargo xtask <task>` (matklad's cargo-xtask convention): one
 //! binary, one module per task, dispatched from here.
 
+mod agent_static;
 mod demo;
 mod images;
 mod test;
@@ -27,6 +28,8 @@ enum Task {
     Test(test::Args),
     /// Build everything and run `flotilla demo` on this machine (as root).
     Demo(demo::Args),
+    /// Build the agent as a small static binary and print its size.
+    AgentStatic(agent_static::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Task::Images(args) => images::run(args),
         Task::Test(args) => test::run_task(args),
         Task::Demo(args) => demo::run_task(args),
+        Task::AgentStatic(args) => agent_static::run_task(args),
     }
 }
 

@@ -69,6 +69,7 @@ impl From<hub_store::StoreError> for ApiError {
                 ApiError::NotLeader { leader: leader_addr }
             }
             hub_store::StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            hub_store::StoreError::Rejected(m) => ApiError::BadRequest(m),
             other => ApiError::Internal(other.to_string()),
         }
     }

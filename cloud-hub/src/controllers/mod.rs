@@ -13,7 +13,7 @@ use devices::LiveDevice;
 use hub_store::{ChangeBatch, Store};
 use shared_proto::manifest::DesiredManifest;
 use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind, StoreOutcome};
-use shared_proto::{App, Device, DevicePhase, Image, Timestamp};
+use shared_proto::{App, Device, DevicePhase, Image, Site, SiteStatus, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use std::time::Duration;
 /// The objects the controllers read, kept current from the store's watch.
 #[derive(Debug, Default, Clone)]
 pub struct FleetCache {
+    pub sites: BTreeMap<String, Site>,
     pub apps: BTreeMap<String, App>,
     pub devices: BTreeMap<String, Device>,
     pub images: BTreeMap<String, Image>,
@@ -50,7 +51,7 @@ fn placement_view(d: &Device) -> impl PartialEq + '_ {
 impl FleetCache {
     pub fn load(store: &Store) -> Result<FleetCache, hub_store::StoreError> {
         let mut cache = FleetCache::default();
-        for kind in [StoreKind::App, StoreKind::Device, StoreKind::Image, StoreKind::Manifest] {
+        for kind in [StoreKind::Site, StoreKind::App, StoreKind::Device, StoreKind::Image, StoreKind::Manifest] {
             for o in store.list_local(kind)? {
                 cache.put(o);
             }
@@ -61,6 +62,9 @@ impl FleetCache {
     fn put(&mut self, o: Object) -> Touched {
         let mut t = Touched::default();
         match o {
+            Object::Site(x) => {
+                self.sites.insert(x.metadata.name.clone(), x);
+            }
             Object::App(a) => {
                 t.placement = true;
                 self.apps.insert(a.metadata.name.clone(), a);
@@ -86,6 +90,7 @@ impl FleetCache {
 
     fn cached_revision(&self, kind: StoreKind, name: &str) -> Option<u64> {
         match kind {
+            StoreKind::Site => self.sites.get(name).map(|x| x.metadata.revision),
             StoreKind::App => self.apps.get(name).map(|a| a.metadata.revision),
             StoreKind::Device => self.devices.get(name).map(|d| d.metadata.revision),
             StoreKind::Image => self.images.get(name).map(|i| i.metadata.revision),
@@ -111,6 +116,10 @@ impl FleetCache {
                 Some(_) => {}
                 None => {
                     let removed = match change.kind {
+                        StoreKind::Site => {
+                            self.sites.remove(&change.name);
+                            false
+                        }
                         StoreKind::App => self.apps.remove(&change.name).is_some(),
                         StoreKind::Device => self.devices.remove(&change.name).is_some(),
                         StoreKind::Image => self.images.remove(&change.name).is_some(),
@@ -146,6 +155,7 @@ impl Default for ControllerConfig {
 #[derive(Debug, Default, PartialEq)]
 pub struct PassPlan {
     pub manifests: Vec<StoreCommand>,
+    pub sites: Vec<StoreCommand>,
     pub devices: Vec<StoreCommand>,
     pub apps: Vec<StoreCommand>,
     /// The next time a pass is needed even if nothing changes (an Offline deadline).
@@ -192,6 +202,16 @@ pub fn plan_pass(
         }
     }
 
+    for site in cache.sites.values() {
+        let status = site_status(&site.metadata.name, &cache.devices);
+        if status != site.status {
+            let mut updated = site.clone();
+            updated.status = status;
+            plan.sites
+                .push(StoreCommand::put(Object::Site(updated), Precondition::RevisionIs(site.metadata.revision)));
+        }
+    }
+
     let empty = BTreeSet::new();
     for app in cache.apps.values() {
         let name = &app.metadata.name;
@@ -212,6 +232,17 @@ pub fn plan_pass(
         }
     }
     plan
+}
+
+/// How many devices a site has, and how many are online.
+pub fn site_status(site: &str, devices: &BTreeMap<String, Device>) -> SiteStatus {
+    let members = devices.values().filter(|d| d.spec.site == site);
+    let (mut n_devices, mut n_online) = (0, 0);
+    for d in members {
+        n_devices += 1;
+        n_online += u32::from(d.status.phase == DevicePhase::Online);
+    }
+    SiteStatus { n_devices, n_online }
 }
 
 fn now() -> Timestamp {
@@ -271,6 +302,7 @@ pub async fn run(
             write_group(&store, "manifests", plan.manifests).await;
             write_group(&store, "devices", plan.devices).await;
             write_group(&store, "apps", plan.apps).await;
+            write_group(&store, "sites", plan.sites).await;
 
             let sleep_for =
                 wake_at.map_or(Duration::from_secs(10), |w| w.since(now()).max(Duration::from_millis(10)));
@@ -371,6 +403,20 @@ mod tests {
         assert_eq!(plan.wake_at, Some(Timestamp(30_000)));
         let plan = plan_pass(&cache, &check, &none, Timestamp(30_000), Timestamp(0), &cfg);
         assert_eq!(plan.devices.len(), 1);
+    }
+
+    #[test]
+    fn sites_count_their_devices() {
+        let mut cache = fleet();
+        cache.devices.get_mut("pi").unwrap().spec.site = "s1".into();
+        cache.devices.get_mut("pi").unwrap().status.phase = DevicePhase::Online;
+        let mut site = Site::new(shared_proto::ObjectMeta::named("s1"), Default::default());
+        site.metadata.revision = 1;
+        cache.sites.insert("s1".into(), site);
+        let plan = plan_pass(&cache, &BTreeSet::new(), &|_| None, Timestamp(0), Timestamp(0), &ControllerConfig::default());
+        let StoreCommand::Put { object, .. } = &plan.sites[0] else { panic!() };
+        let Object::Site(s) = object.as_ref() else { panic!() };
+        assert_eq!((s.status.n_devices, s.status.n_online), (1, 1));
     }
 
     #[test]

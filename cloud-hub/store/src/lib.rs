@@ -59,6 +59,7 @@ pub enum StoreError {
     /// Storage is broken: this node is broken and must be taken out of service.
     #[error("store failed: {0}")]
     Fatal(String),
+    /// The command could not be encoded: the caller built an object postcard cannot carry.
     #[error(transparent)]
     Codec(#[from] shared_proto::CodecError),
 }
@@ -69,7 +70,9 @@ impl From<DbError> for StoreError {
     }
 }
 
-/// Everything one applied log entry changed, in the order openraft applied it.
+/// Everything one applied log entry changed (one change per key, ordered by key). Batches
+/// arrive in revision order. Installing a snapshot from the leader arrives as one batch, at the
+/// snapshot's revision, holding the net difference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeBatch {
     /// The entry's log index: the new revision of every changed key.

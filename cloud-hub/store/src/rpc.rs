@@ -54,3 +54,49 @@ pub(crate) fn decode_snapshot(body: &[u8]) -> Result<(Vote, SnapshotMeta, Vec<u8
         .map_err(|source| CodecError::Malformed { what, source })?;
     Ok((vote, meta, blob.to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{LogId, StoredMembership, TypeConfig};
+    use openraft::raft::VoteRequest;
+    use openraft::vote::RaftLeaderIdExt;
+    use openraft::{Membership, RaftTypeConfig};
+    use std::collections::BTreeSet;
+
+    type LeaderId = <TypeConfig as RaftTypeConfig>::LeaderId;
+
+    /// Pins how openraft's messages encode, so an openraft upgrade that changes them fails here
+    /// and gets a new `RPC_FORMAT_VERSION` (and `DB_FORMAT_VERSION`, as the log stores entries).
+    #[test]
+    fn golden_vote_request() {
+        let req = VoteRequest::<TypeConfig>::new(
+            Vote::new(3, 2),
+            Some(LogId::new(LeaderId::new_committed(2, 1), 7)),
+        );
+        let bytes = encode("test", &req).unwrap();
+        assert_eq!(bytes, [1, 3, 2, 0, 1, 2, 1, 7, 0], "{bytes:?}");
+        let back: VoteRequest<TypeConfig> = decode("test", &bytes).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn snapshot_body_round_trip() {
+        let membership = Membership::new_with_defaults(vec![BTreeSet::from([1, 2])], []);
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(LeaderId::new_committed(4, 1), 90)),
+            last_membership: StoredMembership::new(
+                Some(LogId::new(LeaderId::new_committed(1, 1), 0)),
+                membership,
+            ),
+        };
+        let vote = Vote::new_committed(4, 1);
+        let body = encode_snapshot(&vote, &meta, b"blob").unwrap();
+        assert!(body.ends_with(b"blob"));
+        assert_eq!(decode_snapshot(&body).unwrap(), (vote, meta, b"blob".to_vec()));
+        let mut newer = body.clone();
+        newer[0] = 2;
+        assert!(matches!(decode_snapshot(&newer), Err(CodecError::UnsupportedVersion { found: 2, .. })));
+        assert!(decode_snapshot(&body[..5]).is_err());
+    }
+}

@@ -16,7 +16,7 @@ use shared_proto::store::Object;
 pub(crate) const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub(crate) enum SnapshotError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("snapshot record {idx} is stored under {key:?} but holds {actual:?}")]
@@ -91,4 +91,84 @@ pub(crate) fn read_snapshot(blob: &[u8]) -> Result<Vec<SnapshotRecord>, Snapshot
         return Err(CodecError::TrailingBytes { what, extra: rest.len() }.into());
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{OBJECTS, begin_read, begin_write, open_database};
+    use shared_proto::store::FleetCaRecord;
+
+    fn ca() -> Object {
+        Object::FleetCa(FleetCaRecord {
+            cert_der: vec![0xc0],
+            key_pkcs8_der: vec![0x6b],
+            created_at: shared_proto::Timestamp(1),
+        })
+    }
+
+    /// Pins the blob layout: version, record count, then (key, mod, create, object bytes).
+    #[test]
+    fn golden_bytes_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_database(&dir.path().join("store.redb")).unwrap();
+        let object_bytes = ca().encode().unwrap();
+        let txn = begin_write(&db).unwrap();
+        txn.open_table(OBJECTS).unwrap().insert("fleet-ca/fleet", (300, 2, object_bytes.as_slice())).unwrap();
+        txn.commit().unwrap();
+
+        let txn = begin_read(&db).unwrap();
+        let blob = write_snapshot(&txn.open_table(OBJECTS).unwrap()).unwrap();
+        let mut want = vec![0x01, 0x01, 0x0e];
+        want.extend_from_slice(b"fleet-ca/fleet");
+        want.extend_from_slice(&[0xac, 0x02, 0x02, object_bytes.len() as u8]);
+        want.extend_from_slice(&object_bytes);
+        assert_eq!(blob, want);
+
+        let records = read_snapshot(&blob).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].key, "fleet-ca/fleet");
+        assert_eq!(records[0].revisions, KeyRevisions { mod_revision: 300, create_revision: 2 });
+        assert_eq!(records[0].object, ca());
+    }
+
+    #[test]
+    fn inconsistent_blobs_are_refused() {
+        let record = |key: &str| {
+            let bytes = ca().encode().unwrap();
+            postcard::to_stdvec(&(key, 1u64, 1u64, bytes.as_slice())).unwrap()
+        };
+        let blob = |n: u64, records: &[Vec<u8>], trailing: &[u8]| {
+            let mut out = postcard::to_stdvec(&SNAPSHOT_FORMAT_VERSION).unwrap();
+            out.extend(postcard::to_stdvec(&n).unwrap());
+            records.iter().for_each(|r| out.extend(r));
+            out.extend_from_slice(trailing);
+            out
+        };
+        let good = record("fleet-ca/fleet");
+        assert!(read_snapshot(&blob(1, std::slice::from_ref(&good), &[])).is_ok());
+        assert!(matches!(
+            read_snapshot(&blob(1, &[record("site/x")], &[])),
+            Err(SnapshotError::WrongKey { .. })
+        ));
+        assert!(matches!(
+            read_snapshot(&blob(2, &[good.clone(), good.clone()], &[])),
+            Err(SnapshotError::OutOfOrder { idx: 1, .. })
+        ));
+        assert!(
+            read_snapshot(&blob(2, std::slice::from_ref(&good), &[])).is_err(),
+            "fewer records than announced"
+        );
+        assert!(read_snapshot(&blob(u64::MAX, &[], &[])).is_err(), "a huge count is not an allocation");
+        assert!(matches!(
+            read_snapshot(&blob(1, std::slice::from_ref(&good), &[0])),
+            Err(SnapshotError::Codec(CodecError::TrailingBytes { extra: 1, .. }))
+        ));
+        let mut newer = blob(0, &[], &[]);
+        newer[0] = 2;
+        assert!(matches!(
+            read_snapshot(&newer),
+            Err(SnapshotError::Codec(CodecError::UnsupportedVersion { found: 2, supported: 1 }))
+        ));
+    }
 }

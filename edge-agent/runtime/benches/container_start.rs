@@ -9,7 +9,8 @@
 //! the whole `crun --root S run --bundle B id` child process, timed from outside, as in
 //! `/work/shared/anchors/oci-runtime.sh`. Both use the same `config.json` from
 //! `crun spec` (pid, network, ipc, uts, mount namespaces; terminal off, rootfs writable),
-//! differing only in `linux.cgroupsPath`.
+//! differing only in `linux.cgroupsPath`. Both keep their runtime state on tmpfs
+//! (`/dev/shm`, as `/run` would be on a device; `BENCH_STATE_DIR` overrides).
 //!
 //! crun 1.8 refuses this host's hybrid cgroup layout, so phase "v1" runs inside a
 //! private mount namespace with `/sys/fs/cgroup/unified` detached (plain cgroup v1),
@@ -85,7 +86,8 @@ fn orchestrate(n: usize) -> BenchResult<()> {
         return Err(format!("phase v1 failed: {status}"));
     }
     // Phase 2: the host's hybrid layout, ours only (crun refuses it).
-    let status = Command::new(&exe).arg(n.to_string()).env(PHASE_ENV, "hybrid").status().map_err(|e| e.to_string())?;
+    let status =
+        Command::new(&exe).arg(n.to_string()).env(PHASE_ENV, "hybrid").status().map_err(|e| e.to_string())?;
     if !status.success() {
         return Err(format!("phase hybrid failed: {status}"));
     }
@@ -94,6 +96,8 @@ fn orchestrate(n: usize) -> BenchResult<()> {
 
 struct Work {
     dir: PathBuf,
+    /// Runtime state of both runtimes (crun's `--root`, libcontainer's root).
+    state: PathBuf,
     tag: u32,
 }
 
@@ -105,13 +109,20 @@ impl Work {
         for d in ["bin", "proc", "dev", "sys", "tmp"] {
             std::fs::create_dir_all(rootfs.join(d)).map_err(|e| e.to_string())?;
         }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).map_err(|e| format!("copying busybox: {e}"))?;
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .map_err(|e| format!("copying busybox: {e}"))?;
         for a in ["true", "sh", "echo"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).map_err(|e| e.to_string())?;
         }
         std::fs::create_dir_all(dir.join("spec")).map_err(|e| e.to_string())?;
         run_cmd(Command::new("crun").arg("spec").current_dir(dir.join("spec")))?;
-        Ok(Work { dir, tag })
+        // Runtime state belongs on tmpfs, as /run is on a real host (crun's and
+        // runc's defaults live there too); BENCH_STATE_DIR moves it, e.g. to /tmp.
+        let state_base =
+            std::env::var_os("BENCH_STATE_DIR").map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
+        let state = state_base.join(format!("flotilla-bench-state-{tag}"));
+        std::fs::create_dir_all(&state).map_err(|e| format!("creating {}: {e}", state.display()))?;
+        Ok(Work { dir, state, tag })
     }
 
     /// The anchor's recipe: `crun spec`, terminal off, absolute writable root, and a
@@ -143,7 +154,7 @@ impl Work {
 
 impl Drop for Work {
     fn drop(&mut self) {
-        let state = self.dir.join("state-crun");
+        let state = self.state.join("crun");
         if let Ok(out) = Command::new("crun").arg("--root").arg(&state).args(["list", "-q"]).output() {
             for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("crun").arg("--root").arg(&state).args(["delete", "-f", id]).output();
@@ -157,11 +168,12 @@ impl Drop for Work {
             let _ = std::fs::remove_dir(&bench);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
 fn crun_run(work: &Work, bundle: &Path, id: &str) -> BenchResult<(f64, String)> {
-    let state = work.dir.join("state-crun");
+    let state = work.state.join("crun");
     let t0 = Instant::now();
     let out = Command::new("crun")
         .arg("--root")
@@ -176,7 +188,11 @@ fn crun_run(work: &Work, bundle: &Path, id: &str) -> BenchResult<(f64, String)> 
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
         let _ = Command::new("crun").arg("--root").arg(&state).args(["delete", "-f", id]).output();
-        return Err(format!("crun run {id}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "crun run {id}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok((ms, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
@@ -216,7 +232,13 @@ async fn flotilla_run(rt: &HelperRuntime, bundle: &Path, id: &str) -> BenchResul
         return Err(format!("{id} exited with {code:?}"));
     }
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
-    Ok(Steps { create: ms(t0, t1), start: ms(t1, t2), exit: ms(t2, t3), delete: ms(t3, t4), total: ms(t0, t4) })
+    Ok(Steps {
+        create: ms(t0, t1),
+        start: ms(t1, t2),
+        exit: ms(t2, t3),
+        delete: ms(t3, t4),
+        total: ms(t0, t4),
+    })
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -245,7 +267,8 @@ fn phase(n: usize, warmup: usize, with_crun: bool) -> BenchResult<()> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let config = HelperConfig::new(work.dir.join("state-flotilla"), work.dir.join("logs")).with_helper_exe(HELPER_BIN);
+    let config =
+        HelperConfig::new(work.state.join("flotilla"), work.dir.join("logs")).with_helper_exe(HELPER_BIN);
     let label = if with_crun { "v1" } else { "hybrid" };
 
     runtime.block_on(async {
@@ -286,7 +309,11 @@ fn phase(n: usize, warmup: usize, with_crun: bool) -> BenchResult<()> {
         let col = |f: fn(&Steps) -> f64| ours_steps.iter().map(f).collect::<Vec<_>>();
         let total = col(|s| s.total);
         let name = if with_crun { "flotilla" } else { "flotilla_hybrid" };
-        println!("# phase={label} n={n} warmup={warmup} namespaces={}", work.namespaces());
+        println!(
+            "# phase={label} n={n} warmup={warmup} namespaces={} state={}",
+            work.namespaces(),
+            work.state.display()
+        );
         println!(
             "# {name} steps median ms: create={:.2} start={:.2} exit={:.2} delete={:.2}; min={:.2} max={:.2}",
             median(&col(|s| s.create)),

@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus as LcStatus};
 use libcontainer::error::LibcontainerError;
@@ -29,6 +30,7 @@ use shared_proto::runtime::{
     RuntimeStatus,
 };
 
+use super::cgroups;
 use super::sys;
 
 /// Written next to libcontainer's `state.json`; removed with the container directory.
@@ -336,7 +338,6 @@ impl Containers {
         let (stdin, stdout, stderr) = open_stdio(log_path)
             .map_err(|e| failed(format!("opening log file {}: {e}", log_path.display())))?;
 
-        let t0 = std::time::Instant::now();
         let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(&self.root)
             .and_then(|b| b.validate_id())
@@ -349,11 +350,7 @@ impl Containers {
                 return Err(lc_failure(&format!("creating container {id} from {}", bundle.display()), &e));
             }
         };
-        let t1 = std::time::Instant::now();
-        let r = self.watch_new(id, &container);
-        let t2 = std::time::Instant::now();
-        if std::env::var_os("FLT_T").is_some() { eprintln!("T build= {:.3} watch= {:.3}", (t1-t0).as_secs_f64()*1e3, (t2-t1).as_secs_f64()*1e3); }
-        match r {
+        match self.watch_new(id, &container) {
             Ok(()) => Ok(RuntimeReply::Done),
             Err(message) => {
                 // Never leave a half-set-up container behind: kill it and remove it.
@@ -440,8 +437,9 @@ impl Containers {
             }
             self.kill_and_wait(id, out);
         }
-        let t0 = std::time::Instant::now();
-        if let Some(c) = container.as_mut() {
+        if let Some(c) = container.as_mut()
+            && !remove_stopped(&dir, c)
+        {
             // The init is gone (or never ran), so force only reaches what is left in
             // the container's cgroup; it also covers libcontainer mistaking a recycled
             // pid for the container.
@@ -451,7 +449,6 @@ impl Containers {
             fs::remove_dir_all(&dir).map_err(|e| failed(format!("removing {}: {e}", dir.display())))?;
         }
         self.forget(id);
-        if std::env::var_os("FLT_T").is_some() { eprintln!("T lcdelete= {:.3}", t0.elapsed().as_secs_f64()*1e3); }
         Ok(RuntimeReply::Done)
     }
 
@@ -474,6 +471,22 @@ impl Containers {
             None
         };
         out.push(RuntimeMessage::Exited { id: id.to_string(), pid, exit_code });
+    }
+}
+
+/// The common case of delete, done directly: a container whose processes are all gone
+/// and that uses nothing but cgroups (no hooks, no systemd, no RDT) only needs its
+/// empty cgroup directories removed. `false` sends the caller to libcontainer's full
+/// delete, which also kills what is left.
+fn remove_stopped(dir: &Path, container: &Container) -> bool {
+    if container.systemd() || container.intel_rdt_dir().is_some() {
+        return false;
+    }
+    match YoukiConfig::load(dir) {
+        Ok(config) if config.hooks.is_none() => {
+            matches!(cgroups::remove_container_cgroups(&config.cgroup_path), Ok(true))
+        }
+        _ => false,
     }
 }
 

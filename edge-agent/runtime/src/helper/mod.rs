@@ -11,13 +11,14 @@
 //! collects their exit codes. When stdin reaches EOF (the agent exited or was killed) it
 //! exits at once and leaves every container running; the next helper adopts them.
 
+mod cgroups;
 mod containers;
 pub(crate) mod sys;
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,9 +145,9 @@ fn setup_process() -> io::Result<(File, File)> {
     // SAFETY: as above.
     let output = File::from(unsafe { OwnedFd::from_raw_fd(output) });
     let devnull = OpenOptions::new().read(true).write(true).open("/dev/null")?;
-    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), 0)?;
+    nix::unistd::dup2(devnull.as_raw_fd(), 0)?;
     if nix::unistd::dup2(2, 1).is_err() {
-        nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), 1)?;
+        nix::unistd::dup2(devnull.as_raw_fd(), 1)?;
     }
     Ok((input, output))
 }
@@ -182,6 +183,9 @@ fn send(output: &mut File, msgs: impl IntoIterator<Item = RuntimeMessage>) -> Re
 }
 
 fn serve(mut containers: Containers, mut input: File, mut output: File) -> Result<(), HelperError> {
+    // libpathrs caches one private procfs handle per process; opening it here means
+    // every container's forked setup processes inherit it instead of mounting their own.
+    let _ = pathrs::procfs::ProcfsHandle::new();
     containers.adopt_existing();
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
