@@ -39,7 +39,11 @@ pub fn run_task(args: Args) -> anyhow::Result<()> {
     let size = std::fs::metadata(&bin).with_context(|| format!("reading {}", bin.display()))?.len();
     let is_static = images::testing::is_static_elf(&bin).unwrap_or(false);
     println!("{}", bin.display());
-    println!("  size     {size} bytes ({:.2} MiB; budget {} MiB)", size as f64 / (1 << 20) as f64, SIZE_BUDGET >> 20);
+    println!(
+        "  size     {size} bytes ({:.2} MiB; budget {} MiB)",
+        size as f64 / (1 << 20) as f64,
+        SIZE_BUDGET >> 20
+    );
     println!("  static   {}", if is_static { "yes (no program interpreter)" } else { "NO" });
     if !is_static {
         bail!("the agent binary is not static");

@@ -51,7 +51,9 @@ fn placement_view(d: &Device) -> impl PartialEq + '_ {
 impl FleetCache {
     pub fn load(store: &Store) -> Result<FleetCache, hub_store::StoreError> {
         let mut cache = FleetCache::default();
-        for kind in [StoreKind::Site, StoreKind::App, StoreKind::Device, StoreKind::Image, StoreKind::Manifest] {
+        for kind in
+            [StoreKind::Site, StoreKind::App, StoreKind::Device, StoreKind::Image, StoreKind::Manifest]
+        {
             for o in store.list_local(kind)? {
                 cache.put(o);
             }
@@ -207,8 +209,10 @@ pub fn plan_pass(
         if status != site.status {
             let mut updated = site.clone();
             updated.status = status;
-            plan.sites
-                .push(StoreCommand::put(Object::Site(updated), Precondition::RevisionIs(site.metadata.revision)));
+            plan.sites.push(StoreCommand::put(
+                Object::Site(updated),
+                Precondition::RevisionIs(site.metadata.revision),
+            ));
         }
     }
 
@@ -413,7 +417,14 @@ mod tests {
         let mut site = Site::new(shared_proto::ObjectMeta::named("s1"), Default::default());
         site.metadata.revision = 1;
         cache.sites.insert("s1".into(), site);
-        let plan = plan_pass(&cache, &BTreeSet::new(), &|_| None, Timestamp(0), Timestamp(0), &ControllerConfig::default());
+        let plan = plan_pass(
+            &cache,
+            &BTreeSet::new(),
+            &|_| None,
+            Timestamp(0),
+            Timestamp(0),
+            &ControllerConfig::default(),
+        );
         let StoreCommand::Put { object, .. } = &plan.sites[0] else { panic!() };
         let Object::Site(s) = object.as_ref() else { panic!() };
         assert_eq!((s.status.n_devices, s.status.n_online), (1, 1));

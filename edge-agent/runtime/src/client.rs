@@ -28,7 +28,10 @@ pub struct HelperConfig {
     /// `/proc/self/exe`, is the running agent itself, and still works after the agent's
     /// file was replaced by an upgrade.
     pub helper_exe: PathBuf,
-    /// libcontainer's state directory (one sub-directory per container).
+    /// libcontainer's state directory (one sub-directory per container). Put it on
+    /// tmpfs, e.g. `/run/flotilla/containers`: the state must not outlive a reboot (the
+    /// processes do not), and every container start rewrites it several times, which
+    /// costs milliseconds on flash or on a disk mounted with `discard`.
     pub state_root: PathBuf,
     /// Container output goes to `<log_dir>/<id>.log`.
     pub log_dir: PathBuf,
@@ -144,9 +147,11 @@ impl HelperRuntime {
         &self.shared.config
     }
 
-    /// Where container `id`'s stdout and stderr go.
+    /// Where container `id`'s stdout and stderr go. Appended to across re-creations
+    /// with the same id and left in place by `delete`.
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.shared.config.log_dir.join(format!("{id}.log"))
+        let dir = &self.shared.config.log_dir;
+        std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).join(format!("{id}.log"))
     }
 
     /// Starts the helper now if none runs, so that containers left by a previous agent
@@ -178,6 +183,13 @@ impl HelperRuntime {
         if let Some(s) = slot.as_ref().filter(|s| s.pending.closed_reason().is_none()) {
             return Ok((s.frames.clone(), s.pending.clone(), s.kill.clone()));
         }
+        if let Some(old) = slot.take() {
+            // One helper per state root, ever: make sure the broken one is gone (and
+            // reaped) before its successor starts adopting its containers.
+            drop(old.frames);
+            old.kill.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.watcher).await;
+        }
         let s = self.spawn()?;
         let handles = (s.frames.clone(), s.pending.clone(), s.kill.clone());
         *slot = Some(s);
@@ -186,10 +198,12 @@ impl HelperRuntime {
 
     fn spawn(&self) -> Result<Session, RuntimeError> {
         let config = &self.shared.config;
+        let root = std::path::absolute(&config.state_root)
+            .map_err(|e| RuntimeError::Helper(format!("state root {}: {e}", config.state_root.display())))?;
         let mut child = Command::new(&config.helper_exe)
             .arg(HELPER_SUBCOMMAND)
             .arg("--root")
-            .arg(&config.state_root)
+            .arg(root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

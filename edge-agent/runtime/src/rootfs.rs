@@ -98,7 +98,9 @@ impl OverlayRootfs {
     }
 
     /// Unmounts container `id`'s root (lazily if something still uses it) and removes
-    /// its directories. Releasing what is not there is fine.
+    /// its directories, the container's writes included. Call it only once the
+    /// container is deleted: a running container keeps its own copy of the mount, and
+    /// its upper directory would vanish under it. Releasing what is not there is fine.
     pub fn release(&self, id: &str) -> Result<(), RootfsError> {
         crate::validate_container_id(id)?;
         let dir = self.container_dir(id);

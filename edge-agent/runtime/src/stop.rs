@@ -80,18 +80,15 @@ where
         match tokio::time::timeout_at(recheck, exits.recv()).await {
             Ok(Ok(exit)) if exit.id == id => return Ok(true),
             Ok(Ok(_)) => continue,
-            Ok(Err(RecvError::Lagged(_))) | Ok(Err(RecvError::Closed)) | Err(_) => {
-                if is_stopped(runtime, id).await? {
-                    return Ok(true);
-                }
-                if Instant::now() >= deadline {
-                    return Ok(false);
-                }
-                // A closed channel never yields again: fall back to the recheck pace.
-                if let Ok(Err(RecvError::Closed)) = tokio::time::timeout(Duration::ZERO, exits.recv()).await {
-                    tokio::time::sleep_until(recheck).await;
-                }
-            }
+            // Only a dropped runtime closes the channel; keep to the recheck pace.
+            Ok(Err(RecvError::Closed)) => tokio::time::sleep_until(recheck).await,
+            Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+        }
+        if is_stopped(runtime, id).await? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
         }
     }
 }

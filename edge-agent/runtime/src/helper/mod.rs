@@ -66,6 +66,10 @@ impl HelperError {
 /// Entry point of the helper. `args` are the arguments after [`HELPER_SUBCOMMAND`]:
 /// `--root <dir>`, libcontainer's state directory (created if missing).
 ///
+/// The agent's `main` must route `flotilla-agent runtime-helper ...` here first thing,
+/// before it starts a tokio runtime or anything else that spawns threads: libcontainer
+/// forks, which is only safe in a single-threaded process.
+///
 /// Exits 0 when the agent closes the pipe, 2 on a malformed frame, 64 on bad arguments,
 /// 70 when the process cannot be set up, 74 on pipe errors. Never kills containers.
 pub fn helper_main<I, S>(args: I) -> ExitCode
