@@ -2,6 +2,7 @@
 //! binary, one module per task, dispatched from here.
 
 mod agent_static;
+mod bench;
 mod demo;
 mod images;
 mod test;
@@ -30,6 +31,8 @@ enum Task {
     Demo(demo::Args),
     /// Build the agent as a small static binary and print its size.
     AgentStatic(agent_static::Args),
+    /// Measure: `agent` (PSS with 10 containers, offline cold start).
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run_task(args),
         Task::Demo(args) => demo::run_task(args),
         Task::AgentStatic(args) => agent_static::run_task(args),
+        Task::Bench(args) => bench::run_task(args),
     }
 }
 
