@@ -31,7 +31,11 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+fn wait<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = f()? {
@@ -58,7 +62,9 @@ impl Drop for Procs {
 fn pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -84,7 +90,10 @@ fn running_containers(runtime_dir: &Path) -> usize {
 
 pub fn run_task(args: Args) -> anyhow::Result<()> {
     if args.what != "agent" {
-        bail!("unknown benchmark {:?}: use `agent` (container start: cargo bench -p agent-runtime)", args.what);
+        bail!(
+            "unknown benchmark {:?}: use `agent` (container start: cargo bench -p agent-runtime)",
+            args.what
+        );
     }
     if !is_root() {
         bail!("the agent benchmark runs real containers: run it as root");
@@ -114,7 +123,12 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
         Command::new(flotilla)
             .args(["hub", "serve", "--data-dir"])
             .arg(&hub_dir)
-            .args(["--api-listen", &format!("127.0.0.1:{api}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
+            .args([
+                "--api-listen",
+                &format!("127.0.0.1:{api}"),
+                "--quic-listen",
+                &format!("127.0.0.1:{quic}"),
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("hub.log"))?)
             .spawn()?,
@@ -152,7 +166,11 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
     };
     let mut agent_proc = start_agent()?;
     let containers: Vec<String> = (0..args.containers)
-        .map(|i| format!("    - {{name: c{i}, image: \"bench:1\", resources: {{limits: {{memory: 16Mi, pids: 16}}}}}}"))
+        .map(|i| {
+            format!(
+                "    - {{name: c{i}, image: \"bench:1\", resources: {{limits: {{memory: 16Mi, pids: 16}}}}}}"
+            )
+        })
         .collect();
     let app = format!(
         "apiVersion: flotilla.dev/v1\nkind: App\nmetadata: {{name: bench}}\nspec:\n  containers:\n{}\n",
@@ -162,7 +180,9 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
     std::fs::write(&app_path, app)?;
     cli(&["apply", "-f", app_path.to_str().context("path")?])?;
     let n = args.containers;
-    wait("containers running", Duration::from_secs(120), || Ok((running_containers(&runtime_dir) == n).then_some(())))?;
+    wait("containers running", Duration::from_secs(120), || {
+        Ok((running_containers(&runtime_dir) == n).then_some(()))
+    })?;
     // Let the agent settle: reports sent, pulls done, allocator quiet.
     let settle = Instant::now();
     wait("the app to be Running", Duration::from_secs(60), || {
@@ -192,7 +212,9 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
         let _ = std::fs::remove_dir_all(&runtime_dir);
         let t0 = Instant::now();
         agent_proc = start_agent()?;
-        wait("cold start", Duration::from_secs(60), || Ok((running_containers(&runtime_dir) == n).then_some(())))?;
+        wait("cold start", Duration::from_secs(60), || {
+            Ok((running_containers(&runtime_dir) == n).then_some(()))
+        })?;
         let dt = t0.elapsed();
         println!("# cold start {i}: {:.1} ms", dt.as_secs_f64() * 1000.0);
         times.push(dt.as_secs_f64() * 1000.0);

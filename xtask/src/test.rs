@@ -23,16 +23,34 @@ pub struct Args {
     test_args: Vec<String>,
 }
 
-/// Fails if `cargo tree` finds `krate` among the agent's normal dependencies.
+/// Whether the agent's normal dependency graph contains `krate`, by `cargo tree -i`.
+fn agent_links(krate: &str) -> anyhow::Result<bool> {
+    let out = cargo()
+        .args(["tree", "-p", "edge-agent", "-e", "normal", "-i", krate])
+        .output()
+        .context("running cargo tree")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        return Ok(!stdout.trim().is_empty());
+    }
+    if stderr.contains("did not match any packages") {
+        return Ok(false);
+    }
+    bail!("cargo tree -p edge-agent -i {krate} failed: {stderr}")
+}
+
+/// Fails if the agent links a crate it must not. A crate it must link (quinn) is the
+/// control that shows the check itself works.
 fn guard_agent_dependencies() -> anyhow::Result<()> {
+    if !agent_links("quinn")? {
+        bail!("dependency guard is broken: cargo tree does not see quinn in the agent");
+    }
     for krate in AGENT_FORBIDDEN {
-        let out = cargo()
-            .args(["tree", "-p", "edge-agent", "-e", "normal", "-i", krate])
-            .output()
-            .context("running cargo tree")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && !stdout.trim().is_empty() {
-            bail!("the agent links {krate}, which it must not:\n{stdout}");
+        if agent_links(krate)? {
+            bail!(
+                "the agent links {krate}, which it must not (see `cargo tree -p edge-agent -e normal -i {krate}`)"
+            );
         }
     }
     eprintln!("agent dependency guard: none of {} linked", AGENT_FORBIDDEN.join(", "));
