@@ -30,7 +30,10 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/openapi.json", get(|| async { Json(openapi::document()) }))
         .route("/api/v1/cluster", get(cluster))
-        .route("/api/v1/images", post(images::import).layer(DefaultBodyLimit::max(image_limit)))
+        .route(
+            "/api/v1/images",
+            post(images::import).layer(DefaultBodyLimit::max(image_limit)).get(objects::list_images),
+        )
         .route("/api/v1/enrolment-tokens", post(tokens::create_enrolment).get(tokens::list_enrolment))
         .route("/api/v1/enrolment-tokens/{id}", axum::routing::delete(tokens::delete_enrolment))
         .route("/api/v1/api-tokens", post(tokens::create_api).get(tokens::list_api))

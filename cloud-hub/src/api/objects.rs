@@ -99,6 +99,11 @@ pub async fn list(
     })))
 }
 
+/// `GET /api/v1/images`: the images route also takes uploads, so it has its own handler.
+pub async fn list_images(state: State<Arc<HubState>>, caller: Caller) -> ApiResult<Json<Value>> {
+    list(state, caller, Path(Kind::Image.plural().to_string())).await
+}
+
 pub async fn get(
     State(state): State<Arc<HubState>>,
     caller: Caller,
@@ -129,6 +134,7 @@ pub async fn get_manifest(
 
 fn merge_meta(old: &ObjectMeta, new: &mut ObjectMeta, spec_changed: bool) {
     new.uid.clone_from(&old.uid);
+    new.revision = old.revision;
     new.create_revision = old.create_revision;
     new.created_at = old.created_at;
     new.generation = old.generation + u64::from(spec_changed);

@@ -1,5 +1,6 @@
-//! The hub's real QUIC endpoint refuses a device whose certificate another CA signed,
-//! even when the certificate names a device the hub knows.
+//! The hub's real QUIC endpoint: it refuses a device whose certificate another CA
+//! signed (even one naming a device the hub knows), and a malformed frame closes
+//! that one connection while the hub goes on serving everyone else.
 
 use firmware_tests::{Agent, Hub, require_root, wait_until};
 use provisioning::ca::FleetCa;
@@ -9,6 +10,20 @@ use shared_proto::wire::{self, AgentHello, HubFrame, StreamOpen};
 use std::sync::Arc;
 use std::time::Duration;
 
+async fn connect(
+    hub_quic: &str,
+    chain: Vec<CertificateDer<'static>>,
+    key: &DeviceKey,
+    trust: &CertificateDer<'static>,
+) -> anyhow::Result<quinn::Connection> {
+    let tls = provisioning::tls::device_quic_client_config(chain, key.private_key_der(), trust)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    Ok(tokio::time::timeout(Duration::from_secs(10), endpoint.connect(hub_quic.parse()?, "127.0.0.1")?)
+        .await??)
+}
+
 async fn try_sync(
     hub_quic: &str,
     device: &str,
@@ -16,13 +31,7 @@ async fn try_sync(
     key: &DeviceKey,
     trust: &CertificateDer<'static>,
 ) -> anyhow::Result<HubFrame> {
-    let tls = provisioning::tls::device_quic_client_config(chain, key.private_key_der(), trust)?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn =
-        tokio::time::timeout(Duration::from_secs(10), endpoint.connect(hub_quic.parse()?, "127.0.0.1")?)
-            .await??;
+    let conn = connect(hub_quic, chain, key, trust).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = AgentHello {
         device: device.into(),
@@ -37,7 +46,7 @@ async fn try_sync(
 }
 
 #[test]
-fn a_device_certificate_from_another_ca_is_refused() {
+fn foreign_certificates_and_malformed_frames_are_refused() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
@@ -59,8 +68,26 @@ fn a_device_certificate_from_another_ca_is_refused() {
         &std::fs::read_to_string(agent.state_dir.join("device.crt")).unwrap(),
     )
     .unwrap();
-    let frame = rt.block_on(try_sync(&hub.quic, "pi-1", legit_chain, &legit_key, &fleet_ca)).unwrap();
+    let frame = rt.block_on(try_sync(&hub.quic, "pi-1", legit_chain.clone(), &legit_key, &fleet_ca)).unwrap();
     assert!(matches!(frame, HubFrame::Welcome(_)), "{frame:?}");
+
+    // A malformed frame (an absurd length) closes that connection with the protocol
+    // error code, and only that one: a new connection is served.
+    rt.block_on(async {
+        let conn = connect(&hub.quic, legit_chain.clone(), &legit_key, &fleet_ca).await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3]).await.unwrap();
+        let reason =
+            tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("the hub closes it");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code, quinn::VarInt::from_u32(1))
+            }
+            other => panic!("expected an application close, got {other:?}"),
+        }
+    });
+    let frame = rt.block_on(try_sync(&hub.quic, "pi-1", legit_chain, &legit_key, &fleet_ca)).unwrap();
+    assert!(matches!(frame, HubFrame::Welcome(_)), "the hub still serves: {frame:?}");
 
     let key = DeviceKey::generate().unwrap();
     let rogue = FleetCa::generate("rogue CA").unwrap();
