@@ -255,6 +255,34 @@ impl Executor {
             Ok(()) | Err(agent_runtime::RuntimeError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        self.cleanup(id).await
+    }
+
+    /// Removes several containers, stopping them all at once: each may take its
+    /// whole grace period, and an app's containers should not wait for each other.
+    pub async fn remove_many(&mut self, ids: &[String]) -> bool {
+        let runtime = self.runtime.clone();
+        let stops = ids.iter().map(|id| agent_runtime::stop(runtime.as_ref(), id, STOP_GRACE));
+        let results = futures::future::join_all(stops).await;
+        let mut all_ok = true;
+        for (id, stopped) in ids.iter().zip(results) {
+            let result = match stopped {
+                Ok(()) | Err(agent_runtime::RuntimeError::NotFound { .. }) => self.cleanup(id).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(()) => tracing::info!(%id, "container removed"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %format!("{e:#}"), "removing a container failed; will retry");
+                    all_ok = false;
+                }
+            }
+        }
+        all_ok
+    }
+
+    /// Everything but the container itself: root filesystem, bundle, record.
+    async fn cleanup(&mut self, id: &str) -> anyhow::Result<()> {
         let rootfs = self.rootfs.clone();
         let id_owned = id.to_string();
         let bundle = self.bundles_dir.join(id);
@@ -345,8 +373,18 @@ pub async fn reconcile_loop(
         };
         let plan = reconcile::reconcile(&manifest, &observed, now);
         let busy = !plan.actions.is_empty();
-        let mut all_ok = true;
-        for action in plan.actions {
+        let (removals, others): (Vec<Action>, Vec<Action>) =
+            plan.actions.into_iter().partition(|a| matches!(a, Action::Remove { .. }));
+        let ids: Vec<String> = removals
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Remove { id } => Some(id),
+                _ => None,
+            })
+            .collect();
+        // Removals first (they free host ports and resources), all at once.
+        let mut all_ok = ids.is_empty() || exec.remove_many(&ids).await;
+        for action in others {
             all_ok &= exec.execute(action, now).await;
         }
         let next = AgentReport { held_revision: manifest.revision, containers: plan.report };
@@ -448,8 +486,11 @@ pub async fn reset(config: AgentConfig) -> anyhow::Result<()> {
     let runtime = helper_runtime(&config);
     let rootfs = OverlayRootfs::new(config.containers_dir());
     let mut failed = 0;
-    for c in runtime.list().await.unwrap_or_default() {
-        if let Err(e) = agent_runtime::stop(&runtime, &c.id, Duration::from_secs(5)).await {
+    // All at once: each may take its whole grace period.
+    let containers = runtime.list().await.unwrap_or_default();
+    let stops = containers.iter().map(|c| agent_runtime::stop(&runtime, &c.id, Duration::from_secs(5)));
+    for (c, result) in containers.iter().zip(futures::future::join_all(stops).await) {
+        if let Err(e) = result {
             eprintln!("warning: {}: {e}", c.id);
             failed += 1;
         }
