@@ -93,6 +93,10 @@ async fn every_call_needs_a_valid_token_and_the_right_role() {
     let operator = token(&api.store, Role::Operator).await;
     let (s, _, _) = api.call("GET", "/healthz", None, vec![]).await;
     assert_eq!(s, StatusCode::OK, "health needs no token");
+    let (s, _, _) = api.call("GET", "/api/v1/openapi.json", None, vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "every /api/ route needs a token");
+    let (s, doc, _) = api.call("GET", "/api/v1/openapi.json", Some(&viewer), vec![]).await;
+    assert_eq!((s, doc["openapi"].as_str()), (StatusCode::OK, Some("3.1.0")));
     let (s, v, _) = api.call("GET", "/api/v1/apps", None, vec![]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(v["error"], "unauthorized");

@@ -1,6 +1,6 @@
 //! The hub's HTTPS API (axum): resources, images, tokens, cluster status and the
-//! OpenAPI document. Every route but `/healthz` and `/api/v1/openapi.json` needs a
-//! bearer token; bodies are size-limited; errors name the field at fault.
+//! OpenAPI document. Every `/api/` route needs a bearer token (only the `/healthz`
+//! liveness probe does not); bodies are size-limited; errors name the field at fault.
 
 pub mod auth;
 pub mod error;
@@ -28,7 +28,7 @@ pub fn router(state: Arc<HubState>) -> Router {
     let image_limit = usize::try_from(state.config.max_image_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/api/v1/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/api/v1/openapi.json", get(openapi_document))
         .route("/api/v1/cluster", get(cluster))
         .route(
             "/api/v1/images",
@@ -44,6 +44,11 @@ pub fn router(state: Arc<HubState>) -> Router {
         .fallback(|| async { error::ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state)
+}
+
+async fn openapi_document(caller: auth::Caller) -> error::ApiResult<Json<Value>> {
+    caller.require(shared_proto::store::Role::Viewer)?;
+    Ok(Json(openapi::document()))
 }
 
 async fn cluster(State(state): State<Arc<HubState>>, caller: auth::Caller) -> error::ApiResult<Json<Value>> {
