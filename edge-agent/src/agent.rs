@@ -189,16 +189,7 @@ impl Executor {
                     false
                 }
             },
-            Action::Remove { id } => match self.remove(&id).await {
-                Ok(()) => {
-                    tracing::info!(%id, "container removed");
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(%id, error = %format!("{e:#}"), "removing a container failed; will retry");
-                    false
-                }
-            },
+            Action::Remove { id } => self.remove_many(&[id]).await,
         }
     }
 

@@ -97,7 +97,9 @@ impl Hub {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("hub log");
         let stdout = log.try_clone().expect("hub log");
-        let _ = std::fs::remove_file(self.data_dir.join("ready.out"));
+        // The log is appended across restarts: wait for a "hub ready" of this start.
+        let readies_before =
+            std::fs::read_to_string(&self.log).unwrap_or_default().matches("hub ready\n").count();
         let child = Command::new(bin("flotilla"))
             .args(["hub", "serve", "--data-dir"])
             .arg(&self.data_dir)
@@ -116,8 +118,8 @@ impl Hub {
         let log = self.log.clone();
         wait_until("the hub to be ready", Duration::from_secs(60), || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let starts = text.matches("hub ready\n").count();
-            (starts > 0 && self.context.exists() && self.api_answers()).then_some(())
+            let readies = text.matches("hub ready\n").count();
+            (readies > readies_before && self.context.exists() && self.api_answers()).then_some(())
         });
     }
 

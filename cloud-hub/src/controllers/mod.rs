@@ -28,24 +28,11 @@ pub struct FleetCache {
     pub manifests: BTreeMap<String, DesiredManifest>,
 }
 
-/// What a batch of changes touched.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Touched {
-    /// Apps, images, manifests or a device's labels/spec/facts changed: re-plan placement.
-    pub placement: bool,
-    pub devices: BTreeSet<String>,
-}
-
 fn revision_of(o: &Object) -> u64 {
     match o {
         Object::Manifest(m) => m.revision,
         other => other.metadata().map_or(0, |m| m.revision),
     }
-}
-
-/// The part of a device the scheduler looks at.
-fn placement_view(d: &Device) -> impl PartialEq + '_ {
-    (&d.metadata.labels, &d.spec, &d.status.arch, d.status.capacity)
 }
 
 impl FleetCache {
@@ -61,25 +48,21 @@ impl FleetCache {
         Ok(cache)
     }
 
-    fn put(&mut self, o: Object) -> Touched {
-        let mut t = Touched::default();
+    /// Stores `o`; returns the device name when it was a device.
+    fn put(&mut self, o: Object) -> Option<String> {
         match o {
             Object::Site(x) => {
                 self.sites.insert(x.metadata.name.clone(), x);
             }
             Object::App(a) => {
-                t.placement = true;
                 self.apps.insert(a.metadata.name.clone(), a);
             }
             Object::Device(d) => {
                 let name = d.metadata.name.clone();
-                t.placement =
-                    self.devices.get(&name).is_none_or(|old| placement_view(old) != placement_view(&d));
-                t.devices.insert(name.clone());
-                self.devices.insert(name, d);
+                self.devices.insert(name.clone(), d);
+                return Some(name);
             }
             Object::Image(i) => {
-                t.placement = true;
                 self.images.insert(i.metadata.name.clone(), i);
             }
             Object::Manifest(m) => {
@@ -87,7 +70,7 @@ impl FleetCache {
             }
             _ => {}
         }
-        t
+        None
     }
 
     fn cached_revision(&self, kind: StoreKind, name: &str) -> Option<u64> {
@@ -101,41 +84,41 @@ impl FleetCache {
         }
     }
 
-    /// Applies one watch batch. Events older than what the cache holds are skipped,
-    /// so a batch seen both by the initial load and the watch is harmless.
-    pub fn apply(&mut self, batch: &ChangeBatch) -> Touched {
-        let mut touched = Touched::default();
+    /// Applies one watch batch and returns the devices it changed. Events older than
+    /// what the cache holds are skipped, so a batch seen both by the initial load and
+    /// the watch is harmless.
+    pub fn apply(&mut self, batch: &ChangeBatch) -> BTreeSet<String> {
+        let mut devices = BTreeSet::new();
         for change in &batch.changes {
             if self.cached_revision(change.kind, &change.name).is_some_and(|r| r >= batch.revision) {
                 continue;
             }
             match &change.object {
                 Some(o) if revision_of(o) >= batch.revision || revision_of(o) == 0 => {
-                    let t = self.put(o.as_ref().clone());
-                    touched.placement |= t.placement;
-                    touched.devices.extend(t.devices);
+                    devices.extend(self.put(o.as_ref().clone()));
                 }
                 Some(_) => {}
-                None => {
-                    let removed = match change.kind {
-                        StoreKind::Site => {
-                            self.sites.remove(&change.name);
-                            false
-                        }
-                        StoreKind::App => self.apps.remove(&change.name).is_some(),
-                        StoreKind::Device => self.devices.remove(&change.name).is_some(),
-                        StoreKind::Image => self.images.remove(&change.name).is_some(),
-                        StoreKind::Manifest => {
-                            self.manifests.remove(&change.name);
-                            false
-                        }
-                        _ => false,
-                    };
-                    touched.placement |= removed;
-                }
+                None => match change.kind {
+                    StoreKind::Site => {
+                        self.sites.remove(&change.name);
+                    }
+                    StoreKind::App => {
+                        self.apps.remove(&change.name);
+                    }
+                    StoreKind::Device => {
+                        self.devices.remove(&change.name);
+                    }
+                    StoreKind::Image => {
+                        self.images.remove(&change.name);
+                    }
+                    StoreKind::Manifest => {
+                        self.manifests.remove(&change.name);
+                    }
+                    _ => {}
+                },
             }
         }
-        touched
+        devices
     }
 }
 
@@ -312,7 +295,7 @@ pub async fn run(
                 wake_at.map_or(Duration::from_secs(10), |w| w.since(now()).max(Duration::from_millis(10)));
             tokio::select! {
                 r = rx.recv() => match r {
-                    Ok(batch) => { check.extend(cache.apply(&batch).devices); }
+                    Ok(batch) => { check.extend(cache.apply(&batch)); }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
@@ -327,7 +310,7 @@ pub async fn run(
             // Take everything else already queued, so one pass covers a burst.
             loop {
                 match rx.try_recv() {
-                    Ok(batch) => check.extend(cache.apply(&batch).devices),
+                    Ok(batch) => check.extend(cache.apply(&batch)),
                     Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => break,
                     Err(_) => break,
                 }
@@ -443,7 +426,8 @@ mod tests {
                 object: Some(Arc::new(Object::Device(d.clone()))),
             }],
         };
-        assert_eq!(cache.apply(&stale), Touched::default());
+        assert!(cache.apply(&stale).is_empty());
+        assert!(cache.devices["pi"].metadata.labels.is_empty(), "the stale event is not applied");
         d.metadata.revision = 9;
         d.metadata.labels.insert("role".into(), "pos".into());
         let fresh = ChangeBatch {
@@ -454,14 +438,13 @@ mod tests {
                 object: Some(Arc::new(Object::Device(d))),
             }],
         };
-        let t = cache.apply(&fresh);
-        assert!(t.placement);
-        assert!(t.devices.contains("pi"));
+        assert_eq!(cache.apply(&fresh), BTreeSet::from(["pi".to_string()]));
+        assert_eq!(cache.devices["pi"].metadata.labels["role"], "pos");
         let gone = ChangeBatch {
             revision: 10,
             changes: vec![Change { kind: StoreKind::App, name: "web".into(), object: None }],
         };
-        assert!(cache.apply(&gone).placement);
+        assert!(cache.apply(&gone).is_empty());
         assert!(cache.apps.is_empty());
     }
 }

@@ -52,7 +52,7 @@ fn endpoint_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let secret = match std::fs::read(&path) {
         Ok(b) if b.len() == 32 => b,
         _ => {
-            let s = hex::decode(crate::util::random_hex(32))?;
+            let s = crate::util::random_bytes(32);
             provisioning::files::write_private_file(&path, &s)?;
             s
         }
