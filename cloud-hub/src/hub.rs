@@ -9,6 +9,7 @@ use crate::sync::liveness::LivenessTable;
 use anyhow::{Context, bail};
 use hub_store::{Store, StoreConfig};
 use provisioning::ca::FleetCa;
+use shared_proto::clock::{Clock, SystemClock};
 use shared_proto::config::CliContext;
 use shared_proto::store::{Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome};
 use std::net::SocketAddr;
@@ -27,6 +28,14 @@ pub struct ServeArgs {
     /// QUIC address agents connect to.
     #[arg(long, default_value = "0.0.0.0:7441")]
     pub quic_listen: SocketAddr,
+    /// TCP address of the fallback for agents whose network drops UDP (TLS, same
+    /// frames). Default: the QUIC address, over TCP. `off` disables it.
+    #[arg(long, value_name = "ADDR|off")]
+    pub tcp_listen: Option<String>,
+    /// New agent sessions admitted per second; past that, agents are told when to come
+    /// back, which spreads a reconnect storm after a restart.
+    #[arg(long, default_value_t = 2000)]
+    pub session_rate: u32,
     /// Extra DNS names or IP addresses agents and the CLI use to reach this hub; they
     /// go into the hub's certificate.
     #[arg(long = "advertise")]
@@ -46,6 +55,7 @@ pub struct ServeArgs {
 pub struct RunningHub {
     pub api_addr: SocketAddr,
     pub quic_addr: SocketAddr,
+    pub tcp_addr: Option<SocketAddr>,
     pub context_path: PathBuf,
     shutdown: tokio::sync::watch::Sender<bool>,
     endpoint: quinn::Endpoint,
@@ -86,7 +96,7 @@ async fn fleet_ca(store: &Store) -> anyhow::Result<FleetCa> {
         }
         if store.is_leader() {
             let ca = FleetCa::generate("Flotilla fleet CA")?;
-            let record = ca.to_record(crate::util::now());
+            let record = ca.to_record(SystemClock.now());
             match store.write(StoreCommand::put(Object::FleetCa(record), Precondition::MustNotExist)).await? {
                 StoreOutcome::Applied { .. } => {
                     tracing::info!(fingerprint = %ca.fingerprint(), "created the fleet CA");
@@ -105,8 +115,9 @@ async fn first_admin_token(store: &Store) -> anyhow::Result<Option<String>> {
     if !store.list(StoreKind::ApiToken).await?.is_empty() || !store.is_leader() {
         return Ok(None);
     }
-    let (secret, record) = crate::api::tokens::new_api_token(Role::Admin, "created at first start".into())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (secret, record) =
+        crate::api::tokens::new_api_token(Role::Admin, "created at first start".into(), SystemClock.now())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     match store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {
         StoreOutcome::Applied { .. } => Ok(Some(secret)),
         StoreOutcome::Conflict { .. } => Ok(None),
@@ -167,6 +178,7 @@ fn write_context(
 }
 
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
+    let clock = shared_proto::clock::SystemClock::shared();
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     {
@@ -209,6 +221,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         .with_context(|| format!("binding the API to {}", args.api_listen))?;
     let api_addr = listener.local_addr()?;
 
+    let tcp_addr = match args.tcp_listen.as_deref() {
+        Some("off") => None,
+        Some(a) => Some(a.parse::<SocketAddr>().with_context(|| format!("--tcp-listen {a:?}"))?),
+        None => Some(args.quic_listen),
+    };
     let live = Arc::new(LivenessTable::default());
     let fanout = Arc::new(ManifestFanout::default());
     let config = HubConfig {
@@ -218,12 +235,34 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         heartbeat_interval: args.heartbeat_interval,
         device_cert_validity: Duration::from_secs(365 * 24 * 3600),
     };
-    let mut state =
-        HubState { store: store.clone(), blobs, live: live.clone(), fanout: fanout.clone(), ca, config };
-    let endpoint = crate::sync::endpoint(&state, quic_tls, args.quic_listen)
+    let admission = crate::sync::admission::AdmissionConfig {
+        rate: args.session_rate,
+        burst: args.session_rate,
+        ..Default::default()
+    };
+    let mut state = HubState {
+        store: store.clone(),
+        blobs,
+        live: live.clone(),
+        fanout: fanout.clone(),
+        ca,
+        config,
+        clock: clock.clone(),
+        admission: std::sync::Mutex::new(crate::sync::admission::AdmissionControl::new(admission)),
+    };
+    let endpoint = crate::sync::endpoint(&state, quic_tls.clone(), args.quic_listen)
         .with_context(|| format!("binding QUIC to {}", args.quic_listen))?;
     let quic_addr = endpoint.local_addr()?;
     state.config.quic_addr = quic_addr;
+    // With the default, follow the QUIC port even when it was chosen by the system.
+    let tcp_addr = tcp_addr.map(|a| if args.tcp_listen.is_none() { quic_addr } else { a });
+    let tcp = match tcp_addr {
+        Some(a) => Some(
+            crate::sync::tcp::bind(a).await.with_context(|| format!("binding the TCP fallback to {a}"))?,
+        ),
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = Arc::new(state);
 
     let context_path = data_dir.join("context.json");
@@ -244,6 +283,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     tasks.push(tokio::spawn(controllers::run(
         store.clone(),
         live,
+        clock,
         ControllerConfig { offline_grace: args.offline_grace },
         shutdown_rx.clone(),
     )));
@@ -253,9 +293,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         crate::api::router(state.clone()),
         shutdown_rx,
     )));
+    if let Some(listener) = tcp {
+        tasks.push(tokio::spawn(crate::sync::tcp::serve(state.clone(), listener, quic_tls)));
+    }
     tasks.push(tokio::spawn(crate::sync::serve(state, endpoint.clone())));
-    tracing::info!(api = %api_addr, quic = %quic_addr, context = %context_path.display(), "hub ready");
-    Ok(RunningHub { api_addr, quic_addr, context_path, shutdown, endpoint, store, tasks })
+    tracing::info!(api = %api_addr, quic = %quic_addr, tcp = ?tcp_addr, context = %context_path.display(), "hub ready");
+    Ok(RunningHub { api_addr, quic_addr, tcp_addr, context_path, shutdown, endpoint, store, tasks })
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -278,6 +321,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("hub ready");
     println!("  api      https://{}", connect_host(hub.api_addr));
     println!("  agents   {} (QUIC)", connect_host(hub.quic_addr));
+    if let Some(tcp) = hub.tcp_addr {
+        println!("  agents   {} (TCP fallback)", connect_host(tcp));
+    }
     println!("  context  export FLOTILLA_CONTEXT={}", hub.context_path.display());
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -1,13 +1,15 @@
 //! What the hub's API handlers and QUIC sessions share.
 
+use crate::sync::admission::AdmissionControl;
 use crate::sync::fanout::ManifestFanout;
 use crate::sync::liveness::LivenessTable;
 use hub_store::Store;
 use provisioning::ca::FleetCa;
+use shared_proto::clock::SharedClock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Settings fixed at start.
 #[derive(Debug, Clone)]
@@ -29,4 +31,14 @@ pub struct HubState {
     pub fanout: Arc<ManifestFanout>,
     pub ca: FleetCa,
     pub config: HubConfig,
+    pub clock: SharedClock,
+    /// Spreads reconnect storms: sessions admitted per second.
+    pub admission: Mutex<AdmissionControl>,
+}
+
+impl HubState {
+    /// Whether a new sync session may start now, or how long its device should wait.
+    pub fn admit_session(&self, now: Instant) -> Result<(), Duration> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner()).admit(now)
+    }
 }

@@ -1,11 +1,6 @@
-//! Small helpers shared across the hub: time and randomness at the edges.
+//! Randomness at the edges of the hub.
 
 use ring::rand::SecureRandom;
-use shared_proto::Timestamp;
-
-pub fn now() -> Timestamp {
-    Timestamp::from_system_time(std::time::SystemTime::now())
-}
 
 /// `n` random bytes from the OS.
 pub fn random_bytes(n: usize) -> Vec<u8> {

@@ -5,6 +5,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cloud_hub::api::{self, HubConfig, HubState};
+use cloud_hub::sync::admission::AdmissionControl;
 use cloud_hub::sync::fanout::ManifestFanout;
 use cloud_hub::sync::liveness::LivenessTable;
 use hub_store::{Store, StoreConfig};
@@ -21,7 +22,8 @@ struct Api {
 }
 
 async fn token(store: &Store, role: Role) -> String {
-    let (secret, record) = api::tokens::new_api_token(role, String::new()).unwrap();
+    let (secret, record) =
+        api::tokens::new_api_token(role, String::new(), shared_proto::Timestamp(1)).unwrap();
     store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await.unwrap();
     secret
 }
@@ -51,6 +53,8 @@ async fn setup() -> Api {
             heartbeat_interval: Duration::from_secs(30),
             device_cert_validity: Duration::from_secs(3600),
         },
+        clock: shared_proto::clock::SystemClock::shared(),
+        admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
     });
     Api { router: api::router(state), store, _dir: dir }
 }

@@ -12,6 +12,7 @@ use agent_runtime::rootfs::OverlayRootfs;
 use agent_runtime::{ContainerRuntime, ContainerStatus, HelperConfig, HelperRuntime};
 use anyhow::Context;
 use shared_proto::agent_state::{ContainerRecord, ImageRecord};
+use shared_proto::clock::SharedClock;
 use shared_proto::manifest::{DesiredContainer, DesiredManifest};
 use shared_proto::wire::AgentReport;
 use shared_proto::{NetworkMode, Timestamp};
@@ -28,16 +29,13 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Image garbage collection runs at most this often.
 const GC_EVERY: Duration = Duration::from_secs(60);
 
-pub fn now() -> Timestamp {
-    Timestamp::from_system_time(std::time::SystemTime::now())
-}
-
 pub fn helper_runtime(config: &AgentConfig) -> HelperRuntime {
     HelperRuntime::new(HelperConfig::new(config.runtime_state_dir(), config.logs_dir()))
 }
 
 /// What the loop keeps between passes.
 pub struct Executor {
+    pub clock: SharedClock,
     pub runtime: Arc<HelperRuntime>,
     pub rootfs: OverlayRootfs,
     pub db: StateDb,
@@ -55,6 +53,7 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(
+        clock: SharedClock,
         config: &AgentConfig,
         runtime: Arc<HelperRuntime>,
         db: StateDb,
@@ -68,6 +67,7 @@ impl Executor {
             }
         }
         Ok(Executor {
+            clock,
             runtime,
             rootfs: OverlayRootfs::new(config.containers_dir()),
             db,
@@ -233,7 +233,7 @@ impl Executor {
             generation,
             spec_hash: id.rsplit('_').next().unwrap_or_default().to_string(),
             image_digest: container.image_digest.clone(),
-            created_at: now(),
+            created_at: self.clock.now(),
             restarts: 0,
         };
         self.db.put_container(&record)?;
@@ -353,7 +353,7 @@ pub async fn reconcile_loop(
     let mut announced = false;
     loop {
         let manifest = desired.borrow_and_update().clone();
-        let now = now();
+        let now = exec.clock.now();
         let observed = match exec.observe().await {
             Ok(o) => o,
             Err(e) => {
@@ -403,16 +403,16 @@ pub async fn reconcile_loop(
         tokio::select! {
             r = desired.changed() => if r.is_err() { return Ok(()) },
             e = exits.recv() => match e {
-                Ok(exit) => exec.on_exit(&exit.id, exit.exit_code, crate::agent::now()),
+                Ok(exit) => exec.on_exit(&exit.id, exit.exit_code, exec.clock.now()),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => exits = exec.runtime.subscribe_exits(),
             },
-            Some((digest, result)) = pull_done.recv() => exec.on_pull_done(digest, result, crate::agent::now()),
+            Some((digest, result)) = pull_done.recv() => exec.on_pull_done(digest, result, exec.clock.now()),
             _ = tokio::time::sleep(wait) => {}
         }
         // Take every exit already queued so one pass sees them all.
         while let Ok(exit) = exits.try_recv() {
-            exec.on_exit(&exit.id, exit.exit_code, crate::agent::now());
+            exec.on_exit(&exit.id, exit.exit_code, exec.clock.now());
         }
     }
 }
@@ -430,6 +430,7 @@ fn ensure_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
 
 /// `flotilla-agent run`.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let clock = shared_proto::clock::SystemClock::shared();
     ensure_dir(&config.state_dir, 0o700)?;
     ensure_dir(&config.runtime_dir, 0o700)?;
     let db = StateDb::open(&config.db_path())?;
@@ -448,22 +449,27 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (desired_tx, desired_rx) = watch::channel(held.clone());
     let (report_tx, report_rx) =
         watch::channel(AgentReport { held_revision: held.revision, containers: vec![] });
-    let (conn_tx, conn_rx) = watch::channel(None);
+    let (link_tx, link_rx) = watch::channel(None);
     let (pull_tx, pull_rx) = mpsc::unbounded_channel();
-    let puller = Puller { blobs, images_dir: config.images_dir(), connection: conn_rx };
-    let exec = Executor::new(&config, runtime, db.clone(), puller, pull_tx)?;
+    let puller = Puller { blobs, images_dir: config.images_dir(), link: link_rx, clock: clock.clone() };
+    let exec = Executor::new(clock.clone(), &config, runtime, db.clone(), puller, pull_tx)?;
     // Converge on what we have before (and whether or not) the hub answers.
     let mut reconciler = tokio::spawn(reconcile_loop(exec, desired_rx, report_tx, pull_rx));
 
     let endpoint = crate::transport::client_endpoint()?;
     let identity = tokio::select! {
-        id = crate::enrol::ensure_identity(&config, &db, &endpoint) => id?,
+        id = crate::enrol::ensure_identity(&config, &db, &endpoint, &clock) => id?,
         r = &mut reconciler => return r?.context("the reconcile loop stopped"),
     };
-    let channels = crate::sync::SyncChannels { desired: desired_tx, report: report_rx, connection: conn_tx };
-    let hub = config.hub.clone();
+    let channels = crate::sync::SyncChannels { desired: desired_tx, report: report_rx, link: link_tx };
+    let tls = provisioning::tls::device_quic_client_config(
+        identity.cert_chain.clone(),
+        identity.key.clone_key(),
+        &identity.ca,
+    )?;
+    let dialer = crate::transport::Dialer::new(endpoint, &config.hub, &config.hub_tcp, tls)?;
     tokio::select! {
-        r = crate::sync::run(&identity, &hub, endpoint, db, channels) => r,
+        r = crate::sync::run(&identity, dialer, db, clock, channels) => r,
         r = reconciler => r?.context("the reconcile loop stopped"),
     }
 }

@@ -12,6 +12,8 @@ const MAX_CONFIG_BYTES: u64 = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub hub: String,
+    /// The hub's TCP fallback address.
+    pub hub_tcp: String,
     pub enrolment_token: Option<String>,
     pub name: String,
     pub state_dir: PathBuf,
@@ -41,6 +43,10 @@ impl AgentConfig {
         if file.hub.is_empty() || !file.hub.contains(':') {
             bail!("hub: must be host:port of the hub's QUIC endpoint, e.g. \"hub.example:7441\"");
         }
+        let hub_tcp = file.hub_tcp.unwrap_or_else(|| file.hub.clone());
+        if !hub_tcp.contains(':') {
+            bail!("hub_tcp: must be host:port of the hub's TCP fallback, e.g. \"hub.example:443\"");
+        }
         for (k, v) in &file.labels {
             if let Some(p) = label_problem(k, v) {
                 bail!("labels.{k}: {p}");
@@ -48,6 +54,7 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             hub: file.hub,
+            hub_tcp,
             enrolment_token: file.enrolment_token.filter(|t| !t.trim().is_empty()),
             name,
             state_dir: PathBuf::from(file.state_dir),

@@ -3,12 +3,14 @@
 
 use crate::config::AgentConfig;
 use crate::state::StateDb;
+use crate::transport::Dialer;
 use anyhow::{Context, anyhow, bail};
 use provisioning::device_key::DeviceKey;
 use provisioning::token::EnrolmentToken;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared_proto::agent_state::AgentIdentity;
-use shared_proto::wire::{self, EnrolRefusal, EnrolReply, EnrolRequest, StreamOpen};
+use shared_proto::clock::SharedClock;
+use shared_proto::wire::{self, EnrolRefusal, EnrolReply, EnrolRequest, MIN_PROTOCOL_VERSION, StreamOpen};
 use std::time::Duration;
 
 /// What the agent authenticates with.
@@ -47,6 +49,7 @@ pub async fn ensure_identity(
     config: &AgentConfig,
     db: &StateDb,
     endpoint: &quinn::Endpoint,
+    clock: &SharedClock,
 ) -> anyhow::Result<Identity> {
     if let Some(id) = db.identity()? {
         return load(config, &id.device)
@@ -66,10 +69,10 @@ pub async fn ensure_identity(
         labels: config.labels.clone(),
     };
     let tls = provisioning::tls::enrolment_client_config(token.ca_fingerprint())?;
-    let quic = crate::transport::client_config(tls)?;
+    let dialer = Dialer::new(endpoint.clone(), &config.hub, &config.hub_tcp, tls)?;
     let mut backoff = crate::transport::Backoff::new(Duration::from_secs(30));
     let (device, chain, ca) = loop {
-        match enrol_once(endpoint, &config.hub, quic.clone(), &request).await {
+        match enrol_once(&dialer, &request).await {
             Ok(EnrolReply::Accepted { device, cert_chain_der, ca_der }) => {
                 break (device, cert_chain_der, ca_der);
             }
@@ -111,26 +114,21 @@ pub async fn ensure_identity(
     db.set_identity(&AgentIdentity {
         device: device.clone(),
         hub: config.hub.clone(),
-        enrolled_at: shared_proto::Timestamp::from_system_time(std::time::SystemTime::now()),
+        enrolled_at: clock.now(),
     })?;
     tracing::info!(%device, "enrolled");
     Ok(Identity { device, cert_chain: chain, key: key.private_key_der(), ca })
 }
 
-async fn enrol_once(
-    endpoint: &quinn::Endpoint,
-    hub: &str,
-    config: quinn::ClientConfig,
-    request: &EnrolRequest,
-) -> anyhow::Result<EnrolReply> {
-    let conn = crate::transport::connect(endpoint, hub, config).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    wire::write_frame(&mut send, &StreamOpen::Enrol(request.clone())).await?;
-    send.finish()?;
+async fn enrol_once(dialer: &Dialer, request: &EnrolRequest) -> anyhow::Result<EnrolReply> {
+    let link = dialer.connect().await?;
+    let (mut recv, mut send) = link.open_stream().await?;
+    // Enrolment frames have not changed since version 1: any hub understands them.
+    wire::write_frame_for(&mut send, MIN_PROTOCOL_VERSION, &StreamOpen::Enrol(request.clone())).await?;
     let reply = tokio::time::timeout(Duration::from_secs(30), wire::read_frame::<EnrolReply, _>(&mut recv))
         .await
         .map_err(|_| anyhow!("the hub did not answer the enrolment within 30s"))??
         .ok_or_else(|| anyhow!("the hub closed the enrolment stream without an answer"))?;
-    conn.close(0u32.into(), b"enrolled");
+    link.close(b"enrolled");
     Ok(reply)
 }

@@ -1,18 +1,20 @@
-//! Image pulls from the hub: manifest, config and layers fetched over the QUIC
-//! connection (one stream per blob), each verified against its digest while it is
+//! Image pulls from the hub: manifest, config and layers fetched over the link to the
+//! hub (QUIC or the TCP fallback; one stream per blob), each verified against its digest while it is
 //! written to the local blob store, then unpacked into a read-only root filesystem.
 //! Only a complete unpack is recorded, so a pull cut short by a crash starts over.
 
+use crate::transport::HubLink;
 use anyhow::{Context, anyhow, bail};
 use images::blobstore::BlobStore;
 use images::digest::Digest;
 use images::oci::{ImageConfig, ImageManifest, MediaKind};
-use quinn::Connection;
 use shared_proto::agent_state::ImageRecord;
-use shared_proto::wire::{self, BlobReply, BlobRequest, StreamOpen};
+use shared_proto::clock::SharedClock;
+use shared_proto::wire::{self, BlobReply, BlobRequest, MIN_PROTOCOL_VERSION, StreamOpen};
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 /// Largest manifest or config accepted.
@@ -26,7 +28,8 @@ const WAIT_FOR_HUB: Duration = Duration::from_secs(20);
 pub struct Puller {
     pub blobs: BlobStore,
     pub images_dir: PathBuf,
-    pub connection: watch::Receiver<Option<Connection>>,
+    pub link: watch::Receiver<Option<HubLink>>,
+    pub clock: SharedClock,
 }
 
 /// A `Read` over chunks sent from async code, so the blocking blob store can consume
@@ -57,9 +60,9 @@ impl Read for ChannelReader {
 }
 
 impl Puller {
-    async fn connection(&self) -> anyhow::Result<Connection> {
-        let mut rx = self.connection.clone();
-        let wait = rx.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
+    async fn link(&self) -> anyhow::Result<HubLink> {
+        let mut rx = self.link.clone();
+        let wait = rx.wait_for(|c| c.as_ref().is_some_and(HubLink::is_alive));
         match tokio::time::timeout(WAIT_FOR_HUB, wait).await {
             Ok(Ok(c)) => c.clone().ok_or_else(|| anyhow!("no connection")),
             _ => bail!("the hub is not reachable"),
@@ -67,17 +70,18 @@ impl Puller {
     }
 
     /// Fetches one blob into the blob store (skipped when already there).
-    async fn fetch(&self, conn: &Connection, digest: &Digest, max: u64) -> anyhow::Result<()> {
+    async fn fetch(&self, link: &HubLink, digest: &Digest, max: u64) -> anyhow::Result<()> {
         if self.blobs.contains(digest) {
             return Ok(());
         }
-        let (mut send, mut recv) = conn.open_bi().await?;
-        wire::write_frame(
+        let (mut recv, mut send) = link.open_stream().await?;
+        // Blob frames have not changed since version 1: any hub understands them.
+        wire::write_frame_for(
             &mut send,
+            MIN_PROTOCOL_VERSION,
             &StreamOpen::Blob(BlobRequest { digest: digest.to_string(), offset: 0 }),
         )
         .await?;
-        send.finish()?;
         let size = match wire::read_frame::<BlobReply, _>(&mut recv).await? {
             Some(BlobReply::Found { size }) => size,
             Some(BlobReply::NotFound { message }) => bail!("{message}"),
@@ -96,14 +100,14 @@ impl Puller {
         loop {
             let mut chunk = vec![0u8; 64 * 1024];
             match recv.read(&mut chunk).await {
-                Ok(Some(n)) => {
+                Ok(0) => break,
+                Ok(n) => {
                     received += n as u64;
                     chunk.truncate(n);
                     if received > size || tx.send(Ok(chunk)).is_err() {
                         break;
                     }
                 }
-                Ok(None) => break,
                 Err(e) => {
                     let _ = tx.send(Err(std::io::Error::other(e.to_string())));
                     break;
@@ -117,10 +121,10 @@ impl Puller {
 
     async fn fetch_json<T: serde::de::DeserializeOwned>(
         &self,
-        conn: &Connection,
+        link: &HubLink,
         digest: &Digest,
     ) -> anyhow::Result<T> {
-        self.fetch(conn, digest, MAX_JSON_BLOB).await?;
+        self.fetch(link, digest, MAX_JSON_BLOB).await?;
         let bytes = self.blobs.read_to_vec(digest, MAX_JSON_BLOB)?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {digest}"))
     }
@@ -128,15 +132,15 @@ impl Puller {
     /// Pulls and unpacks the image with this platform manifest digest.
     pub async fn pull(&self, manifest_digest: &str) -> anyhow::Result<ImageRecord> {
         let digest = Digest::parse(manifest_digest)?;
-        let conn = self.connection().await?;
-        let manifest: ImageManifest = self.fetch_json(&conn, &digest).await.context("image manifest")?;
+        let link = self.link().await?;
+        let manifest: ImageManifest = self.fetch_json(&link, &digest).await.context("image manifest")?;
         if manifest.media_type.as_deref().map(images::oci::media_kind) == Some(MediaKind::Index) {
             bail!("{digest} is an image index, not a platform manifest");
         }
         let config: ImageConfig =
-            self.fetch_json(&conn, &manifest.config.digest).await.context("image config")?;
+            self.fetch_json(&link, &manifest.config.digest).await.context("image config")?;
         for layer in &manifest.layers {
-            self.fetch(&conn, &layer.digest, MAX_LAYER)
+            self.fetch(&link, &layer.digest, MAX_LAYER)
                 .await
                 .with_context(|| format!("layer {}", layer.digest))?;
         }
@@ -158,7 +162,7 @@ impl Puller {
             config: config.run_config(),
             rootfs: target.display().to_string(),
             size: report.size,
-            unpacked_at: crate::agent::now(),
+            unpacked_at: self.clock.now(),
         })
     }
 }

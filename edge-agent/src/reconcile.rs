@@ -10,7 +10,9 @@
 //!   that keeps a host port can take it over;
 //! - a container whose spec is unchanged across app generations keeps running;
 //! - a failing container or image pull is retried with exponential back-off, never
-//!   in a hot loop, and the report says why it waits.
+//!   in a hot loop, and the report says why it waits;
+//! - a report changes only when the state does: reasons name the back-off step, never
+//!   a countdown, so an unchanged device sends nothing and the hub writes nothing.
 
 use shared_proto::manifest::{
     ContainerPhase, DesiredApp, DesiredContainer, DesiredManifest, ObservedContainer,
@@ -95,13 +97,73 @@ pub struct Plan {
     pub wake_at: Option<Timestamp>,
 }
 
-/// The runtime id of a container: app, name and a hash of everything that requires
-/// a new container when it changes. `_` cannot appear in app or container names, so
-/// the id parses back unambiguously.
+/// The runtime id of a container: app, name and a hash of its effective spec,
+/// everything that requires a new container when it changes. `_` cannot appear in
+/// app or container names, so the id parses back unambiguously.
+///
+/// The hash covers a canonical form of the spec in which fields holding their default
+/// (empty, unset, false) are left out, so a field added to [`DesiredContainer`] in a
+/// later version changes the id only of containers that set it: upgrading the hub or
+/// the agent never restarts a fleet's containers by itself. Fields are hashed under
+/// their JSON names, which therefore never change.
 pub fn container_id(app: &DesiredApp, c: &DesiredContainer) -> String {
+    let spec = serde_json::json!({ "container": c, "network": app.network });
+    let mut canonical = String::new();
+    write_canonical(&spec, &mut canonical);
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    format!("{}_{}_{}", app.name, c.name, hex::encode(&digest.as_ref()[..6]))
+}
+
+/// The id first-light agents (0.1) gave the same container: a hash of its postcard
+/// encoding. A container running under it is adopted, not replaced.
+pub fn legacy_container_id(app: &DesiredApp, c: &DesiredContainer) -> String {
     let bytes = postcard::to_stdvec(&(c, app.network)).unwrap_or_default();
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     format!("{}_{}_{}", app.name, c.name, hex::encode(&digest.as_ref()[..6]))
+}
+
+fn is_default(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_default),
+        Value::Bool(true) | Value::Number(_) => false,
+    }
+}
+
+/// JSON with object keys sorted and default-valued fields left out (array elements
+/// are kept as they are: their positions mean something).
+fn write_canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().filter(|k| !is_default(&o[*k])).collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&o[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// App and container name of an id made by [`container_id`].
@@ -123,6 +185,9 @@ pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> P
     for app in &desired.apps {
         for c in &app.containers {
             let id = container_id(app, c);
+            let legacy = legacy_container_id(app, c);
+            let id =
+                if !obs.runtime.contains_key(&id) && obs.runtime.contains_key(&legacy) { legacy } else { id };
             wanted.insert(id.clone());
             let key = (app.name.clone(), c.name.clone());
             let restart = obs.restarts.get(&key).cloned().unwrap_or_default();
@@ -161,9 +226,9 @@ pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> P
                     } else if waiting {
                         let code = rt.exit_code.map_or("unknown".into(), |c| c.to_string());
                         report.reason = format!(
-                            "exited with code {code}; restarting in {}s (back-off after {} restarts)",
-                            restart.not_before.since(now).as_secs().max(1),
-                            restart.n_restarts
+                            "exited with code {code}; back-off {}s before restart {}",
+                            backoff(restart.n_restarts).as_secs(),
+                            restart.n_restarts + 1
                         );
                         if restart.n_restarts >= 3 && failed {
                             report.phase = ContainerPhase::Failed;
@@ -187,9 +252,10 @@ pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> P
                     if waiting {
                         report.phase = ContainerPhase::Failed;
                         report.reason = format!(
-                            "{}; retrying in {}s",
+                            "{}; back-off {}s before attempt {}",
                             restart.last_error.as_deref().unwrap_or("could not start"),
-                            restart.not_before.since(now).as_secs().max(1)
+                            backoff(restart.n_restarts).as_secs(),
+                            restart.n_restarts + 1
                         );
                         plan.wake_at = earliest(plan.wake_at, restart.not_before);
                     } else {
@@ -207,11 +273,8 @@ pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> P
                     Some(PullState::InFlight) => report.reason = format!("pulling image {}", c.image),
                     Some(PullState::Failed { reason, retry_at }) if now < *retry_at => {
                         report.phase = ContainerPhase::Failed;
-                        report.reason = format!(
-                            "image {} not available: {reason}; retrying in {}s",
-                            c.image,
-                            retry_at.since(now).as_secs().max(1)
-                        );
+                        report.reason =
+                            format!("image {} not available: {reason}; retrying after back-off", c.image);
                         plan.wake_at = earliest(plan.wake_at, *retry_at);
                     }
                     _ => {
@@ -356,7 +419,10 @@ mod tests {
         assert!(plan.actions.is_empty());
         assert_eq!(plan.report[0].phase, ContainerPhase::Failed);
         assert!(plan.report[0].reason.contains("crash loop"), "{}", plan.report[0].reason);
+        assert!(plan.report[0].reason.contains("back-off 8s before restart 5"), "{}", plan.report[0].reason);
         assert_eq!(plan.wake_at, Some(Timestamp(8_000)));
+        // Waiting out the back-off changes nothing in the report: nothing to send.
+        assert_eq!(reconcile(&m, &obs, Timestamp(7_999)).report, plan.report);
         let plan = reconcile(&m, &obs, Timestamp(8_000));
         assert!(matches!(&plan.actions[..], [Action::Remove { .. }, Action::Run { .. }]));
     }
@@ -372,6 +438,7 @@ mod tests {
         let plan = reconcile(&m, &obs, Timestamp(1_000));
         assert!(plan.actions.is_empty());
         assert!(plan.report[0].reason.contains("hub unreachable"));
+        assert_eq!(reconcile(&m, &obs, Timestamp(3_999)).report, plan.report, "no countdown");
         assert_eq!(plan.wake_at, Some(Timestamp(4_000)));
         assert_eq!(
             reconcile(&m, &obs, Timestamp(4_000)).actions,
@@ -398,6 +465,51 @@ mod tests {
         assert_ne!(id_of(&m1, 0), id_of(&m2, 0));
         assert_eq!(parse_container_id(&id_of(&m1, 0)), Some(("web", "a")));
         assert_eq!(parse_container_id("nounderscores"), None);
+    }
+
+    #[test]
+    fn a_field_added_with_its_default_keeps_the_id() {
+        // What a later version's container spec looks like: one more field, unset.
+        #[derive(serde::Serialize)]
+        struct NextContainer<'a> {
+            #[serde(flatten)]
+            today: &'a DesiredContainer,
+            volumes: Vec<String>,
+            user: Option<String>,
+            privileged: bool,
+        }
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        let (app, c) = (&m.apps[0], &m.apps[0].containers[0]);
+        let next = |volumes: Vec<String>| {
+            let spec = serde_json::json!({
+                "container": NextContainer { today: c, volumes, user: None, privileged: false },
+                "network": app.network,
+            });
+            let mut s = String::new();
+            write_canonical(&spec, &mut s);
+            format!(
+                "{}_{}_{}",
+                app.name,
+                c.name,
+                hex::encode(&ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref()[..6])
+            )
+        };
+        assert_eq!(next(vec![]), container_id(app, c), "an unset new field changes nothing");
+        assert_ne!(next(vec!["/data".into()]), container_id(app, c), "a set one does");
+    }
+
+    #[test]
+    fn containers_started_under_the_first_light_id_are_adopted() {
+        let m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        let legacy = legacy_container_id(&m.apps[0], &m.apps[0].containers[0]);
+        assert_ne!(legacy, id_of(&m, 0));
+        let mut obs = Observed::default();
+        obs.images.insert("sha256:x".into());
+        obs.runtime.insert(legacy.clone(), rt(RuntimeStatus::Running, None));
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.report[0].id, legacy);
+        assert_eq!(plan.report[0].phase, ContainerPhase::Running);
     }
 
     #[test]

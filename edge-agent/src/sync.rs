@@ -1,121 +1,260 @@
-//! The agent's side of desired-state sync. Level-triggered: on every (re)connect the
-//! agent says which desired revision it holds and the hub answers with what is newer;
-//! while connected the hub pushes changes and the agent sends what it runs whenever
-//! that changes, plus small heartbeats. Losing the link loses nothing: the agent keeps
+//! The async shell around the agent's [`AgentSession`]: connect (QUIC or the TCP
+//! fallback), run one session, and reconnect with back-off when the link drops.
+//! Level-triggered: on every (re)connect the agent says which revision it holds and
+//! the hub answers with what is newer. Losing the link loses nothing: the agent keeps
 //! converging on the last manifest it stored, and catches up on reconnect.
+//!
+//! Every protocol decision is the session's (`shared_proto::session`); this file
+//! moves bytes, stores manifests durably before handing them on, and decides how long
+//! to wait between attempts.
 
 use crate::enrol::Identity;
 use crate::state::StateDb;
-use anyhow::{anyhow, bail};
-use quinn::Connection;
+use crate::transport::{Backoff, Dialer, HubLink};
+use anyhow::anyhow;
 use shared_proto::agent_state::HeldDesired;
+use shared_proto::clock::SharedClock;
 use shared_proto::manifest::DesiredManifest;
-use shared_proto::wire::{self, AgentFrame, AgentHello, AgentReport, HubFrame, StreamOpen};
-use std::time::Duration;
-use tokio::sync::watch;
+use shared_proto::session::{AgentEvent, AgentSession, AgentSessionConfig, SessionEnd};
+use shared_proto::wire::{AgentHello, AgentReport, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
 
-/// How long the hub has to answer the hello.
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// A session that lasted this long counts as healthy: the next reconnect starts fast.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+/// Longest wait between two connection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The hub unreachable this long is worth a warning (and again every `WARN_EVERY`).
+const WARN_AFTER: Duration = Duration::from_secs(60);
+const WARN_EVERY: Duration = Duration::from_secs(600);
+/// A hub that does not take a frame within this long is not reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// QUIC close codes the hub uses (`cloud_hub::sync::close_code`) that mean "I do
+/// not understand your frames": a hub one version behind closes with PROTOCOL.
+const CLOSE_PROTOCOL: u64 = 1;
+const CLOSE_UNSUPPORTED_VERSION: u64 = 4;
 
 pub struct SyncChannels {
     /// Manifests received from the hub, already stored on disk.
     pub desired: watch::Sender<DesiredManifest>,
     /// What the agent runs, published by the reconcile loop.
     pub report: watch::Receiver<AgentReport>,
-    /// The current connection, for image pulls.
-    pub connection: watch::Sender<Option<Connection>>,
+    /// The current link to the hub, for image pulls.
+    pub link: watch::Sender<Option<HubLink>>,
+}
+
+/// Tracks how long the hub has been out of reach, to warn when it matters.
+#[derive(Debug, Default)]
+struct Reachability {
+    since: Option<Instant>,
+    warned_at: Option<Instant>,
+}
+
+impl Reachability {
+    fn failed(&mut self, now: Instant, why: &str) {
+        let since = *self.since.get_or_insert(now);
+        let out_for = now.saturating_duration_since(since);
+        let due = self.warned_at.is_none_or(|w| now.saturating_duration_since(w) >= WARN_EVERY);
+        if out_for >= WARN_AFTER && due {
+            self.warned_at = Some(now);
+            tracing::warn!(
+                unreachable_for = %humantime_secs(out_for),
+                reason = %why,
+                "the hub has been unreachable; containers keep running on the last desired state"
+            );
+        } else {
+            tracing::debug!(reason = %why, "cannot reach the hub");
+        }
+    }
+
+    fn reached(&mut self) {
+        if let Some(since) = self.since.take()
+            && self.warned_at.is_some()
+        {
+            tracing::info!(after = %humantime_secs(since.elapsed()), "the hub is reachable again");
+        }
+        self.warned_at = None;
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// How one session went.
+struct Outcome {
+    welcomed: bool,
+    end: Result<SessionEnd, anyhow::Error>,
 }
 
 /// Runs forever: connect, sync, and reconnect with back-off when the link drops.
 pub async fn run(
     identity: &Identity,
-    hub: &str,
-    endpoint: quinn::Endpoint,
+    dialer: Dialer,
     db: StateDb,
+    clock: SharedClock,
     mut ch: SyncChannels,
 ) -> anyhow::Result<()> {
-    let tls = provisioning::tls::device_quic_client_config(
-        identity.cert_chain.clone(),
-        identity.key.clone_key(),
-        &identity.ca,
-    )?;
-    let quic = crate::transport::client_config(tls)?;
-    let mut backoff = crate::transport::Backoff::new(Duration::from_secs(30));
+    let mut backoff = Backoff::new(MAX_BACKOFF);
+    let mut reach = Reachability::default();
+    let mut version = PROTOCOL_VERSION;
     loop {
-        let started = tokio::time::Instant::now();
-        match crate::transport::connect(&endpoint, hub, quic.clone()).await {
-            Ok(conn) => {
-                ch.connection.send_replace(Some(conn.clone()));
-                let result = session(identity, &conn, &db, &mut ch).await;
-                ch.connection.send_replace(None);
-                conn.close(0u32.into(), b"session ended");
-                match result {
-                    Ok(()) => tracing::info!("hub closed the session"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "sync session ended"),
+        let started = clock.monotonic();
+        let wait = match dialer.connect().await {
+            Err(e) => {
+                reach.failed(clock.monotonic(), &format!("{e:#}"));
+                backoff.next_wait()
+            }
+            Ok(link) => {
+                ch.link.send_replace(Some(link.clone()));
+                let outcome = session(identity, &link, version, &db, &clock, &mut ch).await;
+                ch.link.send_replace(None);
+                link.close(b"session ended");
+                if outcome.welcomed {
+                    reach.reached();
+                    if clock.monotonic().saturating_duration_since(started) >= HEALTHY_SESSION {
+                        backoff.reset();
+                    }
+                }
+                match outcome.end {
+                    Ok(SessionEnd::RetryAfter { after, message }) => {
+                        tracing::info!(%message, after_ms = after.as_millis() as u64, "the hub asked to come back later");
+                        // The hub already spread the fleet out; a little jitter on top.
+                        after + after.mul_f64(crate::transport::random_unit() / 10.0)
+                    }
+                    Ok(SessionEnd::PeerClosed) if outcome.welcomed => {
+                        tracing::info!("the hub closed the session");
+                        backoff.next_wait()
+                    }
+                    end => {
+                        let why = match &end {
+                            Ok(e) => e.to_string(),
+                            Err(e) => format!("{e:#}"),
+                        };
+                        let code = link.hub_close_code();
+                        let old_hub = !outcome.welcomed
+                            && matches!(code, Some(CLOSE_PROTOCOL | CLOSE_UNSUPPORTED_VERSION))
+                            && version > MIN_PROTOCOL_VERSION;
+                        if old_hub {
+                            version -= 1;
+                            tracing::info!(
+                                version,
+                                "the hub speaks an older protocol; speaking version {version}"
+                            );
+                            Duration::ZERO
+                        } else if outcome.welcomed {
+                            tracing::warn!(reason = %why, "sync session ended; reconnecting");
+                            backoff.next_wait()
+                        } else {
+                            reach.failed(clock.monotonic(), &why);
+                            backoff.next_wait()
+                        }
+                    }
                 }
             }
-            Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot reach the hub"),
-        }
-        if started.elapsed() >= HEALTHY_SESSION {
-            backoff.reset();
-        }
-        tokio::time::sleep(backoff.next_wait()).await;
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
 async fn session(
     identity: &Identity,
-    conn: &Connection,
+    link: &HubLink,
+    version: u32,
     db: &StateDb,
+    clock: &SharedClock,
     ch: &mut SyncChannels,
-) -> anyhow::Result<()> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let held = ch.desired.borrow().revision;
+) -> Outcome {
+    let mut welcomed = false;
+    let end = drive(identity, link, version, db, clock, ch, &mut welcomed).await;
+    Outcome { welcomed, end }
+}
+
+/// What the reader task hands over.
+enum Read {
+    Bytes(Vec<u8>),
+    Eof,
+    Failed(std::io::Error),
+}
+
+/// Owns the read half for the stream's whole life, so no read is ever cut short.
+fn spawn_reader(mut reader: crate::transport::BoxRead) -> mpsc::Receiver<Read> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let msg = match reader.read(&mut buf).await {
+                Ok(0) => Read::Eof,
+                Ok(n) => Read::Bytes(buf[..n].to_vec()),
+                Err(e) => Read::Failed(e),
+            };
+            let last = !matches!(msg, Read::Bytes(_));
+            if tx.send(msg).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn drive(
+    identity: &Identity,
+    link: &HubLink,
+    version: u32,
+    db: &StateDb,
+    clock: &SharedClock,
+    ch: &mut SyncChannels,
+    welcomed: &mut bool,
+) -> anyhow::Result<SessionEnd> {
+    let (reader, mut writer) = link.open_stream().await?;
+    let mut reads = spawn_reader(reader);
     let hello = AgentHello {
         device: identity.device.clone(),
         facts: crate::facts::device_facts(),
-        held_revision: held,
+        held_revision: ch.desired.borrow().revision,
         boot_id: crate::facts::boot_id(),
     };
-    wire::write_frame(&mut send, &StreamOpen::Sync(hello)).await?;
-    let welcome =
-        match tokio::time::timeout(WELCOME_TIMEOUT, wire::read_frame::<HubFrame, _>(&mut recv)).await {
-            Err(_) => bail!("the hub did not answer within {WELCOME_TIMEOUT:?}"),
-            Ok(frame) => match frame? {
-                Some(HubFrame::Welcome(w)) => w,
-                Some(HubFrame::Refused { message }) => bail!("the hub refused this device: {message}"),
-                Some(other) => bail!("protocol error: expected a welcome, got {other:?}"),
-                None => bail!("the hub closed the stream"),
-            },
-        };
-    tracing::info!(hub_version = %welcome.hub_version, held, "connected to the hub");
-    let heartbeat_every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
     let report = ch.report.borrow_and_update().clone();
-    wire::write_frame(&mut send, &AgentFrame::Report(report)).await?;
+    let mut s = AgentSession::new(clock.monotonic(), hello, version, report, &AgentSessionConfig::default());
     loop {
+        while let Some(bytes) = s.poll_transmit() {
+            tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes))
+                .await
+                .map_err(|_| anyhow!("the hub stopped reading"))??;
+        }
+        while let Some(event) = s.poll_event() {
+            match event {
+                AgentEvent::Welcomed { hub_version } => {
+                    *welcomed = true;
+                    tracing::info!(%hub_version, transport = %link.transport(), version = s.version(), "connected to the hub");
+                }
+                AgentEvent::Desired(m) => accept_desired(db, clock, ch, m).await?,
+                AgentEvent::UpToDate { revision } => tracing::debug!(revision, "desired state up to date"),
+                AgentEvent::Ended(end) => {
+                    let _ = writer.shutdown().await;
+                    return Ok(end);
+                }
+            }
+        }
+        let deadline = s.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            frame = wire::read_frame::<HubFrame, _>(&mut recv) => match frame? {
-                Some(HubFrame::Desired(m)) => accept_desired(identity, db, ch, m).await?,
-                Some(HubFrame::UpToDate { revision }) => tracing::debug!(revision, "desired state up to date"),
-                Some(HubFrame::Refused { message }) => bail!("the hub refused this device: {message}"),
-                Some(HubFrame::Welcome(_)) => bail!("protocol error: a second welcome"),
-                None => return Ok(()),
+            read = reads.recv() => match read {
+                Some(Read::Bytes(b)) => s.handle_bytes(clock.monotonic(), &b),
+                Some(Read::Eof) | None => s.handle_eof(clock.monotonic()),
+                Some(Read::Failed(e)) => return Err(anyhow!(e).context("reading from the hub")),
             },
             changed = ch.report.changed() => {
                 changed.map_err(|_| anyhow!("the reconcile loop stopped"))?;
                 let report = ch.report.borrow_and_update().clone();
-                wire::write_frame(&mut send, &AgentFrame::Report(report)).await?;
+                s.set_report(clock.monotonic(), report);
             }
-            _ = heartbeat.tick() => {
-                seq += 1;
-                wire::write_frame(&mut send, &AgentFrame::Heartbeat { seq }).await?;
-            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => s.handle_timeout(clock.monotonic()),
         }
     }
 }
@@ -123,16 +262,13 @@ async fn session(
 /// Stores a new manifest durably, then hands it to the reconcile loop: after a crash
 /// the agent never runs something it has not recorded.
 async fn accept_desired(
-    identity: &Identity,
     db: &StateDb,
+    clock: &SharedClock,
     ch: &SyncChannels,
     m: DesiredManifest,
 ) -> anyhow::Result<()> {
-    if m.device != identity.device {
-        bail!("protocol error: the hub sent the manifest of {:?}", m.device);
-    }
     tracing::info!(revision = m.revision, apps = m.apps.len(), "new desired state");
-    let held = HeldDesired { manifest: m.clone(), received_at: crate::agent::now() };
+    let held = HeldDesired { manifest: m.clone(), received_at: clock.now() };
     let db = db.clone();
     tokio::task::spawn_blocking(move || db.set_desired(&held)).await??;
     ch.desired.send_replace(m);

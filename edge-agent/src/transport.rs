@@ -1,13 +1,53 @@
-//! QUIC to the hub: one client endpoint, connections with a deadline, and the
-//! reconnect back-off (jittered, so a store's devices do not all reconnect in step).
+//! Reaching the hub from a store's network: QUIC first, TCP with TLS when UDP is
+//! blocked, and the reconnect back-off.
+//!
+//! [`Dialer::connect`] races the two transports the way browsers race IPv6 and IPv4
+//! ("happy eyeballs"): QUIC gets a head start, TCP follows if QUIC has not answered
+//! by then, and the first to complete its handshake wins. What worked is remembered,
+//! so a device behind a UDP-dropping firewall goes straight to TCP next time; QUIC is
+//! tried again now and then in case the firewall changed.
+//!
+//! Either way the result is a [`HubLink`] whose streams carry the same frames: on
+//! QUIC a stream is a QUIC stream; on TCP each stream is its own TLS connection.
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use quinn::{ClientConfig, Connection, Endpoint};
+use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long QUIC has on its own before TCP joins the race.
+const QUIC_HEAD_START: Duration = Duration::from_secs(2);
+/// After falling back to TCP, QUIC is tried first again after this long.
+const REPROBE_QUIC_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Below common NAT UDP mapping timeouts (30 s and up), so the hub can always reach
+/// a device behind a cheap router, and cheap: one small packet each way.
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// A connection silent this long (no keep-alive answered) is dead.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Quic,
+    Tcp,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "QUIC",
+            Transport::Tcp => "TCP",
+        })
+    }
+}
 
 /// `host` of `host:port` (brackets of an IPv6 literal removed): the TLS server name.
 pub fn server_name(hub: &str) -> &str {
@@ -33,27 +73,216 @@ pub fn client_config(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<ClientCon
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    // The hub's heartbeat interval keeps the path alive; QUIC keep-alives would only
-    // add idle traffic. The hub's own (shorter) idle timeout wins the negotiation.
-    transport.max_idle_timeout(Some(Duration::from_secs(180).try_into()?));
+    transport.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
+    transport.max_idle_timeout(Some(QUIC_IDLE_TIMEOUT.try_into()?));
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
-pub async fn connect(endpoint: &Endpoint, hub: &str, config: ClientConfig) -> anyhow::Result<Connection> {
-    let addr = resolve(hub).await?;
-    let connecting = endpoint
-        .connect_with(config, addr, server_name(hub))
-        .with_context(|| format!("connecting to {hub}"))?;
-    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| anyhow!("no answer from the hub at {hub} within {CONNECT_TIMEOUT:?}"))?
-        .with_context(|| format!("connecting to the hub at {hub}"))
+/// TLS over TCP to the hub's fallback port.
+struct TcpDialer {
+    addr: String,
+    connector: TlsConnector,
+    name: ServerName<'static>,
 }
 
-/// Exponential back-off with jitter for reconnects: 0.5 s doubling to `max`, each
-/// wait randomised to 50–100 % of its step.
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl TcpDialer {
+    async fn dial(&self) -> anyhow::Result<TlsStream> {
+        let attempt = async {
+            let addr = resolve(&self.addr).await?;
+            let tcp =
+                TcpStream::connect(addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+            tune_socket(&tcp)?;
+            let tls = self.connector.connect(self.name.clone(), tcp).await?;
+            anyhow::Ok(tls)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| anyhow!("no TLS answer from {} within {CONNECT_TIMEOUT:?}", self.addr))?
+    }
+}
+
+/// Keep-alive probes and a user timeout, so a dead hub is noticed without waiting
+/// out TCP's retransmission limits (many minutes).
+fn tune_socket(stream: &TcpStream) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use std::os::fd::AsFd;
+    stream.set_nodelay(true)?;
+    let fd = stream.as_fd();
+    setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    setsockopt(&fd, sockopt::TcpKeepIdle, &(QUIC_KEEP_ALIVE.as_secs() as u32))?;
+    setsockopt(&fd, sockopt::TcpKeepInterval, &10)?;
+    setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
+    setsockopt(&fd, sockopt::TcpUserTimeout, &(QUIC_IDLE_TIMEOUT.as_millis() as u32))?;
+    Ok(())
+}
+
+/// A live way to reach the hub; cheap to clone.
+#[derive(Clone)]
+pub enum HubLink {
+    Quic(Connection),
+    Tcp(Arc<TcpLink>),
+}
+
+pub struct TcpLink {
+    dialer: Arc<TcpDialer>,
+    /// The connection the race was won with, handed to the first stream.
+    first: Mutex<Option<TlsStream>>,
+}
+
+impl HubLink {
+    pub fn transport(&self) -> Transport {
+        match self {
+            HubLink::Quic(_) => Transport::Quic,
+            HubLink::Tcp(_) => Transport::Tcp,
+        }
+    }
+
+    /// Opens a stream to the hub, as a read half and a write half.
+    pub async fn open_stream(&self) -> anyhow::Result<(BoxRead, BoxWrite)> {
+        match self {
+            HubLink::Quic(c) => {
+                let (send, recv) = c.open_bi().await?;
+                Ok((Box::new(recv), Box::new(send)))
+            }
+            HubLink::Tcp(t) => {
+                let first = t.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let stream = match first {
+                    Some(s) => s,
+                    None => t.dialer.dial().await?,
+                };
+                let (r, w) = tokio::io::split(stream);
+                Ok((Box::new(r), Box::new(w)))
+            }
+        }
+    }
+
+    /// Whether the link can still open streams.
+    pub fn is_alive(&self) -> bool {
+        match self {
+            HubLink::Quic(c) => c.close_reason().is_none(),
+            HubLink::Tcp(_) => true,
+        }
+    }
+
+    /// The application error code the hub closed a QUIC connection with, if it did.
+    pub fn hub_close_code(&self) -> Option<u64> {
+        match self {
+            HubLink::Quic(c) => match c.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
+                _ => None,
+            },
+            HubLink::Tcp(_) => None,
+        }
+    }
+
+    pub fn close(&self, reason: &[u8]) {
+        if let HubLink::Quic(c) = self {
+            c.close(0u32.into(), reason);
+        }
+    }
+}
+
+/// Connects to the hub by whichever transport works.
+pub struct Dialer {
+    endpoint: Endpoint,
+    hub: String,
+    quic: ClientConfig,
+    tcp: Arc<TcpDialer>,
+    /// What worked last, and since when.
+    preferred: Mutex<(Transport, Instant)>,
+}
+
+impl Dialer {
+    /// `hub` is the QUIC `host:port`, `hub_tcp` the TCP fallback's; `tls` the client
+    /// configuration (device certificate, or the enrolment pin).
+    pub fn new(
+        endpoint: Endpoint,
+        hub: &str,
+        hub_tcp: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<Dialer> {
+        let name = ServerName::try_from(server_name(hub_tcp).to_string())
+            .map_err(|e| anyhow!("{hub_tcp}: not a valid server name: {e}"))?;
+        Ok(Dialer {
+            endpoint,
+            hub: hub.to_string(),
+            quic: client_config(tls.clone())?,
+            tcp: Arc::new(TcpDialer { addr: hub_tcp.to_string(), connector: TlsConnector::from(tls), name }),
+            preferred: Mutex::new((Transport::Quic, Instant::now())),
+        })
+    }
+
+    fn preferred(&self) -> Transport {
+        let (t, since) = *self.preferred.lock().unwrap_or_else(|p| p.into_inner());
+        if t == Transport::Tcp && since.elapsed() >= REPROBE_QUIC_AFTER { Transport::Quic } else { t }
+    }
+
+    fn remember(&self, t: Transport) {
+        let mut p = self.preferred.lock().unwrap_or_else(|p| p.into_inner());
+        if p.0 != t {
+            *p = (t, Instant::now());
+        }
+    }
+
+    async fn connect_quic(&self) -> anyhow::Result<HubLink> {
+        let addr = resolve(&self.hub).await?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.quic.clone(), addr, server_name(&self.hub))
+            .with_context(|| format!("connecting to {}", self.hub))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| anyhow!("no QUIC answer from the hub at {} within {CONNECT_TIMEOUT:?}", self.hub))?
+            .with_context(|| format!("QUIC to the hub at {}", self.hub))?;
+        Ok(HubLink::Quic(conn))
+    }
+
+    async fn connect_tcp(&self, head_start: Duration) -> anyhow::Result<HubLink> {
+        tokio::time::sleep(head_start).await;
+        let stream = self.tcp.dial().await.with_context(|| format!("TCP to the hub at {}", self.tcp.addr))?;
+        Ok(HubLink::Tcp(Arc::new(TcpLink { dialer: self.tcp.clone(), first: Mutex::new(Some(stream)) })))
+    }
+
+    /// Races QUIC against the TCP fallback; the first handshake to finish wins.
+    pub async fn connect(&self) -> anyhow::Result<HubLink> {
+        if self.preferred() == Transport::Tcp {
+            return self.connect_tcp(Duration::ZERO).await;
+        }
+        let quic = self.connect_quic();
+        let tcp = self.connect_tcp(QUIC_HEAD_START);
+        tokio::pin!(quic, tcp);
+        let (mut quic_err, mut tcp_err) = (None, None);
+        let link = loop {
+            tokio::select! {
+                r = &mut quic, if quic_err.is_none() => match r {
+                    Ok(link) => break link,
+                    Err(e) => quic_err = Some(e),
+                },
+                r = &mut tcp, if tcp_err.is_none() => match r {
+                    Ok(link) => break link,
+                    Err(e) => tcp_err = Some(e),
+                },
+            }
+            if let (Some(q), Some(t)) = (&quic_err, &tcp_err) {
+                bail!("cannot reach the hub: {q:#}; fallback: {t:#}");
+            }
+        };
+        if link.transport() == Transport::Tcp {
+            let why = quic_err.map_or_else(|| "no answer yet".to_string(), |e| format!("{e:#}"));
+            tracing::info!(hub = %self.tcp.addr, quic = %why, "QUIC is not getting through; using the TCP fallback");
+        }
+        self.remember(link.transport());
+        Ok(link)
+    }
+}
+
+/// Exponential back-off with full jitter for reconnects: each wait is uniform in
+/// [0, step), the step doubling from 1 s to `max`. Full jitter spreads a fleet that
+/// lost the hub at the same moment evenly over the window instead of in waves.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     step: Duration,
@@ -61,7 +290,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub const INITIAL: Duration = Duration::from_millis(500);
+    pub const INITIAL: Duration = Duration::from_secs(1);
 
     pub fn new(max: Duration) -> Backoff {
         Backoff { step: Self::INITIAL, max }
@@ -71,18 +300,28 @@ impl Backoff {
         self.step = Self::INITIAL;
     }
 
+    /// The longest the next wait can be.
+    pub fn bound(&self) -> Duration {
+        self.step
+    }
+
     /// The next wait, given a random value in [0, 1).
     pub fn next_with(&mut self, random: f64) -> Duration {
-        let wait = self.step.mul_f64(0.5 + random.clamp(0.0, 1.0) / 2.0);
+        let wait = self.step.mul_f64(random.clamp(0.0, 1.0));
         self.step = (self.step * 2).min(self.max);
         wait
     }
 
     pub fn next_wait(&mut self) -> Duration {
-        let mut b = [0u8; 4];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-        self.next_with(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX))
+        self.next_with(random_unit())
     }
+}
+
+/// A random value in [0, 1).
+pub fn random_unit() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
 #[cfg(test)]
@@ -97,14 +336,17 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
+    fn backoff_has_full_jitter_and_caps() {
         let mut b = Backoff::new(Duration::from_secs(4));
-        assert_eq!(b.next_with(1.0), Duration::from_millis(500));
-        assert_eq!(b.next_with(0.0), Duration::from_millis(500));
-        assert_eq!(b.next_with(1.0), Duration::from_secs(2));
-        assert_eq!(b.next_with(1.0), Duration::from_secs(4));
-        assert_eq!(b.next_with(1.0), Duration::from_secs(4));
+        assert_eq!(b.next_with(0.5), Duration::from_millis(500));
+        assert_eq!(b.next_with(0.0), Duration::ZERO, "full jitter reaches zero");
+        assert_eq!(b.next_with(0.5), Duration::from_secs(2));
+        assert_eq!(b.bound(), Duration::from_secs(4));
+        assert_eq!(b.next_with(0.999), Duration::from_secs(4).mul_f64(0.999));
+        assert_eq!(b.bound(), Duration::from_secs(4), "capped");
         b.reset();
-        assert_eq!(b.next_with(1.0), Duration::from_millis(500));
+        assert_eq!(b.bound(), Duration::from_secs(1));
+        let r = random_unit();
+        assert!((0.0..1.0).contains(&r));
     }
 }

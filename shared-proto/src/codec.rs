@@ -3,6 +3,15 @@
 //! Layout: `varint(version)` then the postcard body. Readers look at the version
 //! before decoding the body, so an unknown version is a clear error rather than
 //! garbage, and old records stay decodable after the format moves on.
+//!
+//! Evolving a format (postcard is positional, so there is no "unknown field"):
+//! - appending a variant to an enum keeps every older body decodable as is; a writer
+//!   talking to an older peer maps the new variant to one the peer knows;
+//! - changing a struct needs a frozen copy of its previous shape in a `v<N>` module
+//!   and a conversion, chosen by the version in front of the body;
+//! - readers accept the current version and the one before it
+//!   ([`decode_versioned_range`]), so a hub and an agent one version apart, or a hub
+//!   reading a log written by its predecessor, understand each other.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,10 +58,30 @@ pub fn decode_versioned<T: DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, CodecError> {
+    decode_versioned_range(version, version, what, bytes, |_, body| decode_body(what, body)).map(|(_, v)| v)
+}
+
+/// Decodes a value whose version lies in `min..=max`; returns the version too, so
+/// the caller can pick the shape that version used.
+pub fn decode_versioned_range<T, F>(
+    min: u32,
+    max: u32,
+    what: &'static str,
+    bytes: &[u8],
+    decode_body: F,
+) -> Result<(u32, T), CodecError>
+where
+    F: FnOnce(u32, &[u8]) -> Result<T, CodecError>,
+{
     let (found, body) = peek_version(bytes, what)?;
-    if found != version {
-        return Err(CodecError::UnsupportedVersion { found, supported: version });
+    if !(min..=max).contains(&found) {
+        return Err(CodecError::UnsupportedVersion { found, supported: max });
     }
+    Ok((found, decode_body(found, body)?))
+}
+
+/// Decodes a whole postcard body: trailing bytes are an error.
+pub fn decode_body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, CodecError> {
     let (value, rest) =
         postcard::take_from_bytes::<T>(body).map_err(|source| CodecError::Malformed { what, source })?;
     if !rest.is_empty() {

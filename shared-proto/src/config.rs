@@ -26,6 +26,10 @@ pub struct CliContext {
 pub struct AgentConfigFile {
     /// `host:port` of the hub's QUIC endpoint.
     pub hub: String,
+    /// `host:port` of the hub's TCP fallback, for networks that drop UDP (for example
+    /// `hub.example:443`). Defaults to `hub`, over TCP.
+    #[serde(default)]
+    pub hub_tcp: Option<String>,
     /// Needed only until the device has enrolled; ignored afterwards.
     #[serde(default)]
     pub enrolment_token: Option<String>,
@@ -56,6 +60,7 @@ impl std::fmt::Debug for AgentConfigFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfigFile")
             .field("hub", &self.hub)
+            .field("hub_tcp", &self.hub_tcp)
             .field("enrolment_token", &self.enrolment_token.as_ref().map(|_| "<redacted>"))
             .field("name", &self.name)
             .field("state_dir", &self.state_dir)

@@ -8,13 +8,28 @@
 //! The agent writes [`RuntimeRequest`]s to the helper's stdin; the helper writes
 //! [`RuntimeMessage`]s to its stdout: exactly one `Reply` per request (matched by
 //! `request_id`; the helper serves requests one at a time, in order) and an `Exited`
-//! whenever a container's init process ends. Framing and versioning are the same as on
-//! the QUIC wire ([`crate::wire::encode_frame`], [`crate::wire::PROTOCOL_VERSION`]); the
+//! whenever a container's init process ends. Framing is the same as on the QUIC wire
+//! (a `u32` length, then a versioned body), at its own [`RUNTIME_PROTOCOL_VERSION`]; the
 //! agent and its helper are the same binary, so both ends always agree. A frame the
 //! helper cannot decode makes it exit with an error (its containers keep running).
 
 use crate::time::Timestamp;
+use crate::wire::{self, FrameError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// Version of the agent↔helper frames.
+pub const RUNTIME_PROTOCOL_VERSION: u32 = 1;
+
+/// Encodes one agent↔helper frame, length header included.
+pub fn encode_runtime_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    wire::encode_raw_frame(RUNTIME_PROTOCOL_VERSION, msg)
+}
+
+/// Decodes one agent↔helper frame body (without its length header).
+pub fn decode_runtime_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    Ok(crate::codec::decode_versioned(RUNTIME_PROTOCOL_VERSION, "runtime frame", body)?)
+}
 
 /// Agent → helper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +136,14 @@ pub struct RuntimeContainerState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{decode_frame, encode_frame};
+
+    fn encode_frame<T: Serialize>(m: &T) -> Vec<u8> {
+        encode_runtime_frame(m).unwrap()
+    }
+
+    fn decode_frame<T: DeserializeOwned>(f: &[u8]) -> Result<T, FrameError> {
+        wire::decode_raw_frame(RUNTIME_PROTOCOL_VERSION, f)
+    }
 
     // Golden vectors: the agent and its helper are one binary, but pinning the bytes
     // still catches an accidental reordering that would break a helper left running
@@ -132,12 +154,12 @@ mod tests {
             request_id: 7,
             op: RuntimeOp::Create { id: "c1".into(), bundle: "/b".into(), log_path: "/l".into() },
         };
-        let frame = encode_frame(&req).unwrap();
+        let frame = encode_frame(&req);
         assert_eq!(frame, [12, 0, 0, 0, 1, 7, 0, 2, b'c', b'1', 2, b'/', b'b', 2, b'/', b'l']);
         assert_eq!(decode_frame::<RuntimeRequest>(&frame).unwrap(), req);
 
         let exit = RuntimeMessage::Exited { id: "c1".into(), pid: 300, exit_code: Some(3) };
-        let frame = encode_frame(&exit).unwrap();
+        let frame = encode_frame(&exit);
         assert_eq!(frame, [9, 0, 0, 0, 1, 1, 2, b'c', b'1', 0xd8, 0x04, 1, 6]);
         assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), exit);
     }
@@ -162,7 +184,7 @@ mod tests {
             RuntimeMessage::Exited { id: "c".into(), pid: 1, exit_code: None },
         ];
         for m in msgs {
-            assert_eq!(decode_frame::<RuntimeMessage>(&encode_frame(&m).unwrap()).unwrap(), m);
+            assert_eq!(decode_frame::<RuntimeMessage>(&encode_frame(&m)).unwrap(), m);
         }
     }
 }

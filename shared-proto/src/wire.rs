@@ -1,6 +1,7 @@
-//! Agent↔hub frames carried over QUIC (ALPN `flotilla/1`, mutual TLS).
+//! Agent↔hub frames, carried over QUIC (ALPN `flotilla/1`, mutual TLS) or, where a
+//! store's firewall drops UDP, over TCP with TLS: the same frames either way.
 //!
-//! Every bidirectional stream is opened by the agent and starts with one
+//! Every bidirectional stream (on TCP: every connection) is opened by the agent and starts with one
 //! [`StreamOpen`] frame saying what the stream is for:
 //! - `Enrol`: the only thing a connection without a device certificate may do;
 //!   the hub answers one [`EnrolReply`] and the stream ends.
@@ -14,7 +15,9 @@
 //!
 //! A frame is a little-endian `u32` length and then a versioned postcard body
 //! ([`crate::codec`]). A length over [`MAX_FRAME_BYTES`] or a body that does not decode
-//! is a protocol error that closes that one connection.
+//! is a protocol error that closes that one connection. The version of the stream's
+//! first frame is the version the peer speaks; the answer is written in it
+//! ([`encode_frame_for`]), so hubs and agents one version apart interoperate.
 
 use crate::codec::{self, CodecError};
 use crate::manifest::{DesiredManifest, ObservedContainer};
@@ -23,9 +26,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of every frame body defined here.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// TLS application protocol both ends insist on.
+/// Version of the frame bodies this build writes.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Oldest version this build still reads and can answer in: a hub and an agent one
+/// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`].
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// TLS application protocol both ends insist on. It names the protocol family; the
+/// version of each frame travels in the frame itself.
 pub const ALPN: &[u8] = b"flotilla/1";
 /// Largest frame either side accepts. A desired manifest for a busy device is a few
 /// kilobytes; this leaves room without letting a peer make us allocate gigabytes.
@@ -130,6 +137,12 @@ pub enum HubFrame {
     Refused {
         message: String,
     },
+    /// The hub is busy (a reconnect storm after a restart): come back after this long.
+    /// Version 2; a version-1 agent is sent `Refused` instead.
+    RetryAfter {
+        after_ms: u32,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,9 +183,43 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Encodes `msg` as one length-prefixed frame.
-pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let body = codec::encode_versioned(PROTOCOL_VERSION, "frame", msg)?;
+/// A message that travels as a frame, with how it reads and writes older versions.
+///
+/// Every version from [`MIN_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`] must decode
+/// (golden vectors in `tests/golden.rs` pin each one), and a writer answering a peer
+/// that speaks an older version re-expresses the message in that version's terms.
+pub trait WireFrame: Serialize + DeserializeOwned + Clone {
+    /// Decodes a body written at `version` (already known to be supported). The
+    /// default fits types whose older shapes are a prefix of the current one (only
+    /// enum variants appended since).
+    fn decode_body(_version: u32, body: &[u8]) -> Result<Self, CodecError> {
+        codec::decode_body("frame", body)
+    }
+
+    /// This message as a peer speaking `version` must receive it.
+    fn for_version(&self, _version: u32) -> Self {
+        self.clone()
+    }
+}
+
+impl WireFrame for StreamOpen {}
+impl WireFrame for AgentFrame {}
+impl WireFrame for EnrolReply {}
+impl WireFrame for BlobReply {}
+
+impl WireFrame for HubFrame {
+    fn for_version(&self, version: u32) -> Self {
+        match self {
+            HubFrame::RetryAfter { after_ms, message } if version < 2 => HubFrame::Refused {
+                message: format!("{message}; try again in {} s", (*after_ms).div_ceil(1000)),
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+/// Encodes `body` (already versioned) behind its length.
+fn with_header(body: Vec<u8>) -> Result<Vec<u8>, FrameError> {
     if body.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(body.len()));
     }
@@ -180,6 +227,23 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
+}
+
+/// Encodes any serialisable value as one length-prefixed frame at `version`. Other
+/// framed protocols (the runtime helper's) use this with their own version.
+pub fn encode_raw_frame<T: Serialize>(version: u32, msg: &T) -> Result<Vec<u8>, FrameError> {
+    with_header(codec::encode_versioned(version, "frame", msg)?)
+}
+
+/// Encodes `msg` as one frame at this build's [`PROTOCOL_VERSION`].
+pub fn encode_frame<T: WireFrame>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_raw_frame(PROTOCOL_VERSION, msg)
+}
+
+/// Encodes `msg` for a peer that speaks `version` (clamped to what this build knows).
+pub fn encode_frame_for<T: WireFrame>(version: u32, msg: &T) -> Result<Vec<u8>, FrameError> {
+    let version = version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+    encode_raw_frame(version, &msg.for_version(version))
 }
 
 /// Checks a frame header and returns the body length that follows.
@@ -191,13 +255,19 @@ pub fn frame_body_len(header: [u8; 4]) -> Result<usize, FrameError> {
     Ok(len)
 }
 
-/// Decodes one frame body (without its length header).
-pub fn decode_frame_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    Ok(codec::decode_versioned(PROTOCOL_VERSION, "frame", body)?)
+/// Decodes one frame body (without its length header) written at any supported
+/// version, and says which version that was.
+pub fn decode_frame_body_versioned<T: WireFrame>(body: &[u8]) -> Result<(u32, T), FrameError> {
+    Ok(codec::decode_versioned_range(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, "frame", body, T::decode_body)?)
 }
 
-/// Decodes one whole frame, header included, as produced by [`encode_frame`].
-pub fn decode_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
+/// Decodes one frame body (without its length header) written at any supported version.
+pub fn decode_frame_body<T: WireFrame>(body: &[u8]) -> Result<T, FrameError> {
+    decode_frame_body_versioned(body).map(|(_, v)| v)
+}
+
+/// Splits one whole frame, header included, into its body.
+fn split_frame(frame: &[u8]) -> Result<&[u8], FrameError> {
     let header: [u8; 4] = frame.get(..4).and_then(|h| h.try_into().ok()).ok_or(FrameError::Truncated)?;
     let len = frame_body_len(header)?;
     let body = frame.get(4..).ok_or(FrameError::Truncated)?;
@@ -207,7 +277,66 @@ pub fn decode_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> 
     if body.len() > len {
         return Err(CodecError::TrailingBytes { what: "frame", extra: body.len() - len }.into());
     }
-    decode_frame_body(body)
+    Ok(body)
+}
+
+/// Decodes one whole frame, header included, as produced by [`encode_frame`].
+pub fn decode_frame<T: WireFrame>(frame: &[u8]) -> Result<T, FrameError> {
+    decode_frame_body(split_frame(frame)?)
+}
+
+/// Decodes one whole frame of a protocol with a single `version` (the runtime helper's).
+pub fn decode_raw_frame<T: DeserializeOwned>(version: u32, frame: &[u8]) -> Result<T, FrameError> {
+    Ok(codec::decode_versioned(version, "frame", split_frame(frame)?)?)
+}
+
+/// Cuts a byte stream into frame bodies, whatever the sizes of the pieces it arrives
+/// in. It owns every byte it has been given, so nothing is lost when the task reading
+/// the stream is interrupted between two reads: the next read simply continues.
+///
+/// A header that announces more than [`MAX_FRAME_BYTES`] is refused as soon as its
+/// four bytes are in, before any of the body is buffered.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out.
+    consumed: usize,
+}
+
+impl FrameDecoder {
+    pub fn new() -> FrameDecoder {
+        FrameDecoder::default()
+    }
+
+    /// Appends bytes as they came off the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.consumed > 0 && self.consumed == self.buf.len() {
+            self.buf.clear();
+            self.consumed = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame body, or `None` until more bytes arrive.
+    pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let pending = &self.buf[self.consumed..];
+        let Some(header) = pending.get(..4) else { return Ok(None) };
+        let len = frame_body_len(header.try_into().expect("4 bytes"))?;
+        let Some(body) = pending.get(4..4 + len) else { return Ok(None) };
+        let body = body.to_vec();
+        self.consumed += 4 + len;
+        // Keep the buffer from growing without bound across many frames.
+        if self.consumed > 64 * 1024 && self.consumed * 2 > self.buf.len() {
+            self.buf.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        Ok(Some(body))
+    }
+
+    /// Bytes received but not yet returned as a frame: a partial frame, if any.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.consumed
+    }
 }
 
 #[cfg(feature = "tokio")]
@@ -215,12 +344,10 @@ mod io {
     use super::*;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-    /// Reads one frame. `Ok(None)` when the stream ended cleanly before a frame began.
-    pub async fn read_frame<T, R>(r: &mut R) -> Result<Option<T>, FrameError>
-    where
-        T: DeserializeOwned,
-        R: AsyncRead + Unpin,
-    {
+    /// Reads one raw frame body. `Ok(None)` when the stream ended cleanly before a frame
+    /// began. Not cancel-safe: use it only where nothing can interrupt the read (one
+    /// reader task per stream, or a request/response exchange).
+    pub async fn read_raw_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
         let mut header = [0u8; 4];
         let mut filled = 0;
         while filled < 4 {
@@ -236,20 +363,97 @@ mod io {
             std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
             _ => FrameError::Io(e),
         })?;
-        decode_frame_body(&body).map(Some)
+        Ok(Some(body))
     }
 
-    /// Writes one frame.
+    /// Reads one frame of any supported version; see [`read_raw_frame`].
+    pub async fn read_frame<T, R>(r: &mut R) -> Result<Option<T>, FrameError>
+    where
+        T: WireFrame,
+        R: AsyncRead + Unpin,
+    {
+        match read_raw_frame(r).await? {
+            Some(body) => decode_frame_body(&body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads one frame and the version it was written at; see [`read_raw_frame`].
+    pub async fn read_frame_versioned<T, R>(r: &mut R) -> Result<Option<(u32, T)>, FrameError>
+    where
+        T: WireFrame,
+        R: AsyncRead + Unpin,
+    {
+        match read_raw_frame(r).await? {
+            Some(body) => decode_frame_body_versioned(&body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes one frame at this build's version.
     pub async fn write_frame<T, W>(w: &mut W, msg: &T) -> Result<(), FrameError>
     where
-        T: Serialize,
+        T: WireFrame,
         W: AsyncWrite + Unpin,
     {
-        let frame = encode_frame(msg)?;
+        write_frame_for(w, PROTOCOL_VERSION, msg).await
+    }
+
+    /// Writes one frame for a peer that speaks `version`.
+    pub async fn write_frame_for<T, W>(w: &mut W, version: u32, msg: &T) -> Result<(), FrameError>
+    where
+        T: WireFrame,
+        W: AsyncWrite + Unpin,
+    {
+        let frame = encode_frame_for(version, msg)?;
         w.write_all(&frame).await?;
         Ok(())
     }
 }
 
 #[cfg(feature = "tokio")]
-pub use io::{read_frame, write_frame};
+pub use io::{read_frame, read_frame_versioned, read_raw_frame, write_frame, write_frame_for};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_reassembles_frames_from_any_split() {
+        let frames: Vec<Vec<u8>> =
+            (0..5u64).map(|seq| encode_frame(&AgentFrame::Heartbeat { seq: seq * 1000 }).unwrap()).collect();
+        let stream: Vec<u8> = frames.concat();
+        for chunk in 1..stream.len() {
+            let mut d = FrameDecoder::new();
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                d.push(piece);
+                while let Some(body) = d.next_body().unwrap() {
+                    got.push(decode_frame_body::<AgentFrame>(&body).unwrap());
+                }
+            }
+            let want: Vec<AgentFrame> =
+                (0..5u64).map(|seq| AgentFrame::Heartbeat { seq: seq * 1000 }).collect();
+            assert_eq!(got, want, "chunk size {chunk}");
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn decoder_refuses_an_oversized_header_before_the_body() {
+        let mut d = FrameDecoder::new();
+        d.push(&((MAX_FRAME_BYTES as u32) + 1).to_le_bytes());
+        assert!(matches!(d.next_body(), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn retry_after_is_refused_for_version_one_peers() {
+        let f = HubFrame::RetryAfter { after_ms: 2500, message: "the hub is busy".into() };
+        assert_eq!(f.for_version(2), f);
+        let HubFrame::Refused { message } = f.for_version(1) else { panic!("not downgraded") };
+        assert!(message.contains("try again in 3 s"), "{message}");
+        let bytes = encode_frame_for(1, &f).unwrap();
+        assert_eq!(bytes[4], 1, "written at version 1");
+        assert!(matches!(decode_frame::<HubFrame>(&bytes).unwrap(), HubFrame::Refused { .. }));
+    }
+}

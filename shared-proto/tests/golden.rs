@@ -1,5 +1,8 @@
 //! Golden byte vectors pin the wire and disk encodings: a change that alters them
 //! breaks agents and hubs already in the field, so it must come with a new version.
+//! Each frame is pinned at the current protocol version and at the previous one: the
+//! previous version's bytes must keep decoding, and a peer that speaks it must be
+//! answered with exactly those bytes.
 
 use proptest::prelude::*;
 use shared_proto::manifest::{
@@ -41,9 +44,13 @@ fn manifest() -> DesiredManifest {
     }
 }
 
-#[test]
-fn golden_sync_hello_frame() {
-    let open = StreamOpen::Sync(AgentHello {
+const HELLO_V1: &str = "2600000001010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
+const HELLO_V2: &str = "2600000002010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
+const DESIRED_V1: &str = "4800000001010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
+const DESIRED_V2: &str = "4800000002010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
+
+fn hello() -> StreamOpen {
+    StreamOpen::Sync(AgentHello {
         device: "pi-1".into(),
         facts: DeviceFacts {
             arch: "amd64".into(),
@@ -54,22 +61,45 @@ fn golden_sync_hello_frame() {
         },
         held_revision: 7,
         boot_id: "b".into(),
-    });
+    })
+}
+
+#[test]
+fn golden_sync_hello_frame() {
+    let open = hello();
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(
-        hex::encode(&frame),
-        "2600000001010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162"
-    );
+    assert_eq!(hex::encode(&frame), HELLO_V2);
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
+}
+
+#[test]
+fn golden_frames_of_the_previous_version_still_decode_and_are_answered_in_kind() {
+    let v1 = hex::decode(HELLO_V1).unwrap();
+    assert_eq!(wire::decode_frame::<StreamOpen>(&v1).unwrap(), hello());
+    assert_eq!(wire::decode_frame_body_versioned::<StreamOpen>(&v1[4..]).unwrap().0, 1);
+    assert_eq!(hex::encode(wire::encode_frame_for(1, &hello()).unwrap()), HELLO_V1);
+    let desired = HubFrame::Desired(manifest());
+    assert_eq!(hex::encode(wire::encode_frame_for(1, &desired).unwrap()), DESIRED_V1);
+    assert_eq!(wire::decode_frame::<HubFrame>(&hex::decode(DESIRED_V1).unwrap()).unwrap(), desired);
+    // Version 3 is from the future: a clear error, not garbage.
+    let mut v3 = v1.clone();
+    v3[4] = 3;
+    let err = wire::decode_frame::<StreamOpen>(&v3).unwrap_err().to_string();
+    assert!(err.contains("unsupported format version 3"), "{err}");
+}
+
+#[test]
+fn golden_retry_after_frame() {
+    let f = HubFrame::RetryAfter { after_ms: 1500, message: "busy".into() };
+    let frame = wire::encode_frame(&f).unwrap();
+    assert_eq!(hex::encode(&frame), "0900000002 04 dc0b 0462757379".replace(' ', ""));
+    assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), f);
 }
 
 #[test]
 fn golden_desired_manifest_frame() {
     let frame = wire::encode_frame(&HubFrame::Desired(manifest())).unwrap();
-    assert_eq!(
-        hex::encode(&frame),
-        "4800000001010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000"
-    );
+    assert_eq!(hex::encode(&frame), DESIRED_V2);
 }
 
 #[test]

@@ -74,7 +74,7 @@ pub async fn import(
         return Err(ApiError::invalid("name", p));
     }
     let mut image = Image::new(ObjectMeta::named(name.clone()), imported.to_image_spec());
-    image.status = ImageStatus { imported_at: Some(crate::util::now()) };
+    image.status = ImageStatus { imported_at: Some(state.clock.now()) };
     image.metadata.uid = crate::util::random_hex(16);
     image.metadata.generation = 1;
     image.metadata.created_at = image.status.imported_at;

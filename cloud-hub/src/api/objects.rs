@@ -230,7 +230,7 @@ pub async fn apply(
             (Some(o), 0) => Precondition::RevisionIs(o.metadata().map_or(0, |m| m.revision)),
             (Some(_), r) => Precondition::RevisionIs(r),
         };
-        let next = merge(current.clone(), incoming.clone(), crate::util::now())?;
+        let next = merge(current.clone(), incoming.clone(), state.clock.now())?;
         if let Some(mut cur) = current
             && cur == next
         {

@@ -96,7 +96,7 @@ pub async fn create_enrolment(
     }
     let (token, secret_sha256) = EnrolmentToken::generate(state.ca.fingerprint_bytes())
         .map_err(|e| ApiError::Internal(format!("generating a token: {e}")))?;
-    let now = crate::util::now();
+    let now = state.clock.now();
     let record = EnrolmentTokenRecord {
         id: token.id().to_string(),
         secret_sha256,
@@ -164,16 +164,15 @@ pub struct CreateApiToken {
 }
 
 /// Creates an API token record; returns the token string (shown once) and the record.
-pub fn new_api_token(role: Role, description: String) -> ApiResult<(String, ApiTokenRecord)> {
+pub fn new_api_token(
+    role: Role,
+    description: String,
+    now: shared_proto::Timestamp,
+) -> ApiResult<(String, ApiTokenRecord)> {
     let (token, secret_sha256) =
         ApiToken::generate().map_err(|e| ApiError::Internal(format!("generating a token: {e}")))?;
-    let record = ApiTokenRecord {
-        id: token.id().to_string(),
-        secret_sha256,
-        role,
-        created_at: crate::util::now(),
-        description,
-    };
+    let record =
+        ApiTokenRecord { id: token.id().to_string(), secret_sha256, role, created_at: now, description };
     Ok((token.to_token_string(), record))
 }
 
@@ -193,7 +192,7 @@ pub async fn create_api(
     if req.description.len() > 1024 {
         return Err(ApiError::invalid("description", "must be at most 1024 bytes"));
     }
-    let (secret, record) = new_api_token(role, req.description)?;
+    let (secret, record) = new_api_token(role, req.description, state.clock.now())?;
     let body =
         json!({ "id": record.id, "role": role.to_string(), "createdAt": record.created_at, "token": secret });
     match state.store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {

@@ -10,6 +10,7 @@ use output::{Format, age, labels, n, s, table};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shared_proto::Kind;
+use shared_proto::clock::Clock;
 use std::path::{Path, PathBuf};
 
 /// Largest manifest file `apply -f` reads.
@@ -174,7 +175,7 @@ pub async fn apply(args: &HubArgs, file: &Path) -> anyhow::Result<()> {
 }
 
 fn now() -> shared_proto::Timestamp {
-    crate::util::now()
+    shared_proto::clock::SystemClock.now()
 }
 
 fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {

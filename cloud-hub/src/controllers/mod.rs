@@ -11,6 +11,7 @@ pub mod scheduler;
 use crate::sync::liveness::LivenessTable;
 use devices::LiveDevice;
 use hub_store::{ChangeBatch, Store};
+use shared_proto::clock::SharedClock;
 use shared_proto::manifest::DesiredManifest;
 use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind, StoreOutcome};
 use shared_proto::{App, Device, DevicePhase, Image, Site, SiteStatus, Timestamp};
@@ -232,10 +233,6 @@ pub fn site_status(site: &str, devices: &BTreeMap<String, Device>) -> SiteStatus
     SiteStatus { n_devices, n_online }
 }
 
-fn now() -> Timestamp {
-    Timestamp::from_system_time(std::time::SystemTime::now())
-}
-
 async fn write_group(store: &Store, what: &str, cmds: Vec<StoreCommand>) {
     if cmds.is_empty() {
         return;
@@ -255,10 +252,11 @@ async fn write_group(store: &Store, what: &str, cmds: Vec<StoreCommand>) {
 pub async fn run(
     store: Store,
     live: Arc<LivenessTable>,
+    clock: SharedClock,
     cfg: ControllerConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let hub_started = now();
+    let hub_started = clock.now();
     let mut leader = store.leader();
     loop {
         if *shutdown.borrow() {
@@ -283,7 +281,7 @@ pub async fn run(
         tracing::info!(devices = cache.devices.len(), apps = cache.apps.len(), "controllers running");
         while store.is_leader() && !*shutdown.borrow() {
             check.extend(live.take_dirty());
-            let plan = plan_pass(&cache, &check, &|d| live.get(d), now(), hub_started, &cfg);
+            let plan = plan_pass(&cache, &check, &|d| live.get(d), clock.now(), hub_started, &cfg);
             check.clear();
             let wake_at = plan.wake_at;
             write_group(&store, "manifests", plan.manifests).await;
@@ -291,8 +289,8 @@ pub async fn run(
             write_group(&store, "apps", plan.apps).await;
             write_group(&store, "sites", plan.sites).await;
 
-            let sleep_for =
-                wake_at.map_or(Duration::from_secs(10), |w| w.since(now()).max(Duration::from_millis(10)));
+            let sleep_for = wake_at
+                .map_or(Duration::from_secs(10), |w| w.since(clock.now()).max(Duration::from_millis(10)));
             tokio::select! {
                 r = rx.recv() => match r {
                     Ok(batch) => { check.extend(cache.apply(&batch)); }

@@ -44,7 +44,7 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
         }
         Err(e) => return Err(unavailable(e)),
     };
-    let now = crate::util::now();
+    let now = state.clock.now();
     check_enrolment(&record, &token, now).map_err(|e| refuse(e.refusal(), e.to_string()))?;
     let name = req.device_name.clone();
     if let Some(p) = dns_label_problem(&name) {

@@ -1,37 +1,59 @@
-//! The hub's QUIC endpoint for agents: mutual TLS with the fleet CA, one connection
-//! per device, streams for enrolment, desired-state sync and image blobs (see
-//! `shared_proto::wire`). A peer that breaks the protocol loses its connection, and
-//! nothing else.
+//! The hub's endpoints for agents: QUIC (one connection per device, a stream per
+//! purpose) and, for stores whose firewall drops UDP, TCP with TLS on the same port
+//! number (one connection per stream). Both use mutual TLS with the fleet CA and carry
+//! the same frames (`shared_proto::wire`); after the handshake every stream goes
+//! through [`handle_stream`], whatever carried it. A peer that breaks the protocol
+//! loses its connection, and nothing else.
 
+pub mod admission;
 pub mod blobs;
 pub mod enrol;
 pub mod fanout;
 pub mod liveness;
 pub mod session;
+pub mod tcp;
 
 use crate::state::HubState;
 use quinn::{Connection, Endpoint};
-use shared_proto::wire::{self, FrameError, StreamOpen};
+use shared_proto::CodecError;
+use shared_proto::wire::{self, FrameDecoder, FrameError, StreamOpen};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error(
+        "the peer speaks protocol version {found}; this hub speaks {}..={}",
+        wire::MIN_PROTOCOL_VERSION,
+        wire::PROTOCOL_VERSION
+    )]
+    UnsupportedVersion { found: u32 },
     #[error("refused: {0}")]
     Refused(String),
+    #[error("timed out: {0}")]
+    TimedOut(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error(transparent)]
     Store(#[from] hub_store::StoreError),
-    #[error("stream: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error("stream closed: {0}")]
-    Closed(#[from] quinn::ClosedStream),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl SyncError {
+    /// Whether the peer broke the protocol, which costs it the whole connection.
+    pub fn is_protocol(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Protocol(_)
+                | SyncError::UnsupportedVersion { .. }
+                | SyncError::Frame(FrameError::Codec(_) | FrameError::TooLarge(_) | FrameError::Truncated)
+        )
+    }
 }
 
 /// QUIC application error codes the hub closes connections with.
@@ -39,10 +61,15 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 1;
     pub const UNAUTHENTICATED: u32 = 2;
     pub const SHUTDOWN: u32 = 3;
+    /// The first frame was written at a protocol version this hub does not speak; the
+    /// agent may retry at an older one.
+    pub const UNSUPPORTED_VERSION: u32 = 4;
 }
 
 /// How long a new stream may take to say what it is for.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle QUIC connections die after this long. Agents send keep-alives well inside it.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The key the endpoint derives stateless-reset tokens from. It is kept in the data
 /// directory so that a restarted hub can reset its predecessor's connections: agents
@@ -68,12 +95,14 @@ pub fn endpoint(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    // Agents heartbeat every `heartbeat_interval`; allow a few missed before giving up.
-    let idle = (state.config.heartbeat_interval * 4).max(Duration::from_secs(60));
+    let idle = QUIC_IDLE_TIMEOUT.max(state.config.heartbeat_interval * 2);
     transport.max_idle_timeout(Some(idle.try_into()?));
     transport.max_concurrent_bidi_streams(32u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
+    // A device whose address changes (DHCP, LTE failover, NAT rebinding) keeps its
+    // connection: the path is validated and the session goes on.
+    config.migration(true);
     let secret = endpoint_secret(&state.config.data_dir)?;
     let mut endpoint_config =
         quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
@@ -90,7 +119,7 @@ pub fn endpoint(
     Ok(Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))?)
 }
 
-/// Accepts connections until the endpoint closes.
+/// Accepts QUIC connections until the endpoint closes.
 pub async fn serve(state: Arc<HubState>, endpoint: Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let state = state.clone();
@@ -124,48 +153,96 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
         let conn = conn.clone();
         let device = device.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle_stream(&state, &conn, device.clone(), send, recv).await {
-                let protocol = matches!(
-                    e,
-                    SyncError::Protocol(_) | SyncError::Frame(FrameError::Codec(_) | FrameError::TooLarge(_))
-                );
-                if protocol {
+            match handle_stream(&state, device.clone(), recv, send).await {
+                Ok(()) => {}
+                Err(StreamError::NeedsCertificate) => conn.close(
+                    close_code::UNAUTHENTICATED.into(),
+                    b"enrol first: a device certificate is required",
+                ),
+                Err(StreamError::Sync(e)) if e.is_protocol() => {
                     tracing::info!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), error = %e, "closing connection");
-                    conn.close(close_code::PROTOCOL.into(), b"protocol error");
-                } else {
-                    tracing::debug!(%remote, error = %e, "stream ended");
+                    let code = match e {
+                        SyncError::UnsupportedVersion { .. } => close_code::UNSUPPORTED_VERSION,
+                        _ => close_code::PROTOCOL,
+                    };
+                    conn.close(code.into(), e.to_string().as_bytes());
                 }
+                Err(StreamError::Sync(e)) => tracing::debug!(%remote, error = %e, "stream ended"),
             }
         });
     }
 }
 
-async fn handle_stream(
+/// How a stream ended badly.
+pub enum StreamError {
+    /// A stream other than enrolment on a connection without a device certificate.
+    NeedsCertificate,
+    Sync(SyncError),
+}
+
+impl<E: Into<SyncError>> From<E> for StreamError {
+    fn from(e: E) -> Self {
+        StreamError::Sync(e.into())
+    }
+}
+
+/// Reads the stream's first frame: what it is for, and the protocol version the
+/// agent speaks. `Ok(None)` when the stream ended before a frame.
+async fn read_open(
+    reads: &mut tokio::sync::mpsc::Receiver<session::Read>,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<(u32, StreamOpen)>, SyncError> {
+    loop {
+        if let Some(body) = decoder.next_body()? {
+            return match wire::decode_frame_body_versioned::<StreamOpen>(&body) {
+                Ok(v) => Ok(Some(v)),
+                Err(FrameError::Codec(CodecError::UnsupportedVersion { found, .. })) => {
+                    Err(SyncError::UnsupportedVersion { found })
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        match reads.recv().await {
+            Some(session::Read::Bytes(b)) => decoder.push(&b),
+            Some(session::Read::Eof) | None if decoder.buffered() == 0 => return Ok(None),
+            Some(session::Read::Eof) | None => return Err(FrameError::Truncated.into()),
+            Some(session::Read::Failed(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Serves one agent stream, from QUIC or TCP. `device` is the name on the peer's
+/// certificate, `None` for a device that is enrolling.
+pub async fn handle_stream<R, W>(
     state: &Arc<HubState>,
-    conn: &Connection,
     device: Option<String>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) -> Result<(), SyncError> {
-    let open = match tokio::time::timeout(OPEN_TIMEOUT, wire::read_frame::<StreamOpen, _>(&mut recv)).await {
+    reader: R,
+    mut writer: W,
+) -> Result<(), StreamError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut reads = session::spawn_reader(reader);
+    let mut decoder = FrameDecoder::new();
+    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_open(&mut reads, &mut decoder)).await {
         Ok(r) => r?,
-        Err(_) => return Err(SyncError::Protocol("stream opened but said nothing".into())),
+        Err(_) => return Err(SyncError::Protocol("stream opened but said nothing".into()).into()),
     };
     match (open, device) {
         (None, _) => Ok(()),
-        (Some(StreamOpen::Enrol(req)), _) => {
+        (Some((version, StreamOpen::Enrol(req))), _) => {
             let reply = enrol::enrol(state, req).await;
-            wire::write_frame(&mut send, &reply).await?;
-            let _ = send.finish();
+            wire::write_frame_for(&mut writer, version, &reply).await?;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
             Ok(())
         }
-        (Some(StreamOpen::Sync(hello)), Some(device)) => {
-            session::serve(state.clone(), device, hello, send, recv).await
+        (Some((version, StreamOpen::Sync(hello))), Some(device)) => {
+            Ok(session::serve(state.clone(), device, hello, version, decoder, reads, writer).await?)
         }
-        (Some(StreamOpen::Blob(req)), Some(_)) => blobs::serve(state, req, send).await,
-        (Some(_), None) => {
-            conn.close(close_code::UNAUTHENTICATED.into(), b"enrol first: a device certificate is required");
-            Err(SyncError::Refused("stream needs a device certificate".into()))
+        (Some((version, StreamOpen::Blob(req))), Some(_)) => {
+            Ok(blobs::serve(state, version, req, writer).await?)
         }
+        (Some(_), None) => Err(StreamError::NeedsCertificate),
     }
 }

@@ -1,27 +1,22 @@
-//! The hub side of one agent's sync stream: hello, welcome, then desired manifests
-//! pushed as they change and reports/heartbeats taken in. What to send is decided by
-//! [`desired_frame`], a pure function of what the agent holds and what the store has.
+//! The async shell around one device's [`HubSession`]: it admits or refuses the
+//! device, feeds the session the bytes one reader task pulls off the stream, wakes it
+//! when the fan-out says the device's manifest changed, writes what it queues and
+//! records reports and heartbeats in the liveness table. Every decision is the
+//! session's (`shared_proto::session`); this file only moves bytes and runs timers.
 
 use super::SyncError;
 use crate::state::HubState;
-use quinn::{RecvStream, SendStream};
 use shared_proto::manifest::DesiredManifest;
+use shared_proto::session::{HubEvent, HubSession, HubSessionConfig, SessionEnd};
 use shared_proto::store::{Object, StoreKind};
-use shared_proto::wire::{self, AgentFrame, AgentHello, HubFrame, HubWelcome};
+use shared_proto::wire::{AgentHello, FrameDecoder};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
-/// What to tell an agent that holds `held`, given the store's manifest for it.
-/// Differences in either direction are sent: after a restore from backup the hub's
-/// revision may be lower than what the agent holds, and the hub is the source of truth.
-pub fn desired_frame(held: u64, manifest: Option<&DesiredManifest>, device: &str) -> HubFrame {
-    match manifest {
-        Some(m) if m.revision == held => HubFrame::UpToDate { revision: held },
-        Some(m) => HubFrame::Desired(m.clone()),
-        // No manifest yet (just enrolled, controllers not run): nothing to run.
-        None if held == 0 => HubFrame::UpToDate { revision: 0 },
-        None => HubFrame::Desired(DesiredManifest { device: device.to_string(), revision: 0, apps: vec![] }),
-    }
-}
+/// A device that does not take a frame within this long is not reading: give up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn current_manifest(state: &HubState, device: &str) -> Result<Option<DesiredManifest>, SyncError> {
     match state.store.get_local(StoreKind::Manifest, device)? {
@@ -30,97 +25,153 @@ fn current_manifest(state: &HubState, device: &str) -> Result<Option<DesiredMani
     }
 }
 
-pub async fn serve(
+/// What the reader task hands over.
+pub enum Read {
+    Bytes(Vec<u8>),
+    Eof,
+    Failed(std::io::Error),
+}
+
+/// Owns the read half of a stream for its whole life, so a read is never cancelled
+/// half-way: whatever arrives is handed over whole, in order.
+pub fn spawn_reader<R>(mut reader: R) -> mpsc::Receiver<Read>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let msg = match reader.read(&mut buf).await {
+                Ok(0) => Read::Eof,
+                Ok(n) => Read::Bytes(buf[..n].to_vec()),
+                Err(e) => Read::Failed(e),
+            };
+            let last = !matches!(msg, Read::Bytes(_));
+            if tx.send(msg).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+pub fn session_config(state: &HubState) -> HubSessionConfig {
+    HubSessionConfig::new(state.config.heartbeat_interval, env!("CARGO_PKG_VERSION"))
+}
+
+/// Serves one device's sync stream until it ends. `decoder` holds what followed the
+/// hello; `reads` is the stream's reader task.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<W>(
     state: Arc<HubState>,
     device: String,
     hello: AgentHello,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) -> Result<(), SyncError> {
-    if hello.device != device {
-        let msg = format!("hello names device {:?} but the certificate is for {device:?}", hello.device);
-        wire::write_frame(&mut send, &HubFrame::Refused { message: msg.clone() }).await?;
-        return Err(SyncError::Protocol(msg));
+    version: u32,
+    decoder: FrameDecoder,
+    mut reads: mpsc::Receiver<Read>,
+    mut writer: W,
+) -> Result<(), SyncError>
+where
+    W: AsyncWrite + Unpin + Send,
+{
+    let clock = state.clock.clone();
+    let mut session =
+        HubSession::new(clock.monotonic(), session_config(&state), &device, &hello, version, decoder);
+    let mut registration = None;
+    if !session.is_ended() {
+        if state.store.get_local(StoreKind::Device, &device)?.is_none() {
+            session.refuse(format!(
+                "device {device:?} is not enrolled with this hub (deleted?): re-enrol it with a new token"
+            ));
+        } else if let Err(wait) = state.admit_session(clock.monotonic()) {
+            session.retry_after(wait, "the hub is taking back many devices at once");
+        } else {
+            // Register before reading the manifest, so no change can slip in between.
+            let reg = state.fanout.register(&device);
+            let live = state.live.connected(&device, hello.facts.clone(), hello.held_revision, clock.now());
+            registration = Some((reg, live));
+            session.welcome(clock.monotonic(), current_manifest(&state, &device)?.as_ref());
+        }
     }
-    if state.store.get_local(StoreKind::Device, &device)?.is_none() {
-        let msg = format!(
-            "device {device:?} is not enrolled with this hub (deleted?): re-enrol it with a new token"
-        );
-        wire::write_frame(&mut send, &HubFrame::Refused { message: msg.clone() }).await?;
-        let _ = send.finish();
-        return Err(SyncError::Refused(msg));
+    let result = drive(
+        &state,
+        &mut session,
+        registration.as_mut().map(|(r, _)| &mut r.changes),
+        &mut reads,
+        &mut writer,
+    )
+    .await;
+    if let Some((reg, live)) = registration {
+        state.fanout.unregister(&device, reg.id);
+        state.live.disconnected(&device, live, clock.now());
     }
-    let now = crate::util::now();
-    let session = state.live.connected(&device, hello.facts.clone(), hello.held_revision, now);
-    let mut reg = state.fanout.register(&device);
-    let result = run(&state, &device, hello.held_revision, &mut reg.changes, &mut send, &mut recv).await;
-    state.fanout.unregister(&device, reg.id);
-    state.live.disconnected(&device, session, crate::util::now());
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
     result
 }
 
-async fn run(
+async fn drive<W>(
     state: &HubState,
-    device: &str,
-    held: u64,
-    changes: &mut tokio::sync::watch::Receiver<u64>,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-) -> Result<(), SyncError> {
-    let welcome = HubWelcome {
-        hub_version: env!("CARGO_PKG_VERSION").to_string(),
-        heartbeat_interval_ms: u32::try_from(state.config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
-    };
-    wire::write_frame(send, &HubFrame::Welcome(welcome)).await?;
-    changes.mark_unchanged();
-    let first = desired_frame(held, current_manifest(state, device)?.as_ref(), device);
-    let mut sent = match &first {
-        HubFrame::Desired(m) => m.revision,
-        _ => held,
-    };
-    wire::write_frame(send, &first).await?;
+    session: &mut HubSession,
+    mut changes: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    reads: &mut mpsc::Receiver<Read>,
+    writer: &mut W,
+) -> Result<(), SyncError>
+where
+    W: AsyncWrite + Unpin + Send,
+{
+    let clock = state.clock.clone();
+    let device = session.device().to_string();
     loop {
-        tokio::select! {
-            frame = wire::read_frame::<AgentFrame, _>(recv) => match frame? {
-                Some(AgentFrame::Heartbeat { .. }) => state.live.heartbeat(device, crate::util::now()),
-                Some(AgentFrame::Report(r)) => {
-                    if r.containers.len() > 1024 {
-                        return Err(SyncError::Protocol("report lists more than 1024 containers".into()));
-                    }
-                    state.live.report(device, r.held_revision, r.containers, crate::util::now());
-                }
-                None => return Ok(()),
-            },
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    // Replaced by a newer session of the same device.
-                    return Ok(());
-                }
-                if let Some(m) = current_manifest(state, device)?
-                    && m.revision != sent
-                {
-                    sent = m.revision;
-                    wire::write_frame(send, &HubFrame::Desired(m)).await?;
+        while let Some(bytes) = session.poll_transmit() {
+            tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes))
+                .await
+                .map_err(|_| SyncError::Protocol("the device stopped reading".into()))??;
+        }
+        while let Some(event) = session.poll_event() {
+            match event {
+                HubEvent::Heartbeat => state.live.heartbeat(&device, clock.now()),
+                HubEvent::Report(r) => state.live.report(&device, r.held_revision, r.containers, clock.now()),
+                HubEvent::Ended(end) => {
+                    let _ = writer.flush().await;
+                    return match end {
+                        SessionEnd::PeerClosed | SessionEnd::Refused(_) | SessionEnd::RetryAfter { .. } => {
+                            Ok(())
+                        }
+                        SessionEnd::TimedOut(m) => Err(SyncError::TimedOut(m)),
+                        SessionEnd::Protocol(m) => Err(SyncError::Protocol(m)),
+                    };
                 }
             }
+        }
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let changed = async {
+            match changes.as_deref_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = reads.recv() => match read {
+                Some(Read::Bytes(b)) => session.handle_bytes(clock.monotonic(), &b),
+                Some(Read::Eof) | None => session.handle_eof(clock.monotonic()),
+                Some(Read::Failed(e)) => return Err(SyncError::Io(e)),
+            },
+            open = changed => {
+                if !open {
+                    // A newer session of the same device replaced this one.
+                    return Ok(());
+                }
+                session.handle_manifest(clock.monotonic(), current_manifest(state, &device)?.as_ref());
+            }
+            _ = sleep_until(deadline) => session.handle_timeout(clock.monotonic()),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(rev: u64) -> DesiredManifest {
-        DesiredManifest { device: "pi".into(), revision: rev, apps: vec![] }
-    }
-
-    #[test]
-    fn sends_only_what_the_agent_lacks() {
-        assert_eq!(desired_frame(5, Some(&m(5)), "pi"), HubFrame::UpToDate { revision: 5 });
-        assert_eq!(desired_frame(4, Some(&m(5)), "pi"), HubFrame::Desired(m(5)));
-        assert_eq!(desired_frame(9, Some(&m(5)), "pi"), HubFrame::Desired(m(5)), "restored hub wins");
-        assert_eq!(desired_frame(0, None, "pi"), HubFrame::UpToDate { revision: 0 });
-        assert_eq!(desired_frame(3, None, "pi"), HubFrame::Desired(m(0)));
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

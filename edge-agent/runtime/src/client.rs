@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared_proto::runtime::{RuntimeFailure, RuntimeMessage, RuntimeOp, RuntimeReply, RuntimeRequest};
-use shared_proto::wire::{encode_frame, read_frame};
+use shared_proto::runtime::{decode_runtime_body, encode_runtime_frame};
+use shared_proto::wire::read_raw_frame;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -243,7 +244,7 @@ impl HelperRuntime {
         }
         let (frames, pending, kill) = self.session().await?;
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(&RuntimeRequest { request_id, op })
+        let frame = encode_runtime_frame(&RuntimeRequest { request_id, op })
             .map_err(|e| RuntimeError::InvalidRequest(format!("encoding request: {e}")))?;
         let (tx, rx) = oneshot::channel();
         pending.register(request_id, tx)?;
@@ -294,7 +295,10 @@ async fn read_messages(
     kill: Arc<Notify>,
 ) {
     loop {
-        match read_frame::<RuntimeMessage, _>(&mut stdout).await {
+        let frame = read_raw_frame(&mut stdout)
+            .await
+            .and_then(|f| f.map(|b| decode_runtime_body::<RuntimeMessage>(&b)).transpose());
+        match frame {
             Ok(Some(RuntimeMessage::Reply { request_id, result })) => pending.complete(request_id, result),
             Ok(Some(RuntimeMessage::Exited { id, pid, exit_code })) => {
                 // No subscriber is fine: nobody is waiting for exits right now.

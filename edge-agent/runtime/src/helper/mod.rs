@@ -27,7 +27,8 @@ use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
 use shared_proto::runtime::{RuntimeMessage, RuntimeRequest};
-use shared_proto::wire::{FrameError, decode_frame_body, encode_frame, frame_body_len};
+use shared_proto::runtime::{decode_runtime_body, encode_runtime_frame};
+use shared_proto::wire::{FrameError, frame_body_len};
 
 use containers::Containers;
 
@@ -162,7 +163,7 @@ fn next_request(buf: &[u8]) -> Result<Option<(RuntimeRequest, usize)>, FrameErro
     let header: [u8; 4] = [header[0], header[1], header[2], header[3]];
     let len = frame_body_len(header)?;
     let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
-    Ok(Some((decode_frame_body(body)?, 4 + len)))
+    Ok(Some((decode_runtime_body(body)?, 4 + len)))
 }
 
 /// Outcome of writing to the agent: a vanished agent ends the helper quietly.
@@ -174,7 +175,7 @@ enum Sent {
 fn send(output: &mut File, msgs: impl IntoIterator<Item = RuntimeMessage>) -> Result<Sent, HelperError> {
     let mut bytes = Vec::new();
     for msg in msgs {
-        bytes.extend_from_slice(&encode_frame(&msg)?);
+        bytes.extend_from_slice(&encode_runtime_frame(&msg)?);
     }
     if bytes.is_empty() {
         return Ok(Sent::Ok);
@@ -244,9 +245,10 @@ mod tests {
 
     #[test]
     fn splits_frames_and_rejects_garbage() {
-        let a = encode_frame(&RuntimeRequest { request_id: 1, op: RuntimeOp::List }).unwrap();
+        let a = encode_runtime_frame(&RuntimeRequest { request_id: 1, op: RuntimeOp::List }).unwrap();
         let b =
-            encode_frame(&RuntimeRequest { request_id: 2, op: RuntimeOp::State { id: "x".into() } }).unwrap();
+            encode_runtime_frame(&RuntimeRequest { request_id: 2, op: RuntimeOp::State { id: "x".into() } })
+                .unwrap();
         let mut buf = a.clone();
         buf.extend_from_slice(&b[..3]);
         let (req, used) = next_request(&buf).unwrap().unwrap();

@@ -1,0 +1,261 @@
+//! The hub's side of one device's sync stream.
+//!
+//! The shell reads the stream's first frame (a `Sync` hello), checks the device
+//! against its store and its admission limits, and then either welcomes the device,
+//! refuses it, or asks it to come back later. After the welcome the shell calls
+//! [`HubSession::handle_manifest`] with the device's current manifest whenever it may
+//! have changed; the session alone decides what to send, with [`desired_frame`], so
+//! the first answer and every later push follow one rule. Reports and heartbeats come
+//! out as events; a device that stays silent past the deadline is timed out.
+
+use super::SessionEnd;
+use crate::manifest::DesiredManifest;
+use crate::wire::{self, AgentFrame, AgentHello, AgentReport, FrameDecoder, HubFrame, HubWelcome};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct HubSessionConfig {
+    /// How often the device should send a heartbeat when it has nothing else to say.
+    pub heartbeat_interval: Duration,
+    /// A device silent this long is gone: its session ends.
+    pub silence_timeout: Duration,
+    pub hub_version: String,
+    /// Most containers one report may list.
+    pub max_report_containers: usize,
+}
+
+impl HubSessionConfig {
+    pub fn new(heartbeat_interval: Duration, hub_version: impl Into<String>) -> HubSessionConfig {
+        HubSessionConfig {
+            heartbeat_interval,
+            // Three missed heartbeats, and never less than half a minute on slow links.
+            silence_timeout: (heartbeat_interval * 3).max(Duration::from_secs(30)),
+            hub_version: hub_version.into(),
+            max_report_containers: 1024,
+        }
+    }
+}
+
+/// What the shell must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubEvent {
+    /// What the device runs: record it (in memory; transitions reach the store).
+    Report(AgentReport),
+    /// The device is alive.
+    Heartbeat,
+    /// The session is over; the shell closes the stream.
+    Ended(SessionEnd),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// Hello read; the shell has not yet welcomed or refused the device.
+    Hello,
+    Open,
+    Ended,
+}
+
+#[derive(Debug)]
+pub struct HubSession {
+    device: String,
+    /// The protocol version the device speaks; everything is written in it.
+    version: u32,
+    state: State,
+    decoder: FrameDecoder,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<HubEvent>,
+    /// The revision the device holds, as far as the hub knows: from the hello, then
+    /// whatever was sent since.
+    agent_holds: u64,
+    last_heard: Instant,
+    cfg: HubSessionConfig,
+}
+
+/// What to tell a device that holds `held`, given the store's manifest for it, or
+/// `None` when there is nothing to say. `first` is the answer to the hello, which is
+/// always sent. Differences in either direction are sent: after a restore from backup
+/// the hub's revision may be lower than the device's, and the hub is the source of
+/// truth. A device whose manifest is gone (deleted) is sent an empty one.
+pub fn desired_frame(
+    held: u64,
+    manifest: Option<&DesiredManifest>,
+    device: &str,
+    first: bool,
+) -> Option<HubFrame> {
+    match manifest {
+        Some(m) if m.revision == held => first.then_some(HubFrame::UpToDate { revision: held }),
+        Some(m) => Some(HubFrame::Desired(m.clone())),
+        None if held == 0 => first.then_some(HubFrame::UpToDate { revision: 0 }),
+        None => {
+            Some(HubFrame::Desired(DesiredManifest { device: device.to_string(), revision: 0, apps: vec![] }))
+        }
+    }
+}
+
+impl HubSession {
+    /// A session for `device` (the name on its certificate) after its hello, written
+    /// at `version`. `decoder` holds whatever followed the hello on the stream.
+    pub fn new(
+        now: Instant,
+        cfg: HubSessionConfig,
+        device: &str,
+        hello: &AgentHello,
+        version: u32,
+        decoder: FrameDecoder,
+    ) -> HubSession {
+        let mut s = HubSession {
+            device: device.to_string(),
+            version,
+            state: State::Hello,
+            decoder,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            agent_holds: hello.held_revision,
+            last_heard: now,
+            cfg,
+        };
+        if hello.device != device {
+            let msg = format!("hello names device {:?} but the certificate is for {device:?}", hello.device);
+            s.queue(&HubFrame::Refused { message: msg.clone() });
+            s.end(SessionEnd::Protocol(msg));
+        }
+        s
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// Welcomes the device and answers its hello with `manifest`, its current one.
+    pub fn welcome(&mut self, now: Instant, manifest: Option<&DesiredManifest>) {
+        if self.state != State::Hello {
+            return;
+        }
+        let welcome = HubWelcome {
+            hub_version: self.cfg.hub_version.clone(),
+            heartbeat_interval_ms: u32::try_from(self.cfg.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.queue(&HubFrame::Welcome(welcome));
+        self.state = State::Open;
+        self.last_heard = now;
+        self.send_desired(manifest, true);
+    }
+
+    /// Refuses the device: it is not (or no longer) enrolled here.
+    pub fn refuse(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        self.queue(&HubFrame::Refused { message: message.clone() });
+        self.end(SessionEnd::Refused(message));
+    }
+
+    /// Asks the device to come back after `after` (a reconnect storm is being spread).
+    pub fn retry_after(&mut self, after: Duration, message: impl Into<String>) {
+        let message = message.into();
+        let after_ms = u32::try_from(after.as_millis()).unwrap_or(u32::MAX);
+        self.queue(&HubFrame::RetryAfter { after_ms, message: message.clone() });
+        self.end(SessionEnd::RetryAfter { after, message });
+    }
+
+    /// The device's manifest may have changed; `manifest` is the current one.
+    /// Stale or repeated notifications are harmless: only a difference is sent.
+    pub fn handle_manifest(&mut self, _now: Instant, manifest: Option<&DesiredManifest>) {
+        if self.state == State::Open {
+            self.send_desired(manifest, false);
+        }
+    }
+
+    fn send_desired(&mut self, manifest: Option<&DesiredManifest>, first: bool) {
+        if let Some(frame) = desired_frame(self.agent_holds, manifest, &self.device, first) {
+            if let HubFrame::Desired(m) = &frame {
+                self.agent_holds = m.revision;
+            }
+            self.queue(&frame);
+        }
+    }
+
+    /// Bytes read from the stream, in any pieces.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        if self.is_ended() {
+            return;
+        }
+        self.decoder.push(bytes);
+        loop {
+            let body = match self.decoder.next_body() {
+                Ok(Some(body)) => body,
+                Ok(None) => return,
+                Err(e) => return self.end(SessionEnd::Protocol(format!("bad frame from the device: {e}"))),
+            };
+            self.last_heard = now;
+            match wire::decode_frame_body::<AgentFrame>(&body) {
+                Ok(AgentFrame::Heartbeat { .. }) => self.events.push_back(HubEvent::Heartbeat),
+                Ok(AgentFrame::Report(r)) if r.containers.len() > self.cfg.max_report_containers => {
+                    let msg = format!(
+                        "a report lists {} containers, more than {}",
+                        r.containers.len(),
+                        self.cfg.max_report_containers
+                    );
+                    return self.end(SessionEnd::Protocol(msg));
+                }
+                Ok(AgentFrame::Report(r)) => self.events.push_back(HubEvent::Report(r)),
+                Err(e) => return self.end(SessionEnd::Protocol(format!("bad frame from the device: {e}"))),
+            }
+        }
+    }
+
+    /// The device ended the stream.
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if self.decoder.buffered() > 0 {
+            self.end(SessionEnd::Protocol("the stream ended inside a frame".into()));
+        } else {
+            self.end(SessionEnd::PeerClosed);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Open && now >= self.last_heard + self.cfg.silence_timeout {
+            let msg = format!("nothing heard from the device for {:?}", self.cfg.silence_timeout);
+            self.end(SessionEnd::TimedOut(msg));
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.state == State::Open).then(|| self.last_heard + self.cfg.silence_timeout)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        self.events.pop_front()
+    }
+
+    fn queue(&mut self, frame: &HubFrame) {
+        match wire::encode_frame_for(self.version, frame) {
+            Ok(bytes) => self.transmit.push_back(bytes),
+            // Only a manifest over the frame limit can fail; the controllers bound
+            // manifests well below it, so this is a bug worth ending the session for.
+            Err(e) => self.end(SessionEnd::Protocol(format!("cannot encode a frame for the device: {e}"))),
+        }
+    }
+
+    fn end(&mut self, why: SessionEnd) {
+        if self.state != State::Ended {
+            self.state = State::Ended;
+            self.events.push_back(HubEvent::Ended(why));
+        }
+    }
+}

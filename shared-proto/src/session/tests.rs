@@ -1,0 +1,432 @@
+//! Both state machines driven against each other: simulated time, byte streams cut
+//! at arbitrary points, connections dropped with bytes in flight, repeated manifest
+//! notifications. Whatever happens, once the link holds the device converges on the
+//! hub's current manifest and the hub learns it.
+
+use super::*;
+use crate::manifest::{DesiredApp, DesiredManifest};
+use crate::wire::{
+    self, AgentHello, AgentReport, DeviceFacts, FrameDecoder, HubFrame, PROTOCOL_VERSION, StreamOpen,
+};
+use crate::{NetworkMode, RestartPolicy};
+use proptest::prelude::*;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+const DEVICE: &str = "pi-1";
+
+fn hub_cfg() -> HubSessionConfig {
+    HubSessionConfig::new(Duration::from_secs(10), "test")
+}
+
+fn hello(held: u64) -> AgentHello {
+    AgentHello {
+        device: DEVICE.into(),
+        facts: DeviceFacts::default(),
+        held_revision: held,
+        boot_id: "b".into(),
+    }
+}
+
+fn manifest(revision: u64, n_apps: usize) -> DesiredManifest {
+    DesiredManifest {
+        device: DEVICE.into(),
+        revision,
+        apps: (0..n_apps)
+            .map(|i| DesiredApp {
+                name: format!("app{i}"),
+                generation: revision,
+                restart_policy: RestartPolicy::Always,
+                network: NetworkMode::Host,
+                containers: vec![],
+            })
+            .collect(),
+    }
+}
+
+/// One connection: both machines and the bytes in flight each way.
+struct Conn {
+    agent: AgentSession,
+    /// `None` until the hub has read the hello.
+    hub: Option<HubSession>,
+    hub_decoder: FrameDecoder,
+    to_hub: VecDeque<u8>,
+    to_agent: VecDeque<u8>,
+}
+
+struct World {
+    now: Instant,
+    /// The hub's store: the device's manifest.
+    store: Option<DesiredManifest>,
+    next_revision: u64,
+    /// What the device has stored.
+    held: DesiredManifest,
+    /// Every revision the device stored, in order.
+    applied: Vec<u64>,
+    /// The latest report the hub received.
+    hub_saw: Option<AgentReport>,
+    conn: Option<Conn>,
+    n_sessions: u32,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            now: Instant::now(),
+            store: None,
+            next_revision: 1,
+            held: DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![] },
+            applied: vec![],
+            hub_saw: None,
+            conn: None,
+            n_sessions: 0,
+        }
+    }
+
+    fn report(&self) -> AgentReport {
+        AgentReport { held_revision: self.held.revision, containers: vec![] }
+    }
+
+    fn connect(&mut self) {
+        if self.conn.is_none() {
+            let agent = AgentSession::new(
+                self.now,
+                hello(self.held.revision),
+                PROTOCOL_VERSION,
+                self.report(),
+                &AgentSessionConfig::default(),
+            );
+            self.conn = Some(Conn {
+                agent,
+                hub: None,
+                hub_decoder: FrameDecoder::new(),
+                to_hub: VecDeque::new(),
+                to_agent: VecDeque::new(),
+            });
+            self.n_sessions += 1;
+        }
+    }
+
+    fn change(&mut self, n_apps: usize) {
+        self.next_revision += 1 + n_apps as u64;
+        self.store = Some(manifest(self.next_revision, n_apps));
+        self.notify();
+    }
+
+    fn delete(&mut self) {
+        self.store = None;
+        self.notify();
+    }
+
+    /// The fan-out wakes the session; it reads the store as it is now.
+    fn notify(&mut self) {
+        let now = self.now;
+        if let Some(hub) = self.conn.as_mut().and_then(|c| c.hub.as_mut()) {
+            hub.handle_manifest(now, self.store.as_ref());
+        }
+        self.pump();
+    }
+
+    /// Moves queued output into flight and carries out events.
+    fn pump(&mut self) {
+        let Some(c) = self.conn.as_mut() else { return };
+        let mut ended = false;
+        while let Some(b) = c.agent.poll_transmit() {
+            c.to_hub.extend(b);
+        }
+        while let Some(ev) = c.agent.poll_event() {
+            match ev {
+                AgentEvent::Desired(m) => {
+                    self.applied.push(m.revision);
+                    self.held = m;
+                    let report = AgentReport { held_revision: self.held.revision, containers: vec![] };
+                    c.agent.set_report(self.now, report);
+                }
+                AgentEvent::Ended(_) => ended = true,
+                AgentEvent::Welcomed { .. } | AgentEvent::UpToDate { .. } => {}
+            }
+        }
+        while let Some(b) = c.agent.poll_transmit() {
+            c.to_hub.extend(b);
+        }
+        if let Some(hub) = c.hub.as_mut() {
+            while let Some(b) = hub.poll_transmit() {
+                c.to_agent.extend(b);
+            }
+            while let Some(ev) = hub.poll_event() {
+                match ev {
+                    HubEvent::Report(r) => self.hub_saw = Some(r),
+                    HubEvent::Heartbeat => {}
+                    HubEvent::Ended(_) => ended = true,
+                }
+            }
+        }
+        if ended {
+            // The shell closes the stream; whatever was in flight is lost.
+            self.conn = None;
+        }
+    }
+
+    /// Delivers up to `to_hub` and `to_agent` bytes.
+    fn deliver(&mut self, to_hub: usize, to_agent: usize) {
+        let now = self.now;
+        let Some(c) = self.conn.as_mut() else { return };
+        let n = to_hub.min(c.to_hub.len());
+        let bytes: Vec<u8> = c.to_hub.drain(..n).collect();
+        match c.hub.as_mut() {
+            Some(hub) => hub.handle_bytes(now, &bytes),
+            None => {
+                c.hub_decoder.push(&bytes);
+                match c.hub_decoder.next_body() {
+                    Ok(Some(body)) => {
+                        let (version, open) = wire::decode_frame_body_versioned::<StreamOpen>(&body).unwrap();
+                        let StreamOpen::Sync(hello) = open else { panic!("not a sync stream") };
+                        let decoder = std::mem::take(&mut c.hub_decoder);
+                        let mut hub = HubSession::new(now, hub_cfg(), DEVICE, &hello, version, decoder);
+                        hub.welcome(now, self.store.as_ref());
+                        // Whatever followed the hello in this delivery.
+                        hub.handle_bytes(now, &[]);
+                        c.hub = Some(hub);
+                    }
+                    Ok(None) => {}
+                    Err(e) => panic!("the agent sent a bad frame: {e}"),
+                }
+            }
+        }
+        let n = to_agent.min(c.to_agent.len());
+        let bytes: Vec<u8> = c.to_agent.drain(..n).collect();
+        c.agent.handle_bytes(now, &bytes);
+        self.pump();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        let now = self.now;
+        if let Some(c) = self.conn.as_mut() {
+            if c.agent.poll_timeout().is_some_and(|t| t <= now) {
+                c.agent.handle_timeout(now);
+            }
+            if let Some(hub) = c.hub.as_mut()
+                && hub.poll_timeout().is_some_and(|t| t <= now)
+            {
+                hub.handle_timeout(now);
+            }
+        }
+        self.pump();
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..50 {
+            self.connect();
+            self.deliver(usize::MAX, usize::MAX);
+            self.advance(Duration::from_millis(100));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Change(usize),
+    Delete,
+    Deliver(usize, usize),
+    Advance(u64),
+    Drop,
+    Connect,
+    Notify,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0usize..4).prop_map(Op::Change),
+        1 => Just(Op::Delete),
+        6 => (0usize..64, 0usize..64).prop_map(|(a, b)| Op::Deliver(a, b)),
+        2 => (0u64..40_000).prop_map(Op::Advance),
+        1 => Just(Op::Drop),
+        3 => Just(Op::Connect),
+        1 => Just(Op::Notify),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_device_converges_whatever_the_link_does(ops in prop::collection::vec(op(), 0..120)) {
+        let mut w = World::new();
+        for op in ops {
+            match op {
+                Op::Change(n) => w.change(n),
+                Op::Delete => w.delete(),
+                Op::Deliver(a, b) => w.deliver(a, b),
+                Op::Advance(ms) => w.advance(Duration::from_millis(ms)),
+                Op::Drop => w.conn = None,
+                Op::Connect => w.connect(),
+                Op::Notify => w.notify(),
+            }
+            // Revisions only move forward, except to the empty manifest of a
+            // deleted one.
+            let moving: Vec<u64> = w.applied.iter().copied().filter(|r| *r != 0).collect();
+            prop_assert!(moving.windows(2).all(|p| p[0] <= p[1]), "went back: {:?}", w.applied);
+        }
+        w.settle();
+        let want = w.store.clone().unwrap_or(DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![] });
+        prop_assert_eq!(&w.held, &want);
+        prop_assert_eq!(w.hub_saw.as_ref().map(|r| r.held_revision), Some(want.revision));
+        // A quiet, healthy link stays up: heartbeats keep the hub from timing out.
+        let sessions = w.n_sessions;
+        for _ in 0..20 {
+            w.advance(Duration::from_secs(9));
+            w.deliver(usize::MAX, usize::MAX);
+        }
+        prop_assert_eq!(w.n_sessions, sessions);
+        prop_assert!(w.conn.is_some());
+    }
+}
+
+#[test]
+fn first_answer_and_pushes_follow_one_rule() {
+    let m = |r| manifest(r, 1);
+    assert_eq!(desired_frame(5, Some(&m(5)), DEVICE, true), Some(HubFrame::UpToDate { revision: 5 }));
+    assert_eq!(desired_frame(5, Some(&m(5)), DEVICE, false), None);
+    assert_eq!(desired_frame(4, Some(&m(5)), DEVICE, false), Some(HubFrame::Desired(m(5))));
+    assert_eq!(
+        desired_frame(9, Some(&m(5)), DEVICE, true),
+        Some(HubFrame::Desired(m(5))),
+        "restored hub wins"
+    );
+    assert_eq!(desired_frame(0, None, DEVICE, true), Some(HubFrame::UpToDate { revision: 0 }));
+    // An emptied manifest is sent, at the first answer and later alike.
+    let empty = HubFrame::Desired(DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![] });
+    assert_eq!(desired_frame(3, None, DEVICE, true), Some(empty.clone()));
+    assert_eq!(desired_frame(3, None, DEVICE, false), Some(empty));
+}
+
+#[test]
+fn a_deleted_manifest_reaches_a_connected_device() {
+    let mut w = World::new();
+    w.change(2);
+    w.settle();
+    assert_eq!(w.held.apps.len(), 2);
+    w.delete();
+    w.settle();
+    assert_eq!(w.held.revision, 0);
+    assert!(w.held.apps.is_empty());
+    assert_eq!(w.n_sessions, 1, "no reconnect was needed");
+}
+
+#[test]
+fn exact_frames_of_a_session() {
+    let t0 = Instant::now();
+    let mut agent = AgentSession::new(
+        t0,
+        hello(3),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    let open = agent.poll_transmit().unwrap();
+    assert_eq!(agent.poll_timeout(), Some(t0 + Duration::from_secs(15)), "welcome deadline");
+    let mut d = FrameDecoder::new();
+    d.push(&open);
+    let (v, StreamOpen::Sync(h)) =
+        wire::decode_frame_body_versioned(&d.next_body().unwrap().unwrap()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((v, h.held_revision), (PROTOCOL_VERSION, 3));
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &h, v, d);
+    hub.welcome(t0, Some(&manifest(3, 1)));
+    let mut out = Vec::new();
+    while let Some(b) = hub.poll_transmit() {
+        out.push(wire::decode_frame::<HubFrame>(&b).unwrap());
+    }
+    assert!(matches!(&out[..], [HubFrame::Welcome(_), HubFrame::UpToDate { revision: 3 }]), "{out:?}");
+    // The agent's report goes right after the welcome; a heartbeat only after a quiet interval.
+    let bytes: Vec<u8> = out.iter().flat_map(|f| wire::encode_frame(f).unwrap()).collect();
+    agent.handle_bytes(t0, &bytes);
+    assert!(matches!(agent.poll_event(), Some(AgentEvent::Welcomed { .. })));
+    assert_eq!(agent.poll_event(), Some(AgentEvent::UpToDate { revision: 3 }));
+    assert!(agent.poll_transmit().is_some(), "the report");
+    assert!(agent.poll_transmit().is_none());
+    assert_eq!(agent.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    agent.handle_timeout(t0 + Duration::from_secs(10));
+    let hb = agent.poll_transmit().unwrap();
+    assert!(matches!(wire::decode_frame(&hb).unwrap(), wire::AgentFrame::Heartbeat { seq: 1 }));
+}
+
+#[test]
+fn a_silent_device_times_out_and_a_wrong_name_is_refused() {
+    let t0 = Instant::now();
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    hub.welcome(t0, None);
+    hub.handle_timeout(t0 + Duration::from_secs(29));
+    assert!(!hub.is_ended());
+    hub.handle_timeout(t0 + Duration::from_secs(30));
+    assert!(hub.is_ended());
+
+    let mut other = hello(0);
+    other.device = "someone-else".into();
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &other, PROTOCOL_VERSION, FrameDecoder::new());
+    assert!(matches!(wire::decode_frame(&hub.poll_transmit().unwrap()).unwrap(), HubFrame::Refused { .. }));
+    assert!(matches!(hub.poll_event(), Some(HubEvent::Ended(SessionEnd::Protocol(_)))));
+}
+
+#[test]
+fn retry_after_reaches_the_agent_as_a_deadline() {
+    let t0 = Instant::now();
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    hub.retry_after(Duration::from_millis(4_500), "the hub is busy");
+    let mut agent = AgentSession::new(
+        t0,
+        hello(0),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    agent.handle_bytes(t0, &hub.poll_transmit().unwrap());
+    assert_eq!(
+        agent.poll_event(),
+        Some(AgentEvent::Ended(SessionEnd::RetryAfter {
+            after: Duration::from_millis(4_500),
+            message: "the hub is busy".into()
+        }))
+    );
+}
+
+#[test]
+fn a_version_one_agent_is_answered_in_version_one() {
+    let t0 = Instant::now();
+    let mut agent =
+        AgentSession::new(t0, hello(0), 1, AgentReport::default(), &AgentSessionConfig::default());
+    let open = agent.poll_transmit().unwrap();
+    assert_eq!(open[4], 1, "the hello is written at version 1");
+    let mut d = FrameDecoder::new();
+    d.push(&open);
+    let (v, StreamOpen::Sync(h)) =
+        wire::decode_frame_body_versioned(&d.next_body().unwrap().unwrap()).unwrap()
+    else {
+        panic!()
+    };
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &h, v, d);
+    hub.welcome(t0, Some(&manifest(8, 1)));
+    hub.retry_after(Duration::from_secs(1), "busy");
+    while let Some(b) = hub.poll_transmit() {
+        assert_eq!(b[4], 1, "every answer is written at version 1");
+        assert!(!matches!(wire::decode_frame(&b).unwrap(), HubFrame::RetryAfter { .. }));
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_end_a_session_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let t0 = Instant::now();
+        let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+        hub.welcome(t0, None);
+        hub.handle_bytes(t0, &bytes);
+        hub.handle_eof(t0);
+        let mut agent = AgentSession::new(t0, hello(0), PROTOCOL_VERSION, AgentReport::default(), &AgentSessionConfig::default());
+        agent.handle_bytes(t0, &bytes);
+        agent.handle_eof(t0);
+        prop_assert!(hub.is_ended() && agent.is_ended());
+    }
+}
