@@ -102,7 +102,7 @@ async fn fleet_ca(store: &Store) -> anyhow::Result<FleetCa> {
                     tracing::info!(fingerprint = %ca.fingerprint(), "created the fleet CA");
                     return Ok(ca);
                 }
-                StoreOutcome::Conflict { .. } => continue,
+                StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => continue,
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -120,7 +120,7 @@ async fn first_admin_token(store: &Store) -> anyhow::Result<Option<String>> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     match store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {
         StoreOutcome::Applied { .. } => Ok(Some(secret)),
-        StoreOutcome::Conflict { .. } => Ok(None),
+        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => Ok(None),
     }
 }
 

@@ -173,6 +173,84 @@ pub struct DeviceSpec {
     /// When true the scheduler places nothing new on the device.
     #[serde(default)]
     pub unschedulable: bool,
+    /// Reserve the device for apps that tolerate these (store format 2).
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+}
+
+/// Keeps apps off a device unless they tolerate it, as Kubernetes taints do: a POS
+/// terminal tainted `dedicated=pos` runs only the apps meant for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub effect: TaintEffect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TaintEffect {
+    /// Nothing new is placed unless it tolerates the taint; what runs stays.
+    #[default]
+    NoSchedule,
+    /// Apps that do not tolerate the taint are removed too.
+    NoExecute,
+}
+
+/// Lets an app onto devices with a matching taint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    /// Empty with `Exists` tolerates every taint.
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    #[serde(default)]
+    pub value: String,
+    /// Only taints with this effect; unset tolerates both.
+    #[serde(default)]
+    pub effect: Option<TaintEffect>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TolerationOperator {
+    /// Key and value must both match.
+    #[default]
+    Equal,
+    /// The key must match (any value); an empty key matches every taint.
+    Exists,
+}
+
+impl Toleration {
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        let key = match self.operator {
+            TolerationOperator::Exists => self.key.is_empty() || self.key == taint.key,
+            TolerationOperator::Equal => self.key == taint.key && self.value == taint.value,
+        };
+        key && self.effect.is_none_or(|e| e == taint.effect)
+    }
+}
+
+/// Where an app must (affinity) or must not (anti-affinity) run relative to another.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppAffinity {
+    /// The other app's name.
+    pub app: String,
+    #[serde(default)]
+    pub scope: AffinityScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AffinityScope {
+    /// The same device.
+    #[default]
+    Device,
+    /// The same site: some device of the site.
+    Site,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -259,8 +337,18 @@ pub struct Placement {
     #[serde(default)]
     pub sites: Vec<String>,
     /// At most this many devices per site, picked by name; unset means all that fit.
+    /// Devices with no site are not limited.
     #[serde(default)]
     pub max_per_site: Option<u32>,
+    /// Taints this app accepts (store format 2).
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    /// Run only beside these apps: on a device (or in a site) where they run.
+    #[serde(default)]
+    pub affinity: Vec<AppAffinity>,
+    /// Keep away from these apps: never on a device (or in a site) where they run.
+    #[serde(default)]
+    pub anti_affinity: Vec<AppAffinity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

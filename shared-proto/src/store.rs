@@ -12,8 +12,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Version of every record and command encoded here.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+mod v1;
+
+/// Version of every record and command this build writes.
+pub const STORE_FORMAT_VERSION: u32 = 2;
+/// Oldest version this build reads: records, snapshots and logs written by the
+/// previous version of the hub.
+pub const MIN_STORE_FORMAT_VERSION: u32 = 1;
 
 /// Every kind of record the store keeps: the API's kinds plus the hub's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -153,7 +158,18 @@ impl Object {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Object, crate::CodecError> {
-        crate::codec::decode_versioned(STORE_FORMAT_VERSION, "stored object", bytes)
+        let what = "stored object";
+        crate::codec::decode_versioned_range(
+            MIN_STORE_FORMAT_VERSION,
+            STORE_FORMAT_VERSION,
+            what,
+            bytes,
+            |v, body| match v {
+                1 => crate::codec::decode_body::<v1::Object>(what, body).map(Into::into),
+                _ => crate::codec::decode_body(what, body),
+            },
+        )
+        .map(|(_, o)| o)
     }
 }
 
@@ -181,6 +197,10 @@ pub enum StoreCommand {
     },
     /// All or nothing: if any precondition fails, nothing in the batch applies.
     Batch(Vec<StoreCommand>),
+    /// Each command on its own, in order: a failed precondition skips only that
+    /// command (format 2). Controllers write a fleet's changes this way, so one
+    /// device's conflict holds back no other device.
+    Each(Vec<StoreCommand>),
 }
 
 impl StoreCommand {
@@ -193,7 +213,18 @@ impl StoreCommand {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoreCommand, crate::CodecError> {
-        crate::codec::decode_versioned(STORE_FORMAT_VERSION, "store command", bytes)
+        let what = "store command";
+        crate::codec::decode_versioned_range(
+            MIN_STORE_FORMAT_VERSION,
+            STORE_FORMAT_VERSION,
+            what,
+            bytes,
+            |v, body| match v {
+                1 => crate::codec::decode_body::<v1::StoreCommand>(what, body).map(Into::into),
+                _ => crate::codec::decode_body(what, body),
+            },
+        )
+        .map(|(_, c)| c)
     }
 }
 
@@ -209,6 +240,8 @@ pub enum StoreOutcome {
         /// Revision of the key now, `None` when it does not exist.
         current_revision: Option<u64>,
     },
+    /// One outcome per command of an `Each`, in order.
+    Each(Vec<StoreOutcome>),
 }
 
 /// An enrolment token. The secret is kept only as its SHA-256: tokens are 256-bit

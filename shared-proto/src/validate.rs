@@ -262,7 +262,71 @@ pub fn validate_device(device: &Device) -> Result<(), FieldErrors> {
     {
         errs.push("spec.site", p);
     }
+    if device.spec.taints.len() > MAX_PLACEMENT_RULES {
+        errs.push("spec.taints", format!("at most {MAX_PLACEMENT_RULES} taints"));
+    }
+    for (i, t) in device.spec.taints.iter().enumerate() {
+        if let Some(p) = label_problem(&t.key, &t.value) {
+            errs.push(format!("spec.taints[{i}]"), p);
+        }
+    }
     errs.into_result()
+}
+
+/// Most taints, tolerations or affinity rules one object may carry.
+pub const MAX_PLACEMENT_RULES: usize = 32;
+
+fn check_placement_rules(errs: &mut FieldErrors, app: &App) {
+    let p = &app.spec.placement;
+    for (field, n) in [
+        ("spec.placement.tolerations", p.tolerations.len()),
+        ("spec.placement.affinity", p.affinity.len()),
+        ("spec.placement.antiAffinity", p.anti_affinity.len()),
+    ] {
+        if n > MAX_PLACEMENT_RULES {
+            errs.push(field, format!("at most {MAX_PLACEMENT_RULES} entries"));
+        }
+    }
+    for (i, t) in p.tolerations.iter().enumerate() {
+        let f = format!("spec.placement.tolerations[{i}]");
+        match t.operator {
+            crate::TolerationOperator::Exists if !t.value.is_empty() => {
+                errs.push(format!("{f}.value"), "must be empty with operator Exists");
+            }
+            crate::TolerationOperator::Equal if t.key.is_empty() => {
+                errs.push(
+                    format!("{f}.key"),
+                    "must be set with operator Equal (use Exists to tolerate every taint)",
+                );
+            }
+            _ => {}
+        }
+        if (!t.key.is_empty() || !t.value.is_empty())
+            && let Some(problem) = label_problem(if t.key.is_empty() { "any" } else { &t.key }, &t.value)
+        {
+            errs.push(f, problem);
+        }
+    }
+    for (field, rules) in
+        [("spec.placement.affinity", &p.affinity), ("spec.placement.antiAffinity", &p.anti_affinity)]
+    {
+        for (i, r) in rules.iter().enumerate() {
+            if let Some(problem) = dns_label_problem(&r.app) {
+                errs.push(format!("{field}[{i}].app"), problem);
+            }
+        }
+    }
+    for (i, r) in p.affinity.iter().enumerate() {
+        if r.app == app.metadata.name {
+            errs.push(format!("spec.placement.affinity[{i}].app"), "an app cannot need itself");
+        }
+        if p.anti_affinity.iter().any(|a| a.app == r.app && a.scope == r.scope) {
+            errs.push(
+                format!("spec.placement.affinity[{i}]"),
+                "the same app and scope is in antiAffinity too",
+            );
+        }
+    }
 }
 
 pub fn validate_app(app: &App) -> Result<(), FieldErrors> {
@@ -279,6 +343,7 @@ pub fn validate_app(app: &App) -> Result<(), FieldErrors> {
     if spec.placement.max_per_site == Some(0) {
         errs.push("spec.placement.maxPerSite", "must be at least 1 (leave it unset for no limit)");
     }
+    check_placement_rules(&mut errs, app);
     if spec.containers.is_empty() {
         errs.push("spec.containers", "must list at least one container");
     }
@@ -436,6 +501,32 @@ mod tests {
                 "spec.containers[1].ports[0].hostPort"
             ]
         );
+    }
+
+    #[test]
+    fn placement_rules_are_checked_by_field() {
+        use crate::{AffinityScope, AppAffinity, Toleration, TolerationOperator};
+        let mut a = app();
+        a.spec.placement.tolerations = vec![
+            Toleration { operator: TolerationOperator::Exists, value: "x".into(), ..Default::default() },
+            Toleration::default(),
+        ];
+        a.spec.placement.affinity =
+            vec![AppAffinity { app: a.metadata.name.clone(), scope: AffinityScope::Device }];
+        a.spec.placement.anti_affinity =
+            vec![AppAffinity { app: "Bad_Name".into(), scope: AffinityScope::Site }];
+        let errs = validate_app(&a).unwrap_err().to_string();
+        for field in [
+            "spec.placement.tolerations[0].value",
+            "spec.placement.tolerations[1].key",
+            "spec.placement.affinity[0].app",
+            "spec.placement.antiAffinity[0].app",
+        ] {
+            assert!(errs.contains(field), "{field} missing from {errs}");
+        }
+        let mut d = crate::Device::new(crate::ObjectMeta::named("pi"), Default::default());
+        d.spec.taints = vec![crate::Taint { key: "bad key".into(), ..Default::default() }];
+        assert!(validate_device(&d).unwrap_err().to_string().contains("spec.taints[0]"));
     }
 
     #[test]

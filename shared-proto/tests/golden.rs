@@ -11,8 +11,8 @@ use shared_proto::manifest::{
 use shared_proto::store::{Object, Precondition, StoreCommand};
 use shared_proto::wire::{self, AgentFrame, AgentHello, AgentReport, DeviceFacts, HubFrame, StreamOpen};
 use shared_proto::{
-    Bytes, Capacity, CpuMillis, NetworkMode, ObjectMeta, PortSpec, Protocol, RestartPolicy, Site, SiteSpec,
-    Timestamp,
+    App, AppSpec, Bytes, Capacity, ContainerSpec, CpuMillis, Device, DevicePhase, DeviceSpec, NetworkMode,
+    ObjectMeta, Placement, PortSpec, Protocol, RestartPolicy, Site, SiteSpec, Taint, TaintEffect, Timestamp,
 };
 
 fn manifest() -> DesiredManifest {
@@ -112,10 +112,76 @@ fn golden_store_command() {
     let bytes = cmd.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "0100000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        "0200000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
             .replace(' ', "")
     );
     assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
+    // The same command as a version-1 hub wrote it.
+    let v1 = "0100000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        .replace(' ', "");
+    assert_eq!(StoreCommand::decode(&hex::decode(v1).unwrap()).unwrap(), cmd);
+}
+
+// Written by the first-light hub (store format 1), before taints, tolerations and
+// affinity existed: an App, a Device, and a Batch of both as a Raft log entry.
+const APP_V1: &str = "01020f666c6f74696c6c612e6465762f7631034170700377656200000005000000000001027331010201016305696d673a31000000000000000000000000000000000000";
+const DEVICE_V1: &str = "01010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101000000000000000000000000";
+const BATCH_V1: &str = "01020200020f666c6f74696c6c612e6465762f7631034170700377656200000005000000000001027331010201016305696d673a310000000000000000000000000000000000000100010f666c6f74696c6c612e6465762f7631064465766963650270690000000000000002733101010000000000000000000000000303";
+
+fn v1_app() -> App {
+    let mut app = App::new(
+        ObjectMeta::named("web"),
+        AppSpec {
+            placement: Placement { sites: vec!["s1".into()], max_per_site: Some(2), ..Default::default() },
+            containers: vec![ContainerSpec { name: "c".into(), image: "img:1".into(), ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    app.metadata.revision = 5;
+    app
+}
+
+fn v1_device() -> Device {
+    let mut dev = Device::new(
+        ObjectMeta::named("pi"),
+        DeviceSpec { site: "s1".into(), unschedulable: true, ..Default::default() },
+    );
+    dev.status.phase = DevicePhase::Online;
+    dev
+}
+
+#[test]
+fn store_records_of_the_previous_format_still_decode() {
+    let app = Object::decode(&hex::decode(APP_V1).unwrap()).unwrap();
+    assert_eq!(app, Object::App(v1_app()));
+    let dev = Object::decode(&hex::decode(DEVICE_V1).unwrap()).unwrap();
+    assert_eq!(dev, Object::Device(v1_device()));
+    let batch = StoreCommand::decode(&hex::decode(BATCH_V1).unwrap()).unwrap();
+    assert_eq!(
+        batch,
+        StoreCommand::Batch(vec![
+            StoreCommand::put(Object::App(v1_app()), Precondition::MustNotExist),
+            StoreCommand::put(Object::Device(v1_device()), Precondition::RevisionIs(3)),
+        ])
+    );
+    // Written again, they are format 2, and read back the same.
+    let again = Object::App(v1_app()).encode().unwrap();
+    assert_eq!(again[0], 2);
+    assert_eq!(Object::decode(&again).unwrap(), Object::App(v1_app()));
+}
+
+#[test]
+fn golden_format_two_records() {
+    let mut dev = v1_device();
+    dev.spec.taints =
+        vec![Taint { key: "dedicated".into(), value: "pos".into(), effect: TaintEffect::NoExecute }];
+    let bytes = Object::Device(dev.clone()).encode().unwrap();
+    assert_eq!(
+        hex::encode(&bytes),
+        "02010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 01000000000000000000000000"
+            .replace(' ', "")
+    );
+    assert_eq!(Object::decode(&bytes).unwrap(), Object::Device(dev));
 }
 
 #[test]

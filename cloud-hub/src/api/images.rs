@@ -82,7 +82,7 @@ pub async fn import(
     let created = state.store.get(StoreKind::Image, &name).await?.is_none();
     match state.store.write(StoreCommand::put(Object::Image(image), Precondition::None)).await? {
         StoreOutcome::Applied { .. } => {}
-        StoreOutcome::Conflict { .. } => {
+        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => {
             return Err(ApiError::Conflict("image changed during import; retry".into()));
         }
     }

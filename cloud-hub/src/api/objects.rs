@@ -132,6 +132,29 @@ pub async fn get_manifest(
     }
 }
 
+/// `GET /api/v1/apps/{name}/placement`: the scheduler's verdict on every device, from
+/// this hub's copy of the store (any hub answers, the leader or not).
+pub async fn get_placement(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    if state.store.get_local(StoreKind::App, &name)?.is_none() {
+        return Err(ApiError::NotFound(format!("App {name:?} not found")));
+    }
+    let store = state.store.clone();
+    let app = name.clone();
+    let verdicts = tokio::task::spawn_blocking(move || {
+        let cache = crate::controllers::cache::FleetCache::load(&store)?;
+        Ok::<_, hub_store::StoreError>(crate::controllers::explain::explain_app(&cache, &app))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("placement: {e}")))??;
+    let n_placed = verdicts.iter().filter(|v| v.placed).count();
+    Ok(Json(json!({ "app": name, "placedDevices": n_placed, "devices": verdicts })))
+}
+
 fn merge_meta(old: &ObjectMeta, new: &mut ObjectMeta, spec_changed: bool) {
     new.uid.clone_from(&old.uid);
     new.revision = old.revision;
@@ -256,7 +279,7 @@ pub async fn apply(
                 )));
             }
             // Someone else wrote between our read and our write: read again and redo.
-            StoreOutcome::Conflict { .. } => continue,
+            StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => continue,
         }
     }
     Err(ApiError::Unavailable(format!("{} {name:?} keeps changing under this request; retry", kind.as_str())))
@@ -278,7 +301,7 @@ pub async fn delete(
             }
             Ok(Json(json!({ "deleted": { "kind": kind.as_str(), "name": name }, "revision": revision })))
         }
-        StoreOutcome::Conflict { .. } => {
+        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => {
             Err(ApiError::NotFound(format!("{} {name:?} not found", kind.as_str())))
         }
     }

@@ -82,6 +82,17 @@ pub fn document() -> Value {
             "responses": { "200": { "description": "Desired manifest" }, "404": { "$ref": "#/components/responses/Error" } } } }),
     );
     paths.insert(
+        "/api/v1/apps/{name}/placement".into(),
+        json!({ "get": { "summary": "The scheduler's verdict on every device for this app: placed, or why not",
+            "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": { "description": "Verdicts", "content": { "application/json": { "schema": {
+                "type": "object", "properties": { "app": { "type": "string" }, "placedDevices": { "type": "integer" },
+                "devices": { "type": "array", "items": { "type": "object", "properties": {
+                    "device": { "type": "string" }, "placed": { "type": "boolean" },
+                    "selected": { "type": "boolean" }, "reason": { "type": "string" } } } } } } } } },
+                "404": { "$ref": "#/components/responses/Error" } } } }),
+    );
+    paths.insert(
         "/api/v1/enrolment-tokens".into(),
         json!({
             "get": { "summary": "List enrolment tokens (without secrets)", "responses": { "200": { "description": "Tokens" } } },
@@ -128,6 +139,8 @@ pub fn document() -> Value {
         json!({ "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI" } } } }),
     );
 
+    let affinity = json!({ "type": "array", "items": { "type": "object", "required": ["app"], "properties": {
+        "app": { "type": "string" }, "scope": { "enum": ["Device", "Site"] } } } });
     let selector = json!({ "type": "object", "additionalProperties": false, "properties": {
         "matchLabels": { "type": "object", "additionalProperties": { "type": "string" } },
         "matchExpressions": { "type": "array", "items": { "type": "object", "required": ["key", "operator"], "properties": {
@@ -173,12 +186,20 @@ pub fn document() -> Value {
                 "Site": object_schema("Site", json!({ "type": "object", "properties": {
                     "displayName": { "type": "string" }, "location": { "type": "string" } } }), json!({ "readOnly": true })),
                 "Device": object_schema("Device", json!({ "type": "object", "properties": {
-                    "site": { "type": "string" }, "unschedulable": { "type": "boolean" } } }), json!({ "readOnly": true,
+                    "site": { "type": "string" }, "unschedulable": { "type": "boolean" },
+                    "taints": { "type": "array", "items": { "type": "object", "required": ["key"], "properties": {
+                        "key": { "type": "string" }, "value": { "type": "string" },
+                        "effect": { "enum": ["NoSchedule", "NoExecute"] } } } } } }), json!({ "readOnly": true,
                     "type": "object", "properties": { "phase": { "enum": ["Pending", "Online", "Offline"] } } })),
                 "App": object_schema("App", json!({ "type": "object", "required": ["containers"], "properties": {
                     "selector": selector,
                     "placement": { "type": "object", "properties": { "sites": { "type": "array", "items": { "type": "string" } },
-                        "maxPerSite": { "type": ["integer", "null"], "minimum": 1 } } },
+                        "maxPerSite": { "type": ["integer", "null"], "minimum": 1 },
+                        "tolerations": { "type": "array", "items": { "type": "object", "properties": {
+                            "key": { "type": "string" }, "operator": { "enum": ["Equal", "Exists"] },
+                            "value": { "type": "string" }, "effect": { "enum": ["NoSchedule", "NoExecute", null] } } } },
+                        "affinity": affinity.clone(),
+                        "antiAffinity": affinity } },
                     "containers": { "type": "array", "minItems": 1, "maxItems": 16, "items": container },
                     "restartPolicy": { "enum": ["Always", "OnFailure", "Never"] },
                     "network": { "enum": ["Host", "None"] } } }),
@@ -199,6 +220,7 @@ mod tests {
             "/api/v1/sites",
             "/api/v1/apps/{name}",
             "/api/v1/devices/{name}/manifest",
+            "/api/v1/apps/{name}/placement",
             "/api/v1/images",
             "/api/v1/enrolment-tokens",
             "/api/v1/enrolment-tokens/{id}",

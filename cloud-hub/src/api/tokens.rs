@@ -115,7 +115,9 @@ pub async fn create_enrolment(
         .await?
     {
         StoreOutcome::Applied { .. } => {}
-        StoreOutcome::Conflict { .. } => return Err(ApiError::Conflict("token id collision; retry".into())),
+        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => {
+            return Err(ApiError::Conflict("token id collision; retry".into()));
+        }
     }
     let mut body = body;
     body["token"] = Value::String(token.to_token_string());
@@ -141,7 +143,9 @@ async fn delete_record(state: &HubState, kind: StoreKind, id: &str) -> ApiResult
     let cmd = StoreCommand::Delete { kind, name: id.to_string(), precondition: Precondition::MustExist };
     match state.store.write(cmd).await? {
         StoreOutcome::Applied { .. } => Ok(Json(json!({ "deleted": id }))),
-        StoreOutcome::Conflict { .. } => Err(ApiError::NotFound(format!("token {id:?} not found"))),
+        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => {
+            Err(ApiError::NotFound(format!("token {id:?} not found")))
+        }
     }
 }
 
@@ -197,7 +201,9 @@ pub async fn create_api(
         json!({ "id": record.id, "role": role.to_string(), "createdAt": record.created_at, "token": secret });
     match state.store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {
         StoreOutcome::Applied { .. } => Ok((StatusCode::CREATED, Json(body))),
-        StoreOutcome::Conflict { .. } => Err(ApiError::Conflict("token id collision; retry".into())),
+        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => {
+            Err(ApiError::Conflict("token id collision; retry".into()))
+        }
     }
 }
 

@@ -388,11 +388,13 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
                 })
                 .collect();
             if !rows.is_empty() {
-                println!("Devices:");
+                println!("Devices not running yet:");
                 for l in table(&["DEVICE", "PHASE", "MESSAGE"], &rows).lines() {
                     println!("  {l}");
                 }
             }
+            let p = client.get(&format!("/api/v1/apps/{name}/placement")).await?;
+            print_placement(&p);
         }
         _ => {
             for line in serde_yaml_ng::to_string(&v["status"])?.lines() {
@@ -401,6 +403,37 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// Most devices listed per section of `describe app`'s placement.
+const MAX_PLACEMENT_ROWS: usize = 50;
+
+/// The scheduler's verdicts: where the app runs, and for every device not chosen, why.
+fn print_placement(p: &serde_json::Value) {
+    let devices = p["devices"].as_array().cloned().unwrap_or_default();
+    let (placed, rest): (Vec<_>, Vec<_>) = devices.iter().partition(|d| d["placed"].as_bool() == Some(true));
+    let (wanted, other): (Vec<_>, Vec<_>) =
+        rest.into_iter().partition(|d| d["selected"].as_bool() == Some(true));
+    println!("Placement:   on {} of {} devices", placed.len(), devices.len());
+    let section = |title: &str, rows: &[&serde_json::Value]| {
+        if rows.is_empty() {
+            return;
+        }
+        println!("  {title}:");
+        let shown: Vec<Vec<String>> = rows
+            .iter()
+            .take(MAX_PLACEMENT_ROWS)
+            .map(|d| vec![s(d, &["device"]).to_string(), s(d, &["reason"]).to_string()])
+            .collect();
+        for l in table(&["DEVICE", "WHY NOT"], &shown).lines() {
+            println!("    {l}");
+        }
+        if rows.len() > MAX_PLACEMENT_ROWS {
+            println!("    … and {} more", rows.len() - MAX_PLACEMENT_ROWS);
+        }
+    };
+    section("Wanted but not placed", &wanted);
+    section("Not selected", &other);
 }
 
 pub async fn delete(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()> {

@@ -1,5 +1,11 @@
-//! App status: how far each app's devices have converged on its current generation,
-//! computed from the placement and the devices' last reports.
+//! App status: how far each app's devices have converged on its current generation.
+//!
+//! Kept device by device ([`AppRows`]): a device's report changes one row of each app
+//! placed on it, and the status is rebuilt from counters and the few devices that are
+//! not there yet, so an app on ten thousand devices costs a lookup per report, not a
+//! scan. The stored status is small and bounded: counts, and at most
+//! [`MAX_STATUS_ROWS`] devices that are not running (the full picture is each device's
+//! own status).
 
 use shared_proto::manifest::ContainerPhase;
 use shared_proto::{
@@ -7,54 +13,108 @@ use shared_proto::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What an app's status should be. `unplaced` and `problems` are the scheduler's and
-/// the manifest planner's explanations for this app, device → reason.
-pub fn app_status(
-    app: &App,
-    placed: &BTreeSet<String>,
-    devices: &BTreeMap<String, Device>,
-    unplaced: Option<&BTreeMap<String, String>>,
-    problems: Option<&BTreeMap<String, String>>,
-) -> AppStatus {
-    let generation = app.metadata.generation;
-    let mut rows = Vec::with_capacity(placed.len());
-    for name in placed {
-        let (phase, message) = match devices.get(name) {
-            None => (AppDevicePhase::Pending, "device not found".to_string()),
-            Some(d) if d.status.phase != DevicePhase::Online => {
-                (AppDevicePhase::Offline, format!("device is {}", d.status.phase))
+/// Most not-running devices an app's stored status lists.
+pub const MAX_STATUS_ROWS: usize = 20;
+
+fn settled(phase: AppDevicePhase) -> bool {
+    matches!(phase, AppDevicePhase::Running | AppDevicePhase::Completed)
+}
+
+/// One app's row per placed device, with running counts.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AppRows {
+    rows: BTreeMap<String, AppDeviceStatus>,
+    /// Devices whose row is neither Running nor Completed.
+    unsettled: BTreeSet<String>,
+    n_troubled: u32,
+}
+
+impl AppRows {
+    /// Sets `device`'s row; `None` when the app is no longer placed there.
+    pub fn set(&mut self, device: &str, row: Option<AppDeviceStatus>) {
+        if let Some(old) = self.rows.remove(device) {
+            self.unsettled.remove(device);
+            if troubled(old.phase) {
+                self.n_troubled -= 1;
             }
-            Some(d) => device_phase(app, d, generation, problems.and_then(|p| p.get(name))),
-        };
-        rows.push(AppDeviceStatus { device: name.clone(), phase, message });
+        }
+        if let Some(row) = row {
+            if !settled(row.phase) {
+                self.unsettled.insert(device.to_string());
+            }
+            if troubled(row.phase) {
+                self.n_troubled += 1;
+            }
+            self.rows.insert(device.to_string(), row);
+        }
     }
-    let n_desired = rows.len() as u32;
-    let n_running = rows
-        .iter()
-        .filter(|r| matches!(r.phase, AppDevicePhase::Running | AppDevicePhase::Completed))
-        .count() as u32;
-    let troubled = rows.iter().any(|r| matches!(r.phase, AppDevicePhase::Failed | AppDevicePhase::Offline));
+
+    pub fn devices(&self) -> impl Iterator<Item = &String> {
+        self.rows.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+fn troubled(phase: AppDevicePhase) -> bool {
+    matches!(phase, AppDevicePhase::Failed | AppDevicePhase::Offline)
+}
+
+/// The row of `app` on `device` (`None`: the device is gone).
+pub fn device_row(
+    app: &App,
+    name: &str,
+    device: Option<&Device>,
+    problem: Option<&String>,
+) -> AppDeviceStatus {
+    let (phase, message) = match device {
+        None => (AppDevicePhase::Pending, "device not found".to_string()),
+        Some(d) if d.status.phase != DevicePhase::Online => {
+            (AppDevicePhase::Offline, format!("device is {}", d.status.phase))
+        }
+        Some(d) => device_phase(app, d, app.metadata.generation, problem),
+    };
+    AppDeviceStatus { device: name.to_string(), phase, message }
+}
+
+/// What an app's status should be, from its rows. `unplaced` is the scheduler's
+/// explanation (device → reason) for devices that want the app but cannot take it.
+pub fn app_status(app: &App, rows: &AppRows, unplaced: Option<&BTreeMap<String, String>>) -> AppStatus {
+    let n_desired = rows.rows.len() as u32;
+    let n_running = n_desired - rows.unsettled.len() as u32;
     let phase = if n_desired == 0 {
         AppPhase::Pending
     } else if n_running == n_desired {
         AppPhase::Running
-    } else if troubled {
+    } else if rows.n_troubled > 0 {
         AppPhase::Degraded
     } else {
         AppPhase::Progressing
     };
+    let shown: Vec<AppDeviceStatus> =
+        rows.unsettled.iter().take(MAX_STATUS_ROWS).filter_map(|d| rows.rows.get(d).cloned()).collect();
     let message = if n_desired == 0 {
         match unplaced.and_then(|u| u.iter().next()) {
             Some((device, why)) => format!("no device can run it; {device}: {why}"),
             None => "no device matches the selector".to_string(),
         }
     } else {
-        rows.iter()
-            .find(|r| !matches!(r.phase, AppDevicePhase::Running | AppDevicePhase::Completed))
-            .map(|r| format!("{}: {}", r.device, r.message))
-            .unwrap_or_default()
+        shown.first().map(|r| format!("{}: {}", r.device, r.message)).unwrap_or_default()
     };
-    AppStatus { phase, observed_generation: generation, n_desired, n_running, devices: rows, message }
+    AppStatus {
+        phase,
+        observed_generation: app.metadata.generation,
+        n_desired,
+        n_running,
+        devices: shown,
+        message,
+    }
 }
 
 fn device_phase(
@@ -157,8 +217,18 @@ mod tests {
         (name.to_string(), d)
     }
 
-    fn placed(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
+    /// The status of `app` placed on `placed`, from scratch.
+    fn app_status_of(
+        app: &App,
+        placed: &[&str],
+        devices: &BTreeMap<String, Device>,
+        unplaced: Option<&BTreeMap<String, String>>,
+    ) -> AppStatus {
+        let mut rows = AppRows::default();
+        for name in placed {
+            rows.set(name, Some(device_row(app, name, devices.get(*name), None)));
+        }
+        app_status(app, &rows, unplaced)
     }
 
     #[test]
@@ -167,10 +237,10 @@ mod tests {
             device("a", DevicePhase::Online, vec![(2, ContainerPhase::Running, "")]),
             device("b", DevicePhase::Online, vec![(1, ContainerPhase::Running, "")]),
         ]);
-        let s = app_status(&app(), &placed(&["a", "b"]), &devices, None, None);
+        let s = app_status_of(&app(), &["a", "b"], &devices, None);
         assert_eq!((s.phase, s.n_desired, s.n_running), (AppPhase::Progressing, 2, 1));
         assert!(s.message.starts_with("b:"), "{}", s.message);
-        let s = app_status(&app(), &placed(&["a"]), &devices, None, None);
+        let s = app_status_of(&app(), &["a"], &devices, None);
         assert_eq!(s.phase, AppPhase::Running);
     }
 
@@ -180,7 +250,7 @@ mod tests {
             device("a", DevicePhase::Online, vec![(2, ContainerPhase::Failed, "image pull failed")]),
             device("b", DevicePhase::Offline, vec![(2, ContainerPhase::Running, "")]),
         ]);
-        let s = app_status(&app(), &placed(&["a", "b"]), &devices, None, None);
+        let s = app_status_of(&app(), &["a", "b"], &devices, None);
         assert_eq!(s.phase, AppPhase::Degraded);
         assert_eq!(s.devices[0].phase, AppDevicePhase::Failed);
         assert!(s.devices[0].message.contains("image pull failed"));
@@ -190,11 +260,56 @@ mod tests {
     #[test]
     fn nothing_placed_explains_why() {
         let unplaced = BTreeMap::from([("a".to_string(), "not enough memory".to_string())]);
-        let s = app_status(&app(), &placed(&[]), &BTreeMap::new(), Some(&unplaced), None);
+        let s = app_status_of(&app(), &[], &BTreeMap::new(), Some(&unplaced));
         assert_eq!(s.phase, AppPhase::Pending);
         assert!(s.message.contains("not enough memory"));
-        let s = app_status(&app(), &placed(&[]), &BTreeMap::new(), None, None);
+        let s = app_status_of(&app(), &[], &BTreeMap::new(), None);
         assert_eq!(s.message, "no device matches the selector");
+    }
+
+    #[test]
+    fn rows_change_one_device_at_a_time_and_the_listing_is_bounded() {
+        let a = app();
+        let mut rows = AppRows::default();
+        let pending = |d: &str| AppDeviceStatus {
+            device: d.into(),
+            phase: AppDevicePhase::Pending,
+            message: "pulling".into(),
+        };
+        for i in 0..1000 {
+            rows.set(&format!("d{i:04}"), Some(pending(&format!("d{i:04}"))));
+        }
+        let s = app_status(&a, &rows, None);
+        assert_eq!(
+            (s.phase, s.n_desired, s.n_running, s.devices.len()),
+            (AppPhase::Progressing, 1000, 0, MAX_STATUS_ROWS)
+        );
+        assert_eq!(s.message, "d0000: pulling");
+        for i in 0..1000 {
+            let d = format!("d{i:04}");
+            rows.set(
+                &d,
+                Some(AppDeviceStatus {
+                    device: d.clone(),
+                    phase: AppDevicePhase::Running,
+                    message: String::new(),
+                }),
+            );
+        }
+        rows.set(
+            "d0007",
+            Some(AppDeviceStatus {
+                device: "d0007".into(),
+                phase: AppDevicePhase::Offline,
+                message: "device is Offline".into(),
+            }),
+        );
+        let s = app_status(&a, &rows, None);
+        assert_eq!((s.phase, s.n_running), (AppPhase::Degraded, 999));
+        assert_eq!(s.devices.len(), 1);
+        rows.set("d0007", None);
+        let s = app_status(&a, &rows, None);
+        assert_eq!((s.phase, s.n_desired, s.n_running), (AppPhase::Running, 999, 999));
     }
 
     #[test]
@@ -204,11 +319,12 @@ mod tests {
         let (n, mut d) = device("a", DevicePhase::Online, vec![(2, ContainerPhase::Exited, "")]);
         d.status.containers[0].exit_code = Some(0);
         let devices = BTreeMap::from([(n.clone(), d.clone())]);
-        let s = app_status(&a, &placed(&["a"]), &devices, None, None);
-        assert_eq!((s.phase, s.devices[0].phase), (AppPhase::Running, AppDevicePhase::Completed));
+        let s = app_status_of(&a, &["a"], &devices, None);
+        assert_eq!((s.phase, s.n_running), (AppPhase::Running, 1));
+        assert!(s.devices.is_empty(), "only unsettled devices are listed");
         d.status.containers[0].exit_code = Some(1);
         let devices = BTreeMap::from([(n, d)]);
-        let s = app_status(&a, &placed(&["a"]), &devices, None, None);
+        let s = app_status_of(&a, &["a"], &devices, None);
         assert_eq!(s.phase, AppPhase::Degraded);
     }
 }

@@ -10,19 +10,10 @@
 //! and the problem is reported. A store that loses its link to the hub keeps working;
 //! a typo in an image tag must not stop it either.
 
-use super::scheduler::Placement;
 use shared_proto::manifest::{ContainerLimits, DesiredApp, DesiredContainer, DesiredManifest};
 use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind};
 use shared_proto::{App, Device, Image};
-use std::collections::BTreeMap;
-
-/// Manifest writes for one controller pass, and what stood in the way.
-#[derive(Debug, Default, PartialEq)]
-pub struct ManifestPlan {
-    pub commands: Vec<StoreCommand>,
-    /// app → device → problem (image missing, no matching platform).
-    pub problems: BTreeMap<String, BTreeMap<String, String>>,
-}
+use std::collections::{BTreeMap, BTreeSet};
 
 /// `name` plus `:latest` when the reference has neither tag nor digest.
 pub fn normalize_reference(reference: &str) -> String {
@@ -99,60 +90,65 @@ fn desired_app(app: &App, images: &BTreeMap<String, Image>, arch: &str) -> Resul
     })
 }
 
-/// Computes the manifest of every device and the writes that bring the store there.
-pub fn plan_manifests(
+/// Largest manifest written for one device (encoded): well inside the frame limit, so
+/// a manifest always reaches its device.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// The write that brings one device's stored manifest to what its placed apps say,
+/// if any, and what stood in the way (app → problem).
+pub fn plan_device_manifest(
+    device: &Device,
+    placed: &BTreeSet<String>,
     apps: &BTreeMap<String, App>,
-    devices: &[Device],
     images: &BTreeMap<String, Image>,
-    placement: &Placement,
-    current: &BTreeMap<String, DesiredManifest>,
-) -> ManifestPlan {
-    let mut plan = ManifestPlan::default();
-    let by_device = placement.by_device();
-    let mut puts = Vec::new();
-    for device in devices {
-        let name = &device.metadata.name;
-        let held = current.get(name);
-        let mut desired = Vec::new();
-        for app_name in by_device.get(name).into_iter().flatten() {
-            let Some(app) = apps.get(app_name) else { continue };
-            match desired_app(app, images, &device.status.arch) {
-                Ok(d) => desired.push(d),
-                Err(problem) => {
-                    plan.problems.entry(app_name.clone()).or_default().insert(name.clone(), problem);
-                    if let Some(old) = held.and_then(|m| m.apps.iter().find(|a| &a.name == app_name)) {
-                        desired.push(old.clone());
-                    }
+    held: Option<&DesiredManifest>,
+) -> (Option<StoreCommand>, BTreeMap<String, String>) {
+    let name = &device.metadata.name;
+    let mut problems = BTreeMap::new();
+    let mut desired = Vec::new();
+    for app_name in placed {
+        let Some(app) = apps.get(app_name) else { continue };
+        match desired_app(app, images, &device.status.arch) {
+            Ok(d) => desired.push(d),
+            Err(problem) => {
+                problems.insert(app_name.clone(), problem);
+                if let Some(old) = held.and_then(|m| m.apps.iter().find(|a| &a.name == app_name)) {
+                    desired.push(old.clone());
                 }
             }
         }
-        desired.sort_by(|a, b| a.name.cmp(&b.name));
-        let precondition = match held {
-            Some(m) if m.apps == desired => continue,
-            Some(m) => Precondition::RevisionIs(m.revision),
-            None => Precondition::MustNotExist,
-        };
-        let manifest = DesiredManifest { device: name.clone(), revision: 0, apps: desired };
-        puts.push(StoreCommand::put(Object::Manifest(manifest), precondition));
     }
-    let live: std::collections::BTreeSet<&str> = devices.iter().map(|d| d.metadata.name.as_str()).collect();
-    for (device, m) in current {
-        if !live.contains(device.as_str()) {
-            puts.push(StoreCommand::Delete {
-                kind: StoreKind::Manifest,
-                name: device.clone(),
-                precondition: Precondition::RevisionIs(m.revision),
-            });
+    desired.sort_by(|a, b| a.name.cmp(&b.name));
+    let precondition = match held {
+        Some(m) if m.apps == desired => return (None, problems),
+        Some(m) => Precondition::RevisionIs(m.revision),
+        None => Precondition::MustNotExist,
+    };
+    let manifest = DesiredManifest { device: name.clone(), revision: 0, apps: desired };
+    let size = postcard::to_stdvec(&manifest).map_or(usize::MAX, |b| b.len());
+    if size > MAX_MANIFEST_BYTES {
+        let why =
+            format!("the device's manifest would be {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit");
+        for app in placed {
+            problems.insert(app.clone(), why.clone());
         }
+        return (None, problems);
     }
-    plan.commands = puts;
-    plan
+    (Some(StoreCommand::put(Object::Manifest(manifest), precondition)), problems)
+}
+
+/// The write that removes the manifest of a device that is gone.
+pub fn delete_manifest(held: &DesiredManifest) -> StoreCommand {
+    StoreCommand::Delete {
+        kind: StoreKind::Manifest,
+        name: held.device.clone(),
+        precondition: Precondition::RevisionIs(held.revision),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::scheduler::schedule;
     use shared_proto::{AppSpec, ContainerSpec, DeviceSpec, ImagePlatform, ImageSpec, ObjectMeta};
 
     fn image(name: &str, archs: &[(&str, &str)]) -> Image {
@@ -196,16 +192,37 @@ mod tests {
         )
     }
 
+    /// Every app on every device, as the scheduler would place these apps.
+    struct ManifestPlan {
+        commands: Vec<StoreCommand>,
+        problems: BTreeMap<String, BTreeMap<String, String>>,
+    }
+
     fn run(
         apps: &[App],
         devices: &[Device],
         images: &[Image],
         current: &BTreeMap<String, DesiredManifest>,
     ) -> ManifestPlan {
-        let apps_by_name = apps.iter().map(|a| (a.metadata.name.clone(), a.clone())).collect();
+        let apps_by_name: BTreeMap<String, App> =
+            apps.iter().map(|a| (a.metadata.name.clone(), a.clone())).collect();
         let images = images.iter().map(|i| (i.metadata.name.clone(), i.clone())).collect();
-        let placement = schedule(apps, devices, &BTreeMap::new());
-        plan_manifests(&apps_by_name, devices, &images, &placement, current)
+        let placed: BTreeSet<String> = apps_by_name.keys().cloned().collect();
+        let mut plan = ManifestPlan { commands: vec![], problems: BTreeMap::new() };
+        for d in devices {
+            let (cmd, problems) =
+                plan_device_manifest(d, &placed, &apps_by_name, &images, current.get(&d.metadata.name));
+            plan.commands.extend(cmd);
+            for (app, p) in problems {
+                plan.problems.entry(app).or_default().insert(d.metadata.name.clone(), p);
+            }
+        }
+        for (name, m) in current {
+            if !devices.iter().any(|d| &d.metadata.name == name) {
+                plan.commands.push(delete_manifest(m));
+            }
+        }
+        plan
     }
 
     fn manifests(plan: &ManifestPlan) -> BTreeMap<String, DesiredManifest> {
@@ -266,6 +283,18 @@ mod tests {
         assert!(manifests(&plan)["b"].apps.is_empty());
         let arm = run(&[app("web", 1, "web:1")], &[device("c", "arm64")], &images, &BTreeMap::new());
         assert!(arm.problems["web"]["c"].contains("no linux/arm64"));
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_a_problem_not_a_write() {
+        let images = [image("web:1", &[("amd64", "sha256:x86")])];
+        let mut big = app("web", 1, "web:1");
+        big.spec.containers[0].env = (0..300)
+            .map(|i| shared_proto::EnvVar { name: format!("V{i}"), value: "x".repeat(4000) })
+            .collect();
+        let plan = run(&[big], &[device("a", "amd64")], &images, &BTreeMap::new());
+        assert!(plan.commands.is_empty());
+        assert!(plan.problems["web"]["a"].contains("over the"), "{:?}", plan.problems);
     }
 
     #[test]

@@ -80,7 +80,7 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
     meta.generation = 1;
     meta.created_at = Some(now);
     let facts = &req.facts;
-    let mut device = Device::new(meta, DeviceSpec { site: record.site.clone(), unschedulable: false });
+    let mut device = Device::new(meta, DeviceSpec { site: record.site.clone(), ..Default::default() });
     device.status = DeviceStatus {
         phase: DevicePhase::Pending,
         arch: facts.arch.clone(),
@@ -105,7 +105,7 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
                 format!("a device named {name:?} was enrolled just now"),
             ));
         }
-        Ok(StoreOutcome::Conflict { .. }) => {
+        Ok(StoreOutcome::Conflict { .. } | StoreOutcome::Each(_)) => {
             return Err(refuse(EnrolRefusal::Unavailable, "the token was used concurrently; retry"));
         }
         Err(e) => return Err(unavailable(e)),

@@ -64,18 +64,77 @@ struct Conflict {
 /// `Batch` is all or nothing: later steps see the effects of earlier ones, and the first failed
 /// precondition discards every step. A conflict reports the key's revision in the store, which
 /// is unchanged because nothing applied.
+///
+/// An `Each` applies its commands one after the other, each all or nothing on its own: a
+/// failed precondition skips that command only, later ones see the effects of earlier ones
+/// that applied, and the outcome lists one result per command. (An `Each` nested inside
+/// another command counts as a `Batch`.)
 pub(crate) fn apply_command<E>(
     mut lookup: impl FnMut(&str) -> Result<Option<KeyRevisions>, E>,
     cmd: &StoreCommand,
     index: u64,
 ) -> Result<Applied, E> {
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
-    if let Some(conflict) = step(&mut lookup, &mut slots, cmd, index)? {
-        let key = conflict.kind.key(&conflict.name);
-        let current_revision = slots.get(&key).and_then(|s| s.before).map(|r| r.mod_revision);
-        let outcome = StoreOutcome::Conflict { kind: conflict.kind, name: conflict.name, current_revision };
-        return Ok(Applied { outcome, writes: Vec::new() });
-    }
+    let outcome = match cmd {
+        StoreCommand::Each(cmds) => {
+            let mut outcomes = Vec::with_capacity(cmds.len());
+            for cmd in cmds {
+                // Run the command against its own slots, which read through to the slots
+                // of the commands before it; merge them only if it applied.
+                let mut own: BTreeMap<String, Slot> = BTreeMap::new();
+                let conflict = {
+                    let mut read_through = |key: &str| match slots.get(key) {
+                        Some(s) => Ok(s.current),
+                        None => lookup(key),
+                    };
+                    step(&mut read_through, &mut own, cmd, index)?
+                };
+                match conflict {
+                    Some(c) => {
+                        let key = c.kind.key(&c.name);
+                        let current_revision = own.get(&key).and_then(|s| s.before).map(|r| r.mod_revision);
+                        outcomes.push(StoreOutcome::Conflict {
+                            kind: c.kind,
+                            name: c.name,
+                            current_revision,
+                        });
+                        // Keep what was looked up (so no key is looked up twice), not what
+                        // the failed command would have written.
+                        for (key, mut slot) in own {
+                            slot.current = slot.before;
+                            slot.written = None;
+                            slots.entry(key).or_insert(slot);
+                        }
+                    }
+                    None => {
+                        for (key, slot) in own {
+                            match slots.get_mut(&key) {
+                                Some(outer) => {
+                                    outer.current = slot.current;
+                                    outer.written = slot.written;
+                                }
+                                None => {
+                                    slots.insert(key, slot);
+                                }
+                            }
+                        }
+                        outcomes.push(StoreOutcome::Applied { revision: index });
+                    }
+                }
+            }
+            StoreOutcome::Each(outcomes)
+        }
+        _ => {
+            if let Some(conflict) = step(&mut lookup, &mut slots, cmd, index)? {
+                let key = conflict.kind.key(&conflict.name);
+                let current_revision = slots.get(&key).and_then(|s| s.before).map(|r| r.mod_revision);
+                let outcome =
+                    StoreOutcome::Conflict { kind: conflict.kind, name: conflict.name, current_revision };
+                return Ok(Applied { outcome, writes: Vec::new() });
+            }
+            StoreOutcome::Applied { revision: index }
+        }
+    };
     let writes = slots
         .into_iter()
         .filter_map(|(key, slot)| match (slot.before, slot.current, slot.written) {
@@ -88,7 +147,7 @@ pub(crate) fn apply_command<E>(
             (_, Some(_), None) => None,
         })
         .collect();
-    Ok(Applied { outcome: StoreOutcome::Applied { revision: index }, writes })
+    Ok(Applied { outcome, writes })
 }
 
 fn step<E>(
@@ -121,7 +180,7 @@ fn step<E>(
             slot.written = None;
             Ok(None)
         }
-        StoreCommand::Batch(cmds) => {
+        StoreCommand::Batch(cmds) | StoreCommand::Each(cmds) => {
             for cmd in cmds {
                 if let Some(conflict) = step(lookup, slots, cmd, index)? {
                     return Ok(Some(conflict));
@@ -351,6 +410,42 @@ mod tests {
     fn empty_batch_applies() {
         let (applied, _) = run(&[], &StoreCommand::Batch(vec![]), 4);
         assert_eq!((applied.outcome, applied.writes), (StoreOutcome::Applied { revision: 4 }, vec![]));
+    }
+
+    #[test]
+    fn each_skips_only_the_commands_that_conflict() {
+        let store = [("site/b", revs(3, 3))];
+        let cmd = StoreCommand::Each(vec![
+            put(site("a"), P::MustNotExist),
+            put(site("b"), P::RevisionIs(2)),
+            put(site("c"), P::MustNotExist),
+            // Sees the effect of the first command.
+            put(site("a"), P::RevisionIs(8)),
+            StoreCommand::Batch(vec![put(site("d"), P::None), put(site("b"), P::MustNotExist)]),
+        ]);
+        let (applied, looked_up) = run(&store, &cmd, 8);
+        assert_eq!(
+            applied.outcome,
+            StoreOutcome::Each(vec![
+                StoreOutcome::Applied { revision: 8 },
+                conflict(StoreKind::Site, "b", Some(3)),
+                StoreOutcome::Applied { revision: 8 },
+                StoreOutcome::Applied { revision: 8 },
+                conflict(StoreKind::Site, "b", Some(3)),
+            ])
+        );
+        let keys: Vec<&str> = applied
+            .writes
+            .iter()
+            .map(|w| match w {
+                KeyWrite::Put { key, .. } | KeyWrite::Delete { key, .. } => key.as_str(),
+            })
+            .collect();
+        assert_eq!(keys, ["site/a", "site/c"], "the failed batch wrote nothing, not even d");
+        let mut sorted = looked_up.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), looked_up.len(), "each key looked up once: {looked_up:?}");
     }
 
     #[test]
