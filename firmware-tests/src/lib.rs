@@ -4,8 +4,17 @@
 //!
 //! Waiting is always on a condition with a deadline ([`wait_until`]); when a test
 //! fails, the processes' logs are printed.
+//!
+//! For faulty links, [`netns`] gives the hub and agents network namespaces of their
+//! own and [`link`] puts an emulated link (delay, loss, partitions, NAT rebinding)
+//! between them: [`Hub::start_with`] and [`Agent::start_in`] run them there.
+
+pub mod link;
+pub mod netns;
+pub mod prng;
 
 use serde_json::Value;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -65,33 +74,125 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
 }
 
+/// `program`, run in `netns` if there is one.
+fn command_in(netns: Option<&netns::Netns>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => ns.command(program),
+        None => Command::new(program),
+    }
+}
+
+/// How [`Hub::start_with`] runs the hub. The default is what [`Hub::start`] does:
+/// loopback, heartbeats every second, Offline after 3 s.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Run the hub inside this namespace.
+    pub netns: Option<netns::Netns>,
+    /// The API and QUIC (and by default the TCP fallback) listen on this IP; with a
+    /// namespace, its `ns_ip`, which the CLI reaches from the root namespace.
+    pub listen_ip: IpAddr,
+    /// `--tcp-listen`: an address, or `off`; `None` for the hub's default (the QUIC
+    /// address over TCP).
+    pub tcp_listen: Option<String>,
+    /// `--advertise`: more names or IPs for the hub's certificate. Give it the
+    /// address of every link emulator agents dial, or their TLS check fails.
+    pub advertise: Vec<String>,
+    pub heartbeat_interval: String,
+    pub offline_grace: String,
+    /// Anything else for `flotilla hub serve` (e.g. `--session-rate 5`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for HubOptions {
+    fn default() -> HubOptions {
+        HubOptions {
+            netns: None,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tcp_listen: None,
+            advertise: Vec::new(),
+            heartbeat_interval: "1s".into(),
+            offline_grace: "3s".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl HubOptions {
+    pub fn netns(mut self, ns: &netns::Netns) -> HubOptions {
+        self.netns = Some(ns.clone());
+        self
+    }
+    pub fn listen_ip(mut self, ip: impl Into<IpAddr>) -> HubOptions {
+        self.listen_ip = ip.into();
+        self
+    }
+    pub fn tcp_listen(mut self, addr: impl Into<String>) -> HubOptions {
+        self.tcp_listen = Some(addr.into());
+        self
+    }
+    pub fn advertise(mut self, name: impl ToString) -> HubOptions {
+        self.advertise.push(name.to_string());
+        self
+    }
+    pub fn heartbeat_interval(mut self, d: impl Into<String>) -> HubOptions {
+        self.heartbeat_interval = d.into();
+        self
+    }
+    pub fn offline_grace(mut self, d: impl Into<String>) -> HubOptions {
+        self.offline_grace = d.into();
+        self
+    }
+    pub fn arg(mut self, arg: impl Into<String>) -> HubOptions {
+        self.extra_args.push(arg.into());
+        self
+    }
+}
+
 /// A hub process.
 pub struct Hub {
     pub data_dir: PathBuf,
     pub context: PathBuf,
+    /// QUIC `ip:port`.
     pub quic: String,
+    /// `https://ip:port`.
     pub api: String,
+    /// The TCP fallback's `ip:port`, `None` when it is off.
+    pub tcp: Option<String>,
     log: PathBuf,
     child: Option<Child>,
     api_port: u16,
     quic_port: u16,
+    options: HubOptions,
 }
 
 impl Hub {
     /// Starts a hub on loopback, ports chosen free, keeping its data in `dir`.
     pub fn start(dir: &Path) -> Hub {
+        Hub::start_with(dir, HubOptions::default())
+    }
+
+    /// Starts a hub as `options` say (in a namespace, on another IP, with more
+    /// arguments), keeping its data in `dir`.
+    pub fn start_with(dir: &Path, options: HubOptions) -> Hub {
         let mut hub = Hub {
             data_dir: dir.join("hub"),
             context: dir.join("hub").join("context.json"),
             quic: String::new(),
             api: String::new(),
+            tcp: None,
             log: dir.join("hub.log"),
             child: None,
             api_port: free_port(),
             quic_port: free_port(),
+            options,
         };
         hub.spawn();
         hub
+    }
+
+    /// The QUIC address, parsed (a link emulator's target).
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic.parse().expect("the hub's QUIC address")
     }
 
     fn spawn(&mut self) {
@@ -100,12 +201,23 @@ impl Hub {
         // The log is appended across restarts: wait for a "hub ready" of this start.
         let readies_before =
             std::fs::read_to_string(&self.log).unwrap_or_default().matches("hub ready\n").count();
-        let child = Command::new(bin("flotilla"))
-            .args(["hub", "serve", "--data-dir"])
+        let o = &self.options;
+        let api = SocketAddr::new(o.listen_ip, self.api_port);
+        let quic = SocketAddr::new(o.listen_ip, self.quic_port);
+        let mut cmd = command_in(o.netns.as_ref(), &bin("flotilla"));
+        cmd.args(["hub", "serve", "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--api-listen", &format!("127.0.0.1:{}", self.api_port)])
-            .args(["--quic-listen", &format!("127.0.0.1:{}", self.quic_port)])
-            .args(["--heartbeat-interval", "1s", "--offline-grace", "3s"])
+            .args(["--api-listen", &api.to_string()])
+            .args(["--quic-listen", &quic.to_string()])
+            .args(["--heartbeat-interval", &o.heartbeat_interval, "--offline-grace", &o.offline_grace]);
+        if let Some(tcp) = &o.tcp_listen {
+            cmd.args(["--tcp-listen", tcp]);
+        }
+        for name in &o.advertise {
+            cmd.args(["--advertise", name]);
+        }
+        let child = cmd
+            .args(&o.extra_args)
             .env("FLOTILLA_LOG", "info,hub_store=info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -113,8 +225,13 @@ impl Hub {
             .spawn()
             .expect("starting flotilla hub serve");
         self.child = Some(child);
-        self.api = format!("https://127.0.0.1:{}", self.api_port);
-        self.quic = format!("127.0.0.1:{}", self.quic_port);
+        self.api = format!("https://{api}");
+        self.quic = quic.to_string();
+        self.tcp = match o.tcp_listen.as_deref() {
+            Some("off") => None,
+            Some(a) => Some(a.to_string()),
+            None => Some(self.quic.clone()),
+        };
         let log = self.log.clone();
         wait_until("the hub to be ready", Duration::from_secs(60), || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -219,36 +336,81 @@ pub struct Agent {
     pub runtime_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    hub: String,
+    hub_tcp: Option<String>,
+    token: String,
+    labels: Vec<(String, String)>,
+    netns: Option<netns::Netns>,
 }
 
 impl Agent {
     /// Writes the agent's config. `labels` are `key=value`.
     pub fn configure(dir: &Path, name: &str, hub_quic: &str, token: &str, labels: &[(&str, &str)]) -> Agent {
-        let state_dir = dir.join(format!("agent-{name}"));
-        let runtime_dir = dir.join(format!("agent-{name}-run"));
-        let mut cfg = format!(
-            "hub = \"{hub_quic}\"\nenrolment_token = \"{token}\"\nname = \"{name}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n[labels]\n",
-            state_dir.display(),
-            runtime_dir.display()
-        );
-        for (k, v) in labels {
-            cfg.push_str(&format!("{k} = \"{v}\"\n"));
-        }
-        let config = dir.join(format!("agent-{name}.toml"));
-        std::fs::write(&config, cfg).expect("writing agent config");
-        Agent {
+        let agent = Agent {
             name: name.into(),
-            config,
-            state_dir,
-            runtime_dir,
+            config: dir.join(format!("agent-{name}.toml")),
+            state_dir: dir.join(format!("agent-{name}")),
+            runtime_dir: dir.join(format!("agent-{name}-run")),
             log: dir.join(format!("agent-{name}.log")),
             child: None,
+            hub: hub_quic.into(),
+            hub_tcp: None,
+            token: token.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            netns: None,
+        };
+        agent.write_config();
+        agent
+    }
+
+    fn write_config(&self) {
+        let mut cfg = format!("hub = \"{}\"\n", self.hub);
+        if let Some(tcp) = &self.hub_tcp {
+            cfg.push_str(&format!("hub_tcp = \"{tcp}\"\n"));
         }
+        cfg.push_str(&format!(
+            "enrolment_token = \"{}\"\nname = \"{}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n[labels]\n",
+            self.token,
+            self.name,
+            self.state_dir.display(),
+            self.runtime_dir.display()
+        ));
+        for (k, v) in &self.labels {
+            cfg.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+        std::fs::write(&self.config, cfg).expect("writing agent config");
+    }
+
+    /// Points the agent at another QUIC address (e.g. a link emulator); rewrites
+    /// the config, which the agent reads when it next starts.
+    pub fn set_hub(&mut self, hub_quic: &str) {
+        self.hub = hub_quic.into();
+        self.write_config();
+    }
+
+    /// Sets (or with `None` removes) `hub_tcp`, the TCP fallback's `host:port`;
+    /// without it the agent uses the QUIC address over TCP.
+    pub fn set_hub_tcp(&mut self, hub_tcp: Option<&str>) {
+        self.hub_tcp = hub_tcp.map(str::to_string);
+        self.write_config();
+    }
+
+    /// Runs this agent (now and on later starts) inside `ns`; host-network
+    /// containers then share the namespace's network (so reach their ports with
+    /// `ns.spawn(move || http_status(port, "/"))`).
+    pub fn set_netns(&mut self, ns: &netns::Netns) {
+        self.netns = Some(ns.clone());
+    }
+
+    /// [`Agent::set_netns`] then [`Agent::start`].
+    pub fn start_in(&mut self, ns: &netns::Netns) {
+        self.set_netns(ns);
+        self.start();
     }
 
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
-        let child = Command::new(bin("flotilla-agent"))
+        let child = command_in(self.netns.as_ref(), &bin("flotilla-agent"))
             .args(["run", "--config"])
             .arg(&self.config)
             .env("FLOTILLA_LOG", "info")
@@ -262,7 +424,7 @@ impl Agent {
 
     /// Runs the agent to completion (for enrolment failures); returns its output.
     pub fn run_to_exit(&self, timeout: Duration) -> (Option<i32>, String) {
-        let mut child = Command::new(bin("flotilla-agent"))
+        let mut child = command_in(self.netns.as_ref(), &bin("flotilla-agent"))
             .args(["run", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())

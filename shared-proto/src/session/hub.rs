@@ -29,8 +29,8 @@ impl HubSessionConfig {
     pub fn new(heartbeat_interval: Duration, hub_version: impl Into<String>) -> HubSessionConfig {
         HubSessionConfig {
             heartbeat_interval,
-            // Three missed heartbeats, and never less than half a minute on slow links.
-            silence_timeout: (heartbeat_interval * 3).max(Duration::from_secs(30)),
+            // Three missed heartbeats.
+            silence_timeout: (heartbeat_interval * 3).max(Duration::from_secs(2)),
             hub_version: hub_version.into(),
             max_report_containers: 1024,
         }
