@@ -3,7 +3,8 @@
 //! - [`hub`] wires it together: store, API, QUIC endpoint, controllers.
 //! - [`api`] is the HTTPS API; [`sync`] the QUIC endpoint agents talk to.
 //! - [`controllers`] are pure planners plus one async loop that runs them on the leader.
-//! - [`cli`] is the operator CLI; [`demo`] the one-command demo.
+//! - [`cli`] is the operator CLI; [`demo`] the one-command demo; [`sim`] the fleet
+//!   simulator, built on the agent's own sync core.
 //!
 //! The replicated store itself lives in the `hub-store` crate, the only user of openraft.
 
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod controllers;
 pub mod demo;
 pub mod hub;
+pub mod sim;
 pub mod state;
 pub mod sync;
 pub mod util;

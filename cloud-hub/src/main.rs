@@ -50,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::ApiTokenCommand,
     },
+    /// Simulate a fleet of agents against a hub (for scale tests and benchmarks).
+    Sim(cloud_hub::sim::SimArgs),
     /// OCI images.
     Image {
         #[command(subcommand)]
@@ -81,12 +83,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => cli::token(h, &command).await,
         Command::ApiToken { command } => cli::api_token(h, &command).await,
         Command::Image { command } => cli::image(h, &command).await,
+        Command::Sim(args) => cloud_hub::sim::run(h, args).await,
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Hub { .. } | Command::Demo(_));
+    let serving = matches!(cli.command, Command::Hub { .. } | Command::Demo(_) | Command::Sim(_));
     if serving {
         init_tracing();
     }

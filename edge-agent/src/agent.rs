@@ -41,6 +41,7 @@ pub struct Executor {
     pub db: StateDb,
     pub puller: Puller,
     bundles_dir: PathBuf,
+    cgroup_parent: String,
     images: BTreeMap<String, ImageRecord>,
     pulls: BTreeMap<String, PullState>,
     pull_failures: HashMap<String, u32>,
@@ -73,6 +74,7 @@ impl Executor {
             db,
             puller,
             bundles_dir: config.bundles_dir(),
+            cgroup_parent: config.cgroup_parent.clone(),
             images,
             pulls: BTreeMap::new(),
             pull_failures: HashMap::new(),
@@ -212,9 +214,11 @@ impl Executor {
         let bundle_dir = self.bundles_dir.join(id);
         let (c, cfg, m, i, b) =
             (container.clone(), image.config.clone(), merged.clone(), id.to_string(), bundle_dir.clone());
+        let cg = self.cgroup_parent.clone();
         let bundle = tokio::task::spawn_blocking(move || {
             let spec = agent_runtime::bundle::BundleSpec {
                 id: &i,
+                cgroup_parent: &cg,
                 container: &c,
                 network,
                 image: &cfg,

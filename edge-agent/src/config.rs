@@ -19,6 +19,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Cgroup parent of every container: `/<cgroup_parent>/<id>`.
+    pub cgroup_parent: String,
 }
 
 impl AgentConfig {
@@ -43,6 +45,10 @@ impl AgentConfig {
         if file.hub.is_empty() || !file.hub.contains(':') {
             bail!("hub: must be host:port of the hub's QUIC endpoint, e.g. \"hub.example:7441\"");
         }
+        let cgroup_parent = file.cgroup_parent.unwrap_or_else(|| "flotilla".to_string());
+        if let Some(p) = dns_label_problem(&cgroup_parent) {
+            bail!("cgroup_parent: {p}");
+        }
         let hub_tcp = file.hub_tcp.unwrap_or_else(|| file.hub.clone());
         if !hub_tcp.contains(':') {
             bail!("hub_tcp: must be host:port of the hub's TCP fallback, e.g. \"hub.example:443\"");
@@ -60,6 +66,7 @@ impl AgentConfig {
             state_dir: PathBuf::from(file.state_dir),
             runtime_dir: PathBuf::from(file.runtime_dir),
             labels: file.labels,
+            cgroup_parent,
         })
     }
 

@@ -26,7 +26,7 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 /// Longest wait between two connection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The hub unreachable this long is worth a warning (and again every `WARN_EVERY`).
-const WARN_AFTER: Duration = Duration::from_secs(60);
+const WARN_AFTER: Duration = Duration::from_secs(30);
 const WARN_EVERY: Duration = Duration::from_secs(600);
 /// A hub that does not take a frame within this long is not reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +52,11 @@ struct Reachability {
 }
 
 impl Reachability {
+    /// A session ended at `at`: the hub is out of reach from then until a new one.
+    fn lost(&mut self, at: Instant) {
+        self.since.get_or_insert(at);
+    }
+
     fn failed(&mut self, now: Instant, why: &str) {
         let since = *self.since.get_or_insert(now);
         let out_for = now.saturating_duration_since(since);
@@ -113,6 +118,7 @@ pub async fn run(
                 link.close(b"session ended");
                 if outcome.welcomed {
                     reach.reached();
+                    reach.lost(clock.monotonic());
                     if clock.monotonic().saturating_duration_since(started) >= HEALTHY_SESSION {
                         backoff.reset();
                     }
@@ -144,7 +150,8 @@ pub async fn run(
                             );
                             Duration::ZERO
                         } else if outcome.welcomed {
-                            tracing::warn!(reason = %why, "sync session ended; reconnecting");
+                            tracing::info!(reason = %why, "sync session ended; reconnecting");
+                            reach.failed(clock.monotonic(), &why);
                             backoff.next_wait()
                         } else {
                             reach.failed(clock.monotonic(), &why);

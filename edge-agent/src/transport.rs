@@ -28,8 +28,8 @@ const REPROBE_QUIC_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Below common NAT UDP mapping timeouts (30 s and up), so the hub can always reach
 /// a device behind a cheap router, and cheap: one small packet each way.
 pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(25);
-/// A connection silent this long (no keep-alive answered) is dead.
-pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// A connection silent this long (two keep-alives unanswered) is dead.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;

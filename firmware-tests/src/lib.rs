@@ -341,6 +341,7 @@ pub struct Agent {
     token: String,
     labels: Vec<(String, String)>,
     netns: Option<netns::Netns>,
+    cgroup_parent: String,
 }
 
 impl Agent {
@@ -358,9 +359,20 @@ impl Agent {
             token: token.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             netns: None,
+            cgroup_parent: {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("flt-{}-{n}", std::process::id())
+            },
         };
         agent.write_config();
         agent
+    }
+
+    /// The cgroup this agent's containers live under: one per test agent, so two
+    /// agents with the same app never share a container's cgroup.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     fn write_config(&self) {
@@ -369,11 +381,12 @@ impl Agent {
             cfg.push_str(&format!("hub_tcp = \"{tcp}\"\n"));
         }
         cfg.push_str(&format!(
-            "enrolment_token = \"{}\"\nname = \"{}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n[labels]\n",
+            "enrolment_token = \"{}\"\nname = \"{}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\ncgroup_parent = \"{}\"\n[labels]\n",
             self.token,
             self.name,
             self.state_dir.display(),
-            self.runtime_dir.display()
+            self.runtime_dir.display(),
+            self.cgroup_parent
         ));
         for (k, v) in &self.labels {
             cfg.push_str(&format!("{k} = \"{v}\"\n"));
@@ -493,6 +506,13 @@ impl Drop for Agent {
         }
         self.kill();
         let _ = Command::new(bin("flotilla-agent")).args(["reset", "--config"]).arg(&self.config).output();
+        // The agent leaves its (now empty) cgroup parent behind, as it should on a
+        // device; a test run removes it.
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let _ = std::fs::remove_dir(c.path().join(&self.cgroup_parent));
+            }
+        }
     }
 }
 
@@ -522,4 +542,106 @@ pub fn busybox_image(dir: &Path, ref_name: &str) -> PathBuf {
     images::testing::busybox_image(&path, ref_name, &["/bin/sleep", "3600"])
         .expect("building a busybox test image");
     path
+}
+
+/// A `flotilla sim` process: simulated agents against a hub, with its JSON stats file.
+pub struct Sim {
+    pub stats_path: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sim {
+    /// Starts `flotilla sim --agents N` against `hub`, with `extra` arguments.
+    pub fn start(dir: &Path, hub: &Hub, agents: usize, extra: &[&str]) -> Sim {
+        let stats_path = dir.join(format!("sim-stats-{}.json", std::process::id()));
+        let log = dir.join("sim.log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("sim log");
+        let child = Command::new(bin("flotilla"))
+            .arg("sim")
+            .args(["--agents", &agents.to_string()])
+            .arg("--stats")
+            .arg(&stats_path)
+            .args(extra)
+            .env("FLOTILLA_CONTEXT", &hub.context)
+            .env("FLOTILLA_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("sim log"))
+            .stderr(out)
+            .spawn()
+            .expect("starting flotilla sim");
+        Sim { stats_path, log, child: Some(child) }
+    }
+
+    /// The simulator's latest JSON stats, once it has written them.
+    pub fn stats(&self) -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(&self.stats_path).ok()?).ok()
+    }
+
+    /// A counter from the stats (`connected`, `sessions`, `reconnects`…).
+    pub fn count(&self, key: &str) -> u64 {
+        self.stats().and_then(|s| s[key].as_u64()).unwrap_or(0)
+    }
+
+    /// How many agents received generation `generation` of `app`.
+    pub fn received(&self, app: &str, generation: u64) -> u64 {
+        self.stats()
+            .and_then(|s| {
+                s["generations"].as_array()?.iter().find_map(|g| {
+                    (g["app"] == app && g["generation"].as_u64() == Some(generation))
+                        .then(|| g["agents"].as_u64())?
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("FLOTILLA_TEST_LOGS").is_some() {
+            eprintln!("---- sim log (tail) ----\n{}\n----", tail(&self.log, 40));
+        }
+        if let Some(mut c) = self.child.take() {
+            signal(&c, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Devices whose agent holds the manifest the hub wants it to hold, and how many
+/// devices there are, from `flotilla get devices`.
+pub fn devices_in_sync(hub: &Hub, name_prefix: &str) -> (usize, usize) {
+    let Some(list) = hub.get("devices", None) else { return (0, 0) };
+    let items =
+        list.get("items").and_then(Value::as_array).or_else(|| list.as_array()).cloned().unwrap_or_default();
+    let mine: Vec<&Value> = items
+        .iter()
+        .filter(|d| d["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(name_prefix)))
+        .collect();
+    let synced = mine
+        .iter()
+        .filter(|d| {
+            let s = &d["status"];
+            s["desiredRevision"].as_u64().is_some_and(|r| r > 0)
+                && s["appliedRevision"] == s["desiredRevision"]
+        })
+        .count();
+    (synced, mine.len())
+}
+
+/// Checks `holds` every 200 ms for `duration`, panicking the first time it fails:
+/// for invariants that must stay true over a window (containers keep running during
+/// a partition), the mirror image of [`wait_until`].
+pub fn assert_during(what: &str, duration: Duration, mut holds: impl FnMut() -> Result<(), String>) {
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        if let Err(why) = holds() {
+            panic!("{what} stopped holding: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

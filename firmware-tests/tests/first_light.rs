@@ -83,8 +83,11 @@ fn apply_to_running_container_and_back() {
     let ids = agent.runtime_containers();
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = ids[0].clone();
-    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/flotilla/{id}/memory.limit_in_bytes"))
-        .unwrap();
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{}/{id}/memory.limit_in_bytes",
+        agent.cgroup_parent()
+    ))
+    .unwrap();
     assert_eq!(limit.trim(), (64u64 << 20).to_string());
     let pid = agent.container_pid(&id).expect("container pid");
 
@@ -122,12 +125,14 @@ fn apply_to_running_container_and_back() {
         let ids = agent.runtime_containers();
         (ids.len() == 1 && ids[0] != id && app_phase(&hub, "web")? == "Running").then(|| ids[0].clone())
     });
-    let limit =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/memory/flotilla/{new_id}/memory.limit_in_bytes"))
-            .unwrap();
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{}/{new_id}/memory.limit_in_bytes",
+        agent.cgroup_parent()
+    ))
+    .unwrap();
     assert_eq!(limit.trim(), (48u64 << 20).to_string());
     assert!(
-        !std::path::Path::new(&format!("/sys/fs/cgroup/memory/flotilla/{id}")).exists(),
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory/{}/{id}", agent.cgroup_parent())).exists(),
         "old cgroup removed"
     );
 
@@ -136,7 +141,8 @@ fn apply_to_running_container_and_back() {
     hub.cli_ok(&["delete", "app", "web"]);
     wait_until("the container to be removed", LONG, || agent.runtime_containers().is_empty().then_some(()));
     wait_until("the cgroup to be removed", LONG, || {
-        (!std::path::Path::new(&format!("/sys/fs/cgroup/memory/flotilla/{new_id}")).exists()).then_some(())
+        (!std::path::Path::new(&format!("/sys/fs/cgroup/memory/{}/{new_id}", agent.cgroup_parent())).exists())
+            .then_some(())
     });
     phase!(t0, "deleted");
     assert_eq!(http_status(port, "/passwd"), None);

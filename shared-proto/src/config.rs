@@ -45,6 +45,10 @@ pub struct AgentConfigFile {
     /// Labels the device asks for at enrolment (the token's labels win).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The cgroup every container of this agent lives under (`/<parent>/<id>`).
+    /// Default `flotilla`; two agents on one host need different ones.
+    #[serde(default)]
+    pub cgroup_parent: Option<String>,
 }
 
 fn default_state_dir() -> String {
@@ -66,6 +70,7 @@ impl std::fmt::Debug for AgentConfigFile {
             .field("state_dir", &self.state_dir)
             .field("runtime_dir", &self.runtime_dir)
             .field("labels", &self.labels)
+            .field("cgroup_parent", &self.cgroup_parent)
             .finish()
     }
 }

@@ -34,6 +34,7 @@ fn default_context_path() -> Option<PathBuf> {
 pub struct HubClient {
     pub base: String,
     pub quic: String,
+    ca: rustls_pki_types::CertificateDer<'static>,
     http: reqwest::Client,
     token: String,
 }
@@ -76,6 +77,7 @@ impl HubClient {
         };
         let ca = provisioning::pem::decode_cert(&ca_pem).context("parsing the CA certificate")?;
         let tls = provisioning::tls::api_client_config(&ca)?;
+        let ca = ca.into_owned();
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .connect_timeout(std::time::Duration::from_secs(10))
@@ -84,7 +86,12 @@ impl HubClient {
         if !base.starts_with("https://") {
             bail!("hub URL {base:?} must start with https://");
         }
-        Ok(HubClient { base, quic: ctx.map(|c| c.quic).unwrap_or_default(), http, token })
+        Ok(HubClient { base, quic: ctx.map(|c| c.quic).unwrap_or_default(), ca, http, token })
+    }
+
+    /// The fleet CA the hub's certificate chains to.
+    pub fn ca_cert(&self) -> &rustls_pki_types::CertificateDer<'static> {
+        &self.ca
     }
 
     pub async fn request(

@@ -70,6 +70,8 @@ pub mod close_code {
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle QUIC connections die after this long. Agents send keep-alives well inside it.
 pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most one stateless reset per this long: 20,000 a second.
+const RESET_INTERVAL: Duration = Duration::from_micros(50);
 
 /// The key the endpoint derives stateless-reset tokens from. It is kept in the data
 /// directory so that a restarted hub can reset its predecessor's connections: agents
@@ -115,6 +117,11 @@ pub fn endpoint(
     );
     endpoint_config
         .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    // After a restart every device's next packet must be answered with a reset, or
+    // it waits out its idle timeout. quinn's default (one reset per 20 ms) would take
+    // minutes for a fleet; a reset is smaller than the packet that caused it, so it
+    // amplifies nothing.
+    endpoint_config.min_reset_interval(RESET_INTERVAL);
     let socket = std::net::UdpSocket::bind(addr)?;
     Ok(Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))?)
 }

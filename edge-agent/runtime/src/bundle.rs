@@ -65,8 +65,11 @@ const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/
 /// Everything that decides one container's `config.json`.
 #[derive(Debug, Clone, Copy)]
 pub struct BundleSpec<'a> {
-    /// Runtime id; names the cgroup `/flotilla/<id>`.
+    /// Runtime id; names the cgroup `/<cgroup_parent>/<id>`.
     pub id: &'a str,
+    /// The cgroup all of this agent's containers live under (`flotilla`), so that two
+    /// agents on one host (tests, simulators) never share one.
+    pub cgroup_parent: &'a str,
     pub container: &'a DesiredContainer,
     /// The app's network mode: `Host` shares the device's network namespace.
     pub network: NetworkMode,
@@ -352,7 +355,7 @@ pub fn build_spec(
         .collect::<Result<Vec<_>, _>>()?;
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .cgroups_path(PathBuf::from(format!("/flotilla/{}", spec.id)))
+        .cgroups_path(PathBuf::from(format!("/{}/{}", spec.cgroup_parent, spec.id)))
         .resources(resources(c)?)
         .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
         .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
@@ -473,6 +476,7 @@ mod tests {
 
     fn spec_for(c: &DesiredContainer, img: &ImageRunConfig, network: NetworkMode, hf: HostFiles) -> Spec {
         let bs = BundleSpec {
+            cgroup_parent: "flotilla",
             id: "web-1",
             container: c,
             network,
@@ -624,6 +628,7 @@ mod tests {
         c.working_dir = "relative".into();
         let img = image();
         let bs = BundleSpec {
+            cgroup_parent: "flotilla",
             id: "x",
             container: &c,
             network: NetworkMode::Host,

@@ -101,8 +101,15 @@ impl TestEnv {
             working_dir: String::new(),
         };
         let image = ImageRunConfig::default();
-        let spec =
-            BundleSpec { id, container: &container, network, image: &image, rootfs: &rootfs, hostname: "" };
+        let spec = BundleSpec {
+            id,
+            cgroup_parent: "flotilla",
+            container: &container,
+            network,
+            image: &image,
+            rootfs: &rootfs,
+            hostname: "",
+        };
         write_bundle(&self.dir.path().join("bundles").join(id), &spec).unwrap()
     }
 

@@ -1,0 +1,315 @@
+//! One simulated agent: a real device identity (its own key, a certificate the hub
+//! signed from its CSR), a real QUIC connection with mutual TLS, and the agent's own
+//! sync core (`shared_proto::session::AgentSession`) in a thin shell that applies
+//! every desired manifest at once and reports it running, with no containers.
+//! Reconnects like the real agent: full-jitter back-off, or the hub's `RetryAfter`.
+
+use super::stats::SimStats;
+use crate::sync::session::{Read, spawn_reader};
+use anyhow::{Context, anyhow, bail};
+use provisioning::device_key::DeviceKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use shared_proto::clock::SharedClock;
+use shared_proto::manifest::{ContainerPhase, DesiredManifest, ObservedContainer};
+use shared_proto::session::{AgentEvent, AgentSession, AgentSessionConfig, SessionEnd};
+use shared_proto::wire::{
+    self, AgentHello, AgentReport, DeviceFacts, EnrolReply, EnrolRequest, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, StreamOpen,
+};
+use shared_proto::{Bytes, Capacity, CpuMillis};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Below NAT UDP timeouts, as the real agent.
+const KEEP_ALIVE: Duration = Duration::from_secs(25);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A simulated device's credentials.
+pub struct SimIdentity {
+    pub name: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl SimIdentity {
+    /// Loads an identity kept by an earlier run.
+    pub fn load(dir: &Path, name: &str) -> Option<SimIdentity> {
+        let key = std::fs::read_to_string(dir.join(format!("{name}.key"))).ok()?;
+        let crt = std::fs::read_to_string(dir.join(format!("{name}.crt"))).ok()?;
+        Some(SimIdentity {
+            name: name.to_string(),
+            chain: provisioning::pem::decode_certs(&crt).ok()?,
+            key: DeviceKey::from_pem(&key).ok()?.private_key_der(),
+        })
+    }
+}
+
+pub fn facts(name: &str) -> DeviceFacts {
+    DeviceFacts {
+        arch: "amd64".into(),
+        os: "linux".into(),
+        agent_version: concat!("sim-", env!("CARGO_PKG_VERSION")).into(),
+        capacity: Capacity { cpu: CpuMillis(4000), memory: Bytes(4 << 30) },
+        hostname: name.to_string(),
+    }
+}
+
+/// `host` of `host:port`, the TLS server name.
+pub fn server_name(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+pub fn client_config(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<quinn::ClientConfig> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+    transport.max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    hub: SocketAddr,
+    name: &str,
+    config: quinn::ClientConfig,
+) -> anyhow::Result<quinn::Connection> {
+    let connecting = endpoint.connect_with(config, hub, name)?;
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow!("no answer from the hub within {CONNECT_TIMEOUT:?}"))?
+        .context("connecting to the hub")
+}
+
+/// Enrols one simulated device with a key of its own; keeps it in `keep` if given.
+pub async fn enrol(
+    endpoint: &quinn::Endpoint,
+    hub: SocketAddr,
+    hub_name: &str,
+    token: &str,
+    name: &str,
+    keep: Option<&Path>,
+) -> anyhow::Result<SimIdentity> {
+    let parsed =
+        provisioning::token::EnrolmentToken::parse(token).map_err(|e| anyhow!("enrolment token: {e}"))?;
+    let tls = provisioning::tls::enrolment_client_config(parsed.ca_fingerprint())?;
+    let key = DeviceKey::generate()?;
+    let request = EnrolRequest {
+        token: token.to_string(),
+        device_name: name.to_string(),
+        csr_der: key.csr_der(name)?,
+        facts: facts(name),
+        labels: Default::default(),
+    };
+    let mut wait = Duration::from_millis(200);
+    let reply = loop {
+        let attempt = async {
+            let conn = connect(endpoint, hub, hub_name, client_config(tls.clone())?).await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            wire::write_frame_for(&mut send, MIN_PROTOCOL_VERSION, &StreamOpen::Enrol(request.clone()))
+                .await?;
+            let reply =
+                tokio::time::timeout(Duration::from_secs(30), wire::read_frame::<EnrolReply, _>(&mut recv))
+                    .await
+                    .map_err(|_| anyhow!("no enrolment answer within 30s"))??;
+            conn.close(0u32.into(), b"enrolled");
+            anyhow::Ok(reply)
+        };
+        match attempt.await {
+            Ok(Some(EnrolReply::Refused { reason: wire::EnrolRefusal::Unavailable, .. })) | Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+            Ok(Some(r)) => break r,
+            Ok(None) => bail!("the hub closed the enrolment stream"),
+        }
+    };
+    let chain = match reply {
+        EnrolReply::Accepted { cert_chain_der, .. } => {
+            cert_chain_der.into_iter().map(CertificateDer::from).collect::<Vec<_>>()
+        }
+        EnrolReply::Refused { message, .. } => bail!("enrolment of {name} refused: {message}"),
+    };
+    if let Some(dir) = keep {
+        provisioning::files::write_private_file(
+            &dir.join(format!("{name}.key")),
+            key.to_pkcs8_pem().as_bytes(),
+        )?;
+        provisioning::files::write_file_atomic(
+            &dir.join(format!("{name}.crt")),
+            provisioning::pem::encode_cert_chain(&chain).as_bytes(),
+            0o644,
+        )?;
+    }
+    Ok(SimIdentity { name: name.to_string(), chain, key: key.private_key_der() })
+}
+
+/// What the simulated device reports: every desired container running.
+fn report(held: &DesiredManifest) -> AgentReport {
+    let containers = held
+        .apps
+        .iter()
+        .flat_map(|a| {
+            a.containers.iter().map(move |c| ObservedContainer {
+                app: a.name.clone(),
+                generation: a.generation,
+                name: c.name.clone(),
+                id: format!("{}_{}_sim", a.name, c.name),
+                phase: ContainerPhase::Running,
+                ..Default::default()
+            })
+        })
+        .collect();
+    AgentReport { held_revision: held.revision, containers }
+}
+
+/// Everything an agent task needs.
+pub struct AgentTask {
+    pub idx: usize,
+    pub identity: SimIdentity,
+    pub endpoint: quinn::Endpoint,
+    pub hub: SocketAddr,
+    pub hub_name: String,
+    pub ca: CertificateDer<'static>,
+    pub stats: Arc<SimStats>,
+    pub clock: SharedClock,
+}
+
+/// Runs one simulated agent until the task is dropped.
+pub async fn run(task: AgentTask) {
+    let tls = provisioning::tls::device_quic_client_config(
+        task.identity.chain.clone(),
+        task.identity.key.clone_key(),
+        &task.ca,
+    )
+    .map_err(anyhow::Error::from)
+    .and_then(client_config);
+    let tls = match tls {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(device = %task.identity.name, error = %e, "bad client configuration"),
+    };
+    let mut held = DesiredManifest { device: task.identity.name.clone(), revision: 0, apps: vec![] };
+    let mut step = Duration::from_secs(1);
+    let mut n_sessions = 0u64;
+    loop {
+        let wait = match connect(&task.endpoint, task.hub, &task.hub_name, tls.clone()).await {
+            Err(_) => {
+                task.stats.connect_failed();
+                full_jitter(&mut step)
+            }
+            Ok(conn) => {
+                task.stats.set_connection(task.idx, Some(conn.clone()));
+                let (welcomed, end) = session(&task, &conn, &mut held, n_sessions > 0).await;
+                task.stats.set_connection(task.idx, None);
+                conn.close(0u32.into(), b"session ended");
+                if welcomed {
+                    n_sessions += 1;
+                    task.stats.session_ended();
+                    step = Duration::from_secs(1);
+                }
+                match end {
+                    Ok(SessionEnd::RetryAfter { after, .. }) => {
+                        task.stats.retry_after();
+                        after + after.mul_f64(unit() / 10.0)
+                    }
+                    _ => full_jitter(&mut step),
+                }
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn unit() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// Full jitter: uniform in [0, step), then the step doubles up to the cap.
+fn full_jitter(step: &mut Duration) -> Duration {
+    let wait = step.mul_f64(unit());
+    *step = (*step * 2).min(MAX_BACKOFF);
+    wait
+}
+
+async fn session(
+    task: &AgentTask,
+    conn: &quinn::Connection,
+    held: &mut DesiredManifest,
+    again: bool,
+) -> (bool, anyhow::Result<SessionEnd>) {
+    let mut welcomed = false;
+    let end = drive(task, conn, held, again, &mut welcomed).await;
+    (welcomed, end)
+}
+
+async fn drive(
+    task: &AgentTask,
+    conn: &quinn::Connection,
+    held: &mut DesiredManifest,
+    again: bool,
+    welcomed: &mut bool,
+) -> anyhow::Result<SessionEnd> {
+    let clock = &task.clock;
+    let (mut send, recv) = conn.open_bi().await?;
+    let mut reads = spawn_reader(recv);
+    let hello = AgentHello {
+        device: task.identity.name.clone(),
+        facts: facts(&task.identity.name),
+        held_revision: held.revision,
+        boot_id: "sim".into(),
+    };
+    let mut s = AgentSession::new(
+        clock.monotonic(),
+        hello,
+        PROTOCOL_VERSION,
+        report(held),
+        &AgentSessionConfig::default(),
+    );
+    loop {
+        while let Some(bytes) = s.poll_transmit() {
+            send.write_all(&bytes).await?;
+        }
+        while let Some(event) = s.poll_event() {
+            match event {
+                AgentEvent::Welcomed { .. } => {
+                    *welcomed = true;
+                    task.stats.welcomed(again);
+                }
+                AgentEvent::Desired(m) => {
+                    task.stats.desired(&m, held, clock.now());
+                    *held = m;
+                    s.set_report(clock.monotonic(), report(held));
+                }
+                AgentEvent::UpToDate { .. } => {}
+                AgentEvent::Ended(end) => {
+                    let _ = send.shutdown().await;
+                    return Ok(end);
+                }
+            }
+        }
+        let deadline = s.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            read = reads.recv() => match read {
+                Some(Read::Bytes(b)) => s.handle_bytes(clock.monotonic(), &b),
+                Some(Read::Eof) | None => s.handle_eof(clock.monotonic()),
+                Some(Read::Failed(e)) => return Err(e.into()),
+            },
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => s.handle_timeout(clock.monotonic()),
+        }
+    }
+}
