@@ -224,3 +224,55 @@ async fn tokens_are_shown_once_and_stored_hashed() {
     let stored = format!("{records:?}");
     assert!(!stored.contains(viewer.rsplit('_').next().unwrap()), "only hashes are stored");
 }
+
+#[tokio::test]
+async fn placement_says_for_every_device_why_not() {
+    use shared_proto::{Device, DeviceSpec, ObjectMeta, Taint};
+    let api = setup().await;
+    let viewer = token(&api.store, Role::Viewer).await;
+    let op = token(&api.store, Role::Operator).await;
+    for (name, role, taint) in [("pos-1", "pos", false), ("pos-2", "pos", true), ("kiosk-1", "kiosk", false)]
+    {
+        let mut meta = ObjectMeta::named(name);
+        meta.labels.insert("role".into(), role.into());
+        let mut spec = DeviceSpec::default();
+        if taint {
+            spec.taints = vec![Taint { key: "repair".into(), ..Default::default() }];
+        }
+        let cmd = StoreCommand::put(Object::Device(Device::new(meta, spec)), Precondition::MustNotExist);
+        api.store.write(cmd).await.unwrap();
+    }
+    let mut till = app("till", "img:1");
+    till["spec"]["selector"] = json!({ "matchLabels": { "role": "pos" } });
+    let (s, v, _) = api.call("PUT", "/api/v1/apps/till", Some(&op), serde_json::to_vec(&till).unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, p, _) = api.call("GET", "/api/v1/apps/till/placement", Some(&viewer), vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["placedDevices"], 1);
+    let by: std::collections::BTreeMap<String, Value> = p["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device"].as_str().unwrap().to_string(), d.clone()))
+        .collect();
+    assert_eq!(by["pos-1"]["placed"], true);
+    assert!(by["pos-2"]["reason"].as_str().unwrap().contains("taint repair"), "{p}");
+    assert_eq!(by["kiosk-1"]["selected"], false);
+    let (s, _, _) = api.call("GET", "/api/v1/apps/nope/placement", Some(&viewer), vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A taint that is not a valid label is refused by field.
+    let mut dev = json!({ "apiVersion": "flotilla.dev/v1", "kind": "Device", "metadata": { "name": "pos-1" },
+        "spec": { "taints": [{ "key": "bad key" }] } });
+    let (s, v, _) =
+        api.call("PUT", "/api/v1/devices/pos-1", Some(&op), serde_json::to_vec(&dev).unwrap()).await;
+    assert_eq!(
+        (s, v["fields"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("spec.taints[0]"))
+    );
+    dev["spec"]["taints"] = json!([{ "key": "dedicated", "value": "pos", "effect": "NoExecute" }]);
+    let (s, v, _) =
+        api.call("PUT", "/api/v1/devices/pos-1", Some(&op), serde_json::to_vec(&dev).unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, p, _) = api.call("GET", "/api/v1/apps/till/placement", Some(&viewer), vec![]).await;
+    assert_eq!(p["placedDevices"], 0, "NoExecute keeps the untolerating app off: {p}");
+}

@@ -5,8 +5,9 @@
 //! - a partition (2 minutes by default) keeps containers running; after the heal the
 //!   agent reconnects within its back-off bound, and nothing is duplicated or restarted;
 //! - with UDP dropped, an agent converges over the TCP fallback, image pull included;
-//! - 1,000 simulated agents ride out a SIGKILLed hub: every one reconnects and
-//!   resyncs, and a change that touches all of them shows in the API as applied.
+//! - 1,000 simulated agents ride out a SIGKILLed hub: the hub spreads their return
+//!   (`RetryAfter`), every one reconnects and resyncs, and a change that touches all
+//!   of them shows in the API as applied.
 //!
 //! The tests run concurrently (each builds its own namespaces); durations are
 //! parameters: `FLOTILLA_PARTITION_SECS`, `FLOTILLA_SIM_AGENTS`.
@@ -204,7 +205,11 @@ fn a_thousand_agents_ride_out_a_hub_restart() {
     let t0 = Instant::now();
     let n = env_or("FLOTILLA_SIM_AGENTS", 1000);
     let dir = tempfile::tempdir().unwrap();
-    let mut hub = Hub::start_with(dir.path(), HubOptions::default().heartbeat_interval("10s"));
+    // Admitting 200 sessions a second, the hub must spread the returning fleet out.
+    let mut hub = Hub::start_with(
+        dir.path(),
+        HubOptions::default().heartbeat_interval("10s").arg("--session-rate").arg("200"),
+    );
     let image = busybox_image(dir.path(), "busybox-test:1");
     hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
     let sim = Sim::start(
@@ -233,7 +238,8 @@ fn a_thousand_agents_ride_out_a_hub_restart() {
     wait_until("every agent to reconnect", LONG, || {
         (sim.count("sessions") >= sessions_before + n && sim.count("connected") == n).then_some(())
     });
-    phase(t0, "every agent reconnected");
+    phase(t0, &format!("every agent reconnected ({} told to come back later)", sim.count("retry_after")));
+    assert!(sim.count("retry_after") > 0, "the hub spread the reconnect storm with RetryAfter");
 
     let out = hub.apply(dir.path(), &app_yaml("sim", "two"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -17,6 +17,7 @@ pub mod agent_state;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod fuzzing;
 pub mod manifest;
 pub mod quantity;
 pub mod resource;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 pub struct Args {
-    /// What to measure: `agent`.
+    /// What to measure: `agent` or `fleet`.
     what: String,
     /// Cold-start repetitions.
     #[arg(long, default_value_t = 5)]
@@ -25,6 +25,8 @@ pub struct Args {
     /// Containers to run.
     #[arg(long, default_value_t = 10)]
     containers: usize,
+    #[command(flatten)]
+    fleet: crate::bench_fleet::FleetArgs,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -89,9 +91,12 @@ fn running_containers(runtime_dir: &Path) -> usize {
 }
 
 pub fn run_task(args: Args) -> anyhow::Result<()> {
+    if args.what == "fleet" {
+        return crate::bench_fleet::run_task(args.fleet);
+    }
     if args.what != "agent" {
         bail!(
-            "unknown benchmark {:?}: use `agent` (container start: cargo bench -p agent-runtime)",
+            "unknown benchmark {:?}: use `agent` or `fleet` (container start: cargo bench -p agent-runtime)",
             args.what
         );
     }

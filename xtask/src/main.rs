@@ -3,7 +3,9 @@
 
 mod agent_static;
 mod bench;
+mod bench_fleet;
 mod demo;
+mod fuzz;
 mod images;
 mod test;
 mod util;
@@ -31,8 +33,12 @@ enum Task {
     Demo(demo::Args),
     /// Build the agent as a small static binary and print its size.
     AgentStatic(agent_static::Args),
-    /// Measure: `agent` (PSS with 10 containers, offline cold start).
+    /// Measure: `agent` (PSS with 10 containers, offline cold start), `fleet --agents N`
+    /// (a release hub and `flotilla sim`: memory, fan-out, controller CPU, idle
+    /// traffic, reconnect storm).
     Bench(bench::Args),
+    /// Fuzz shared-proto's frame decoder and sync sessions (cargo-fuzz, on stable).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run_task(args),
         Task::AgentStatic(args) => agent_static::run_task(args),
         Task::Bench(args) => bench::run_task(args),
+        Task::Fuzz(args) => fuzz::run_task(args),
     }
 }
 

@@ -99,6 +99,17 @@ pub async fn run(
     }
 }
 
+/// CPU time this thread has used: a pass runs on one thread, without awaiting.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 async fn lead(
     store: &Store,
     live: &LivenessTable,
@@ -109,7 +120,23 @@ async fn lead(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Stop {
     while store.is_leader() && !*shutdown.borrow() {
+        let (cpu0, wall0) = (thread_cpu_time(), std::time::Instant::now());
         let plan = planner.plan(clock.now(), &|d| live.get(d), live.take_dirty());
+        let s = planner.stats;
+        if s != planner::PassStats::default() {
+            tracing::debug!(
+                cpu_us = thread_cpu_time().saturating_sub(cpu0).as_micros() as u64,
+                wall_us = wall0.elapsed().as_micros() as u64,
+                units = s.n_units,
+                manifests = s.n_manifests,
+                devices = s.n_devices,
+                rows = s.n_rows,
+                apps = s.n_apps,
+                sites = s.n_sites,
+                writes = plan.writes.len(),
+                "controller pass"
+            );
+        }
         for write in plan.writes {
             match store.write(write.clone()).await {
                 Ok(outcome) => planner.handle_outcome(&write, Ok(&outcome)),

@@ -152,6 +152,10 @@ impl HubSession {
         self.state = State::Open;
         self.last_heard = now;
         self.send_desired(manifest, true);
+        // The decoder may hold frames that came in the same read as the hello. Read
+        // them now: otherwise they wait for more bytes that may never come, and an
+        // EOF right behind them is taken for a stream cut inside a frame.
+        self.handle_bytes(now, &[]);
     }
 
     /// Refuses the device: it is not (or no longer) enrolled here.
