@@ -5,7 +5,7 @@
 //! Reconnects like the real agent: full-jitter back-off, or the hub's `RetryAfter`.
 
 use super::stats::SimStats;
-use crate::sync::session::{Read, spawn_reader};
+use crate::sync::session::{Read, spawn_quic_reader};
 use anyhow::{Context, anyhow, bail};
 use provisioning::device_key::DeviceKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -261,7 +261,7 @@ async fn drive(
 ) -> anyhow::Result<SessionEnd> {
     let clock = &task.clock;
     let (mut send, recv) = conn.open_bi().await?;
-    let mut reads = spawn_reader(recv);
+    let mut reads = spawn_quic_reader(recv);
     let hello = AgentHello {
         device: task.identity.name.clone(),
         facts: facts(&task.identity.name),

@@ -20,7 +20,7 @@ use shared_proto::wire::{self, FrameDecoder, FrameError, StreamOpen};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -99,7 +99,8 @@ pub fn endpoint(
     let mut transport = quinn::TransportConfig::default();
     let idle = QUIC_IDLE_TIMEOUT.max(state.config.heartbeat_interval * 2);
     transport.max_idle_timeout(Some(idle.try_into()?));
-    transport.max_concurrent_bidi_streams(32u32.into());
+    // The sync stream and a few image blobs at a time.
+    transport.max_concurrent_bidi_streams(16u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
     // A device whose address changes (DHCP, LTE failover, NAT rebinding) keeps its
@@ -160,7 +161,7 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
         let conn = conn.clone();
         let device = device.clone();
         tokio::spawn(async move {
-            match handle_stream(&state, device.clone(), recv, send).await {
+            match handle_stream(&state, device.clone(), session::spawn_quic_reader(recv), send).await {
                 Ok(()) => {}
                 Err(StreamError::NeedsCertificate) => conn.close(
                     close_code::UNAUTHENTICATED.into(),
@@ -219,18 +220,17 @@ async fn read_open(
 }
 
 /// Serves one agent stream, from QUIC or TCP. `device` is the name on the peer's
-/// certificate, `None` for a device that is enrolling.
-pub async fn handle_stream<R, W>(
+/// certificate, `None` for a device that is enrolling; `reads` is the stream's reader
+/// task ([`session::spawn_reader`], [`session::spawn_quic_reader`]).
+pub async fn handle_stream<W>(
     state: &Arc<HubState>,
     device: Option<String>,
-    reader: R,
+    mut reads: tokio::sync::mpsc::Receiver<session::Read>,
     mut writer: W,
 ) -> Result<(), StreamError>
 where
-    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send,
 {
-    let mut reads = session::spawn_reader(reader);
     let mut decoder = FrameDecoder::new();
     let open = match tokio::time::timeout(OPEN_TIMEOUT, read_open(&mut reads, &mut decoder)).await {
         Ok(r) => r?,

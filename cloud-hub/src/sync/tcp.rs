@@ -72,7 +72,7 @@ pub async fn serve(state: Arc<HubState>, listener: TcpListener, tls: Arc<rustls:
                 },
             };
             let (reader, writer) = tokio::io::split(tls);
-            match handle_stream(&state, device.clone(), reader, writer).await {
+            match handle_stream(&state, device.clone(), super::session::spawn_reader(reader), writer).await {
                 Ok(()) => {}
                 Err(StreamError::NeedsCertificate) => {
                     tracing::info!(%remote, "a stream other than enrolment without a device certificate")
