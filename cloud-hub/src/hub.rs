@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// How long a disconnected device stays Online before it is marked Offline.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub offline_grace: Duration,
+    /// After the hub starts, how long the fleet has to reconnect before devices not
+    /// heard from count as disconnected (then `--offline-grace` applies).
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub startup_grace: Duration,
     /// Largest image archive accepted by `flotilla image import`, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub max_image_bytes: u64,
@@ -284,7 +288,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         store.clone(),
         live,
         clock,
-        ControllerConfig { offline_grace: args.offline_grace },
+        ControllerConfig { offline_grace: args.offline_grace, startup_grace: args.startup_grace },
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(crate::api::serve_tls(

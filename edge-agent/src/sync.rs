@@ -223,7 +223,8 @@ async fn drive(
         boot_id: crate::facts::boot_id(),
     };
     let report = ch.report.borrow_and_update().clone();
-    let mut s = AgentSession::new(clock.monotonic(), hello, version, report, &AgentSessionConfig::default());
+    let cfg = AgentSessionConfig { heartbeat_spread: crate::transport::random_unit(), ..Default::default() };
+    let mut s = AgentSession::new(clock.monotonic(), hello, version, report, &cfg);
     loop {
         while let Some(bytes) = s.poll_transmit() {
             tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes))

@@ -28,8 +28,18 @@ const REPROBE_QUIC_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Below common NAT UDP mapping timeouts (30 s and up), so the hub can always reach
 /// a device behind a cheap router, and cheap: one small packet each way.
 pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(25);
-/// A connection silent this long (two keep-alives unanswered) is dead.
-pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Each device keeps alive at its own pace, between 80 % and 100 % of
+/// [`QUIC_KEEP_ALIVE`]: after a fleet-wide change every device was last active at the
+/// same moment, and equal intervals would keep them in step, so that a restarted hub
+/// met the whole fleet's reconnects in one burst.
+pub fn jittered_keep_alive(random: f64) -> Duration {
+    QUIC_KEEP_ALIVE.mul_f64(0.8 + 0.2 * random.clamp(0.0, 1.0))
+}
+/// A connection silent this long is dead: a keep-alive and its retransmissions went
+/// unanswered. It bounds how long a device takes to notice a hub that vanished
+/// without a stateless reset reaching it.
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -73,7 +83,7 @@ pub fn client_config(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<ClientCon
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
+    transport.keep_alive_interval(Some(jittered_keep_alive(random_unit())));
     transport.max_idle_timeout(Some(QUIC_IDLE_TIMEOUT.try_into()?));
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
@@ -348,5 +358,7 @@ mod tests {
         assert_eq!(b.bound(), Duration::from_secs(1));
         let r = random_unit();
         assert!((0.0..1.0).contains(&r));
+        assert_eq!(jittered_keep_alive(0.0), Duration::from_secs(20));
+        assert_eq!(jittered_keep_alive(1.0), QUIC_KEEP_ALIVE);
     }
 }

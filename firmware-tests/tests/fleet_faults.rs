@@ -157,8 +157,8 @@ fn a_partition_keeps_containers_running_and_heals_without_restarts() {
             Ok(())
         },
     );
-    // The agent notices after its idle timeout (60 s) and warns 30 s later.
-    if partition >= Duration::from_secs(100) {
+    // The agent notices after its idle timeout (40 s) and warns 30 s later.
+    if partition >= Duration::from_secs(80) {
         assert!(agent.log().contains("the hub has been unreachable"), "the agent warns when the hub is gone");
     }
     s.link.set_partition(false);
@@ -205,10 +205,11 @@ fn a_thousand_agents_ride_out_a_hub_restart() {
     let t0 = Instant::now();
     let n = env_or("FLOTILLA_SIM_AGENTS", 1000);
     let dir = tempfile::tempdir().unwrap();
-    // Admitting 200 sessions a second, the hub must spread the returning fleet out.
+    // Admitting 50 sessions a second (the fleet comes back faster than that: each device
+    // at its next keep-alive or heartbeat), the hub must spread it out.
     let mut hub = Hub::start_with(
         dir.path(),
-        HubOptions::default().heartbeat_interval("10s").arg("--session-rate").arg("200"),
+        HubOptions::default().heartbeat_interval("10s").arg("--session-rate").arg("50"),
     );
     let image = busybox_image(dir.path(), "busybox-test:1");
     hub.cli_ok(&["image", "import", image.to_str().unwrap()]);

@@ -31,6 +31,9 @@ pub struct FleetArgs {
     /// Liveness: the hub's heartbeat interval.
     #[arg(long, default_value = "60s")]
     pub heartbeat: String,
+    /// Keep the hub's and the simulator's logs and data (the path is printed).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 struct Proc {
@@ -178,7 +181,11 @@ pub fn run_task(args: FleetArgs) -> anyhow::Result<()> {
         heartbeat: args.heartbeat.clone(),
     };
     let result = bench(&b, &args);
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep {
+        println!("# kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
@@ -229,6 +236,14 @@ fn bench(b: &Bench, args: &FleetArgs) -> anyhow::Result<()> {
         let what = if generation == 1 { "new_app" } else { "change" };
         println!("METRIC fleet_{what}_to_all_p50_ms {p50} ms");
         println!("METRIC fleet_{what}_to_all_p99_ms {p99} ms");
+        // Let the hub take in every report (device and app status) before the next
+        // change: the next figure is one change on a quiet hub.
+        wait("the hub to see the app running everywhere", Duration::from_secs(600), || {
+            let v: Value = serde_json::from_str(&b.cli(&["get", "apps", "all", "-o", "json"])?)?;
+            Ok((v["status"]["runningDevices"].as_u64() == Some(n as u64)
+                && v["status"]["observedGeneration"].as_u64() == Some(generation))
+            .then_some(()))
+        })?;
     }
 
     // An app change that touches one device.
@@ -266,7 +281,16 @@ fn bench(b: &Bench, args: &FleetArgs) -> anyhow::Result<()> {
     let t_restart = Instant::now();
     hub = b.start_hub()?;
     let up = t_restart.elapsed();
+    let mut next_report = Duration::from_secs(5);
     wait("every agent to reconnect", Duration::from_secs(900), || {
+        if t_restart.elapsed() >= next_report {
+            next_report += Duration::from_secs(5);
+            println!(
+                "# {:>4.0} s after the restart: {} sessions back",
+                t_restart.elapsed().as_secs_f64(),
+                b.count("sessions").saturating_sub(sessions)
+            );
+        }
         Ok((b.count("sessions") >= sessions + n as u64 && b.count("connected") == n as u64).then_some(()))
     })?;
     println!("# hub back in {:.1} s", up.as_secs_f64());

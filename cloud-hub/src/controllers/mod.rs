@@ -27,6 +27,7 @@ pub mod scheduler;
 
 use crate::sync::liveness::LivenessTable;
 use cache::FleetCache;
+use futures::StreamExt;
 use hub_store::Store;
 use planner::Planner;
 use shared_proto::clock::SharedClock;
@@ -39,16 +40,23 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 pub struct ControllerConfig {
     /// How long a device may stay disconnected before it is marked Offline.
     pub offline_grace: Duration,
+    /// After this hub starts (or takes over as leader), how long devices it has not
+    /// heard from yet have to come back before they count as disconnected. A restarted
+    /// hub sees the whole fleet return over tens of seconds; marking it Offline and
+    /// Online again would cost two writes per device for nothing.
+    pub startup_grace: Duration,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        ControllerConfig { offline_grace: Duration::from_secs(30) }
+        ControllerConfig { offline_grace: Duration::from_secs(30), startup_grace: Duration::from_secs(90) }
     }
 }
 
 /// With nothing to do, a pass runs this often anyway (cheap: nothing is dirty).
 const IDLE_PASS: Duration = Duration::from_secs(30);
+/// Controller writes in flight at once.
+const WRITES_IN_FLIGHT: usize = 8;
 /// Conflicted writes are planned again no later than this.
 const RETRY_AFTER_CONFLICT: Duration = Duration::from_millis(500);
 
@@ -68,7 +76,7 @@ pub async fn run(
     cfg: ControllerConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let hub_started = clock.now();
+    let hub_started = clock.now().saturating_add(cfg.startup_grace);
     let mut leader = store.leader();
     loop {
         if *shutdown.borrow() {
@@ -137,8 +145,17 @@ async fn lead(
                 "controller pass"
             );
         }
-        for write in plan.writes {
-            match store.write(write.clone()).await {
+        // The writes are independent: in flight together, Raft batches them into
+        // fewer log appends (and fsyncs) than one after the other.
+        let results = futures::stream::iter(plan.writes.into_iter().map(|write| async move {
+            let outcome = store.write(write.clone()).await;
+            (write, outcome)
+        }))
+        .buffered(WRITES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        for (write, outcome) in results {
+            match outcome {
                 Ok(outcome) => planner.handle_outcome(&write, Ok(&outcome)),
                 Err(e) => {
                     tracing::warn!(error = %e, "controller write failed; will retry");
@@ -162,7 +179,9 @@ async fn lead(
             },
             _ = live.wait_changed() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = leader.changed() => return Stop::Relist,
+            // The watch follows every applied write, leader or not: only a lost
+            // leadership stops the loop (and the cache stays good for the next).
+            _ = leader.changed() => if !store.is_leader() { return Stop::Relist },
             _ = shutdown.changed() => {}
         }
         // Take everything else already queued, so one pass covers a burst.

@@ -64,7 +64,8 @@ struct Dirty {
 pub struct Planner {
     pub cache: FleetCache,
     cfg: ControllerConfig,
-    /// Stands in for "disconnected since" of devices this hub has not seen since it started.
+    /// Stands in for "disconnected since" of devices this hub has not seen since it
+    /// started: the start time plus the start-up grace.
     hub_started: Timestamp,
     /// device → apps the scheduler placed there.
     placement: BTreeMap<String, BTreeSet<String>>,

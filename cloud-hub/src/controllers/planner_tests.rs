@@ -129,7 +129,11 @@ fn image(name: &str) -> Object {
 const CFG: Duration = Duration::from_secs(30);
 
 fn planner(store: &FakeStore) -> Planner {
-    Planner::new(store.cache(), ControllerConfig { offline_grace: CFG }, Timestamp(0))
+    Planner::new(
+        store.cache(),
+        ControllerConfig { offline_grace: CFG, startup_grace: Duration::ZERO },
+        Timestamp(0),
+    )
 }
 
 /// Runs passes, writing to the store and feeding the watch back, until quiet.

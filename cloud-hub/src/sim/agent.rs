@@ -27,7 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Below NAT UDP timeouts, as the real agent.
 const KEEP_ALIVE: Duration = Duration::from_secs(25);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// A simulated device's credentials.
 pub struct SimIdentity {
@@ -69,7 +69,8 @@ pub fn client_config(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<quinn::Cl
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    // As the real agent: each at its own pace, 80–100 % of the interval.
+    transport.keep_alive_interval(Some(KEEP_ALIVE.mul_f64(0.8 + 0.2 * unit())));
     transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
@@ -268,13 +269,8 @@ async fn drive(
         held_revision: held.revision,
         boot_id: "sim".into(),
     };
-    let mut s = AgentSession::new(
-        clock.monotonic(),
-        hello,
-        PROTOCOL_VERSION,
-        report(held),
-        &AgentSessionConfig::default(),
-    );
+    let cfg = AgentSessionConfig { heartbeat_spread: unit(), ..Default::default() };
+    let mut s = AgentSession::new(clock.monotonic(), hello, PROTOCOL_VERSION, report(held), &cfg);
     loop {
         while let Some(bytes) = s.poll_transmit() {
             send.write_all(&bytes).await?;

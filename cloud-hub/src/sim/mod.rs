@@ -129,7 +129,15 @@ pub async fn run(hub_args: &HubArgs, args: SimArgs) -> anyhow::Result<()> {
     }
     let n_sockets = args.agents.div_ceil(args.agents_per_socket.max(1)).max(1);
     let endpoints: Vec<quinn::Endpoint> = (0..n_sockets)
-        .map(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")))
+        .map(|_| -> std::io::Result<quinn::Endpoint> {
+            let socket = crate::sync::udp_socket("0.0.0.0:0".parse().expect("address"))?;
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+        })
         .collect::<Result<_, _>>()
         .context("opening UDP sockets")?;
     let stats = Arc::new(SimStats::new(args.agents));

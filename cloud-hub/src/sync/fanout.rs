@@ -1,24 +1,38 @@
 //! Fan-out of desired-manifest changes to the sync sessions that hold the affected
 //! devices. One task reads the store's watch; each change costs a map lookup, so a
-//! change for one device is O(1) work however large the fleet.
+//! change for one device is O(1) work however large the fleet. The new manifest
+//! travels with the news, so ten thousand sessions woken by one change do not each
+//! read it back from the store.
 
 use hub_store::Store;
-use shared_proto::store::StoreKind;
+use shared_proto::store::{Object, StoreKind};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+/// What a session is told.
+#[derive(Debug, Clone, Default)]
+pub enum ManifestNews {
+    /// Nothing yet.
+    #[default]
+    None,
+    /// The device's manifest is now this (`None`: deleted).
+    Changed(Option<Arc<Object>>),
+    /// Something may have changed (the fan-out lagged): read the store.
+    ReadStore,
+}
 
 #[derive(Default)]
 pub struct ManifestFanout {
-    /// device → (registration id, sender of "the manifest changed, revision N").
-    sessions: Mutex<HashMap<String, (u64, watch::Sender<u64>)>>,
+    /// device → (registration id, sender of the latest news).
+    sessions: Mutex<HashMap<String, (u64, watch::Sender<ManifestNews>)>>,
     next_id: Mutex<u64>,
 }
 
 /// A session's registration; dropping it does not unregister (call `unregister`).
 pub struct Registration {
     pub id: u64,
-    pub changes: watch::Receiver<u64>,
+    pub changes: watch::Receiver<ManifestNews>,
 }
 
 impl ManifestFanout {
@@ -29,7 +43,7 @@ impl ManifestFanout {
             *n += 1;
             *n
         };
-        let (tx, rx) = watch::channel(0);
+        let (tx, rx) = watch::channel(ManifestNews::None);
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(device.to_string(), (id, tx));
         Registration { id, changes: rx }
     }
@@ -41,15 +55,15 @@ impl ManifestFanout {
         }
     }
 
-    fn notify(&self, device: &str, revision: u64) {
+    fn notify(&self, device: &str, news: ManifestNews) {
         if let Some((_, tx)) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(device) {
-            tx.send_replace(revision);
+            tx.send_replace(news);
         }
     }
 
     fn notify_all(&self) {
         for (_, tx) in self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            tx.send_modify(|r| *r = r.wrapping_add(0));
+            tx.send_replace(ManifestNews::ReadStore);
         }
     }
 
@@ -63,7 +77,7 @@ impl ManifestFanout {
                 match rx.recv().await {
                     Ok(batch) => {
                         for c in batch.changes.iter().filter(|c| c.kind == StoreKind::Manifest) {
-                            self.notify(&c.name, batch.revision);
+                            self.notify(&c.name, ManifestNews::Changed(c.object.clone()));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -87,11 +101,11 @@ mod tests {
         let old = f.register("pi");
         let mut new = f.register("pi");
         f.unregister("pi", old.id);
-        f.notify("pi", 7);
+        f.notify("pi", ManifestNews::Changed(None));
         assert!(new.changes.has_changed().unwrap());
-        assert_eq!(*new.changes.borrow_and_update(), 7);
+        assert!(matches!(*new.changes.borrow_and_update(), ManifestNews::Changed(None)));
         f.unregister("pi", new.id);
-        f.notify("pi", 8);
+        f.notify("pi", ManifestNews::ReadStore);
         assert!(!new.changes.has_changed().unwrap_or(false));
     }
 }

@@ -70,8 +70,12 @@ pub mod close_code {
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle QUIC connections die after this long. Agents send keep-alives well inside it.
 pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// At most one stateless reset per this long: 20,000 a second.
-const RESET_INTERVAL: Duration = Duration::from_micros(50);
+/// No pause between stateless resets. quinn's default (one per 20 ms) is a guard
+/// against reset loops between two endpoints, which cannot happen here (a reset is
+/// smaller than the packet that caused it, and agents never answer one); any pause
+/// leaves a device whose keep-alive met it retransmitting with growing back-off until
+/// its idle timeout, which after a restart is the slowest device of the fleet.
+const RESET_INTERVAL: Duration = Duration::ZERO;
 
 /// The key the endpoint derives stateless-reset tokens from. It is kept in the data
 /// directory so that a restarted hub can reset its predecessor's connections: agents
@@ -123,8 +127,27 @@ pub fn endpoint(
     // minutes for a fleet; a reset is smaller than the packet that caused it, so it
     // amplifies nothing.
     endpoint_config.min_reset_interval(RESET_INTERVAL);
-    let socket = std::net::UdpSocket::bind(addr)?;
+    let socket = udp_socket(addr)?;
     Ok(Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))?)
+}
+
+/// Kernel buffer for one endpoint's UDP socket, each way.
+const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket with buffers sized for a fleet: every device's packets arrive on this
+/// one socket, and a burst (a fan-out, a reconnect storm) must not overflow the
+/// kernel's default 208 KiB and drop handshakes and manifests on the floor. As root
+/// the size is forced past `net.core.rmem_max`; otherwise the kernel caps it there.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let socket = std::net::UdpSocket::bind(addr)?;
+    if setsockopt(&socket, sockopt::RcvBufForce, &UDP_BUFFER_BYTES).is_err() {
+        let _ = setsockopt(&socket, sockopt::RcvBuf, &UDP_BUFFER_BYTES);
+    }
+    if setsockopt(&socket, sockopt::SndBufForce, &UDP_BUFFER_BYTES).is_err() {
+        let _ = setsockopt(&socket, sockopt::SndBuf, &UDP_BUFFER_BYTES);
+    }
+    Ok(socket)
 }
 
 /// Accepts QUIC connections until the endpoint closes.

@@ -5,6 +5,7 @@
 //! session's (`shared_proto::session`); this file only moves bytes and runs timers.
 
 use super::SyncError;
+use super::fanout::ManifestNews;
 use crate::state::HubState;
 use shared_proto::manifest::DesiredManifest;
 use shared_proto::session::{HubEvent, HubSession, HubSessionConfig, SessionEnd};
@@ -135,7 +136,7 @@ where
 async fn drive<W>(
     state: &HubState,
     session: &mut HubSession,
-    mut changes: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    mut changes: Option<&mut tokio::sync::watch::Receiver<ManifestNews>>,
     reads: &mut mpsc::Receiver<Read>,
     writer: &mut W,
 ) -> Result<(), SyncError>
@@ -184,7 +185,17 @@ where
                     // A newer session of the same device replaced this one.
                     return Ok(());
                 }
-                session.handle_manifest(clock.monotonic(), current_manifest(state, &device)?.as_ref());
+                let news = changes.as_deref_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
+                match news {
+                    ManifestNews::Changed(Some(object)) => match object.as_ref() {
+                        Object::Manifest(m) => session.handle_manifest(clock.monotonic(), Some(m)),
+                        _ => session.handle_manifest(clock.monotonic(), current_manifest(state, &device)?.as_ref()),
+                    },
+                    ManifestNews::Changed(None) => session.handle_manifest(clock.monotonic(), None),
+                    ManifestNews::None | ManifestNews::ReadStore => {
+                        session.handle_manifest(clock.monotonic(), current_manifest(state, &device)?.as_ref())
+                    }
+                }
             }
             _ = sleep_until(deadline) => session.handle_timeout(clock.monotonic()),
         }

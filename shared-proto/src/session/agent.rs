@@ -23,11 +23,15 @@ const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 pub struct AgentSessionConfig {
     /// How long the hub has to answer the hello.
     pub welcome_timeout: Duration,
+    /// Where in [0, 1) this device's heartbeat falls: it sends at 80 % to 100 % of the
+    /// hub's interval. The shell picks it at random, so that devices which all
+    /// reported at once (after a fleet-wide change) do not heartbeat in step for ever.
+    pub heartbeat_spread: f64,
 }
 
 impl Default for AgentSessionConfig {
     fn default() -> Self {
-        AgentSessionConfig { welcome_timeout: Duration::from_secs(15) }
+        AgentSessionConfig { welcome_timeout: Duration::from_secs(15), heartbeat_spread: 1.0 }
     }
 }
 
@@ -63,6 +67,7 @@ pub struct AgentSession {
     report: AgentReport,
     sent_report: Option<AgentReport>,
     heartbeat_seq: u64,
+    heartbeat_spread: f64,
 }
 
 impl AgentSession {
@@ -87,6 +92,7 @@ impl AgentSession {
             report,
             sent_report: None,
             heartbeat_seq: 0,
+            heartbeat_spread: cfg.heartbeat_spread.clamp(0.0, 1.0),
         };
         match wire::encode_frame_for(version, &StreamOpen::Sync(hello)) {
             Ok(frame) => s.transmit.push_back(frame),
@@ -149,8 +155,8 @@ impl AgentSession {
             (_, HubFrame::RetryAfter { after_ms, message }) => self
                 .end(SessionEnd::RetryAfter { after: Duration::from_millis(u64::from(after_ms)), message }),
             (State::AwaitWelcome { .. }, HubFrame::Welcome(w)) => {
-                let heartbeat_every =
-                    Duration::from_millis(u64::from(w.heartbeat_interval_ms)).max(MIN_HEARTBEAT);
+                let interval = Duration::from_millis(u64::from(w.heartbeat_interval_ms)).max(MIN_HEARTBEAT);
+                let heartbeat_every = interval.mul_f64(0.8 + 0.2 * self.heartbeat_spread).max(MIN_HEARTBEAT);
                 self.state = State::Established { heartbeat_every, next_heartbeat: now + heartbeat_every };
                 self.events.push_back(AgentEvent::Welcomed { hub_version: w.hub_version });
                 // The hub learns what runs at once, after every (re)connect.

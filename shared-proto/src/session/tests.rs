@@ -348,10 +348,30 @@ fn exact_frames_of_a_session() {
     assert_eq!(agent.poll_event(), Some(AgentEvent::UpToDate { revision: 3 }));
     assert!(agent.poll_transmit().is_some(), "the report");
     assert!(agent.poll_transmit().is_none());
-    assert_eq!(agent.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    assert_eq!(
+        agent.poll_timeout(),
+        Some(t0 + Duration::from_secs(10)),
+        "the default spread is the full interval"
+    );
     agent.handle_timeout(t0 + Duration::from_secs(10));
     let hb = agent.poll_transmit().unwrap();
     assert!(matches!(wire::decode_frame(&hb).unwrap(), wire::AgentFrame::Heartbeat { seq: 1 }));
+}
+
+#[test]
+fn heartbeats_spread_over_80_to_100_percent_of_the_interval() {
+    let t0 = Instant::now();
+    for (spread, every) in [(0.0, 8_000), (0.5, 9_000), (1.0, 10_000)] {
+        let cfg = AgentSessionConfig { heartbeat_spread: spread, ..Default::default() };
+        let mut agent = AgentSession::new(t0, hello(0), PROTOCOL_VERSION, AgentReport::default(), &cfg);
+        let mut hub =
+            HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+        hub.welcome(t0, None);
+        while let Some(b) = hub.poll_transmit() {
+            agent.handle_bytes(t0, &b);
+        }
+        assert_eq!(agent.poll_timeout(), Some(t0 + Duration::from_millis(every)), "spread {spread}");
+    }
 }
 
 #[test]
