@@ -158,19 +158,22 @@ impl Object {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Object, crate::CodecError> {
-        let what = "stored object";
-        crate::codec::decode_versioned_range(
-            MIN_STORE_FORMAT_VERSION,
-            STORE_FORMAT_VERSION,
-            what,
-            bytes,
-            |v, body| match v {
-                1 => crate::codec::decode_body::<v1::Object>(what, body).map(Into::into),
-                _ => crate::codec::decode_body(what, body),
-            },
-        )
-        .map(|(_, o)| o)
+        decode_record::<Object, v1::Object>("stored object", bytes)
     }
+}
+
+/// Decodes a record of the current format, or of format 1 through its frozen shape `V1`.
+fn decode_record<T, V1>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
+where
+    T: serde::de::DeserializeOwned,
+    V1: serde::de::DeserializeOwned + Into<T>,
+{
+    let decode = |v: u32, body: &[u8]| match v {
+        1 => crate::codec::decode_body::<V1>(what, body).map(Into::into),
+        _ => crate::codec::decode_body(what, body),
+    };
+    crate::codec::decode_versioned_range(MIN_STORE_FORMAT_VERSION, STORE_FORMAT_VERSION, what, bytes, decode)
+        .map(|(_, r)| r)
 }
 
 /// A condition on the current state of a key that a write needs to apply.
@@ -213,18 +216,7 @@ impl StoreCommand {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoreCommand, crate::CodecError> {
-        let what = "store command";
-        crate::codec::decode_versioned_range(
-            MIN_STORE_FORMAT_VERSION,
-            STORE_FORMAT_VERSION,
-            what,
-            bytes,
-            |v, body| match v {
-                1 => crate::codec::decode_body::<v1::StoreCommand>(what, body).map(Into::into),
-                _ => crate::codec::decode_body(what, body),
-            },
-        )
-        .map(|(_, c)| c)
+        decode_record::<StoreCommand, v1::StoreCommand>("store command", bytes)
     }
 }
 

@@ -29,11 +29,11 @@ pub struct Args {
     fleet: crate::bench_fleet::FleetArgs,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait<T>(
+pub(crate) fn wait<T>(
     what: &str,
     timeout: Duration,
     mut f: impl FnMut() -> anyhow::Result<Option<T>>,

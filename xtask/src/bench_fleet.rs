@@ -9,6 +9,7 @@
 //!
 //! Prints `METRIC name value unit` lines, like the anchor scripts.
 
+use crate::bench::{free_port, wait};
 use crate::util::{cargo, run};
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -47,23 +48,6 @@ impl Drop for Proc {
     }
 }
 
-fn wait<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -73,10 +57,6 @@ fn rss_kib(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 struct Bench {
