@@ -232,6 +232,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     };
     let live = Arc::new(LivenessTable::default());
     let fanout = Arc::new(ManifestFanout::default());
+    let identities = Arc::new(crate::sync::identity::LiveIdentities::default());
     let config = HubConfig {
         data_dir: data_dir.clone(),
         max_image_bytes: args.max_image_bytes,
@@ -249,6 +250,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         blobs,
         live: live.clone(),
         fanout: fanout.clone(),
+        identities: identities.clone(),
         ca,
         config,
         clock: clock.clone(),
@@ -283,6 +285,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         let fanout = fanout.clone();
         let store = store.clone();
         tasks.push(tokio::spawn(async move { fanout.run(store).await }));
+    }
+    {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { identities.run(store).await }));
     }
     tasks.push(tokio::spawn(controllers::run(
         store.clone(),

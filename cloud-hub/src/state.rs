@@ -2,6 +2,7 @@
 
 use crate::sync::admission::AdmissionControl;
 use crate::sync::fanout::ManifestFanout;
+use crate::sync::identity::LiveIdentities;
 use crate::sync::liveness::LivenessTable;
 use hub_store::Store;
 use provisioning::ca::FleetCa;
@@ -29,6 +30,8 @@ pub struct HubState {
     pub blobs: images::blobstore::BlobStore,
     pub live: Arc<LivenessTable>,
     pub fanout: Arc<ManifestFanout>,
+    /// Live authenticated connections, closed when their certificate stops counting.
+    pub identities: Arc<LiveIdentities>,
     pub ca: FleetCa,
     pub config: HubConfig,
     pub clock: SharedClock,

@@ -45,6 +45,7 @@ async fn setup() -> Api {
         blobs: images::BlobStore::open(dir.path().join("blobs")).unwrap(),
         live: Arc::new(LivenessTable::default()),
         fanout: Arc::new(ManifestFanout::default()),
+        identities: Default::default(),
         ca: provisioning::ca::FleetCa::generate("test CA").unwrap(),
         config: HubConfig {
             data_dir: dir.path().to_path_buf(),

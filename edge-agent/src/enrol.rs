@@ -59,7 +59,7 @@ pub async fn ensure_identity(
         anyhow!("this device is not enrolled and the config has no enrolment_token: create one with `flotilla token create`")
     })?;
     let token = EnrolmentToken::parse(token_text).map_err(|e| anyhow!("enrolment_token: {e}"))?;
-    let key = DeviceKey::generate()?;
+    let key = enrolment_key(config)?;
     let csr = key.csr_der(&config.name)?;
     let request = EnrolRequest {
         token: token_text.to_string(),
@@ -98,8 +98,6 @@ pub async fn ensure_identity(
     if provisioning::sha256_fingerprint(&ca) != token.ca_fingerprint() {
         bail!("the hub sent a CA that is not the one named in the enrolment token");
     }
-    std::fs::create_dir_all(&config.state_dir)?;
-    provisioning::files::write_private_file(&config.key_path(), key.to_pkcs8_pem().as_bytes())?;
     provisioning::files::write_file_atomic(
         &config.cert_path(),
         provisioning::pem::encode_cert_chain(&chain).as_bytes(),
@@ -118,6 +116,29 @@ pub async fn ensure_identity(
     })?;
     tracing::info!(%device, "enrolled");
     Ok(Identity { device, cert_chain: chain, key: key.private_key_der(), ca })
+}
+
+/// The key to enrol with: the one an earlier attempt stored, or a new one, stored
+/// before the first request. An agent killed after the hub accepted, before the reply
+/// arrived, asks again with the same key, and the hub hands it the certificate of
+/// that enrolment instead of refusing the name as taken.
+fn enrolment_key(config: &AgentConfig) -> anyhow::Result<DeviceKey> {
+    let path = config.key_path();
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => {
+            if let Ok(key) = DeviceKey::from_pem(&pem) {
+                tracing::info!("enrolling with the key an earlier attempt generated");
+                return Ok(key);
+            }
+            tracing::warn!(path = %path.display(), "unreadable key from an earlier enrolment attempt; generating another");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let key = DeviceKey::generate()?;
+    std::fs::create_dir_all(&config.state_dir)?;
+    provisioning::files::write_private_file(&path, key.to_pkcs8_pem().as_bytes())?;
+    Ok(key)
 }
 
 async fn enrol_once(dialer: &Dialer, request: &EnrolRequest) -> anyhow::Result<EnrolReply> {

@@ -16,7 +16,7 @@ use shared_proto::agent_state::HeldDesired;
 use shared_proto::clock::SharedClock;
 use shared_proto::manifest::DesiredManifest;
 use shared_proto::session::{AgentEvent, AgentSession, AgentSessionConfig, SessionEnd};
-use shared_proto::wire::{AgentHello, AgentReport, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use shared_proto::wire::{AgentHello, AgentReport, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, close_code};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -30,10 +30,6 @@ const WARN_AFTER: Duration = Duration::from_secs(30);
 const WARN_EVERY: Duration = Duration::from_secs(600);
 /// A hub that does not take a frame within this long is not reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// QUIC close codes the hub uses (`cloud_hub::sync::close_code`) that mean "I do
-/// not understand your frames": a hub one version behind closes with PROTOCOL.
-const CLOSE_PROTOCOL: u64 = 1;
-const CLOSE_UNSUPPORTED_VERSION: u64 = 4;
 
 pub struct SyncChannels {
     /// Manifests received from the hub, already stored on disk.
@@ -139,10 +135,19 @@ pub async fn run(
                             Err(e) => format!("{e:#}"),
                         };
                         let code = link.hub_close_code();
+                        let is = |c: u32| code == Some(u64::from(c));
                         let old_hub = !outcome.welcomed
-                            && matches!(code, Some(CLOSE_PROTOCOL | CLOSE_UNSUPPORTED_VERSION))
+                            && (is(close_code::PROTOCOL) || is(close_code::UNSUPPORTED_VERSION))
                             && version > MIN_PROTOCOL_VERSION;
-                        if old_hub {
+                        if is(close_code::REVOKED) {
+                            // Permanent until an operator acts; keep the workloads
+                            // running and keep asking, slowly.
+                            tracing::error!(
+                                "the hub no longer accepts this device's certificate: the device was deleted, or enrolled again with another key; enrol it anew with a fresh token"
+                            );
+                            reach.failed(clock.monotonic(), &why);
+                            MAX_BACKOFF
+                        } else if old_hub {
                             version -= 1;
                             tracing::info!(
                                 version,

@@ -237,6 +237,17 @@ impl FleetCa {
 /// which refuses requests carrying extensions it does not know; we ignore every requested
 /// extension anyway, so a CSR from any standard tool is fine.
 fn csr_public_key(csr_der: &[u8]) -> Result<SubjectPublicKeyInfo, CaError> {
+    let key =
+        SubjectPublicKeyInfo::from_der(verified_csr_key(csr_der)?).map_err(|_| CaError::UnsupportedKey)?;
+    let alg = rcgen::PublicKeyData::algorithm(&key);
+    if ![&PKCS_ECDSA_P256_SHA256, &PKCS_ECDSA_P384_SHA384, &PKCS_ED25519].contains(&alg) {
+        return Err(CaError::UnsupportedKey);
+    }
+    Ok(key)
+}
+
+/// The DER SubjectPublicKeyInfo of a CSR whose self-signature holds.
+fn verified_csr_key(csr_der: &[u8]) -> Result<&[u8], CaError> {
     use x509_parser::certification_request::X509CertificationRequest;
     let (rest, csr) =
         X509CertificationRequest::from_der(csr_der).map_err(|e| CaError::MalformedCsr(e.to_string()))?;
@@ -244,13 +255,14 @@ fn csr_public_key(csr_der: &[u8]) -> Result<SubjectPublicKeyInfo, CaError> {
         return Err(CaError::MalformedCsr(format!("{} trailing bytes", rest.len())));
     }
     csr.verify_signature().map_err(|_| CaError::CsrSignature)?;
-    let key = SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
-        .map_err(|_| CaError::UnsupportedKey)?;
-    let alg = rcgen::PublicKeyData::algorithm(&key);
-    if ![&PKCS_ECDSA_P256_SHA256, &PKCS_ECDSA_P384_SHA384, &PKCS_ED25519].contains(&alg) {
-        return Err(CaError::UnsupportedKey);
-    }
-    Ok(key)
+    Ok(csr.certification_request_info.subject_pki.raw)
+}
+
+/// Hex SHA-256 of the key a CSR carries (its DER SubjectPublicKeyInfo), after checking
+/// the request is signed by that key: the same value [`crate::identity::device_cert`]
+/// reads off a certificate for it.
+pub fn csr_key_sha256(csr_der: &[u8]) -> Result<String, CaError> {
+    Ok(hex::encode(crate::sha256_fingerprint(verified_csr_key(csr_der)?)))
 }
 
 fn check_name(kind: &'static str, name: &str) -> Result<(), CaError> {

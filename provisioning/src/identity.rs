@@ -6,8 +6,10 @@
 //! during the handshake); this module parses, it does not verify signatures.
 
 use rustls_pki_types::CertificateDer;
+use shared_proto::Timestamp;
 use shared_proto::validate::dns_label_problem;
 use std::any::Any;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 /// Prefix of the URI SAN that names a device.
@@ -60,13 +62,52 @@ pub fn hub_name_from_cert(cert_der: &[u8]) -> Result<String, IdentityError> {
 /// device. An error means the peer is authenticated but not as a device (a hub certificate, for
 /// example): close the connection.
 pub fn peer_device_name(identity: Option<Box<dyn Any>>) -> Result<Option<String>, IdentityError> {
+    peer_device(identity).map(|cert| cert.map(|c| c.name))
+}
+
+/// A device certificate as the hub binds it to its device object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCert {
+    pub name: String,
+    /// Serial number, lowercase hex without leading zeros.
+    pub serial: String,
+    /// Hex SHA-256 of the certified key's DER SubjectPublicKeyInfo.
+    pub key_sha256: String,
+    pub not_after: Timestamp,
+}
+
+/// Name, serial, key and expiry of a device certificate.
+pub fn device_cert(cert_der: &[u8]) -> Result<DeviceCert, IdentityError> {
+    let cert = parse(cert_der)?;
+    let name = name_in(&cert, "device", DEVICE_URI_PREFIX)?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok(DeviceCert {
+        name,
+        serial: format!("{:x}", cert.tbs_certificate.serial),
+        key_sha256: hex::encode(crate::sha256_fingerprint(cert.public_key().raw)),
+        not_after: Timestamp(not_after.saturating_mul(1000)),
+    })
+}
+
+/// Maps what `quinn::Connection::peer_identity()` returns to the device certificate it
+/// carries; `Ok(None)` and errors as for [`peer_device_name`].
+pub fn peer_device(identity: Option<Box<dyn Any>>) -> Result<Option<DeviceCert>, IdentityError> {
     let Some(identity) = identity else {
         return Ok(None);
     };
     let chain =
         identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| IdentityError::NotCertificates)?;
     let leaf = chain.first().ok_or(IdentityError::EmptyChain)?;
-    device_name_from_cert(leaf).map(Some)
+    device_cert(leaf).map(Some)
+}
+
+fn parse(cert_der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(IdentityError::BadCertificate(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(cert)
 }
 
 fn name_from_cert(
@@ -74,11 +115,14 @@ fn name_from_cert(
     kind: &'static str,
     prefix: &'static str,
 ) -> Result<String, IdentityError> {
-    let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(IdentityError::BadCertificate(format!("{} trailing bytes", rest.len())));
-    }
+    name_in(&parse(cert_der)?, kind, prefix)
+}
+
+fn name_in(
+    cert: &X509Certificate<'_>,
+    kind: &'static str,
+    prefix: &'static str,
+) -> Result<String, IdentityError> {
     let san = cert.subject_alternative_name().map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     let names: Vec<&str> = san
         .iter()

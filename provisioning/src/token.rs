@@ -187,9 +187,7 @@ pub fn check_enrolment(
     token: &EnrolmentToken,
     now: Timestamp,
 ) -> Result<(), TokenError> {
-    if record.id != token.id || !token.verify_secret(&record.secret_sha256) {
-        return Err(TokenError::InvalidToken);
-    }
+    check_secret(record, token)?;
     if now >= record.expires_at {
         return Err(TokenError::Expired { id: record.id.clone(), expired_at: record.expires_at });
     }
@@ -197,6 +195,16 @@ pub fn check_enrolment(
         && record.n_used >= max_uses
     {
         return Err(TokenError::UsedUp { id: record.id.clone(), max_uses });
+    }
+    Ok(())
+}
+
+/// Checks only that `token` is `record`'s and carries its secret: enough to hand a
+/// device the certificate of an enrolment that already happened (its reply was lost),
+/// whatever the token's expiry and uses say now.
+pub fn check_secret(record: &EnrolmentTokenRecord, token: &EnrolmentToken) -> Result<(), TokenError> {
+    if record.id != token.id || !token.verify_secret(&record.secret_sha256) {
+        return Err(TokenError::InvalidToken);
     }
     Ok(())
 }

@@ -312,6 +312,28 @@ pub struct DeviceStatus {
     pub containers: Vec<ObservedContainer>,
     #[serde(default)]
     pub message: String,
+    /// The certificates the hub accepts for this device, newest last (store format 3).
+    /// Only these open a session: a certificate of a deleted device, or of an earlier
+    /// device under the same name, names a device that no longer lists it. Empty for a
+    /// device enrolled before format 3, which any certificate the fleet CA issued for
+    /// its name still opens.
+    #[serde(default)]
+    pub certificates: Vec<DeviceCertificate>,
+    /// Id of the enrolment token the device enrolled with (store format 3).
+    #[serde(default)]
+    pub enrolled_with: String,
+}
+
+/// A certificate the fleet CA issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceCertificate {
+    /// Serial number, lowercase hex without leading zeros.
+    pub serial: String,
+    /// Hex SHA-256 of the certified public key (its DER SubjectPublicKeyInfo): the key
+    /// the device generated and keeps.
+    pub key_sha256: String,
+    pub not_after: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod v1;
+mod v2;
 
 /// Version of every record and command this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+pub const STORE_FORMAT_VERSION: u32 = 3;
 /// Oldest version this build reads: records, snapshots and logs written by the
 /// previous version of the hub.
 pub const MIN_STORE_FORMAT_VERSION: u32 = 1;
@@ -158,18 +159,21 @@ impl Object {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Object, crate::CodecError> {
-        decode_record::<Object, v1::Object>("stored object", bytes)
+        decode_record::<Object, v1::Object, v2::Object>("stored object", bytes)
     }
 }
 
-/// Decodes a record of the current format, or of format 1 through its frozen shape `V1`.
-fn decode_record<T, V1>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
+/// Decodes a record of the current format, or of an earlier one through its frozen
+/// shape (`V1`, `V2`).
+fn decode_record<T, V1, V2>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
 where
     T: serde::de::DeserializeOwned,
     V1: serde::de::DeserializeOwned + Into<T>,
+    V2: serde::de::DeserializeOwned + Into<T>,
 {
     let decode = |v: u32, body: &[u8]| match v {
         1 => crate::codec::decode_body::<V1>(what, body).map(Into::into),
+        2 => crate::codec::decode_body::<V2>(what, body).map(Into::into),
         _ => crate::codec::decode_body(what, body),
     };
     crate::codec::decode_versioned_range(MIN_STORE_FORMAT_VERSION, STORE_FORMAT_VERSION, what, bytes, decode)
@@ -216,7 +220,7 @@ impl StoreCommand {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoreCommand, crate::CodecError> {
-        decode_record::<StoreCommand, v1::StoreCommand>("store command", bytes)
+        decode_record::<StoreCommand, v1::StoreCommand, v2::StoreCommand>("store command", bytes)
     }
 }
 

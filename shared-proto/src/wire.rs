@@ -31,6 +31,22 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// Oldest version this build still reads and can answer in: a hub and an agent one
 /// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`].
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Application error codes the hub closes QUIC connections with. Over the TCP
+/// fallback the hub just closes the connection.
+pub mod close_code {
+    /// The peer's frames broke the protocol.
+    pub const PROTOCOL: u32 = 1;
+    /// A stream other than enrolment without a device certificate, or a certificate
+    /// that does not name a device.
+    pub const UNAUTHENTICATED: u32 = 2;
+    pub const SHUTDOWN: u32 = 3;
+    /// The first frame was written at a protocol version this hub does not speak; the
+    /// agent may retry at an older one.
+    pub const UNSUPPORTED_VERSION: u32 = 4;
+    /// The certificate no longer opens a session: its device was deleted, or
+    /// re-enrolled with another certificate. Reconnecting with it will not help.
+    pub const REVOKED: u32 = 5;
+}
 /// TLS application protocol both ends insist on. It names the protocol family; the
 /// version of each frame travels in the frame itself.
 pub const ALPN: &[u8] = b"flotilla/1";

@@ -11,8 +11,9 @@ use shared_proto::manifest::{
 use shared_proto::store::{Object, Precondition, StoreCommand};
 use shared_proto::wire::{self, AgentFrame, AgentHello, AgentReport, DeviceFacts, HubFrame, StreamOpen};
 use shared_proto::{
-    App, AppSpec, Bytes, Capacity, ContainerSpec, CpuMillis, Device, DevicePhase, DeviceSpec, NetworkMode,
-    ObjectMeta, Placement, PortSpec, Protocol, RestartPolicy, Site, SiteSpec, Taint, TaintEffect, Timestamp,
+    App, AppSpec, Bytes, Capacity, ContainerSpec, CpuMillis, Device, DeviceCertificate, DevicePhase,
+    DeviceSpec, NetworkMode, ObjectMeta, Placement, PortSpec, Protocol, RestartPolicy, Site, SiteSpec, Taint,
+    TaintEffect, Timestamp,
 };
 
 fn manifest() -> DesiredManifest {
@@ -112,10 +113,14 @@ fn golden_store_command() {
     let bytes = cmd.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "0200000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        "0300000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
             .replace(' ', "")
     );
     assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
+    // The same command as a version-2 hub wrote it.
+    let v2 = "0200000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        .replace(' ', "");
+    assert_eq!(StoreCommand::decode(&hex::decode(v2).unwrap()).unwrap(), cmd);
     // The same command as a version-1 hub wrote it.
     let v1 = "0100000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
         .replace(' ', "");
@@ -164,21 +169,41 @@ fn store_records_of_the_previous_format_still_decode() {
             StoreCommand::put(Object::Device(v1_device()), Precondition::RevisionIs(3)),
         ])
     );
-    // Written again, they are format 2, and read back the same.
+    // Written again, they are the current format, and read back the same.
     let again = Object::App(v1_app()).encode().unwrap();
-    assert_eq!(again[0], 2);
+    assert_eq!(again[0], 3);
     assert_eq!(Object::decode(&again).unwrap(), Object::App(v1_app()));
 }
 
-#[test]
-fn golden_format_two_records() {
+// Written by a format-2 hub: a device with a taint, before certificates were recorded.
+const DEVICE_V2: &str = "02010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 01000000000000000000000000";
+
+fn v2_device() -> Device {
     let mut dev = v1_device();
     dev.spec.taints =
         vec![Taint { key: "dedicated".into(), value: "pos".into(), effect: TaintEffect::NoExecute }];
+    dev
+}
+
+#[test]
+fn format_two_records_still_decode() {
+    let bytes = hex::decode(DEVICE_V2.replace(' ', "")).unwrap();
+    assert_eq!(Object::decode(&bytes).unwrap(), Object::Device(v2_device()));
+}
+
+#[test]
+fn golden_format_three_records() {
+    let mut dev = v2_device();
+    dev.status.certificates = vec![DeviceCertificate {
+        serial: "1f".into(),
+        key_sha256: "ab".into(),
+        not_after: shared_proto::Timestamp(1000),
+    }];
+    dev.status.enrolled_with = "tok".into();
     let bytes = Object::Device(dev.clone()).encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "02010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 01000000000000000000000000"
+        "03010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 01000000000000000000000000 01 023166 026162 e807 03746f6b"
             .replace(' ', "")
     );
     assert_eq!(Object::decode(&bytes).unwrap(), Object::Device(dev));

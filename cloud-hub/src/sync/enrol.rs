@@ -1,14 +1,19 @@
 //! Enrolment: a device with a valid token and a CSR becomes a `Device` object and
 //! gets a certificate signed by the fleet CA. The token's use count and the new
 //! device are written in one Raft batch, so two devices racing for a single-use
-//! token cannot both win.
+//! token cannot both win. The device object records the certificate (serial and key),
+//! and only the certificates it lists open sessions (`sync::identity`).
+//!
+//! Idempotent: a device whose reply was lost asks again with the same token and key,
+//! and gets a new certificate for that key in place of the undelivered one; the token
+//! counts the enrolment once.
 
 use crate::state::HubState;
-use provisioning::token::{EnrolmentToken, check_enrolment};
+use provisioning::token::{EnrolmentToken, check_enrolment, check_secret};
 use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind, StoreOutcome};
 use shared_proto::validate::{dns_label_problem, label_problem};
 use shared_proto::wire::{EnrolRefusal, EnrolReply, EnrolRequest};
-use shared_proto::{Device, DevicePhase, DeviceSpec, DeviceStatus, ObjectMeta};
+use shared_proto::{Device, DeviceCertificate, DevicePhase, DeviceSpec, DeviceStatus, ObjectMeta};
 
 fn refuse(reason: EnrolRefusal, message: impl Into<String>) -> EnrolReply {
     EnrolReply::Refused { reason, message: message.into() }
@@ -44,21 +49,24 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
         }
         Err(e) => return Err(unavailable(e)),
     };
+    // Nobody without the secret learns anything, not even whether a name is taken.
+    check_secret(&record, &token).map_err(|e| refuse(e.refusal(), e.to_string()))?;
     let now = state.clock.now();
-    check_enrolment(&record, &token, now).map_err(|e| refuse(e.refusal(), e.to_string()))?;
     let name = req.device_name.clone();
     if let Some(p) = dns_label_problem(&name) {
         return Err(refuse(EnrolRefusal::BadRequest, format!("device name {name:?}: {p}")));
     }
-    let mut labels = req.labels.clone();
-    labels.extend(record.labels.clone());
-    for (k, v) in &labels {
-        if let Some(p) = label_problem(k, v) {
-            return Err(refuse(EnrolRefusal::BadRequest, format!("label {k:?}: {p}")));
-        }
-    }
-    match state.store.get(StoreKind::Device, &name).await {
-        Ok(Some(_)) => {
+    let key_sha256 = provisioning::ca::csr_key_sha256(&req.csr_der)
+        .map_err(|e| refuse(EnrolRefusal::BadRequest, format!("certificate request refused: {e}")))?;
+    let existing = match state.store.get_revisioned(StoreKind::Device, &name).await {
+        Ok(Some(hub_store::Revisioned { object: Object::Device(d), revision, .. })) => Some((d, revision)),
+        Ok(_) => None,
+        Err(e) => return Err(unavailable(e)),
+    };
+    if let Some((device, revision)) = existing {
+        let same_enrolment = device.status.enrolled_with == record.id
+            && device.status.certificates.iter().any(|c| c.key_sha256 == key_sha256);
+        if !same_enrolment {
             return Err(refuse(
                 EnrolRefusal::NameTaken,
                 format!(
@@ -66,13 +74,17 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
                 ),
             ));
         }
-        Ok(None) => {}
-        Err(e) => return Err(unavailable(e)),
+        return reissue(state, device, revision, &req.csr_der, &key_sha256).await;
     }
-    let cert = state
-        .ca
-        .sign_device_csr(&req.csr_der, &name, state.config.device_cert_validity)
-        .map_err(|e| refuse(EnrolRefusal::BadRequest, format!("certificate request refused: {e}")))?;
+    check_enrolment(&record, &token, now).map_err(|e| refuse(e.refusal(), e.to_string()))?;
+    let mut labels = req.labels.clone();
+    labels.extend(record.labels.clone());
+    for (k, v) in &labels {
+        if let Some(p) = label_problem(k, v) {
+            return Err(refuse(EnrolRefusal::BadRequest, format!("label {k:?}: {p}")));
+        }
+    }
+    let (cert, certificate) = sign(state, &req.csr_der, &name)?;
 
     let mut meta = ObjectMeta::named(name.clone());
     meta.labels = labels;
@@ -89,6 +101,8 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
         capacity: facts.capacity,
         enrolled_at: Some(now),
         last_transition_at: Some(now),
+        certificates: vec![certificate],
+        enrolled_with: record.id.clone(),
         ..Default::default()
     };
     let mut used = record.clone();
@@ -111,6 +125,50 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
         Err(e) => return Err(unavailable(e)),
     }
     tracing::info!(device = %name, token = %record.id, "device enrolled");
+    Ok(EnrolReply::Accepted {
+        device: name,
+        cert_chain_der: vec![cert],
+        ca_der: state.ca.cert_der().to_vec(),
+    })
+}
+
+/// Signs the CSR for device `name`, and what the device object records of the result.
+fn sign(state: &HubState, csr_der: &[u8], name: &str) -> Result<(Vec<u8>, DeviceCertificate), EnrolReply> {
+    let cert = state
+        .ca
+        .sign_device_csr(csr_der, name, state.config.device_cert_validity)
+        .map_err(|e| refuse(EnrolRefusal::BadRequest, format!("certificate request refused: {e}")))?;
+    let facts = provisioning::identity::device_cert(&cert).map_err(|e| {
+        refuse(EnrolRefusal::Unavailable, format!("the hub signed an unreadable certificate: {e}"))
+    })?;
+    let certificate =
+        DeviceCertificate { serial: facts.serial, key_sha256: facts.key_sha256, not_after: facts.not_after };
+    Ok((cert, certificate))
+}
+
+/// The same device asks again after losing the reply: a new certificate for the same
+/// key replaces the one it never received. The token is not counted again.
+async fn reissue(
+    state: &HubState,
+    mut device: Device,
+    revision: u64,
+    csr_der: &[u8],
+    key_sha256: &str,
+) -> Result<EnrolReply, EnrolReply> {
+    let name = device.metadata.name.clone();
+    let (cert, certificate) = sign(state, csr_der, &name)?;
+    device.status.certificates.retain(|c| c.key_sha256 != key_sha256);
+    device.status.certificates.push(certificate);
+    match state
+        .store
+        .write(StoreCommand::put(Object::Device(device), Precondition::RevisionIs(revision)))
+        .await
+    {
+        Ok(StoreOutcome::Applied { .. }) => {}
+        Ok(_) => return Err(refuse(EnrolRefusal::Unavailable, "the device changed meanwhile; retry")),
+        Err(e) => return Err(refuse(EnrolRefusal::Unavailable, format!("hub store: {e}; retry"))),
+    }
+    tracing::info!(device = %name, "enrolment asked again with the same key; certificate issued again");
     Ok(EnrolReply::Accepted {
         device: name,
         cert_chain_der: vec![cert],

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod blobs;
 pub mod enrol;
 pub mod fanout;
+pub mod identity;
 pub mod liveness;
 pub mod session;
 pub mod tcp;
@@ -56,15 +57,7 @@ impl SyncError {
     }
 }
 
-/// QUIC application error codes the hub closes connections with.
-pub mod close_code {
-    pub const PROTOCOL: u32 = 1;
-    pub const UNAUTHENTICATED: u32 = 2;
-    pub const SHUTDOWN: u32 = 3;
-    /// The first frame was written at a protocol version this hub does not speak; the
-    /// agent may retry at an older one.
-    pub const UNSUPPORTED_VERSION: u32 = 4;
-}
+pub use shared_proto::wire::close_code;
 
 /// How long a new stream may take to say what it is for.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -166,19 +159,40 @@ pub async fn serve(state: Arc<HubState>, endpoint: Endpoint) {
 
 async fn handle_connection(state: Arc<HubState>, conn: Connection) {
     let remote = conn.remote_address();
-    let device = match provisioning::identity::peer_device_name(conn.peer_identity()) {
-        Ok(d) => d,
+    let cert = match provisioning::identity::peer_device(conn.peer_identity()) {
+        Ok(c) => c,
         Err(e) => {
             tracing::info!(%remote, error = %e, "refusing a peer that is not a device");
             conn.close(close_code::UNAUTHENTICATED.into(), b"not a device certificate");
             return;
         }
     };
+    let mut admitted = match &cert {
+        None => None,
+        Some(cert) => match admit(&state, cert, remote).await {
+            Ok(a) => Some(a),
+            Err((code, reason)) => return conn.close(code.into(), reason.as_bytes()),
+        },
+    };
+    let device = cert.map(|c| c.name);
     tracing::debug!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), "agent connected");
     loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => break,
+        let revoked = async {
+            match admitted.as_mut() {
+                Some(a) => a.revoked().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (send, recv) = tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            refusal = revoked => {
+                tracing::info!(%remote, device = device.as_deref().unwrap_or_default(), %refusal, "closing a connection whose certificate was revoked");
+                conn.close(close_code::REVOKED.into(), refusal.to_string().as_bytes());
+                break;
+            }
         };
         let state = state.clone();
         let conn = conn.clone();
@@ -201,6 +215,26 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
                 Err(StreamError::Sync(e)) => tracing::debug!(%remote, error = %e, "stream ended"),
             }
         });
+    }
+}
+
+/// Checks an authenticated peer's certificate against its device and registers the
+/// connection to be closed if that changes; the close code and reason otherwise.
+pub async fn admit(
+    state: &HubState,
+    cert: &provisioning::identity::DeviceCert,
+    remote: SocketAddr,
+) -> Result<identity::Admitted, (u32, String)> {
+    match state.identities.admit(&state.store, cert).await {
+        Ok(a) => Ok(a),
+        Err(identity::AdmitError::Refused(refusal)) => {
+            tracing::info!(%remote, device = %cert.name, serial = %cert.serial, %refusal, "refusing a revoked certificate");
+            Err((close_code::REVOKED, refusal.to_string()))
+        }
+        Err(identity::AdmitError::Store(e)) => {
+            tracing::warn!(%remote, device = %cert.name, error = %e, "cannot check a device's certificate");
+            Err((close_code::SHUTDOWN, "the hub cannot check certificates right now; retry".into()))
+        }
     }
 }
 

@@ -62,17 +62,39 @@ pub async fn serve(state: Arc<HubState>, listener: TcpListener, tls: Arc<rustls:
                 Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "tls handshake failed"),
                 Err(_) => return tracing::debug!(%remote, "tls handshake timed out"),
             };
-            let device = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            let cert = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                 None => None,
-                Some(leaf) => match provisioning::identity::device_name_from_cert(leaf) {
-                    Ok(name) => Some(name),
+                Some(leaf) => match provisioning::identity::device_cert(leaf) {
+                    Ok(cert) => Some(cert),
                     Err(e) => {
                         return tracing::info!(%remote, error = %e, "refusing a peer that is not a device");
                     }
                 },
             };
+            // Over TCP there is no close code: a refused or revoked peer is hung up on.
+            let mut admitted = match &cert {
+                None => None,
+                Some(cert) => match super::admit(&state, cert, remote).await {
+                    Ok(a) => Some(a),
+                    Err(_) => return,
+                },
+            };
+            let revoked = async {
+                match admitted.as_mut() {
+                    Some(a) => a.revoked().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let device = cert.map(|c| c.name);
             let (reader, writer) = tokio::io::split(tls);
-            match handle_stream(&state, device.clone(), super::session::spawn_reader(reader), writer).await {
+            let stream = handle_stream(&state, device.clone(), super::session::spawn_reader(reader), writer);
+            let ended = tokio::select! {
+                ended = stream => ended,
+                refusal = revoked => {
+                    return tracing::info!(%remote, device = device.as_deref().unwrap_or_default(), %refusal, "closing a connection whose certificate was revoked");
+                }
+            };
+            match ended {
                 Ok(()) => {}
                 Err(StreamError::NeedsCertificate) => {
                     tracing::info!(%remote, "a stream other than enrolment without a device certificate")

@@ -411,7 +411,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open_database(&dir.path().join("store.redb")).unwrap();
         let mut newer_version = put_site("b").0;
-        newer_version[0] = 3;
+        let newer = shared_proto::store::STORE_FORMAT_VERSION + 1;
+        newer_version[0] = u8::try_from(newer).unwrap();
         let applied = apply_entries(
             &db,
             vec![
@@ -426,7 +427,9 @@ mod tests {
         assert_eq!(applied.last_index, 4);
         assert_eq!(applied.responses[0], ApplyResponse::Outcome(StoreOutcome::Applied { revision: 1 }));
         assert!(matches!(&applied.responses[1], ApplyResponse::Rejected(m) if m.contains("log index 2")));
-        assert!(matches!(&applied.responses[2], ApplyResponse::Rejected(m) if m.contains("version 3")));
+        assert!(
+            matches!(&applied.responses[2], ApplyResponse::Rejected(m) if m.contains(&format!("version {newer}")))
+        );
         assert_eq!(applied.responses[3], ApplyResponse::Outcome(StoreOutcome::Applied { revision: 4 }));
         // Only the readable command changed anything, and watchers hear only of it.
         let revisions: Vec<u64> = applied.batches.iter().map(|b| b.revision).collect();

@@ -4,12 +4,11 @@
 //! a change here would misread what is on disk.
 //!
 //! Version 2 added `DeviceSpec::taints` and `Placement::{tolerations, affinity,
-//! anti_affinity}`, and appended `StoreCommand::Each`.
+//! anti_affinity}`, and appended `StoreCommand::Each`. A device's status has the shape
+//! version 2 froze (`v2::DeviceStatus`).
 
 use crate::manifest::DesiredManifest;
-use crate::resource::{
-    AppStatus, ContainerSpec, DeviceStatus, Image, NetworkMode, ObjectMeta, RestartPolicy, Site,
-};
+use crate::resource::{AppStatus, ContainerSpec, Image, NetworkMode, ObjectMeta, RestartPolicy, Site};
 use crate::selector::LabelSelector;
 use crate::store::{ApiTokenRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition, StoreKind};
 use serde::Deserialize;
@@ -50,7 +49,7 @@ pub(super) struct Device {
     kind: String,
     metadata: ObjectMeta,
     spec: DeviceSpec,
-    status: DeviceStatus,
+    status: super::v2::DeviceStatus,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +105,7 @@ impl From<Device> for crate::Device {
                 unschedulable: d.spec.unschedulable,
                 taints: vec![],
             },
-            status: d.status,
+            status: d.status.into(),
         }
     }
 }

@@ -1,0 +1,226 @@
+//! A device's identity is its device object, not its name: a deleted device's live
+//! connection is closed at once and its certificate opens nothing afterwards, not
+//! even once a new device holds the name; and an enrolment whose reply was lost is
+//! asked again with the same key and counted once.
+
+use firmware_tests::link::{LinkConfig, LinkEmulator};
+use firmware_tests::{Agent, Hub, require_root, wait_until};
+use provisioning::device_key::DeviceKey;
+use rustls_pki_types::CertificateDer;
+use shared_proto::wire::{
+    self, AgentHello, BlobRequest, EnrolReply, EnrolRequest, HubFrame, StreamOpen, close_code,
+};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+const TEN: Duration = Duration::from_secs(10);
+
+struct Credentials {
+    chain: Vec<CertificateDer<'static>>,
+    key: DeviceKey,
+}
+
+fn fleet_ca(hub: &Hub) -> CertificateDer<'static> {
+    let ctx: shared_proto::config::CliContext =
+        serde_json::from_slice(&std::fs::read(&hub.context).unwrap()).unwrap();
+    provisioning::pem::decode_cert(&ctx.ca_cert_pem).unwrap()
+}
+
+fn credentials_of(agent: &Agent) -> Credentials {
+    let key =
+        DeviceKey::from_pem(&std::fs::read_to_string(agent.state_dir.join("device.key")).unwrap()).unwrap();
+    let chain = provisioning::pem::decode_certs(
+        &std::fs::read_to_string(agent.state_dir.join("device.crt")).unwrap(),
+    )
+    .unwrap();
+    Credentials { chain, key }
+}
+
+async fn endpoint(tls: Arc<rustls::ClientConfig>) -> quinn::Endpoint {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+async fn connect(hub: &Hub, creds: &Credentials, ca: &CertificateDer<'static>) -> quinn::Connection {
+    let tls =
+        provisioning::tls::device_quic_client_config(creds.chain.clone(), creds.key.private_key_der(), ca)
+            .unwrap();
+    let endpoint = endpoint(tls).await;
+    tokio::time::timeout(TEN, endpoint.connect(hub.quic_addr(), "127.0.0.1").unwrap()).await.unwrap().unwrap()
+}
+
+/// Opens a sync stream and returns the hub's first frame, or why there was none.
+async fn sync(conn: &quinn::Connection, device: &str) -> anyhow::Result<HubFrame> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentHello {
+        device: device.into(),
+        facts: Default::default(),
+        held_revision: 0,
+        boot_id: "b".into(),
+    };
+    wire::write_frame(&mut send, &StreamOpen::Sync(hello)).await?;
+    let frame = tokio::time::timeout(TEN, wire::read_frame::<HubFrame, _>(&mut recv)).await??;
+    frame.ok_or_else(|| anyhow::anyhow!("stream closed"))
+}
+
+/// The application close code the hub ended `conn` with.
+async fn close_code_of(conn: &quinn::Connection, within: Duration) -> u32 {
+    match tokio::time::timeout(within, conn.closed()).await.expect("the hub closes the connection in time") {
+        quinn::ConnectionError::ApplicationClosed(c) => u32::try_from(c.error_code.into_inner()).unwrap(),
+        other => panic!("expected the hub to close the connection, got {other:?}"),
+    }
+}
+
+/// A certificate the hub no longer accepts: the connection is closed as revoked, and
+/// neither a sync session nor a blob comes out of it.
+async fn assert_refused(hub: &Hub, creds: &Credentials, ca: &CertificateDer<'static>, device: &str) {
+    let conn = connect(hub, creds, ca).await;
+    let blob = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let req = BlobRequest { digest: format!("sha256:{}", "0".repeat(64)), offset: 0 };
+        wire::write_frame(&mut send, &StreamOpen::Blob(req)).await?;
+        tokio::time::timeout(TEN, wire::read_frame::<wire::BlobReply, _>(&mut recv))
+            .await?
+            .map_err(anyhow::Error::from)
+    };
+    assert!(!matches!(blob.await, Ok(Some(_))), "no blob answer for a revoked certificate");
+    assert!(sync(&conn, device).await.is_err(), "no session for a revoked certificate");
+    assert_eq!(close_code_of(&conn, TEN).await, close_code::REVOKED);
+}
+
+#[test]
+fn a_deleted_device_is_cut_off_and_its_old_certificate_never_comes_back() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path());
+    let ca = fleet_ca(&hub);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let token = hub.enrolment_token(&[]);
+    let mut agent = Agent::configure(dir.path(), "pi-1", &hub.quic, &token, &[]);
+    agent.start();
+    wait_until("the device to enrol", LONG, || hub.get("devices", Some("pi-1")));
+    wait_until("the agent to store its certificate", LONG, || {
+        agent.state_dir.join("device.crt").exists().then_some(())
+    });
+    agent.kill();
+    let old = credentials_of(&agent);
+    let device = hub.get("devices", Some("pi-1")).unwrap();
+    let serial = provisioning::identity::device_cert(&old.chain[0]).unwrap().serial;
+    assert_eq!(
+        device["status"]["certificates"][0]["serial"],
+        serial.as_str(),
+        "the device records its certificate"
+    );
+
+    // A live session, then the device is deleted: the connection closes at once.
+    let conn = rt.block_on(connect(&hub, &old, &ca));
+    let frame = rt.block_on(sync(&conn, "pi-1")).unwrap();
+    assert!(matches!(frame, HubFrame::Welcome(_)), "{frame:?}");
+    hub.cli_ok(&["delete", "device", "pi-1"]);
+    let deleted = Instant::now();
+    assert_eq!(rt.block_on(close_code_of(&conn, Duration::from_secs(1))), close_code::REVOKED);
+    eprintln!("live connection closed {:?} after the delete returned", deleted.elapsed());
+
+    // Its certificate is still signed by the fleet CA and unexpired, but opens nothing.
+    rt.block_on(assert_refused(&hub, &old, &ca, "pi-1"));
+
+    // A new device under the same name enrols (new key, new token) and works ...
+    let other = tempfile::tempdir().unwrap();
+    let token2 = hub.enrolment_token(&[]);
+    let mut again = Agent::configure(other.path(), "pi-1", &hub.quic, &token2, &[]);
+    again.start();
+    wait_until("the new pi-1 to be Online", LONG, || {
+        (hub.get("devices", Some("pi-1"))?["status"]["phase"] == "Online").then_some(())
+    });
+    // ... and the old certificate, naming the same device, is still refused.
+    rt.block_on(assert_refused(&hub, &old, &ca, "pi-1"));
+    let new = credentials_of(&again);
+    again.kill();
+    let conn = rt.block_on(connect(&hub, &new, &ca));
+    assert!(matches!(rt.block_on(sync(&conn, "pi-1")).unwrap(), HubFrame::Welcome(_)));
+}
+
+async fn enrol(hub_quic: std::net::SocketAddr, token: &str, name: &str, key: &DeviceKey) -> EnrolReply {
+    let parsed = provisioning::token::EnrolmentToken::parse(token).unwrap();
+    let tls = provisioning::tls::enrolment_client_config(parsed.ca_fingerprint()).unwrap();
+    let endpoint = endpoint(tls).await;
+    let conn =
+        tokio::time::timeout(TEN, endpoint.connect(hub_quic, "127.0.0.1").unwrap()).await.unwrap().unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let req = EnrolRequest {
+        token: token.into(),
+        device_name: name.into(),
+        csr_der: key.csr_der(name).unwrap(),
+        facts: Default::default(),
+        labels: Default::default(),
+    };
+    wire::write_frame(&mut send, &StreamOpen::Enrol(req)).await.unwrap();
+    tokio::time::timeout(TEN, wire::read_frame::<EnrolReply, _>(&mut recv)).await.unwrap().unwrap().unwrap()
+}
+
+fn token_uses(hub: &Hub, token: &str) -> u64 {
+    let id = provisioning::token::EnrolmentToken::parse(token).unwrap().id().to_string();
+    let list = hub.cli_ok(&["token", "list"]);
+    let row =
+        list.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("token {id} not listed:\n{list}"));
+    let used = row.split_whitespace().nth(1).and_then(|u| u.split('/').next()).expect("a USED column");
+    used.parse().unwrap()
+}
+
+#[test]
+fn an_enrolment_asked_again_with_the_same_key_gets_its_certificate_and_counts_once() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path());
+    let ca = fleet_ca(&hub);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let token = hub.enrolment_token(&["--max-uses", "1"]);
+
+    // Protocol level: the first reply is "lost", the same request comes again.
+    let key = DeviceKey::generate().unwrap();
+    let first = rt.block_on(enrol(hub.quic_addr(), &token, "pi-2", &key));
+    let second = rt.block_on(enrol(hub.quic_addr(), &token, "pi-2", &key));
+    let chain = |r: EnrolReply| match r {
+        EnrolReply::Accepted { cert_chain_der, .. } => {
+            cert_chain_der.into_iter().map(CertificateDer::from).collect()
+        }
+        EnrolReply::Refused { reason, message } => panic!("refused: {reason:?} {message}"),
+    };
+    let (first, second) = (chain(first), chain(second));
+    assert_eq!(token_uses(&hub, &token), 1, "a single-use token, used once");
+    // Another key under the same name and token is another device: refused.
+    let thief = DeviceKey::generate().unwrap();
+    match rt.block_on(enrol(hub.quic_addr(), &token, "pi-2", &thief)) {
+        EnrolReply::Refused { reason, .. } => assert_eq!(reason, wire::EnrolRefusal::NameTaken),
+        other => panic!("another key must not get pi-2's certificate: {other:?}"),
+    }
+    // The certificate handed out last is the device's; the undelivered one opens nothing.
+    let key_again = DeviceKey::from_pem(&key.to_pkcs8_pem()).unwrap();
+    rt.block_on(assert_refused(&hub, &Credentials { chain: first, key }, &ca, "pi-2"));
+    let conn = rt.block_on(connect(&hub, &Credentials { chain: second, key: key_again }, &ca));
+    assert!(matches!(rt.block_on(sync(&conn, "pi-2")).unwrap(), HubFrame::Welcome(_)));
+
+    // A real agent killed after the hub accepted, before the reply arrived: replies
+    // take two seconds through the emulator, and the agent dies as soon as the hub
+    // has the device. Restarted, it asks again with the key it kept.
+    let token = hub.enrolment_token(&["--max-uses", "1"]);
+    let link = LinkEmulator::start(LinkConfig::new(Ipv4Addr::LOCALHOST, hub.quic_addr()).seed(3));
+    link.update(|i| i.down.delay = Duration::from_secs(2));
+    let mut agent = Agent::configure(dir.path(), "pi-3", &link.addr().to_string(), &token, &[]);
+    agent.start();
+    wait_until("the hub to accept pi-3", LONG, || hub.get("devices", Some("pi-3")));
+    agent.kill();
+    assert!(!agent.state_dir.join("device.crt").exists(), "the reply must not have arrived: {}", agent.log());
+    link.heal();
+    agent.start();
+    wait_until("pi-3 to be Online", LONG, || {
+        (hub.get("devices", Some("pi-3"))?["status"]["phase"] == "Online").then_some(())
+    });
+    assert!(agent.log().contains("enrolling with the key an earlier attempt generated"), "{}", agent.log());
+    assert_eq!(token_uses(&hub, &token), 1);
+}
