@@ -252,7 +252,7 @@ async fn run_with_hub(
         .send_json(
             Method::POST,
             "/api/v1/enrolment-tokens",
-            &json!({ "ttl": "1h", "maxUses": 1, "description": "demo" }),
+            &json!({ "ttl": "1h", "maxUses": 1, "allowLabels": ["role=demo"], "description": "demo" }),
         )
         .await
         .map_err(fail)?;

@@ -382,7 +382,8 @@ pub async fn reconcile_loop(
         for action in others {
             all_ok &= exec.execute(action, now).await;
         }
-        let next = AgentReport { held_revision: manifest.revision, containers: plan.report };
+        let mut next = AgentReport { held_revision: manifest.revision, containers: plan.report };
+        next.truncate_to_limits();
         report.send_if_modified(|r| {
             let changed = *r != next;
             *r = next;

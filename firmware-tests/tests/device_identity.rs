@@ -4,11 +4,11 @@
 //! asked again with the same key and counted once.
 
 use firmware_tests::link::{LinkConfig, LinkEmulator};
-use firmware_tests::{Agent, Hub, require_root, wait_until};
+use firmware_tests::{Agent, Hub, busybox_image, require_root, wait_until};
 use provisioning::device_key::DeviceKey;
 use rustls_pki_types::CertificateDer;
 use shared_proto::wire::{
-    self, AgentHello, BlobRequest, EnrolReply, EnrolRequest, HubFrame, StreamOpen, close_code,
+    self, AgentHello, BlobReply, BlobRequest, EnrolReply, EnrolRequest, HubFrame, StreamOpen, close_code,
 };
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -56,12 +56,16 @@ async fn connect(hub: &Hub, creds: &Credentials, ca: &CertificateDer<'static>) -
 /// Opens a sync stream and returns the hub's first frame, or why there was none.
 async fn sync(conn: &quinn::Connection, device: &str) -> anyhow::Result<HubFrame> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = AgentHello {
-        device: device.into(),
-        facts: Default::default(),
-        held_revision: 0,
-        boot_id: "b".into(),
+    let facts = wire::DeviceFacts {
+        arch: images::oci::host_architecture().into(),
+        os: "linux".into(),
+        capacity: shared_proto::Capacity {
+            cpu: shared_proto::CpuMillis(1000),
+            memory: shared_proto::Bytes(1 << 30),
+        },
+        ..Default::default()
     };
+    let hello = AgentHello { device: device.into(), facts, held_revision: 0, boot_id: "b".into() };
     wire::write_frame(&mut send, &StreamOpen::Sync(hello)).await?;
     let frame = tokio::time::timeout(TEN, wire::read_frame::<HubFrame, _>(&mut recv)).await??;
     frame.ok_or_else(|| anyhow::anyhow!("stream closed"))
@@ -75,19 +79,21 @@ async fn close_code_of(conn: &quinn::Connection, within: Duration) -> u32 {
     }
 }
 
+/// Asks for one blob on `conn`.
+async fn blob(conn: &quinn::Connection, digest: &str) -> anyhow::Result<BlobReply> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let req = BlobRequest { digest: digest.into(), offset: 0 };
+    wire::write_frame(&mut send, &StreamOpen::Blob(req)).await?;
+    let reply = tokio::time::timeout(TEN, wire::read_frame::<BlobReply, _>(&mut recv)).await??;
+    reply.ok_or_else(|| anyhow::anyhow!("stream closed"))
+}
+
 /// A certificate the hub no longer accepts: the connection is closed as revoked, and
 /// neither a sync session nor a blob comes out of it.
 async fn assert_refused(hub: &Hub, creds: &Credentials, ca: &CertificateDer<'static>, device: &str) {
     let conn = connect(hub, creds, ca).await;
-    let blob = async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let req = BlobRequest { digest: format!("sha256:{}", "0".repeat(64)), offset: 0 };
-        wire::write_frame(&mut send, &StreamOpen::Blob(req)).await?;
-        tokio::time::timeout(TEN, wire::read_frame::<wire::BlobReply, _>(&mut recv))
-            .await?
-            .map_err(anyhow::Error::from)
-    };
-    assert!(!matches!(blob.await, Ok(Some(_))), "no blob answer for a revoked certificate");
+    let digest = format!("sha256:{}", "0".repeat(64));
+    assert!(blob(&conn, &digest).await.is_err(), "no blob answer for a revoked certificate");
     assert!(sync(&conn, device).await.is_err(), "no session for a revoked certificate");
     assert_eq!(close_code_of(&conn, TEN).await, close_code::REVOKED);
 }
@@ -121,6 +127,21 @@ fn a_deleted_device_is_cut_off_and_its_old_certificate_never_comes_back() {
     let conn = rt.block_on(connect(&hub, &old, &ca));
     let frame = rt.block_on(sync(&conn, "pi-1")).unwrap();
     assert!(matches!(frame, HubFrame::Welcome(_)), "{frame:?}");
+
+    // Blobs: only those of the images in the device's own desired manifest.
+    let image = busybox_image(dir.path(), "busybox-test:1");
+    hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
+    let imported = hub.get("images", Some("busybox-test:1")).unwrap();
+    let digest = imported["spec"]["platforms"][0]["manifestDigest"].as_str().unwrap().to_string();
+    let reply = rt.block_on(blob(&conn, &digest)).unwrap();
+    assert!(matches!(reply, BlobReply::NotFound { .. }), "an image no app gives pi-1: {reply:?}");
+    let app = "apiVersion: flotilla.dev/v1\nkind: App\nmetadata:\n  name: box\nspec:\n  containers:\n    - name: box\n      image: busybox-test:1\n";
+    let out = hub.apply(dir.path(), app);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("pi-1's manifest to name the image, and its blob to be served", LONG, || {
+        matches!(rt.block_on(blob(&conn, &digest)), Ok(BlobReply::Found { .. })).then_some(())
+    });
+
     hub.cli_ok(&["delete", "device", "pi-1"]);
     let deleted = Instant::now();
     assert_eq!(rt.block_on(close_code_of(&conn, Duration::from_secs(1))), close_code::REVOKED);

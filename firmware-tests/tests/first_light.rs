@@ -56,7 +56,7 @@ fn apply_to_running_container_and_back() {
     let out = hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
     assert!(out.contains("busybox-test:1"), "{out}");
 
-    let token = hub.enrolment_token(&["--label", "site-kind=store"]);
+    let token = hub.enrolment_token(&["--label", "site-kind=store", "--allow-label", "role"]);
     let mut agent = Agent::configure(dir.path(), "pi-1", &hub.quic, &token, &[("role", "web")]);
     agent.start();
     wait_until("the device to be Online", LONG, || (device_phase(&hub, "pi-1")? == "Online").then_some(()));
@@ -164,6 +164,36 @@ fn wrong_and_expired_tokens_get_clear_errors() {
     let (code, out) = agent.run_to_exit(LONG);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("enrolment refused") && out.contains("not valid"), "{out}");
+    // A token id the hub never issued gets the very same answer: nobody learns which
+    // ids exist.
+    let refusal = |out: &str| out.lines().find(|l| l.contains("enrolment refused")).map(str::to_string);
+    let mut parts: Vec<&str> = real.split('.').collect();
+    let unknown_id = "b".repeat(parts[1].len());
+    parts[1] = &unknown_id;
+    let unknown = parts.join(".");
+    let agent = Agent::configure(dir.path(), "pi-unknown", &hub.quic, &unknown, &[]);
+    let (code2, out2) = agent.run_to_exit(LONG);
+    assert_eq!(code2, Some(2), "{out2}");
+    let strip = |l: Option<String>| l.map(|l| l[l.find("enrolment refused").unwrap()..].to_string());
+    let (wrong_secret, unknown_id) = (strip(refusal(&out)), strip(refusal(&out2)));
+    assert!(wrong_secret.is_some(), "{out}");
+    assert_eq!(wrong_secret, unknown_id, "{out}\n{out2}");
+
+    // Labels a device sets itself must be allowed by its token.
+    let zoned = hub.enrolment_token(&["--allow-label", "zone=front", "--label", "site-kind=store"]);
+    let agent = Agent::configure(dir.path(), "pi-greedy", &hub.quic, &zoned, &[("role", "pos")]);
+    let (code, out) = agent.run_to_exit(LONG);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("label role=pos is not allowed by the enrolment token"), "{out}");
+    let agent = Agent::configure(dir.path(), "pi-back", &hub.quic, &zoned, &[("zone", "back")]);
+    let (code, out) = agent.run_to_exit(LONG);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("zone=back is not allowed") && out.contains("zone=front"), "{out}");
+    let agent = Agent::configure(dir.path(), "pi-store", &hub.quic, &zoned, &[("site-kind", "warehouse")]);
+    let (code, out) = agent.run_to_exit(LONG);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("set by the enrolment token"), "{out}");
+    assert!(hub.get("devices", Some("pi-greedy")).is_none() && hub.get("devices", Some("pi-back")).is_none());
 
     // Garbage is refused before anything is sent.
     let agent = Agent::configure(dir.path(), "pi-garbage", &hub.quic, "not-a-token", &[]);
@@ -210,7 +240,7 @@ fn agent_runs_its_last_desired_state_without_the_hub() {
     let mut hub = Hub::start(dir.path());
     let image = busybox_image(dir.path(), "busybox-test:1");
     hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
-    let token = hub.enrolment_token(&[]);
+    let token = hub.enrolment_token(&["--allow-label", "role"]);
     let mut agent = Agent::configure(dir.path(), "pi-off", &hub.quic, &token, &[("role", "web")]);
     agent.start();
     let port = free_port();

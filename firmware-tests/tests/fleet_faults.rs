@@ -95,7 +95,7 @@ fn device_phase(hub: &Hub, name: &str) -> Option<String> {
 fn agent_with_app(dir: &Path, s: &Site, name: &str, link: &LinkHandle) -> Agent {
     let image = busybox_image(dir, "busybox-test:1");
     s.hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
-    let token = s.hub.enrolment_token(&[]);
+    let token = s.hub.enrolment_token(&["--allow-label", "role"]);
     let mut agent = Agent::configure(dir, name, &link.addr().to_string(), &token, &[("role", name)]);
     agent.start_in(&s.edge);
     let out = s.hub.apply(dir, &app_yaml(name, "one"));

@@ -39,7 +39,7 @@ fn a_version_one_agent_syncs_with_this_hub() {
     let image = busybox_image(dir.path(), "busybox-test:1");
     hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
     // A real agent enrols "pi-1"; the old agent then speaks with its credentials.
-    let token = hub.enrolment_token(&[]);
+    let token = hub.enrolment_token(&["--allow-label", "role"]);
     let mut agent = Agent::configure(dir.path(), "pi-1", &hub.quic, &token, &[("role", "old")]);
     agent.start();
     wait_until("the device to enrol", Duration::from_secs(60), || hub.get("devices", Some("pi-1")));

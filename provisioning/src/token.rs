@@ -331,6 +331,7 @@ mod tests {
             labels: BTreeMap::new(),
             site: String::new(),
             description: String::new(),
+            device_labels: Default::default(),
         }
     }
 

@@ -258,6 +258,101 @@ pub struct EnrolmentTokenRecord {
     /// Site every device enrolled with this token joins, or empty.
     pub site: String,
     pub description: String,
+    /// Which labels a device may ask for itself (format 3).
+    pub device_labels: LabelPolicy,
+}
+
+/// Which labels a device enrolling with a token may set itself, beside the token's own
+/// labels (which it may always repeat). A device that could pick any label could
+/// attract the workloads, and their configuration, meant for other devices.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum LabelPolicy {
+    /// None but the token's own: the default for new tokens.
+    #[default]
+    TokenOnly,
+    /// Any label: tokens created before the hub had label policies.
+    Any,
+    /// These keys; a key with values allows only those values.
+    Keys(BTreeMap<String, Vec<String>>),
+}
+
+impl LabelPolicy {
+    /// Parses `--allow-label` arguments: `key` allows any value, `key=value` that value
+    /// (repeat for more). `*` alone allows any label.
+    pub fn from_rules<'a>(rules: impl IntoIterator<Item = &'a str>) -> Result<LabelPolicy, String> {
+        let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for rule in rules {
+            if rule == "*" {
+                return Ok(LabelPolicy::Any);
+            }
+            let (key, value) = match rule.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (rule, None),
+            };
+            if let Some(p) = crate::validate::label_problem(key, value.unwrap_or("")) {
+                return Err(format!("{rule:?}: {p}"));
+            }
+            let values = keys.entry(key.to_string()).or_default();
+            match value {
+                // A bare key allows every value, whatever else was listed.
+                None => values.push(String::new()),
+                Some(v) => values.push(v.to_string()),
+            }
+        }
+        for values in keys.values_mut() {
+            if values.iter().any(String::is_empty) {
+                values.clear();
+            } else {
+                values.sort();
+                values.dedup();
+            }
+        }
+        Ok(if keys.is_empty() { LabelPolicy::TokenOnly } else { LabelPolicy::Keys(keys) })
+    }
+
+    /// Whether a device may ask for `key=value` when the token itself sets `token_labels`.
+    pub fn check(
+        &self,
+        token_labels: &BTreeMap<String, String>,
+        key: &str,
+        value: &str,
+    ) -> Result<(), String> {
+        match token_labels.get(key) {
+            Some(v) if v == value => return Ok(()),
+            Some(v) => return Err(format!("label {key:?} is set by the enrolment token to {v:?}")),
+            None => {}
+        }
+        let allowed = match self {
+            LabelPolicy::Any => true,
+            LabelPolicy::TokenOnly => false,
+            LabelPolicy::Keys(keys) => {
+                keys.get(key).is_some_and(|vs| vs.is_empty() || vs.iter().any(|v| v == value))
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "label {key}={value} is not allowed by the enrolment token ({}); create a token that allows it (flotilla token create --allow-label {key}) or remove it from the agent's config",
+                self.describe()
+            ))
+        }
+    }
+
+    /// A human summary: `none`, `any`, or `role, zone=a|b`.
+    pub fn describe(&self) -> String {
+        match self {
+            LabelPolicy::TokenOnly => "it allows no labels of the device's own".into(),
+            LabelPolicy::Any => "it allows any".into(),
+            LabelPolicy::Keys(keys) => {
+                let rules: Vec<String> = keys
+                    .iter()
+                    .map(|(k, vs)| if vs.is_empty() { k.clone() } else { format!("{k}={}", vs.join("|")) })
+                    .collect();
+                format!("it allows {}", rules.join(", "))
+            }
+        }
+    }
 }
 
 /// An API bearer token, stored hashed.
@@ -320,5 +415,50 @@ impl fmt::Debug for FleetCaRecord {
             .field("key_pkcs8_der", &"<redacted>")
             .field("created_at", &self.created_at)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod label_policy_tests {
+    use super::*;
+
+    fn token_labels() -> BTreeMap<String, String> {
+        BTreeMap::from([("site-kind".to_string(), "store".to_string())])
+    }
+
+    #[test]
+    fn rules_parse_into_keys_values_or_any() {
+        assert_eq!(LabelPolicy::from_rules([]), Ok(LabelPolicy::TokenOnly));
+        assert_eq!(LabelPolicy::from_rules(["role", "zone=a"]).unwrap().describe(), "it allows role, zone=a");
+        // A bare key wins over values listed for it.
+        assert_eq!(LabelPolicy::from_rules(["zone=a", "zone"]).unwrap().describe(), "it allows zone");
+        assert_eq!(
+            LabelPolicy::from_rules(["zone=b", "zone=a", "zone=b"]).unwrap().describe(),
+            "it allows zone=a|b"
+        );
+        assert_eq!(LabelPolicy::from_rules(["role", "*"]), Ok(LabelPolicy::Any));
+        assert!(LabelPolicy::from_rules(["bad key"]).is_err());
+    }
+
+    #[test]
+    fn a_device_sets_only_what_its_token_allows() {
+        let t = token_labels();
+        let keys = LabelPolicy::from_rules(["role", "zone=a"]).unwrap();
+        assert!(keys.check(&t, "role", "anything").is_ok());
+        assert!(keys.check(&t, "zone", "a").is_ok());
+        assert!(keys.check(&t, "zone", "b").unwrap_err().contains("zone=b is not allowed"));
+        assert!(keys.check(&t, "gpu", "yes").is_err());
+        // The token's own labels may be repeated, never changed, whatever the policy.
+        for policy in [LabelPolicy::TokenOnly, LabelPolicy::Any, keys] {
+            assert!(policy.check(&t, "site-kind", "store").is_ok());
+            assert!(
+                policy
+                    .check(&t, "site-kind", "warehouse")
+                    .unwrap_err()
+                    .contains("set by the enrolment token")
+            );
+        }
+        assert!(LabelPolicy::TokenOnly.check(&t, "role", "x").is_err());
+        assert!(LabelPolicy::Any.check(&t, "role", "x").is_ok());
     }
 }

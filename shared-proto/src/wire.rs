@@ -31,6 +31,102 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// Oldest version this build still reads and can answer in: a hub and an agent one
 /// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`].
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Longest name-like string a device may send: names, ids, versions, the boot id.
+pub const MAX_FRAME_NAME: usize = 253;
+/// Longest free text a device may send (a container's reason).
+pub const MAX_FRAME_TEXT: usize = 1024;
+/// Most containers one report may list.
+pub const MAX_REPORT_CONTAINERS: usize = 1024;
+/// Most labels a device may ask for at enrolment.
+pub const MAX_ENROL_LABELS: usize = 64;
+/// Largest certificate request, token text and label (key plus value) at enrolment.
+pub const MAX_CSR_BYTES: usize = 8 << 10;
+pub const MAX_TOKEN_BYTES: usize = 512;
+
+fn too_long(field: &str, value: &str, max: usize) -> Option<String> {
+    (value.len() > max).then(|| format!("{field} is {} bytes, more than {max}", value.len()))
+}
+
+impl DeviceFacts {
+    /// What is wrong with these facts, if anything: every string is bounded.
+    pub fn problem(&self) -> Option<String> {
+        [
+            ("facts.arch", &self.arch),
+            ("facts.os", &self.os),
+            ("facts.agentVersion", &self.agent_version),
+            ("facts.hostname", &self.hostname),
+        ]
+        .into_iter()
+        .find_map(|(f, v)| too_long(f, v, MAX_FRAME_NAME))
+    }
+}
+
+impl AgentHello {
+    /// What is wrong with this hello, if anything.
+    pub fn problem(&self) -> Option<String> {
+        too_long("device", &self.device, MAX_FRAME_NAME)
+            .or_else(|| too_long("bootId", &self.boot_id, MAX_FRAME_NAME))
+            .or_else(|| self.facts.problem())
+    }
+}
+
+impl AgentReport {
+    /// What is wrong with this report, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if self.containers.len() > MAX_REPORT_CONTAINERS {
+            return Some(format!(
+                "a report lists {} containers, more than {MAX_REPORT_CONTAINERS}",
+                self.containers.len()
+            ));
+        }
+        self.containers.iter().enumerate().find_map(|(i, c)| {
+            [("app", &c.app), ("name", &c.name), ("id", &c.id)]
+                .into_iter()
+                .find_map(|(f, v)| too_long(&format!("containers[{i}].{f}"), v, MAX_FRAME_NAME))
+                .or_else(|| too_long(&format!("containers[{i}].reason"), &c.reason, MAX_FRAME_TEXT))
+        })
+    }
+
+    /// Cuts every free-text field to its bound (on a character boundary), so that an
+    /// agent's long error chain never costs it its session.
+    pub fn truncate_to_limits(&mut self) {
+        for c in &mut self.containers {
+            if c.reason.len() > MAX_FRAME_TEXT {
+                let mut end = MAX_FRAME_TEXT - '…'.len_utf8();
+                while !c.reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                c.reason.truncate(end);
+                c.reason.push('…');
+            }
+        }
+    }
+}
+
+impl EnrolRequest {
+    /// What is wrong with this request, if anything (before any of it is trusted).
+    pub fn problem(&self) -> Option<String> {
+        if self.csr_der.len() > MAX_CSR_BYTES {
+            return Some(format!(
+                "the certificate request is {} bytes, more than {MAX_CSR_BYTES}",
+                self.csr_der.len()
+            ));
+        }
+        if self.labels.len() > MAX_ENROL_LABELS {
+            return Some(format!("{} labels asked for, more than {MAX_ENROL_LABELS}", self.labels.len()));
+        }
+        too_long("token", &self.token, MAX_TOKEN_BYTES)
+            .or_else(|| too_long("deviceName", &self.device_name, MAX_FRAME_NAME))
+            .or_else(|| self.facts.problem())
+            .or_else(|| {
+                self.labels.iter().find_map(|(k, v)| {
+                    too_long(&format!("labels[{k:.64}]"), v, MAX_FRAME_NAME)
+                        .or_else(|| too_long("a label key", k, MAX_FRAME_NAME))
+                })
+            })
+    }
+}
+
 /// Application error codes the hub closes QUIC connections with. Over the TCP
 /// fallback the hub just closes the connection.
 pub mod close_code {
@@ -46,6 +142,8 @@ pub mod close_code {
     /// The certificate no longer opens a session: its device was deleted, or
     /// re-enrolled with another certificate. Reconnecting with it will not help.
     pub const REVOKED: u32 = 5;
+    /// The device holds as many connections as it may; one must close first.
+    pub const TOO_MANY_CONNECTIONS: u32 = 6;
 }
 /// TLS application protocol both ends insist on. It names the protocol family; the
 /// version of each frame travels in the frame itself.
@@ -80,7 +178,7 @@ pub struct EnrolRequest {
     /// PKCS#10 request for the key the device generated and keeps.
     pub csr_der: Vec<u8>,
     pub facts: DeviceFacts,
-    /// Labels the device asks for; the token's labels win on conflict.
+    /// Labels the device asks for, within what its token allows.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -453,6 +551,42 @@ mod tests {
             assert_eq!(got, want, "chunk size {chunk}");
             assert_eq!(d.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn every_string_a_device_sends_is_bounded_and_reports_are_cut_to_fit() {
+        let hello = AgentHello {
+            device: "pi".into(),
+            facts: DeviceFacts { os: "x".repeat(MAX_FRAME_NAME + 1), ..Default::default() },
+            held_revision: 0,
+            boot_id: "b".into(),
+        };
+        assert!(hello.problem().unwrap().contains("facts.os"));
+        let container = crate::manifest::ObservedContainer {
+            app: "a".into(),
+            generation: 1,
+            name: "c".into(),
+            id: "i".into(),
+            phase: Default::default(),
+            exit_code: None,
+            restarts: 0,
+            started_at: None,
+            reason: "é".repeat(MAX_FRAME_TEXT),
+        };
+        let mut report = AgentReport { held_revision: 1, containers: vec![container] };
+        assert!(report.problem().unwrap().contains("containers[0].reason"));
+        report.truncate_to_limits();
+        assert_eq!(report.problem(), None);
+        assert!(report.containers[0].reason.ends_with('…'));
+        assert!(report.containers[0].reason.len() <= MAX_FRAME_TEXT);
+        let req = EnrolRequest {
+            token: "t".into(),
+            device_name: "pi".into(),
+            csr_der: vec![0; MAX_CSR_BYTES + 1],
+            facts: Default::default(),
+            labels: Default::default(),
+        };
+        assert!(req.problem().unwrap().contains("certificate request"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use shared_proto::manifest::{
     ContainerLimits, ContainerPhase, DesiredApp, DesiredContainer, DesiredManifest, ObservedContainer,
 };
-use shared_proto::store::{Object, Precondition, StoreCommand};
+use shared_proto::store::{EnrolmentTokenRecord, LabelPolicy, Object, Precondition, StoreCommand};
 use shared_proto::wire::{self, AgentFrame, AgentHello, AgentReport, DeviceFacts, HubFrame, StreamOpen};
 use shared_proto::{
     App, AppSpec, Bytes, Capacity, ContainerSpec, CpuMillis, Device, DeviceCertificate, DevicePhase,
@@ -260,4 +260,29 @@ proptest! {
         let _ = wire::decode_frame::<HubFrame>(&bytes);
         let _ = StoreCommand::decode(&bytes);
     }
+}
+
+fn token_record(device_labels: LabelPolicy) -> EnrolmentTokenRecord {
+    EnrolmentTokenRecord {
+        id: "ab12".into(),
+        secret_sha256: "ff".into(),
+        created_at: Timestamp(1000),
+        expires_at: Timestamp(2000),
+        max_uses: Some(3),
+        n_used: 1,
+        labels: std::collections::BTreeMap::from([("role".to_string(), "pos".to_string())]),
+        site: "s1".into(),
+        description: "d".into(),
+        device_labels,
+    }
+}
+
+#[test]
+fn enrolment_tokens_of_format_two_let_devices_pick_any_label() {
+    // Written by a format-2 hub, before label policies.
+    let v2 = hex::decode("02050461623132026666e807d00f0103010104726f6c6503706f730273310164").unwrap();
+    assert_eq!(Object::decode(&v2).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::Any)));
+    let v3 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
+    assert_eq!(hex::encode(&v3), "03050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
+    assert_eq!(Object::decode(&v3).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
 }

@@ -100,6 +100,9 @@ pub fn document() -> Value {
                 "requestBody": { "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": {
                     "ttl": { "type": "string", "examples": ["24h"] }, "maxUses": { "type": "integer", "minimum": 1 },
                     "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "allowLabels": { "type": "array", "maxItems": 64, "items": { "type": "string" },
+                        "description": "Labels devices may set themselves: `key`, `key=value` or `*`; default none but the token's own",
+                        "examples": [["role", "zone=front"]] },
                     "site": { "type": "string" }, "description": { "type": "string" } } } } } },
                 "responses": { "201": { "description": "Created, with `token`" }, "422": { "$ref": "#/components/responses/Error" } } }
         }),

@@ -13,7 +13,8 @@ use provisioning::token::{ApiToken, EnrolmentToken};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared_proto::store::{
-    ApiTokenRecord, EnrolmentTokenRecord, Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome,
+    ApiTokenRecord, EnrolmentTokenRecord, LabelPolicy, Object, Precondition, Role, StoreCommand, StoreKind,
+    StoreOutcome,
 };
 use shared_proto::validate::{dns_label_problem, label_problem};
 use std::collections::BTreeMap;
@@ -33,6 +34,10 @@ pub struct CreateEnrolmentToken {
     pub max_uses: Option<u32>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Labels devices may set themselves: `key` (any value), `key=value`, or `*` (any
+    /// label). Default: none but the token's own.
+    #[serde(default)]
+    pub allow_labels: Vec<String>,
     #[serde(default)]
     pub site: String,
     #[serde(default)]
@@ -58,6 +63,11 @@ fn enrolment_json(r: &EnrolmentTokenRecord) -> Value {
         "maxUses": r.max_uses,
         "used": r.n_used,
         "labels": r.labels,
+        "deviceLabels": match &r.device_labels {
+            LabelPolicy::TokenOnly => json!("none"),
+            LabelPolicy::Any => json!("any"),
+            LabelPolicy::Keys(keys) => json!(keys),
+        },
         "site": r.site,
         "description": r.description,
     })
@@ -86,6 +96,11 @@ pub async fn create_enrolment(
             return Err(ApiError::invalid(&format!("labels[{k:?}]"), p));
         }
     }
+    if req.allow_labels.len() > 64 {
+        return Err(ApiError::invalid("allowLabels", "at most 64 rules"));
+    }
+    let device_labels = LabelPolicy::from_rules(req.allow_labels.iter().map(String::as_str))
+        .map_err(|p| ApiError::invalid("allowLabels", p))?;
     if !req.site.is_empty()
         && let Some(p) = dns_label_problem(&req.site)
     {
@@ -107,6 +122,7 @@ pub async fn create_enrolment(
         labels: req.labels,
         site: req.site,
         description: req.description,
+        device_labels,
     };
     let body = enrolment_json(&record);
     match state

@@ -29,6 +29,10 @@ pub enum TokenCommand {
         /// Label every device enrolled with this token gets (repeatable): key=value.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// A label devices may set themselves (repeatable): `key` for any value,
+        /// `key=value` for that value, `*` for any label. Default: none but the token's own.
+        #[arg(long = "allow-label", value_name = "KEY[=VALUE]")]
+        allow_labels: Vec<String>,
         /// Site every device enrolled with this token joins.
         #[arg(long, default_value = "")]
         site: String,
@@ -447,11 +451,12 @@ pub async fn delete(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()
 pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
     let client = HubClient::connect(args)?;
     match cmd {
-        TokenCommand::Create { ttl, max_uses, labels, site, description, quiet } => {
+        TokenCommand::Create { ttl, max_uses, labels, allow_labels, site, description, quiet } => {
             let body = json!({
                 "ttl": ttl,
                 "maxUses": max_uses,
                 "labels": labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "allowLabels": allow_labels,
                 "site": site,
                 "description": description,
             });

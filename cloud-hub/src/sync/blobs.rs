@@ -1,8 +1,13 @@
 //! Serves image blobs to enrolled devices: one stream per blob, resumable from an
-//! offset, bytes straight from the content-addressed store.
+//! offset, bytes straight from the content-addressed store. A device gets only the
+//! blobs of the images its desired manifest names (each platform manifest, its config
+//! and its layers); anything else is "not available", whether the hub has it or not.
 
 use super::SyncError;
 use crate::state::HubState;
+use images::digest::Digest;
+use images::oci::ImageManifest;
+use shared_proto::store::{Object, StoreKind};
 use shared_proto::wire::{self, BlobReply, BlobRequest};
 use std::io::SeekFrom;
 use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
@@ -10,12 +15,13 @@ use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 /// Answers one blob request on `send`, written for a peer speaking `version`.
 pub async fn serve<W: AsyncWrite + Unpin>(
     state: &HubState,
+    device: &str,
     version: u32,
     req: BlobRequest,
     mut send: W,
 ) -> Result<(), SyncError> {
     let not_found = |message: String| BlobReply::NotFound { message };
-    let digest = match images::digest::Digest::parse(&req.digest) {
+    let digest = match Digest::parse(&req.digest) {
         Ok(d) => d,
         Err(e) => {
             wire::write_frame_for(&mut send, version, &not_found(format!("bad digest: {e}"))).await?;
@@ -24,18 +30,20 @@ pub async fn serve<W: AsyncWrite + Unpin>(
         }
     };
     let path = state.blobs.path(&digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(_) => {
-            wire::write_frame_for(
-                &mut send,
-                version,
-                &not_found(format!("blob {digest} is not on this hub")),
-            )
-            .await?;
-            let _ = send.shutdown().await;
-            return Ok(());
+    let file = match may_fetch(state, device, &digest).await? {
+        true => tokio::fs::File::open(&path).await.ok(),
+        false => {
+            tracing::info!(%device, %digest, "refusing a blob outside the device's desired images");
+            None
         }
+    };
+    let Some(mut file) = file else {
+        let message = format!(
+            "blob {digest} is not available to {device}: it is in none of the images of its desired manifest, or not on this hub"
+        );
+        wire::write_frame_for(&mut send, version, &not_found(message)).await?;
+        let _ = send.shutdown().await;
+        return Ok(());
     };
     let size = file.metadata().await?.len();
     if req.offset > size {
@@ -54,4 +62,65 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     send.flush().await?;
     let _ = send.shutdown().await;
     Ok(())
+}
+
+/// An image manifest larger than this is not one the hub imported.
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Whether `device`'s desired manifest names an image that `digest` belongs to.
+async fn may_fetch(state: &HubState, device: &str, digest: &Digest) -> Result<bool, SyncError> {
+    let manifest = match state.store.get(StoreKind::Manifest, device).await? {
+        Some(Object::Manifest(m)) => m,
+        _ => return Ok(false),
+    };
+    let images: std::collections::BTreeSet<&str> =
+        manifest.apps.iter().flat_map(|a| &a.containers).map(|c| c.image_digest.as_str()).collect();
+    for image in images {
+        let Ok(image) = Digest::parse(image) else { continue };
+        if image == *digest {
+            return Ok(true);
+        }
+        let blobs = state.blobs.clone();
+        let read = tokio::task::spawn_blocking(move || blobs.read_to_vec(&image, MAX_MANIFEST_BYTES)).await;
+        let Ok(Ok(bytes)) = read else { continue };
+        if let Ok(m) = serde_json::from_slice::<ImageManifest>(&bytes)
+            && belongs_to(&m, digest)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `digest` is the config or a layer of `manifest`.
+fn belongs_to(manifest: &ImageManifest, digest: &Digest) -> bool {
+    manifest.config.digest == *digest || manifest.layers.iter().any(|l| l.digest == *digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use images::oci::Descriptor;
+
+    fn digest(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    #[test]
+    fn the_config_and_layers_belong_to_their_image_and_nothing_else_does() {
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: None,
+            config: Descriptor::new(images::oci::MEDIA_TYPE_OCI_CONFIG, digest('a'), 1),
+            layers: vec![
+                Descriptor::new(images::oci::MEDIA_TYPE_OCI_LAYER, digest('b'), 1),
+                Descriptor::new(images::oci::MEDIA_TYPE_OCI_LAYER, digest('c'), 1),
+            ],
+            annotations: Default::default(),
+        };
+        for c in ['a', 'b', 'c'] {
+            assert!(belongs_to(&manifest, &digest(c)), "{c}");
+        }
+        assert!(!belongs_to(&manifest, &digest('d')));
+    }
 }

@@ -15,6 +15,10 @@ use shared_proto::validate::{dns_label_problem, label_problem};
 use shared_proto::wire::{EnrolRefusal, EnrolReply, EnrolRequest};
 use shared_proto::{Device, DeviceCertificate, DevicePhase, DeviceSpec, DeviceStatus, ObjectMeta};
 
+/// What an unknown token's secret is checked against, so that refusing it costs what
+/// refusing a wrong secret does.
+const UNKNOWN_TOKEN_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 fn refuse(reason: EnrolRefusal, message: impl Into<String>) -> EnrolReply {
     EnrolReply::Refused { reason, message: message.into() }
 }
@@ -26,6 +30,9 @@ pub async fn enrol(state: &HubState, req: EnrolRequest) -> EnrolReply {
 }
 
 async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, EnrolReply> {
+    if let Some(p) = req.problem() {
+        return Err(refuse(EnrolRefusal::BadRequest, p));
+    }
     let token = EnrolmentToken::parse(&req.token).map_err(|e| refuse(e.refusal(), e.to_string()))?;
     if token.ca_fingerprint() != state.ca.fingerprint_bytes() {
         return Err(refuse(
@@ -35,20 +42,20 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
     }
     let unavailable =
         |e: hub_store::StoreError| refuse(EnrolRefusal::Unavailable, format!("hub store: {e}; retry"));
-    let (record, token_revision) = match state
-        .store
-        .get_revisioned(StoreKind::EnrolmentToken, token.id())
-        .await
-    {
-        Ok(Some(hub_store::Revisioned { object: Object::EnrolmentToken(r), revision, .. })) => (r, revision),
-        Ok(_) => {
-            return Err(refuse(
-                EnrolRefusal::InvalidToken,
-                "enrolment token is not valid: unknown token (revoked?); create one with flotilla token create",
-            ));
-        }
-        Err(e) => return Err(unavailable(e)),
-    };
+    let (record, token_revision) =
+        match state.store.get_revisioned(StoreKind::EnrolmentToken, token.id()).await {
+            Ok(Some(hub_store::Revisioned { object: Object::EnrolmentToken(r), revision, .. })) => {
+                (r, revision)
+            }
+            Ok(_) => {
+                // The same answer as a wrong secret, after the same work: nobody learns
+                // which token ids exist.
+                let _ = token.verify_secret(UNKNOWN_TOKEN_HASH);
+                let e = provisioning::token::TokenError::InvalidToken;
+                return Err(refuse(e.refusal(), e.to_string()));
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
     // Nobody without the secret learns anything, not even whether a name is taken.
     check_secret(&record, &token).map_err(|e| refuse(e.refusal(), e.to_string()))?;
     let now = state.clock.now();
@@ -77,13 +84,14 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
         return reissue(state, device, revision, &req.csr_der, &key_sha256).await;
     }
     check_enrolment(&record, &token, now).map_err(|e| refuse(e.refusal(), e.to_string()))?;
-    let mut labels = req.labels.clone();
-    labels.extend(record.labels.clone());
-    for (k, v) in &labels {
+    for (k, v) in &req.labels {
         if let Some(p) = label_problem(k, v) {
             return Err(refuse(EnrolRefusal::BadRequest, format!("label {k:?}: {p}")));
         }
+        record.device_labels.check(&record.labels, k, v).map_err(|m| refuse(EnrolRefusal::BadRequest, m))?;
     }
+    let mut labels = req.labels.clone();
+    labels.extend(record.labels.clone());
     let (cert, certificate) = sign(state, &req.csr_der, &name)?;
 
     let mut meta = ObjectMeta::named(name.clone());

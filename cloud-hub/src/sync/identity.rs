@@ -101,24 +101,31 @@ impl LiveIdentities {
 
     /// Registers a connection that presented `cert`, then checks it against the store.
     pub async fn admit(self: &Arc<Self>, store: &Store, cert: &DeviceCert) -> Result<Admitted, AdmitError> {
-        let id = {
-            let mut n = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
-            *n += 1;
-            *n
-        };
-        let (tx, rx) = watch::channel(None);
-        self.lock().entry(cert.name.clone()).or_default().push(Live {
-            id,
-            serial: cert.serial.clone(),
-            revoke: tx,
-        });
-        let admitted = Admitted { registry: self.clone(), device: cert.name.clone(), id, revoked: rx };
+        let admitted = self.register(cert)?;
         let device = match store.get(StoreKind::Device, &cert.name).await? {
             Some(Object::Device(d)) => Some(d),
             _ => None,
         };
         check(device.as_ref(), &cert.serial).map_err(AdmitError::Refused)?;
         Ok(admitted)
+    }
+
+    /// Registers a connection, unless its device holds as many as it may.
+    fn register(self: &Arc<Self>, cert: &DeviceCert) -> Result<Admitted, AdmitError> {
+        let id = {
+            let mut n = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            *n
+        };
+        let (tx, rx) = watch::channel(None);
+        let mut conns = self.lock();
+        let list = conns.entry(cert.name.clone()).or_default();
+        if list.len() >= MAX_CONNECTIONS_PER_DEVICE {
+            return Err(AdmitError::TooMany);
+        }
+        list.push(Live { id, serial: cert.serial.clone(), revoke: tx });
+        drop(conns);
+        Ok(Admitted { registry: self.clone(), device: cert.name.clone(), id, revoked: rx })
     }
 
     /// Revokes `device`'s connections whose certificate it no longer accepts.
@@ -171,10 +178,17 @@ impl LiveIdentities {
     }
 }
 
+/// Most connections one device may hold at once. An agent holds one QUIC connection,
+/// or over the TCP fallback one per stream (sync plus a few pulls); more is a broken or
+/// hostile client, or clones of one device.
+pub const MAX_CONNECTIONS_PER_DEVICE: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
     #[error("{0}")]
     Refused(Refusal),
+    #[error("the device holds {MAX_CONNECTIONS_PER_DEVICE} connections already")]
+    TooMany,
     #[error(transparent)]
     Store(#[from] hub_store::StoreError),
 }
@@ -205,6 +219,25 @@ mod tests {
         assert_eq!(check(Some(&device(&["b2"])), "a1"), Err(Refusal::Superseded));
         // Enrolled before the hub recorded certificates.
         assert_eq!(check(Some(&device(&[])), "a1"), Ok(()));
+    }
+
+    #[test]
+    fn a_device_holds_a_bounded_number_of_connections() {
+        let registry = Arc::new(LiveIdentities::default());
+        let cert = DeviceCert {
+            name: "pi".into(),
+            serial: "a1".into(),
+            key_sha256: "k".into(),
+            not_after: Timestamp(0),
+        };
+        let held: Vec<Admitted> = (0..MAX_CONNECTIONS_PER_DEVICE)
+            .map(|_| registry.register(&cert).expect("within the bound"))
+            .collect();
+        assert!(matches!(registry.register(&cert), Err(AdmitError::TooMany)));
+        let other = DeviceCert { name: "pi-2".into(), ..cert.clone() };
+        assert!(registry.register(&other).is_ok(), "other devices are not affected");
+        drop(held);
+        assert!(registry.register(&cert).is_ok(), "closed connections free their slots");
     }
 
     #[tokio::test]

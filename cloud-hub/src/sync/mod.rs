@@ -231,6 +231,10 @@ pub async fn admit(
             tracing::info!(%remote, device = %cert.name, serial = %cert.serial, %refusal, "refusing a revoked certificate");
             Err((close_code::REVOKED, refusal.to_string()))
         }
+        Err(identity::AdmitError::TooMany) => {
+            tracing::info!(%remote, device = %cert.name, "refusing a connection past the device's limit");
+            Err((close_code::TOO_MANY_CONNECTIONS, identity::AdmitError::TooMany.to_string()))
+        }
         Err(identity::AdmitError::Store(e)) => {
             tracing::warn!(%remote, device = %cert.name, error = %e, "cannot check a device's certificate");
             Err((close_code::SHUTDOWN, "the hub cannot check certificates right now; retry".into()))
@@ -304,8 +308,8 @@ where
         (Some((version, StreamOpen::Sync(hello))), Some(device)) => {
             Ok(session::serve(state.clone(), device, hello, version, decoder, reads, writer).await?)
         }
-        (Some((version, StreamOpen::Blob(req))), Some(_)) => {
-            Ok(blobs::serve(state, version, req, writer).await?)
+        (Some((version, StreamOpen::Blob(req))), Some(device)) => {
+            Ok(blobs::serve(state, &device, version, req, writer).await?)
         }
         (Some(_), None) => Err(StreamError::NeedsCertificate),
     }

@@ -194,7 +194,9 @@ impl HubWatch {
             self.last_heard = self.now;
             match wire::decode_frame_body::<AgentFrame>(&body) {
                 Ok(AgentFrame::Heartbeat { .. }) => want.push(HubEvent::Heartbeat),
-                Ok(AgentFrame::Report(r)) if r.containers.len() <= HUB_MAX_REPORT_CONTAINERS => {
+                Ok(AgentFrame::Report(r))
+                    if r.containers.len() <= HUB_MAX_REPORT_CONTAINERS && r.problem().is_none() =>
+                {
                     want.push(HubEvent::Report(r))
                 }
                 Ok(AgentFrame::Report(_)) | Err(_) => {

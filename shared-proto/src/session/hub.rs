@@ -115,7 +115,11 @@ impl HubSession {
             last_heard: now,
             cfg,
         };
-        if hello.device != device {
+        if let Some(p) = hello.problem() {
+            let msg = format!("bad hello: {p}");
+            s.queue(&HubFrame::Refused { message: msg.clone() });
+            s.end(SessionEnd::Protocol(msg));
+        } else if hello.device != device {
             let msg = format!("hello names device {:?} but the certificate is for {device:?}", hello.device);
             s.queue(&HubFrame::Refused { message: msg.clone() });
             s.end(SessionEnd::Protocol(msg));
@@ -213,7 +217,10 @@ impl HubSession {
                     );
                     return self.end(SessionEnd::Protocol(msg));
                 }
-                Ok(AgentFrame::Report(r)) => self.events.push_back(HubEvent::Report(r)),
+                Ok(AgentFrame::Report(r)) => match r.problem() {
+                    Some(p) => return self.end(SessionEnd::Protocol(format!("bad report: {p}"))),
+                    None => self.events.push_back(HubEvent::Report(r)),
+                },
                 Err(e) => return self.end(SessionEnd::Protocol(format!("bad frame from the device: {e}"))),
             }
         }

@@ -5,12 +5,12 @@
 //!
 //! Version 2 added `DeviceSpec::taints` and `Placement::{tolerations, affinity,
 //! anti_affinity}`, and appended `StoreCommand::Each`. A device's status has the shape
-//! version 2 froze (`v2::DeviceStatus`).
+//! version 2 froze (`v2::DeviceStatus`), and so has an enrolment token.
 
 use crate::manifest::DesiredManifest;
 use crate::resource::{AppStatus, ContainerSpec, Image, NetworkMode, ObjectMeta, RestartPolicy, Site};
 use crate::selector::LabelSelector;
-use crate::store::{ApiTokenRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition, StoreKind};
+use crate::store::{ApiTokenRecord, FleetCaRecord, Precondition, StoreKind};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -59,7 +59,7 @@ pub(super) enum Object {
     App(App),
     Image(Image),
     Manifest(DesiredManifest),
-    EnrolmentToken(EnrolmentTokenRecord),
+    EnrolmentToken(super::v2::EnrolmentTokenRecord),
     ApiToken(ApiTokenRecord),
     FleetCa(FleetCaRecord),
 }
@@ -118,7 +118,7 @@ impl From<Object> for super::Object {
             Object::App(x) => super::Object::App(x.into()),
             Object::Image(x) => super::Object::Image(x),
             Object::Manifest(x) => super::Object::Manifest(x),
-            Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x),
+            Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
             Object::ApiToken(x) => super::Object::ApiToken(x),
             Object::FleetCa(x) => super::Object::FleetCa(x),
         }

@@ -3,13 +3,15 @@
 //! changed since are copied; everything else is the current type. Never edit: a change
 //! here would misread what is on disk.
 //!
-//! Version 3 added `DeviceStatus::{certificates, enrolled_with}`.
+//! Version 3 added `DeviceStatus::{certificates, enrolled_with}` and
+//! `EnrolmentTokenRecord::device_labels`.
 
 use crate::manifest::{DesiredManifest, ObservedContainer};
 use crate::resource::{App, Capacity, DevicePhase, DeviceSpec, Image, ObjectMeta, Site};
-use crate::store::{ApiTokenRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition, StoreKind};
+use crate::store::{ApiTokenRecord, FleetCaRecord, LabelPolicy, Precondition, StoreKind};
 use crate::time::Timestamp;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 pub(super) struct DeviceStatus {
@@ -25,6 +27,19 @@ pub(super) struct DeviceStatus {
     applied_revision: u64,
     containers: Vec<ObservedContainer>,
     message: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct EnrolmentTokenRecord {
+    id: String,
+    secret_sha256: String,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    max_uses: Option<u32>,
+    n_used: u32,
+    labels: BTreeMap<String, String>,
+    site: String,
+    description: String,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +92,24 @@ impl From<DeviceStatus> for crate::DeviceStatus {
     }
 }
 
+impl From<EnrolmentTokenRecord> for crate::store::EnrolmentTokenRecord {
+    fn from(r: EnrolmentTokenRecord) -> Self {
+        crate::store::EnrolmentTokenRecord {
+            id: r.id,
+            secret_sha256: r.secret_sha256,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            max_uses: r.max_uses,
+            n_used: r.n_used,
+            labels: r.labels,
+            site: r.site,
+            description: r.description,
+            // Devices chose their labels freely when these tokens were made.
+            device_labels: LabelPolicy::Any,
+        }
+    }
+}
+
 impl From<Device> for crate::Device {
     fn from(d: Device) -> Self {
         crate::Device {
@@ -97,7 +130,7 @@ impl From<Object> for super::Object {
             Object::App(x) => super::Object::App(x),
             Object::Image(x) => super::Object::Image(x),
             Object::Manifest(x) => super::Object::Manifest(x),
-            Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x),
+            Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
             Object::ApiToken(x) => super::Object::ApiToken(x),
             Object::FleetCa(x) => super::Object::FleetCa(x),
         }
