@@ -50,6 +50,17 @@ enum Command {
         #[command(subcommand)]
         command: cli::ApiTokenCommand,
     },
+    /// Who changed what: the hub's audit log of mutating API calls (admins).
+    Audit {
+        /// Entries since an RFC 3339 time or a duration back from now (1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// The newest this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Simulate a fleet of agents against a hub (for scale tests and benchmarks).
     Sim(cloud_hub::sim::SimArgs),
     /// OCI images.
@@ -85,6 +96,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => cli::token(h, &command).await,
         Command::ApiToken { command } => cli::api_token(h, &command).await,
         Command::Image { command } => cli::image(h, &command).await,
+        Command::Audit { since, limit, output } => cli::audit(h, since.as_deref(), limit, output).await,
         Command::Sim(args) => cloud_hub::sim::run(h, args).await,
     }
 }

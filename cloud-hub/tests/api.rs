@@ -277,3 +277,271 @@ async fn placement_says_for_every_device_why_not() {
     let (_, p, _) = api.call("GET", "/api/v1/apps/till/placement", Some(&viewer), vec![]).await;
     assert_eq!(p["placedDevices"], 0, "NoExecute keeps the untolerating app off: {p}");
 }
+
+/// A token whose record is written as given: for expired and site-scoped tokens.
+async fn token_with(store: &Store, role: Role, expires_at: Option<u64>, sites: &[&str]) -> (String, String) {
+    let (secret, mut record) =
+        api::tokens::new_api_token(role, String::new(), shared_proto::Timestamp(1)).unwrap();
+    record.expires_at = expires_at.map(shared_proto::Timestamp);
+    record.sites = sites.iter().map(|s| s.to_string()).collect();
+    let id = record.id.clone();
+    store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await.unwrap();
+    (secret, id)
+}
+
+fn site_json(name: &str) -> Value {
+    json!({ "apiVersion": "flotilla.dev/v1", "kind": "Site", "metadata": { "name": name }, "spec": {} })
+}
+
+fn app_in(name: &str, sites: &[&str]) -> Value {
+    let mut a = app(name, "img:1");
+    a["spec"]["placement"] = json!({ "sites": sites });
+    a
+}
+
+fn device_in(name: &str, site: &str) -> shared_proto::Device {
+    shared_proto::Device::new(
+        shared_proto::ObjectMeta::named(name),
+        shared_proto::DeviceSpec { site: site.into(), ..Default::default() },
+    )
+}
+
+#[tokio::test]
+async fn every_route_answers_each_role_and_site_scope_as_it_should() {
+    let api = setup().await;
+    let admin = token(&api.store, Role::Admin).await;
+    let (viewer, _) = token_with(&api.store, Role::Viewer, None, &[]).await;
+    let (op_a, _) = token_with(&api.store, Role::Operator, None, &["a"]).await;
+    let operator = token(&api.store, Role::Operator).await;
+    let (expired, _) = token_with(&api.store, Role::Admin, Some(1), &[]).await;
+    let (revoked, revoked_id) = token_with(&api.store, Role::Admin, None, &[]).await;
+    let cmd = StoreCommand::Delete {
+        kind: shared_proto::store::StoreKind::ApiToken,
+        name: revoked_id,
+        precondition: Precondition::MustExist,
+    };
+    api.store.write(cmd).await.unwrap();
+    // The callers that hold a working token, in this order in every row below.
+    let who = ["viewer", "op-a", "operator", "admin"];
+    let tokens = [viewer.as_str(), op_a.as_str(), operator.as_str(), admin.as_str()];
+
+    // The fleet: sites a and c, a device in each, apps placed in a, in c and everywhere,
+    // and for every caller its own objects to delete.
+    let put = |kind: &str, name: &str, body: Value| {
+        let (api, admin) = (&api, &admin);
+        let path = format!("/api/v1/{kind}/{name}");
+        async move {
+            let (s, v, _) = api.call("PUT", &path, Some(admin), serde_json::to_vec(&body).unwrap()).await;
+            assert!(s.is_success(), "{path}: {s} {v}");
+        }
+    };
+    for s in ["a", "c"] {
+        put("sites", s, site_json(s)).await;
+    }
+    for (name, site) in [("dev-a", "a"), ("dev-c", "c")] {
+        api.store
+            .write(StoreCommand::put(Object::Device(device_in(name, site)), Precondition::MustNotExist))
+            .await
+            .unwrap();
+    }
+    put("apps", "app-a", app_in("app-a", &["a"])).await;
+    put("apps", "app-c", app_in("app-c", &["c"])).await;
+    put("apps", "app-all", app_in("app-all", &[])).await;
+    let mut enrol_a = Vec::new();
+    let mut enrol_c = Vec::new();
+    let mut api_tokens = Vec::new();
+    for w in who {
+        put("sites", &format!("gone-{w}"), site_json(&format!("gone-{w}"))).await;
+        put("apps", &format!("del-a-{w}"), app_in(&format!("del-a-{w}"), &["a"])).await;
+        put("apps", &format!("del-c-{w}"), app_in(&format!("del-c-{w}"), &["c"])).await;
+        for (name, site) in [(format!("del-a-{w}"), "a"), (format!("del-c-{w}"), "c")] {
+            let d = Object::Device(device_in(&name, site));
+            api.store.write(StoreCommand::put(d, Precondition::MustNotExist)).await.unwrap();
+        }
+        for (site, ids) in [("a", &mut enrol_a), ("c", &mut enrol_c)] {
+            let body = json!({ "site": site }).to_string().into_bytes();
+            let (s, v, _) = api.call("POST", "/api/v1/enrolment-tokens", Some(&admin), body).await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        let (_, v, _) = api.call("POST", "/api/v1/api-tokens", Some(&admin), b"{}".to_vec()).await;
+        api_tokens.push(v["id"].as_str().unwrap().to_string());
+    }
+
+    const OK: u16 = 200;
+    const MADE: u16 = 201;
+    const BAD: u16 = 400;
+    const NO: u16 = 403;
+    const NONE: u16 = 404;
+    // (method, path, body, what viewer, op-a, operator and admin get); `{w}` and
+    // `{ea}`, `{ec}`, `{t}` stand for the caller's own objects.
+    let rows: Vec<(&str, &str, Option<Value>, [u16; 4])> = vec![
+        ("GET", "/api/v1/openapi.json", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/cluster", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/audit", None, [NO, NO, NO, OK]),
+        ("GET", "/api/v1/sites", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/sites/a", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/sites/c", None, [OK, NO, OK, OK]),
+        ("PUT", "/api/v1/sites/a", Some(site_json("a")), [NO, OK, OK, OK]),
+        ("PUT", "/api/v1/sites/new-{w}", Some(site_json("new-{w}")), [NO, NO, MADE, MADE]),
+        ("DELETE", "/api/v1/sites/gone-{w}", None, [NO, NO, OK, OK]),
+        ("GET", "/api/v1/devices", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/devices/dev-a", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/devices/dev-c", None, [OK, NO, OK, OK]),
+        ("GET", "/api/v1/devices/dev-a/manifest", None, [NONE, NONE, NONE, NONE]),
+        ("GET", "/api/v1/devices/dev-c/manifest", None, [NONE, NO, NONE, NONE]),
+        ("DELETE", "/api/v1/devices/del-a-{w}", None, [NO, OK, OK, OK]),
+        ("DELETE", "/api/v1/devices/del-c-{w}", None, [NO, NO, OK, OK]),
+        ("GET", "/api/v1/apps", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/apps/app-a", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/apps/app-all", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/apps/app-c", None, [OK, NO, OK, OK]),
+        ("GET", "/api/v1/apps/app-a/placement", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/apps/app-c/placement", None, [OK, NO, OK, OK]),
+        ("PUT", "/api/v1/apps/put-a-{w}", Some(app_in("put-a-{w}", &["a"])), [NO, MADE, MADE, MADE]),
+        ("PUT", "/api/v1/apps/put-c-{w}", Some(app_in("put-c-{w}", &["c"])), [NO, NO, MADE, MADE]),
+        ("PUT", "/api/v1/apps/put-all-{w}", Some(app_in("put-all-{w}", &[])), [NO, NO, MADE, MADE]),
+        ("PUT", "/api/v1/apps/app-c", Some(app_in("app-c", &["a"])), [NO, NO, OK, OK]),
+        ("DELETE", "/api/v1/apps/del-a-{w}", None, [NO, OK, OK, OK]),
+        ("DELETE", "/api/v1/apps/del-c-{w}", None, [NO, NO, OK, OK]),
+        ("GET", "/api/v1/images", None, [OK, OK, OK, OK]),
+        ("GET", "/api/v1/images/none:1", None, [NONE, NONE, NONE, NONE]),
+        ("POST", "/api/v1/images", Some(json!("not an archive")), [NO, NO, BAD, BAD]),
+        ("DELETE", "/api/v1/images/none:1", None, [NO, NO, NONE, NONE]),
+        ("GET", "/api/v1/enrolment-tokens", None, [NO, OK, OK, OK]),
+        ("POST", "/api/v1/enrolment-tokens", Some(json!({ "site": "a" })), [NO, MADE, MADE, MADE]),
+        ("POST", "/api/v1/enrolment-tokens", Some(json!({ "site": "c" })), [NO, NO, MADE, MADE]),
+        ("POST", "/api/v1/enrolment-tokens", Some(json!({})), [NO, NO, MADE, MADE]),
+        ("DELETE", "/api/v1/enrolment-tokens/{ea}", None, [NO, OK, OK, OK]),
+        ("DELETE", "/api/v1/enrolment-tokens/{ec}", None, [NO, NO, OK, OK]),
+        ("GET", "/api/v1/api-tokens", None, [NO, NO, NO, OK]),
+        ("POST", "/api/v1/api-tokens", Some(json!({ "role": "viewer" })), [NO, NO, NO, MADE]),
+        ("DELETE", "/api/v1/api-tokens/{t}", None, [NO, NO, NO, OK]),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, body, want) in &rows {
+        for (i, w) in who.iter().enumerate() {
+            let fill = |s: &str| {
+                s.replace("{w}", w)
+                    .replace("{ea}", &enrol_a[i])
+                    .replace("{ec}", &enrol_c[i])
+                    .replace("{t}", &api_tokens[i])
+            };
+            let path = fill(path);
+            let bytes = match body {
+                Some(Value::String(raw)) => raw.clone().into_bytes(),
+                Some(b) => fill(&b.to_string()).into_bytes(),
+                None => vec![],
+            };
+            let (s, v, _) = api.call(method, &path, Some(tokens[i]), bytes.clone()).await;
+            if s.as_u16() != want[i] {
+                failures.push(format!("{method} {path} as {w}: {s}, want {}: {v}", want[i]));
+            }
+            if i == 0 {
+                // Without a working token nothing but /healthz answers.
+                let others = [
+                    (None, "no token"),
+                    (Some(expired.as_str()), "expired"),
+                    (Some(revoked.as_str()), "revoked"),
+                ];
+                for (t, name) in others {
+                    let (s, v, _) = api.call(method, &path, t, bytes.clone()).await;
+                    if s != StatusCode::UNAUTHORIZED {
+                        failures.push(format!("{method} {path} with {name}: {s}, want 401: {v}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} calls answered wrong:\n{}",
+        failures.len(),
+        rows.len() * 7,
+        failures.join("\n")
+    );
+    let (s, _, _) = api.call("GET", "/healthz", None, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v, _) = api.call("GET", "/api/v1/devices", Some(&expired), vec![]).await;
+    assert!(v["message"].as_str().unwrap_or_default().contains("expired"), "{v}");
+
+    // Lists show a scoped token its sites only.
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, sites, _) = api.call("GET", "/api/v1/sites", Some(&op_a), vec![]).await;
+    assert_eq!(names(&sites), ["a"]);
+    let (_, devices, _) = api.call("GET", "/api/v1/devices", Some(&op_a), vec![]).await;
+    assert!(devices["items"].as_array().unwrap().iter().all(|d| d["spec"]["site"] == "a"), "{devices}");
+    assert!(names(&devices).contains(&"dev-a".to_string()));
+    let (_, apps, _) = api.call("GET", "/api/v1/apps", Some(&op_a), vec![]).await;
+    for app in apps["items"].as_array().unwrap() {
+        let sites = app["spec"]["placement"]["sites"].as_array().unwrap();
+        assert!(sites.is_empty() || sites.contains(&json!("a")), "an app out of site a is listed: {app}");
+    }
+    let apps = names(&apps);
+    assert!(apps.contains(&"app-a".to_string()) && apps.contains(&"app-all".to_string()), "{apps:?}");
+    assert!(!apps.contains(&"put-c-admin".to_string()), "{apps:?}");
+    let (_, tokens_a, _) = api.call("GET", "/api/v1/enrolment-tokens", Some(&op_a), vec![]).await;
+    let listed = tokens_a["items"].as_array().unwrap();
+    assert!(!listed.is_empty() && listed.iter().all(|t| t["site"] == "a"), "{tokens_a}");
+}
+
+#[tokio::test]
+async fn every_mutating_call_is_audited_with_who_what_and_how_it_ended() {
+    let api = setup().await;
+    let admin = token(&api.store, Role::Admin).await;
+    let (viewer, viewer_id) = token_with(&api.store, Role::Viewer, None, &[]).await;
+    let (operator, operator_id) = token_with(&api.store, Role::Operator, None, &[]).await;
+    let body = serde_json::to_vec(&app("web", "img:1")).unwrap();
+    let (s, _, _) = api.call("PUT", "/api/v1/apps/web", Some(&operator), body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, _) = api.call("PUT", "/api/v1/apps/web", Some(&viewer), body.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = api.call("DELETE", "/api/v1/apps/web", None, vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = api.call("GET", "/api/v1/apps/web", Some(&operator), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = api.call("DELETE", "/api/v1/apps/web", Some(&operator), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (s, log, _) = api.call("GET", "/api/v1/audit?since=1h", Some(&admin), vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{log}");
+    let calls: Vec<(String, String, u64)> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let who = e["tokenId"].as_str().unwrap().to_string();
+            let call = format!("{} {}", e["method"].as_str().unwrap(), e["path"].as_str().unwrap());
+            (who, call, e["status"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        calls.iter().map(|(w, c, s)| (w.as_str(), c.as_str(), *s)).collect::<Vec<_>>(),
+        [
+            (operator_id.as_str(), "PUT /api/v1/apps/web", 201),
+            (viewer_id.as_str(), "PUT /api/v1/apps/web", 403),
+            (operator_id.as_str(), "DELETE /api/v1/apps/web", 200),
+        ],
+        "mutating calls with a working token, in order; reads and calls without a token are not kept"
+    );
+    assert_eq!(log["items"][0]["role"], "operator");
+    assert!(!log["items"][0]["at"].is_null());
+    let (s, _, _) = api.call("GET", "/api/v1/audit", Some(&operator), vec![]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "only admins read the audit log");
+    let (_, later, _) =
+        api.call("GET", "/api/v1/audit?since=2999-01-01T00:00:00Z", Some(&admin), vec![]).await;
+    assert_eq!(later["items"], json!([]));
+    let (s, v, _) = api.call("GET", "/api/v1/audit?since=whenever", Some(&admin), vec![]).await;
+    assert_eq!(
+        (s, v["fields"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("since")),
+        "{v}"
+    );
+}

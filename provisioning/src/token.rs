@@ -468,6 +468,8 @@ mod tests {
             role: shared_proto::store::Role::Admin,
             created_at: Timestamp(0),
             description: String::new(),
+            expires_at: None,
+            sites: vec![],
         };
         assert!(parsed.verify(&rec));
         let (other, other_hash) = ApiToken::generate().expect("token");

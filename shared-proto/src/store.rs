@@ -34,6 +34,8 @@ pub enum StoreKind {
     ApiToken,
     /// The fleet CA, a single record named `fleet`.
     FleetCa,
+    /// One entry of the audit log (format 3), named so that names sort by time.
+    Audit,
 }
 
 impl StoreKind {
@@ -47,6 +49,7 @@ impl StoreKind {
             StoreKind::EnrolmentToken => "enrolment-token",
             StoreKind::ApiToken => "api-token",
             StoreKind::FleetCa => "fleet-ca",
+            StoreKind::Audit => "audit",
         }
     }
 
@@ -89,6 +92,7 @@ pub enum Object {
     EnrolmentToken(EnrolmentTokenRecord),
     ApiToken(ApiTokenRecord),
     FleetCa(FleetCaRecord),
+    Audit(AuditRecord),
 }
 
 impl Object {
@@ -102,6 +106,7 @@ impl Object {
             Object::EnrolmentToken(_) => StoreKind::EnrolmentToken,
             Object::ApiToken(_) => StoreKind::ApiToken,
             Object::FleetCa(_) => StoreKind::FleetCa,
+            Object::Audit(_) => StoreKind::Audit,
         }
     }
 
@@ -115,6 +120,7 @@ impl Object {
             Object::EnrolmentToken(t) => &t.id,
             Object::ApiToken(t) => &t.id,
             Object::FleetCa(_) => "fleet",
+            Object::Audit(a) => &a.id,
         }
     }
 
@@ -355,6 +361,26 @@ impl LabelPolicy {
     }
 }
 
+/// One mutating API call by an authenticated caller: who, what, when, from where,
+/// and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// `<unix milliseconds, 16 digits>-<8 hex>`: names sort by time.
+    pub id: String,
+    pub at: Timestamp,
+    /// The API token's id (never its secret).
+    pub token_id: String,
+    pub role: Role,
+    /// Client address, `ip:port`.
+    pub remote: String,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// HTTP status of the answer.
+    pub status: u16,
+}
+
 /// An API bearer token, stored hashed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -364,6 +390,11 @@ pub struct ApiTokenRecord {
     pub role: Role,
     pub created_at: Timestamp,
     pub description: String,
+    /// After this the token is refused (format 3); `None` never expires (the admin
+    /// token a hub makes at its first start).
+    pub expires_at: Option<Timestamp>,
+    /// The sites the token may see and change (format 3); empty: every site.
+    pub sites: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

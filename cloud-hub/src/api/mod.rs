@@ -2,11 +2,13 @@
 //! OpenAPI document. Every `/api/` route needs a bearer token (only the `/healthz`
 //! liveness probe does not); bodies are size-limited; errors name the field at fault.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod images;
 pub mod objects;
 pub mod openapi;
+pub mod scope;
 pub mod tokens;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -30,6 +32,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/openapi.json", get(openapi_document))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/audit", get(audit::list))
         .route(
             "/api/v1/images",
             post(images::import).layer(DefaultBodyLimit::max(image_limit)).get(objects::list_images),
@@ -44,6 +47,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/{kind}/{name}", get(objects::get).put(objects::apply).delete(objects::delete))
         .fallback(|| async { error::ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .with_state(state)
 }
 
@@ -94,7 +98,15 @@ pub async fn serve_tls(
             _ = shutdown.changed() => return,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        // Every request carries the address of the client that sent it (for the audit log).
+        let service = TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(audit::ClientAddr(peer));
+                    req
+                })
+                .service(router.clone()),
+        );
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {

@@ -88,6 +88,7 @@ pub async fn list(
     caller.require(Role::Viewer)?;
     let kind = kind_from_path(&plural)?;
     let mut items = state.store.list(kind.into()).await?;
+    items.retain(|o| caller.scope.sees(o));
     for o in &mut items {
         overlay(&state, o);
     }
@@ -116,6 +117,7 @@ pub async fn get(
         .get(kind.into(), &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("{} {name:?} not found", kind.as_str())))?;
+    caller.check_sees(&o)?;
     overlay(&state, &mut o);
     Ok(Json(to_json(&o)))
 }
@@ -126,6 +128,13 @@ pub async fn get_manifest(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
+    if !caller.scope.is_all() {
+        // A manifest belongs to its device's site.
+        match state.store.get(StoreKind::Device, &name).await? {
+            Some(device) => caller.check_sees(&device)?,
+            None => return Err(ApiError::NotFound(format!("device {name:?} has no desired manifest"))),
+        }
+    }
     match state.store.get(StoreKind::Manifest, &name).await? {
         Some(o) => Ok(Json(to_json(&o))),
         None => Err(ApiError::NotFound(format!("device {name:?} has no desired manifest"))),
@@ -140,14 +149,19 @@ pub async fn get_placement(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    if state.store.get_local(StoreKind::App, &name)?.is_none() {
-        return Err(ApiError::NotFound(format!("App {name:?} not found")));
+    match state.store.get_local(StoreKind::App, &name)? {
+        Some(app) => caller.check_sees(&app)?,
+        None => return Err(ApiError::NotFound(format!("App {name:?} not found"))),
     }
     let store = state.store.clone();
     let app = name.clone();
+    let scope = caller.scope.clone();
     let verdicts = tokio::task::spawn_blocking(move || {
         let cache = crate::controllers::cache::FleetCache::load(&store)?;
-        Ok::<_, hub_store::StoreError>(crate::controllers::explain::explain_app(&cache, &app))
+        let mut verdicts = crate::controllers::explain::explain_app(&cache, &app);
+        // Devices outside the token's sites are not the caller's to see.
+        verdicts.retain(|v| cache.devices.get(&v.device).is_some_and(|d| scope.has_site(&d.spec.site)));
+        Ok::<_, hub_store::StoreError>(verdicts)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("placement: {e}")))??;
@@ -238,9 +252,13 @@ pub async fn apply(
         ));
     }
     validate_object(&incoming)?;
+    caller.check_may_change(&incoming)?;
     let asked_revision = incoming.metadata().map_or(0, |m| m.revision);
     for _ in 0..8 {
         let current = state.store.get(kind.into(), &name).await?;
+        if let Some(cur) = &current {
+            caller.check_may_change(cur)?;
+        }
         let created = current.is_none();
         let precondition = match (&current, asked_revision) {
             (None, 0) => Precondition::MustNotExist,
@@ -292,8 +310,20 @@ pub async fn delete(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Operator)?;
     let kind = kind_from_path(&plural)?;
-    let cmd =
-        StoreCommand::Delete { kind: kind.into(), name: name.clone(), precondition: Precondition::MustExist };
+    if kind == Kind::Image {
+        caller.require_all_sites("deleting an image")?;
+    }
+    let not_found = || ApiError::NotFound(format!("{} {name:?} not found", kind.as_str()));
+    // Deleted only at the revision that was checked against the token's scope.
+    let precondition = match caller.scope.is_all() {
+        true => Precondition::MustExist,
+        false => {
+            let current = state.store.get_revisioned(kind.into(), &name).await?.ok_or_else(not_found)?;
+            caller.check_may_change(&current.object)?;
+            Precondition::RevisionIs(current.revision)
+        }
+    };
+    let cmd = StoreCommand::Delete { kind: kind.into(), name: name.clone(), precondition };
     match state.store.write(cmd).await? {
         StoreOutcome::Applied { revision } => {
             if kind == Kind::Device {
@@ -301,9 +331,10 @@ pub async fn delete(
             }
             Ok(Json(json!({ "deleted": { "kind": kind.as_str(), "name": name }, "revision": revision })))
         }
-        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => {
-            Err(ApiError::NotFound(format!("{} {name:?} not found", kind.as_str())))
+        StoreOutcome::Conflict { current_revision: Some(_), .. } => {
+            Err(ApiError::Conflict(format!("{} {name:?} changed meanwhile; retry", kind.as_str())))
         }
+        StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => Err(not_found()),
     }
 }
 

@@ -118,9 +118,12 @@ pub fn document() -> Value {
         json!({
             "get": { "summary": "List API tokens (admin)", "responses": { "200": { "description": "Tokens" } } },
             "post": { "summary": "Create an API token (admin); the secret is returned once",
-                "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": {
-                    "role": { "enum": ["viewer", "operator", "admin"] }, "description": { "type": "string" } } } } } },
-                "responses": { "201": { "description": "Created, with `token`" } } }
+                "requestBody": { "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": {
+                    "role": { "enum": ["viewer", "operator", "admin"] }, "description": { "type": "string" },
+                    "ttl": { "type": "string", "description": "How long the token is valid; default 90d, at most 1825d", "examples": ["30d"] },
+                    "sites": { "type": "array", "maxItems": 256, "items": { "type": "string" },
+                        "description": "Sites the token may see and change (viewer and operator only); empty: every site" } } } } } },
+                "responses": { "201": { "description": "Created, with `token`" }, "422": { "$ref": "#/components/responses/Error" } } }
         }),
     );
     paths.insert(

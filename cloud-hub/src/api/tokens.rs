@@ -80,13 +80,13 @@ pub async fn create_enrolment(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Operator)?;
     let req: CreateEnrolmentToken = parse_json(&body)?;
-    let ttl = match req.ttl.as_deref() {
-        None | Some("") => Duration::from_secs(24 * 3600),
-        Some(s) => humantime::parse_duration(s)
-            .map_err(|e| ApiError::invalid("ttl", format!("{s:?} is not a duration like 24h or 7d: {e}")))?,
-    };
-    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-        return Err(ApiError::invalid("ttl", "must be between 1s and 365d"));
+    let ttl = parse_ttl("ttl", req.ttl.as_deref(), Duration::from_secs(24 * 3600), (MAX_TOKEN_TTL, "365d"))?;
+    if !caller.scope.has_site(&req.site) {
+        return Err(ApiError::Forbidden(format!(
+            "site {:?} is outside this token's {}: enrolment tokens of a scoped token must name one of its sites",
+            req.site,
+            caller.scope.describe()
+        )));
     }
     if req.max_uses == Some(0) {
         return Err(ApiError::invalid("maxUses", "must be at least 1 (leave it out for unlimited)"));
@@ -148,7 +148,7 @@ pub async fn list_enrolment(State(state): State<Arc<HubState>>, caller: Caller) 
         .await?
         .iter()
         .filter_map(|o| match o {
-            Object::EnrolmentToken(r) => Some(enrolment_json(r)),
+            Object::EnrolmentToken(r) if caller.scope.token_in_scope(r) => Some(enrolment_json(r)),
             _ => None,
         })
         .collect();
@@ -171,6 +171,12 @@ pub async fn delete_enrolment(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Operator)?;
+    if !caller.scope.is_all() {
+        match state.store.get(StoreKind::EnrolmentToken, &id).await? {
+            Some(o) => caller.check_may_change(&o)?,
+            None => return Err(ApiError::NotFound(format!("token {id:?} not found"))),
+        }
+    }
     delete_record(&state, StoreKind::EnrolmentToken, &id).await
 }
 
@@ -181,6 +187,45 @@ pub struct CreateApiToken {
     pub role: Option<String>,
     #[serde(default)]
     pub description: String,
+    /// How long the token is valid, e.g. `30d`. Default 90 days, at most 5 years.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// The sites the token may see and change; empty: every site (viewers and
+    /// operators only).
+    #[serde(default)]
+    pub sites: Vec<String>,
+}
+
+/// How long an API token lives unless asked otherwise.
+const DEFAULT_API_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+const MAX_API_TOKEN_TTL: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+
+fn parse_ttl(
+    field: &str,
+    ttl: Option<&str>,
+    default: Duration,
+    (max, max_text): (Duration, &str),
+) -> ApiResult<Duration> {
+    let ttl = match ttl {
+        None | Some("") => default,
+        Some(s) => humantime::parse_duration(s)
+            .map_err(|e| ApiError::invalid(field, format!("{s:?} is not a duration like 24h or 7d: {e}")))?,
+    };
+    if ttl.is_zero() || ttl > max {
+        return Err(ApiError::invalid(field, format!("must be between 1s and {max_text}")));
+    }
+    Ok(ttl)
+}
+
+fn api_token_json(r: &ApiTokenRecord) -> Value {
+    json!({
+        "id": r.id,
+        "role": r.role.to_string(),
+        "createdAt": r.created_at,
+        "expiresAt": r.expires_at,
+        "sites": r.sites,
+        "description": r.description,
+    })
 }
 
 /// Creates an API token record; returns the token string (shown once) and the record.
@@ -191,8 +236,15 @@ pub fn new_api_token(
 ) -> ApiResult<(String, ApiTokenRecord)> {
     let (token, secret_sha256) =
         ApiToken::generate().map_err(|e| ApiError::Internal(format!("generating a token: {e}")))?;
-    let record =
-        ApiTokenRecord { id: token.id().to_string(), secret_sha256, role, created_at: now, description };
+    let record = ApiTokenRecord {
+        id: token.id().to_string(),
+        secret_sha256,
+        role,
+        created_at: now,
+        description,
+        expires_at: None,
+        sites: vec![],
+    };
     Ok((token.to_token_string(), record))
 }
 
@@ -212,9 +264,27 @@ pub async fn create_api(
     if req.description.len() > 1024 {
         return Err(ApiError::invalid("description", "must be at most 1024 bytes"));
     }
-    let (secret, record) = new_api_token(role, req.description, state.clock.now())?;
-    let body =
-        json!({ "id": record.id, "role": role.to_string(), "createdAt": record.created_at, "token": secret });
+    let ttl = parse_ttl("ttl", req.ttl.as_deref(), DEFAULT_API_TOKEN_TTL, (MAX_API_TOKEN_TTL, "1825d"))?;
+    if !req.sites.is_empty() && role == Role::Admin {
+        return Err(ApiError::invalid(
+            "sites",
+            "admin tokens reach every site; scope a viewer or operator token",
+        ));
+    }
+    if req.sites.len() > 256 {
+        return Err(ApiError::invalid("sites", "at most 256 sites"));
+    }
+    for (i, site) in req.sites.iter().enumerate() {
+        if let Some(p) = dns_label_problem(site) {
+            return Err(ApiError::invalid(&format!("sites[{i}]"), p));
+        }
+    }
+    let now = state.clock.now();
+    let (secret, mut record) = new_api_token(role, req.description, now)?;
+    record.expires_at = Some(now.saturating_add(ttl));
+    record.sites = req.sites;
+    let mut body = api_token_json(&record);
+    body["token"] = Value::String(secret);
     match state.store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {
         StoreOutcome::Applied { .. } => Ok((StatusCode::CREATED, Json(body))),
         StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => {
@@ -231,9 +301,7 @@ pub async fn list_api(State(state): State<Arc<HubState>>, caller: Caller) -> Api
         .await?
         .iter()
         .filter_map(|o| match o {
-            Object::ApiToken(r) => Some(json!({
-                "id": r.id, "role": r.role.to_string(), "createdAt": r.created_at, "description": r.description
-            })),
+            Object::ApiToken(r) => Some(api_token_json(r)),
             _ => None,
         })
         .collect();

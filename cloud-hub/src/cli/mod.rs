@@ -56,6 +56,12 @@ pub enum ApiTokenCommand {
         role: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// How long the token is valid (e.g. 30d; at most 1825d).
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+        /// Limit the token to this site (repeatable); default: every site.
+        #[arg(long = "site")]
+        sites: Vec<String>,
     },
     List,
     Revoke {
@@ -506,14 +512,9 @@ pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
 pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<()> {
     let client = HubClient::connect(args)?;
     match cmd {
-        ApiTokenCommand::Create { role, description } => {
-            let (_, v) = client
-                .send_json(
-                    Method::POST,
-                    "/api/v1/api-tokens",
-                    &json!({ "role": role, "description": description }),
-                )
-                .await?;
+        ApiTokenCommand::Create { role, description, ttl, sites } => {
+            let body = json!({ "role": role, "description": description, "ttl": ttl, "sites": sites });
+            let (_, v) = client.send_json(Method::POST, "/api/v1/api-tokens", &body).await?;
             println!("{}", s(&v, &["token"]));
         }
         ApiTokenCommand::List => {
@@ -528,11 +529,18 @@ pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<
                         s(t, &["id"]).to_string(),
                         s(t, &["role"]).to_string(),
                         s(t, &["createdAt"]).to_string(),
+                        t["expiresAt"].as_str().unwrap_or("never").to_string(),
+                        match t["sites"].as_array() {
+                            Some(sites) if !sites.is_empty() => {
+                                sites.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+                            }
+                            _ => "*".to_string(),
+                        },
                         s(t, &["description"]).to_string(),
                     ]
                 })
                 .collect();
-            print!("{}", table(&["ID", "ROLE", "CREATED", "DESCRIPTION"], &rows));
+            print!("{}", table(&["ID", "ROLE", "CREATED", "EXPIRES", "SITES", "DESCRIPTION"], &rows));
         }
         ApiTokenCommand::Revoke { id } => {
             client.request(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None, "").await?;
@@ -540,6 +548,41 @@ pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+pub async fn audit(args: &HubArgs, since: Option<&str>, limit: usize, format: Format) -> anyhow::Result<()> {
+    let client = HubClient::connect(args)?;
+    let mut query = vec![("limit", limit.to_string())];
+    query.extend(since.map(|s| ("since", s.to_string())));
+    let path = format!("/api/v1/audit?{}", serde_urlencoded::to_string(&query)?);
+    let v = client.get(&path).await?;
+    match format {
+        Format::Json | Format::Yaml => output::print_value(&v, format),
+        Format::Table | Format::Wide => {
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                eprintln!("no audit entries");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(e, &["at"]).to_string(),
+                        format!("{} ({})", s(e, &["tokenId"]), s(e, &["role"])),
+                        s(e, &["remote"]).to_string(),
+                        format!("{} {}", s(e, &["method"]), s(e, &["path"])),
+                        n(e, &["status"]).to_string(),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["TIME", "TOKEN", "FROM", "CALL", "STATUS"], &rows));
+            if v["truncated"] == true {
+                eprintln!("(older entries left out: raise --limit or narrow --since)");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Uploads an image archive; returns the hub's Image object.

@@ -21,6 +21,8 @@ fn api_token(id: &str, description: &str) -> Object {
         role: Role::Operator,
         created_at: Timestamp(1_700_000_000_000),
         description: description.to_string(),
+        expires_at: None,
+        sites: vec![],
     })
 }
 

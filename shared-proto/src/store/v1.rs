@@ -5,12 +5,12 @@
 //!
 //! Version 2 added `DeviceSpec::taints` and `Placement::{tolerations, affinity,
 //! anti_affinity}`, and appended `StoreCommand::Each`. A device's status has the shape
-//! version 2 froze (`v2::DeviceStatus`), and so has an enrolment token.
+//! version 2 froze (`v2::DeviceStatus`), and so have enrolment and API tokens.
 
 use crate::manifest::DesiredManifest;
 use crate::resource::{AppStatus, ContainerSpec, Image, NetworkMode, ObjectMeta, RestartPolicy, Site};
 use crate::selector::LabelSelector;
-use crate::store::{ApiTokenRecord, FleetCaRecord, Precondition, StoreKind};
+use crate::store::{FleetCaRecord, Precondition, StoreKind};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -60,7 +60,7 @@ pub(super) enum Object {
     Image(Image),
     Manifest(DesiredManifest),
     EnrolmentToken(super::v2::EnrolmentTokenRecord),
-    ApiToken(ApiTokenRecord),
+    ApiToken(super::v2::ApiTokenRecord),
     FleetCa(FleetCaRecord),
 }
 
@@ -119,7 +119,7 @@ impl From<Object> for super::Object {
             Object::Image(x) => super::Object::Image(x),
             Object::Manifest(x) => super::Object::Manifest(x),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
-            Object::ApiToken(x) => super::Object::ApiToken(x),
+            Object::ApiToken(x) => super::Object::ApiToken(x.into()),
             Object::FleetCa(x) => super::Object::FleetCa(x),
         }
     }

@@ -4,11 +4,11 @@
 //! here would misread what is on disk.
 //!
 //! Version 3 added `DeviceStatus::{certificates, enrolled_with}` and
-//! `EnrolmentTokenRecord::device_labels`.
+//! `EnrolmentTokenRecord::device_labels` and `ApiTokenRecord::{expires_at, sites}`.
 
 use crate::manifest::{DesiredManifest, ObservedContainer};
 use crate::resource::{App, Capacity, DevicePhase, DeviceSpec, Image, ObjectMeta, Site};
-use crate::store::{ApiTokenRecord, FleetCaRecord, LabelPolicy, Precondition, StoreKind};
+use crate::store::{FleetCaRecord, LabelPolicy, Precondition, Role, StoreKind};
 use crate::time::Timestamp;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -39,6 +39,15 @@ pub(super) struct EnrolmentTokenRecord {
     n_used: u32,
     labels: BTreeMap<String, String>,
     site: String,
+    description: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ApiTokenRecord {
+    id: String,
+    secret_sha256: String,
+    role: Role,
+    created_at: Timestamp,
     description: String,
 }
 
@@ -110,6 +119,22 @@ impl From<EnrolmentTokenRecord> for crate::store::EnrolmentTokenRecord {
     }
 }
 
+impl From<ApiTokenRecord> for crate::store::ApiTokenRecord {
+    fn from(r: ApiTokenRecord) -> Self {
+        crate::store::ApiTokenRecord {
+            id: r.id,
+            secret_sha256: r.secret_sha256,
+            role: r.role,
+            created_at: r.created_at,
+            description: r.description,
+            // Tokens made before expiry and scopes existed keep working everywhere
+            // until revoked.
+            expires_at: None,
+            sites: vec![],
+        }
+    }
+}
+
 impl From<Device> for crate::Device {
     fn from(d: Device) -> Self {
         crate::Device {
@@ -131,7 +156,7 @@ impl From<Object> for super::Object {
             Object::Image(x) => super::Object::Image(x),
             Object::Manifest(x) => super::Object::Manifest(x),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
-            Object::ApiToken(x) => super::Object::ApiToken(x),
+            Object::ApiToken(x) => super::Object::ApiToken(x.into()),
             Object::FleetCa(x) => super::Object::FleetCa(x),
         }
     }
