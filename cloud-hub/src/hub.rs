@@ -53,6 +53,28 @@ pub struct ServeArgs {
     /// Largest image archive accepted by `flotilla image import`, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub max_image_bytes: u64,
+    /// HTTPS connections served at once, from all clients.
+    #[arg(long, default_value_t = crate::api::conn::Limits::default().total)]
+    pub api_max_connections: usize,
+    /// HTTPS connections served at once from one client address (so that one client,
+    /// slow or idle or hostile, cannot take every slot).
+    #[arg(long, default_value_t = crate::api::conn::Limits::default().per_client)]
+    pub api_max_connections_per_client: usize,
+}
+
+/// Lifts the soft limit on open files to the hard one: every API connection and every
+/// agent on the TCP fallback holds a descriptor, and the common soft default (1024) is
+/// far below what the connection limits allow.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// A running hub, for `serve` and for `demo`.
@@ -301,6 +323,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         listener,
         api_tls,
         crate::api::router(state.clone()),
+        crate::api::conn::Limits {
+            total: args.api_max_connections,
+            per_client: args.api_max_connections_per_client,
+        },
         shutdown_rx,
     )));
     if let Some(listener) = tcp {
@@ -327,6 +353,7 @@ pub async fn wait_for_signal() {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
     let hub = start(args).await?;
     println!("hub ready");
     println!("  api      https://{}", connect_host(hub.api_addr));

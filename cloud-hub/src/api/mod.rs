@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod images;
 pub mod objects;
@@ -23,6 +24,11 @@ use tokio::net::TcpListener;
 
 /// Largest JSON body the API accepts.
 pub const MAX_JSON_BODY: usize = 1 << 20;
+/// A JSON request, body included, must be answered within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS handshake, and each request's headers, must arrive within this; a
+/// keep-alive connection idle this long is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use crate::state::{HubConfig, HubState};
 
@@ -33,10 +39,6 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/openapi.json", get(openapi_document))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/audit", get(audit::list))
-        .route(
-            "/api/v1/images",
-            post(images::import).layer(DefaultBodyLimit::max(image_limit)).get(objects::list_images),
-        )
         .route("/api/v1/enrolment-tokens", post(tokens::create_enrolment).get(tokens::list_enrolment))
         .route("/api/v1/enrolment-tokens/{id}", axum::routing::delete(tokens::delete_enrolment))
         .route("/api/v1/api-tokens", post(tokens::create_api).get(tokens::list_api))
@@ -46,8 +48,19 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/{kind}", get(objects::list))
         .route("/api/v1/{kind}/{name}", get(objects::get).put(objects::apply).delete(objects::delete))
         .fallback(|| async { error::ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
+        // Every route above answers within REQUEST_TIMEOUT, body included; image
+        // uploads (below) may take as long as the bytes keep coming.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .route(
+            "/api/v1/images",
+            post(images::import).layer(DefaultBodyLimit::max(image_limit)).get(objects::list_images),
+        )
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
@@ -69,33 +82,37 @@ async fn cluster(State(state): State<Arc<HubState>>, caller: auth::Caller) -> er
     })))
 }
 
-/// Most connections served at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 1024;
-
-/// Serves `router` over TLS on `listener` until `shutdown` flips.
+/// Serves `router` over TLS on `listener` until `shutdown` flips, within `limits`.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    limits: conn::Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = conn::Slots::new(limits);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
                     tracing::warn!(error = %e, "api accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
+        };
+        let permit = match slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                // Closed at once: the client learns now, and the backlog stays empty.
+                tracing::debug!(%peer, ?full, "api connection refused: no slot");
+                drop(tcp);
+                continue;
+            }
         };
         let acceptor = acceptor.clone();
         // Every request carries the address of the client that sent it (for the audit log).
@@ -109,7 +126,7 @@ pub async fn serve_tls(
         );
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "tls handshake failed");
@@ -119,7 +136,7 @@ pub async fn serve_tls(
             };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "api connection ended with an error");
