@@ -294,7 +294,8 @@ fn stage_archive(reader: impl Read, store: &BlobStore, limits: &ImportLimits) ->
     let archive_err = LayoutError::Archive;
     let mut staged =
         Staged { oci_layout: None, index: None, new_blobs: BTreeSet::new(), saw_docker_manifest: false };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive =
+        tar::Archive::new(crate::tarcap::ExtensionCap::new(reader, crate::tarcap::DEFAULT_EXTENSION_CAP));
     let mut n_entries = 0u64;
     let mut total_size = 0u64;
     for entry in archive.entries().map_err(archive_err)? {

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod layout;
 pub mod oci;
 mod path;
+pub mod tarcap;
 pub mod testing;
 pub mod unpack;
 

@@ -50,6 +50,10 @@ pub enum UnpackError {
     Blob(#[from] BlobError),
     #[error("the unpacked image would be larger than the {limit}-byte limit")]
     TooLarge { limit: u64 },
+    #[error(
+        "not enough free disk: {needed} more bytes would leave less than the {reserve} bytes kept free ({free} free)"
+    )]
+    DiskFull { needed: u64, free: u64, reserve: u64 },
     #[error("the image has more than {limit} entries")]
     TooManyEntries { limit: u64 },
     #[error("{0} already exists; remove it first")]
@@ -77,6 +81,10 @@ pub struct UnpackOptions {
     pub max_entries: u64,
     /// Apply the layers' owners (needs root); otherwise everything belongs to the caller.
     pub same_owner: bool,
+    /// Free space left on the target's filesystem, checked before the first layer
+    /// (against the layers' compressed size) and before every file: the device's
+    /// store, logs and database must not run out of disk because of an image.
+    pub reserve_free: u64,
 }
 
 impl Default for UnpackOptions {
@@ -85,6 +93,7 @@ impl Default for UnpackOptions {
             max_unpacked_size: 32 << 30,
             max_entries: 2_000_000,
             same_owner: rustix::process::geteuid().is_root(),
+            reserve_free: 256 << 20,
         }
     }
 }
@@ -161,6 +170,13 @@ fn unpack_into(
     )
     .map_err(|e| io_err(dir)(e.into()))?;
     rustix::fs::fchmod(&root, Mode::from_raw_mode(0o755)).map_err(|e| io_err(dir)(e.into()))?;
+    // At least the compressed layers will land on the disk.
+    let compressed = layers.iter().map(|l| l.size).fold(0u64, u64::saturating_add);
+    check_free(&root, compressed, opts.reserve_free).map_err(|e| match e {
+        Fail::DiskFull { needed, free } => UnpackError::DiskFull { needed, free, reserve: opts.reserve_free },
+        Fail::Io(e) => io_err(dir)(e),
+        _ => io_err(dir)(io::Error::other("checking free disk")),
+    })?;
     let mut state = Unpacker {
         root,
         opts,
@@ -179,6 +195,16 @@ fn unpack_into(
     // file contents are still in the page cache.
     rustix::fs::syncfs(&state.root).map_err(|e| io_err(dir)(e.into()))?;
     Ok(state.report)
+}
+
+/// Whether `needed` more bytes leave at least `reserve` free on `fd`'s filesystem.
+fn check_free(fd: &OwnedFd, needed: u64, reserve: u64) -> std::result::Result<(), Fail> {
+    let st = rustix::fs::fstatvfs(fd).map_err(|e| Fail::Io(e.into()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < needed.saturating_add(reserve) {
+        return Err(Fail::DiskFull { needed, free });
+    }
+    Ok(())
 }
 
 struct Unpacker<'a> {
@@ -203,6 +229,7 @@ enum Fail {
     Refused(String),
     Io(io::Error),
     TooLarge,
+    DiskFull { needed: u64, free: u64 },
 }
 
 impl From<Errno> for Fail {
@@ -262,7 +289,11 @@ impl Unpacker<'_> {
             VerifyingReader::new(io::BufReader::with_capacity(256 * 1024, file), layer, desc.size);
         let mut layer_state = LayerState::default();
         let applied = (|| {
-            let mut archive = tar::Archive::new(decompress(&mut verifying, compression));
+            let guarded = crate::tarcap::ExtensionCap::new(
+                decompress(&mut verifying, compression),
+                crate::tarcap::DEFAULT_EXTENSION_CAP,
+            );
+            let mut archive = tar::Archive::new(guarded);
             self.apply_entries(&mut archive, layer, &mut layer_state)?;
             // Read to the end so a gzip trailer or checksum error is not missed.
             io::copy(&mut archive.into_inner(), &mut io::sink())
@@ -328,6 +359,9 @@ impl Unpacker<'_> {
                     reason: e.to_string(),
                 },
                 Fail::TooLarge => UnpackError::TooLarge { limit: self.opts.max_unpacked_size },
+                Fail::DiskFull { needed, free } => {
+                    UnpackError::DiskFull { needed, free, reserve: self.opts.reserve_free }
+                }
             })?;
         }
         Ok(())
@@ -380,6 +414,9 @@ impl Unpacker<'_> {
                     return Err(Fail::TooLarge);
                 }
                 self.budget -= size;
+                if size > 0 {
+                    check_free(&self.root, size, self.opts.reserve_free)?;
+                }
                 remove_at(&parent, name)?;
                 let fd = rustix::fs::openat(
                     &parent,

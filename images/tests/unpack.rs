@@ -542,3 +542,38 @@ mod never_escapes {
         }
     }
 }
+
+#[test]
+fn an_image_that_would_eat_the_disk_reserve_is_refused_and_leaves_nothing() {
+    const BIG: usize = 64 << 20;
+    let sb = Sandbox::new();
+    // 64 MiB of zeros, a few dozen KiB compressed.
+    let mut builder = LayerBuilder::new().compression(Compression::Gzip);
+    builder.file("small", &b"hello"[..], 0o644).file("big", vec![0u8; BIG], 0o644);
+    let layer = sb.built(&builder);
+    let free = || {
+        let st = rustix::fs::statvfs(sb.tmp.path()).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    // Checked before the first layer, against the compressed size.
+    let before = UnpackOptions { reserve_free: u64::MAX / 4, ..UnpackOptions::default() };
+    let err =
+        unpack::unpack_layers(&sb.store, std::slice::from_ref(&layer), &sb.root(), &before).unwrap_err();
+    match &err {
+        UnpackError::DiskFull { needed, .. } => assert_eq!(*needed, layer.size, "{err}"),
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("not enough free disk"), "{err}");
+    assert!(!sb.root().exists());
+    sb.assert_outside_untouched();
+    // Checked during: the compressed layer fits the reserve, its 64 MiB file does not
+    // (half of it is the margin for whatever else writes to this disk meanwhile).
+    let during = UnpackOptions { reserve_free: free() - (BIG as u64) / 2, ..UnpackOptions::default() };
+    let err = unpack::unpack_layers(&sb.store, &[layer], &sb.root(), &during).unwrap_err();
+    match &err {
+        UnpackError::DiskFull { needed, .. } => assert_eq!(*needed, BIG as u64, "{err}"),
+        other => panic!("{other}"),
+    }
+    assert!(!sb.root().exists());
+    sb.assert_outside_untouched();
+}
