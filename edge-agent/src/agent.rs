@@ -458,6 +458,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (pull_tx, pull_rx) = mpsc::unbounded_channel();
     let puller = Puller { blobs, images_dir: config.images_dir(), link: link_rx, clock: clock.clone() };
     let exec = Executor::new(clock.clone(), &config, runtime, db.clone(), puller, pull_tx)?;
+    tokio::spawn(crate::logs::run(config.logs_dir(), config.max_log_bytes));
     // Converge on what we have before (and whether or not) the hub answers.
     let mut reconciler = tokio::spawn(reconcile_loop(exec, desired_rx, report_tx, pull_rx));
 

@@ -21,6 +21,8 @@ pub struct AgentConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Cgroup parent of every container: `/<cgroup_parent>/<id>`.
     pub cgroup_parent: String,
+    /// A container's log is rotated past this many bytes.
+    pub max_log_bytes: u64,
 }
 
 impl AgentConfig {
@@ -49,6 +51,10 @@ impl AgentConfig {
         if let Some(p) = dns_label_problem(&cgroup_parent) {
             bail!("cgroup_parent: {p}");
         }
+        let max_log_bytes = file.max_log_bytes.unwrap_or(crate::logs::DEFAULT_MAX_LOG_BYTES);
+        if max_log_bytes < crate::logs::MIN_MAX_LOG_BYTES {
+            bail!("max_log_bytes: must be at least {}", crate::logs::MIN_MAX_LOG_BYTES);
+        }
         let hub_tcp = file.hub_tcp.unwrap_or_else(|| file.hub.clone());
         if !hub_tcp.contains(':') {
             bail!("hub_tcp: must be host:port of the hub's TCP fallback, e.g. \"hub.example:443\"");
@@ -67,6 +73,7 @@ impl AgentConfig {
             runtime_dir: PathBuf::from(file.runtime_dir),
             labels: file.labels,
             cgroup_parent,
+            max_log_bytes,
         })
     }
 

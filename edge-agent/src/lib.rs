@@ -11,6 +11,7 @@ pub mod agent;
 pub mod config;
 pub mod enrol;
 pub mod facts;
+pub mod logs;
 pub mod pull;
 pub mod reconcile;
 pub mod state;

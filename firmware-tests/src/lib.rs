@@ -342,6 +342,8 @@ pub struct Agent {
     labels: Vec<(String, String)>,
     netns: Option<netns::Netns>,
     cgroup_parent: String,
+    /// Extra `key = value` lines for the agent's config.
+    extra: Vec<String>,
 }
 
 impl Agent {
@@ -359,6 +361,7 @@ impl Agent {
             token: token.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             netns: None,
+            extra: Vec::new(),
             cgroup_parent: {
                 static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -388,10 +391,21 @@ impl Agent {
             self.runtime_dir.display(),
             self.cgroup_parent
         ));
+        // Top-level keys must come before the [labels] table: insert them above it.
+        if !self.extra.is_empty() {
+            let at = cfg.find("[labels]").expect("the labels table");
+            cfg.insert_str(at, &self.extra.iter().map(|l| format!("{l}\n")).collect::<String>());
+        }
         for (k, v) in &self.labels {
             cfg.push_str(&format!("{k} = \"{v}\"\n"));
         }
         std::fs::write(&self.config, cfg).expect("writing agent config");
+    }
+
+    /// Adds a `key = value` line to the agent's config (read when it next starts).
+    pub fn set_config(&mut self, line: &str) {
+        self.extra.push(line.to_string());
+        self.write_config();
     }
 
     /// Points the agent at another QUIC address (e.g. a link emulator); rewrites

@@ -49,6 +49,10 @@ pub struct AgentConfigFile {
     /// Default `flotilla`; two agents on one host need different ones.
     #[serde(default)]
     pub cgroup_parent: Option<String>,
+    /// Bytes a container's log may grow to before it is rotated (one older file is
+    /// kept). Default 10 MiB.
+    #[serde(default)]
+    pub max_log_bytes: Option<u64>,
 }
 
 fn default_state_dir() -> String {
@@ -71,6 +75,7 @@ impl std::fmt::Debug for AgentConfigFile {
             .field("runtime_dir", &self.runtime_dir)
             .field("labels", &self.labels)
             .field("cgroup_parent", &self.cgroup_parent)
+            .field("max_log_bytes", &self.max_log_bytes)
             .finish()
     }
 }
