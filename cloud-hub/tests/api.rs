@@ -358,7 +358,9 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
         put("sites", &format!("gone-{w}"), site_json(&format!("gone-{w}"))).await;
         put("apps", &format!("del-a-{w}"), app_in(&format!("del-a-{w}"), &["a"])).await;
         put("apps", &format!("del-c-{w}"), app_in(&format!("del-c-{w}"), &["c"])).await;
-        for (name, site) in [(format!("del-a-{w}"), "a"), (format!("del-c-{w}"), "c")] {
+        let mine = [(format!("del-a-{w}"), "a"), (format!("del-c-{w}"), "c")];
+        let retired = [(format!("dec-a-{w}"), "a"), (format!("dec-c-{w}"), "c")];
+        for (name, site) in mine.into_iter().chain(retired) {
             let d = Object::Device(device_in(&name, site));
             api.store.write(StoreCommand::put(d, Precondition::MustNotExist)).await.unwrap();
         }
@@ -394,6 +396,9 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
         ("GET", "/api/v1/devices/dev-c", None, [OK, NO, OK, OK]),
         ("GET", "/api/v1/devices/dev-a/manifest", None, [NONE, NONE, NONE, NONE]),
         ("GET", "/api/v1/devices/dev-c/manifest", None, [NONE, NO, NONE, NONE]),
+        ("POST", "/api/v1/devices/dec-a-{w}/decommission", None, [NO, OK, OK, OK]),
+        ("POST", "/api/v1/devices/dec-c-{w}/decommission", None, [NO, NO, OK, OK]),
+        ("POST", "/api/v1/devices/none/decommission", None, [NO, NONE, NONE, NONE]),
         ("DELETE", "/api/v1/devices/del-a-{w}", None, [NO, OK, OK, OK]),
         ("DELETE", "/api/v1/devices/del-c-{w}", None, [NO, NO, OK, OK]),
         ("GET", "/api/v1/apps", None, [OK, OK, OK, OK]),

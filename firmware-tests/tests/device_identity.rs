@@ -223,8 +223,17 @@ fn an_enrolment_asked_again_with_the_same_key_gets_its_certificate_and_counts_on
     // The certificate handed out last is the device's; the undelivered one opens nothing.
     let key_again = DeviceKey::from_pem(&key.to_pkcs8_pem()).unwrap();
     rt.block_on(assert_refused(&hub, &Credentials { chain: first, key }, &ca, "pi-2"));
-    let conn = rt.block_on(connect(&hub, &Credentials { chain: second, key: key_again }, &ca));
+    let creds = Credentials { chain: second, key: key_again };
+    let conn = rt.block_on(connect(&hub, &creds, &ca));
     assert!(matches!(rt.block_on(sync(&conn, "pi-2")).unwrap(), HubFrame::Welcome(_)));
+
+    // Decommissioned: the live connection closes at once, the record stays, and its
+    // certificate opens nothing more.
+    hub.cli_ok(&["device", "decommission", "pi-2"]);
+    assert_eq!(rt.block_on(close_code_of(&conn, Duration::from_secs(1))), close_code::REVOKED);
+    let device = hub.get("devices", Some("pi-2")).expect("a decommissioned device stays listed");
+    assert_eq!(device["status"]["phase"], "Decommissioned");
+    rt.block_on(assert_refused(&hub, &creds, &ca, "pi-2"));
 
     // A real agent killed after the hub accepted, before the reply arrived: replies
     // take two seconds through the emulator, and the agent dies as soon as the hub

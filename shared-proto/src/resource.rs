@@ -260,6 +260,9 @@ pub enum DevicePhase {
     Pending,
     Online,
     Offline,
+    /// Retired by an operator (format 3): kept for the record, its certificates open
+    /// nothing and nothing is placed on it. Delete it to enrol the name anew.
+    Decommissioned,
 }
 
 impl fmt::Display for DevicePhase {

@@ -44,6 +44,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/api-tokens", post(tokens::create_api).get(tokens::list_api))
         .route("/api/v1/api-tokens/{id}", axum::routing::delete(tokens::delete_api))
         .route("/api/v1/devices/{name}/manifest", get(objects::get_manifest))
+        .route("/api/v1/devices/{name}/decommission", post(objects::decommission))
         .route("/api/v1/apps/{name}/placement", get(objects::get_placement))
         .route("/api/v1/{kind}", get(objects::list))
         .route("/api/v1/{kind}/{name}", get(objects::get).put(objects::apply).delete(objects::delete))

@@ -82,6 +82,22 @@ pub fn document() -> Value {
             "responses": { "200": { "description": "Desired manifest" }, "404": { "$ref": "#/components/responses/Error" } } } }),
     );
     paths.insert(
+        "/api/v1/devices/{name}/decommission".into(),
+        json!({ "post": { "summary": "Retire a device: its connections close, its certificates open nothing more, nothing is placed on it; the record stays (operator)",
+            "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": { "description": "The device, Decommissioned" }, "403": { "$ref": "#/components/responses/Error" },
+                "404": { "$ref": "#/components/responses/Error" } } } }),
+    );
+    paths.insert(
+        "/api/v1/audit".into(),
+        json!({ "get": { "summary": "The audit log: every mutating call by a valid token, oldest first (admin)",
+            "parameters": [
+                { "name": "since", "in": "query", "schema": { "type": "string" }, "description": "RFC 3339 time, or a duration back from now (1h, 7d)" },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 }, "description": "The newest this many entries (default 1000)" }],
+            "responses": { "200": { "description": "`items`: id, at, tokenId, role, remote, method, path, status; `truncated`" },
+                "422": { "$ref": "#/components/responses/Error" } } } }),
+    );
+    paths.insert(
         "/api/v1/apps/{name}/placement".into(),
         json!({ "get": { "summary": "The scheduler's verdict on every device for this app: placed, or why not",
             "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
@@ -226,6 +242,8 @@ mod tests {
             "/api/v1/sites",
             "/api/v1/apps/{name}",
             "/api/v1/devices/{name}/manifest",
+            "/api/v1/devices/{name}/decommission",
+            "/api/v1/audit",
             "/api/v1/apps/{name}/placement",
             "/api/v1/images",
             "/api/v1/enrolment-tokens",

@@ -49,6 +49,13 @@ pub enum TokenCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum DeviceCommand {
+    /// Retire a device for good: its connections close, its certificates open nothing
+    /// more and nothing is placed on it. `flotilla delete device NAME` then frees the name.
+    Decommission { name: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum ApiTokenCommand {
     /// Create an API token; prints it once.
     Create {
@@ -545,6 +552,19 @@ pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<
         ApiTokenCommand::Revoke { id } => {
             client.request(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None, "").await?;
             println!("api token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+pub async fn device(args: &HubArgs, cmd: &DeviceCommand) -> anyhow::Result<()> {
+    let client = HubClient::connect(args)?;
+    match cmd {
+        DeviceCommand::Decommission { name } => {
+            client
+                .send_json(Method::POST, &format!("/api/v1/devices/{name}/decommission"), &json!({}))
+                .await?;
+            println!("device/{name} decommissioned");
         }
     }
     Ok(())

@@ -33,6 +33,10 @@ pub fn device_status(
     offline_grace: Duration,
 ) -> Option<DeviceStatus> {
     let old = &device.status;
+    if old.phase == DevicePhase::Decommissioned {
+        // Retired for good: what it last said stays as it was.
+        return None;
+    }
     let mut new = old.clone();
     if live.connected {
         new.phase = DevicePhase::Online;
@@ -82,6 +86,13 @@ mod tests {
         let mut online = device(DevicePhase::Online);
         online.status = s;
         assert_eq!(device_status(&online, &live, Timestamp(99_000), GRACE), None, "heartbeats write nothing");
+    }
+
+    #[test]
+    fn a_decommissioned_device_keeps_its_status() {
+        let live =
+            LiveDevice { connected: true, since: Timestamp(1000), held_revision: 3, ..Default::default() };
+        assert_eq!(device_status(&device(DevicePhase::Decommissioned), &live, Timestamp(1000), GRACE), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //!   devices that already run the app, then by name. Devices with no site are not
 //!   limited.
 
-use shared_proto::{AffinityScope, App, Capacity, Device, PortSpec, Protocol, TaintEffect};
+use shared_proto::{AffinityScope, App, Capacity, Device, DevicePhase, PortSpec, Protocol, TaintEffect};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An independent piece of the fleet for scheduling.
@@ -255,6 +255,9 @@ fn rule_problem(
     runs_on: bool,
     placed: &BTreeMap<String, BTreeSet<String>>,
 ) -> Option<String> {
+    if device.status.phase == DevicePhase::Decommissioned {
+        return Some("the device is decommissioned".into());
+    }
     let tolerations = &app.spec.placement.tolerations;
     for taint in &device.spec.taints {
         if tolerations.iter().any(|t| t.tolerates(taint)) {
@@ -460,6 +463,17 @@ mod tests {
         assert_eq!(p["x"], set(&["a"]));
         assert!(p["y"].is_empty());
         assert!(reason(&why, "y", "a").contains("cordoned"));
+    }
+
+    #[test]
+    fn decommissioned_devices_run_nothing() {
+        let mut a = device("a", "", &[], 1000, 1 << 30);
+        a.status.phase = DevicePhase::Decommissioned;
+        let x = app("x", 1, None, 10, 1 << 20, None);
+        let current = BTreeMap::from([("a".to_string(), set(&["x"]))]);
+        let (p, why) = schedule(&[x], &[a], &current);
+        assert!(p["x"].is_empty(), "not even what it ran");
+        assert!(reason(&why, "x", "a").contains("decommissioned"));
     }
 
     #[test]

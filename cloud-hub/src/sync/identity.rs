@@ -10,8 +10,8 @@
 
 use hub_store::Store;
 use provisioning::identity::DeviceCert;
-use shared_proto::Device;
 use shared_proto::store::{Object, StoreKind};
+use shared_proto::{Device, DevicePhase};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,8 @@ pub enum Refusal {
     UnknownDevice,
     /// The device no longer lists this certificate: it was enrolled again with another.
     Superseded,
+    /// An operator retired the device.
+    Decommissioned,
 }
 
 impl fmt::Display for Refusal {
@@ -31,6 +33,7 @@ impl fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::UnknownDevice => "no such device: it was deleted",
             Refusal::Superseded => "the device holds another certificate now: it was enrolled again",
+            Refusal::Decommissioned => "the device was decommissioned",
         })
     }
 }
@@ -40,6 +43,9 @@ impl fmt::Display for Refusal {
 /// and accepts any the fleet CA issued for its name.
 pub fn check(device: Option<&Device>, serial: &str) -> Result<(), Refusal> {
     let device = device.ok_or(Refusal::UnknownDevice)?;
+    if device.status.phase == DevicePhase::Decommissioned {
+        return Err(Refusal::Decommissioned);
+    }
     let listed = &device.status.certificates;
     if listed.is_empty() || listed.iter().any(|c| c.serial == serial) {
         Ok(())
@@ -219,6 +225,9 @@ mod tests {
         assert_eq!(check(Some(&device(&["b2"])), "a1"), Err(Refusal::Superseded));
         // Enrolled before the hub recorded certificates.
         assert_eq!(check(Some(&device(&[])), "a1"), Ok(()));
+        let mut retired = device(&["a1"]);
+        retired.status.phase = DevicePhase::Decommissioned;
+        assert_eq!(check(Some(&retired), "a1"), Err(Refusal::Decommissioned));
     }
 
     #[test]
