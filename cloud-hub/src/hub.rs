@@ -273,6 +273,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         live: live.clone(),
         fanout: fanout.clone(),
         identities: identities.clone(),
+        sessions: Default::default(),
         ca,
         config,
         clock: clock.clone(),

@@ -1,6 +1,7 @@
 //! What the hub's API handlers and QUIC sessions share.
 
 use crate::sync::admission::AdmissionControl;
+use crate::sync::clones::SessionBook;
 use crate::sync::fanout::ManifestFanout;
 use crate::sync::identity::LiveIdentities;
 use crate::sync::liveness::LivenessTable;
@@ -32,6 +33,8 @@ pub struct HubState {
     pub fanout: Arc<ManifestFanout>,
     /// Live authenticated connections, closed when their certificate stops counting.
     pub identities: Arc<LiveIdentities>,
+    /// Recent sync sessions by device, to tell clones from reboots.
+    pub sessions: SessionBook,
     pub ca: FleetCa,
     pub config: HubConfig,
     pub clock: SharedClock,

@@ -46,6 +46,7 @@ async fn setup() -> Api {
         live: Arc::new(LivenessTable::default()),
         fanout: Arc::new(ManifestFanout::default()),
         identities: Default::default(),
+        sessions: Default::default(),
         ca: provisioning::ca::FleetCa::generate("test CA").unwrap(),
         config: HubConfig {
             data_dir: dir.path().to_path_buf(),

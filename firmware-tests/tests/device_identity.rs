@@ -53,10 +53,8 @@ async fn connect(hub: &Hub, creds: &Credentials, ca: &CertificateDer<'static>) -
     tokio::time::timeout(TEN, endpoint.connect(hub.quic_addr(), "127.0.0.1").unwrap()).await.unwrap().unwrap()
 }
 
-/// Opens a sync stream and returns the hub's first frame, or why there was none.
-async fn sync(conn: &quinn::Connection, device: &str) -> anyhow::Result<HubFrame> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let facts = wire::DeviceFacts {
+fn facts() -> wire::DeviceFacts {
+    wire::DeviceFacts {
         arch: images::oci::host_architecture().into(),
         os: "linux".into(),
         capacity: shared_proto::Capacity {
@@ -64,8 +62,27 @@ async fn sync(conn: &quinn::Connection, device: &str) -> anyhow::Result<HubFrame
             memory: shared_proto::Bytes(1 << 30),
         },
         ..Default::default()
-    };
-    let hello = AgentHello { device: device.into(), facts, held_revision: 0, boot_id: "b".into() };
+    }
+}
+
+/// A sync stream from a machine with boot id `boot`, kept open: the hub's first frame
+/// and the stream's two halves.
+async fn sync_from(
+    conn: &quinn::Connection,
+    device: &str,
+    boot: &str,
+) -> anyhow::Result<(HubFrame, quinn::SendStream, quinn::RecvStream)> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentHello { device: device.into(), facts: facts(), held_revision: 0, boot_id: boot.into() };
+    wire::write_frame(&mut send, &StreamOpen::Sync(hello)).await?;
+    let frame = tokio::time::timeout(TEN, wire::read_frame::<HubFrame, _>(&mut recv)).await??;
+    Ok((frame.ok_or_else(|| anyhow::anyhow!("stream closed"))?, send, recv))
+}
+
+/// Opens a sync stream and returns the hub's first frame, or why there was none.
+async fn sync(conn: &quinn::Connection, device: &str) -> anyhow::Result<HubFrame> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentHello { device: device.into(), facts: facts(), held_revision: 0, boot_id: "b".into() };
     wire::write_frame(&mut send, &StreamOpen::Sync(hello)).await?;
     let frame = tokio::time::timeout(TEN, wire::read_frame::<HubFrame, _>(&mut recv)).await??;
     frame.ok_or_else(|| anyhow::anyhow!("stream closed"))
@@ -253,4 +270,53 @@ fn an_enrolment_asked_again_with_the_same_key_gets_its_certificate_and_counts_on
     });
     assert!(agent.log().contains("enrolling with the key an earlier attempt generated"), "{}", agent.log());
     assert_eq!(token_uses(&hub, &token), 1);
+}
+
+#[test]
+fn a_cloned_certificate_is_flagged_and_the_clone_refused_without_flapping() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path());
+    let ca = fleet_ca(&hub);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let token = hub.enrolment_token(&[]);
+    let mut agent = Agent::configure(dir.path(), "pi-4", &hub.quic, &token, &[]);
+    agent.start();
+    wait_until("the agent to store its certificate", LONG, || {
+        agent.state_dir.join("device.crt").exists().then_some(())
+    });
+    agent.kill();
+    let creds = credentials_of(&agent);
+
+    rt.block_on(async {
+        // The original, then its clone (from the hub's side, a reboot so far).
+        let a = connect(&hub, &creds, &ca).await;
+        let (first, ..) = sync_from(&a, "pi-4", "boot-a").await.unwrap();
+        assert!(matches!(first, HubFrame::Welcome(_)), "{first:?}");
+        let b = connect(&hub, &creds, &ca).await;
+        let (frame, _b_send, mut b_recv) = sync_from(&b, "pi-4", "boot-b").await.unwrap();
+        assert!(matches!(frame, HubFrame::Welcome(_)), "{frame:?}");
+        // The original comes back while the clone holds the device: refused, on every
+        // try, and the clone keeps its session.
+        for _ in 0..3 {
+            let a2 = connect(&hub, &creds, &ca).await;
+            match sync_from(&a2, "pi-4", "boot-a").await.unwrap().0 {
+                HubFrame::Refused { message } => assert!(message.contains("cloned SD card"), "{message}"),
+                other => panic!("the returning machine must be refused: {other:?}"),
+            }
+        }
+        // The session in place goes on (it may be sent its manifest; it is not ended).
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            match tokio::time::timeout_at(until, wire::read_frame::<HubFrame, _>(&mut b_recv)).await {
+                Err(_) => break,
+                Ok(Ok(Some(HubFrame::Desired(_) | HubFrame::UpToDate { .. }))) => continue,
+                other => panic!("the session in place must be left alone: {other:?}"),
+            }
+        }
+    });
+    let device = hub.get("devices", Some("pi-4")).unwrap();
+    let conflict = &device["status"]["identityConflict"];
+    assert_eq!(conflict["bootIds"], serde_json::json!(["boot-b", "boot-a"]), "{device}");
+    assert!(conflict["refusedFrom"].as_str().unwrap().starts_with("127.0.0.1:"), "{device}");
 }

@@ -325,6 +325,22 @@ pub struct DeviceStatus {
     /// Id of the enrolment token the device enrolled with (store format 3).
     #[serde(default)]
     pub enrolled_with: String,
+    /// Two machines holding this device's certificate at once, a cloned SD card most
+    /// likely (store format 3): the one connected keeps its session, the other is
+    /// refused until an operator acts.
+    #[serde(default)]
+    pub identity_conflict: Option<Box<IdentityConflict>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConflict {
+    /// When the hub first saw both.
+    pub since: Timestamp,
+    /// Boot ids of the machines: the one keeping the session first.
+    pub boot_ids: Vec<String>,
+    /// Where the refused one connected from.
+    pub refused_from: String,
 }
 
 /// A certificate the fleet CA issued to a device.

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod blobs;
+pub mod clones;
 pub mod enrol;
 pub mod fanout;
 pub mod identity;
@@ -174,7 +175,7 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
             Err((code, reason)) => return conn.close(code.into(), reason.as_bytes()),
         },
     };
-    let device = cert.map(|c| c.name);
+    let device = cert.as_ref().map(|c| c.name.clone());
     tracing::debug!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), "agent connected");
     loop {
         let revoked = async {
@@ -197,8 +198,9 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
         let state = state.clone();
         let conn = conn.clone();
         let device = device.clone();
+        let cert = cert.clone();
         tokio::spawn(async move {
-            match handle_stream(&state, device.clone(), session::spawn_quic_reader(recv), send).await {
+            match handle_stream(&state, cert, remote, session::spawn_quic_reader(recv), send).await {
                 Ok(()) => {}
                 Err(StreamError::NeedsCertificate) => conn.close(
                     close_code::UNAUTHENTICATED.into(),
@@ -280,12 +282,13 @@ async fn read_open(
     }
 }
 
-/// Serves one agent stream, from QUIC or TCP. `device` is the name on the peer's
+/// Serves one agent stream, from QUIC or TCP. `cert` is the peer's device
 /// certificate, `None` for a device that is enrolling; `reads` is the stream's reader
 /// task ([`session::spawn_reader`], [`session::spawn_quic_reader`]).
 pub async fn handle_stream<W>(
     state: &Arc<HubState>,
-    device: Option<String>,
+    cert: Option<provisioning::identity::DeviceCert>,
+    remote: SocketAddr,
     mut reads: tokio::sync::mpsc::Receiver<session::Read>,
     mut writer: W,
 ) -> Result<(), StreamError>
@@ -297,7 +300,7 @@ where
         Ok(r) => r?,
         Err(_) => return Err(SyncError::Protocol("stream opened but said nothing".into()).into()),
     };
-    match (open, device) {
+    match (open, cert) {
         (None, _) => Ok(()),
         (Some((version, StreamOpen::Enrol(req))), _) => {
             let reply = enrol::enrol(state, req).await;
@@ -305,11 +308,11 @@ where
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
             Ok(())
         }
-        (Some((version, StreamOpen::Sync(hello))), Some(device)) => {
-            Ok(session::serve(state.clone(), device, hello, version, decoder, reads, writer).await?)
+        (Some((version, StreamOpen::Sync(hello))), Some(cert)) => {
+            Ok(session::serve(state.clone(), cert, remote, hello, version, decoder, reads, writer).await?)
         }
-        (Some((version, StreamOpen::Blob(req))), Some(device)) => {
-            Ok(blobs::serve(state, &device, version, req, writer).await?)
+        (Some((version, StreamOpen::Blob(req))), Some(cert)) => {
+            Ok(blobs::serve(state, &cert.name, version, req, writer).await?)
         }
         (Some(_), None) => Err(StreamError::NeedsCertificate),
     }

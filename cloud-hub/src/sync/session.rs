@@ -5,11 +5,12 @@
 //! session's (`shared_proto::session`); this file only moves bytes and runs timers.
 
 use super::SyncError;
+use super::clones;
 use super::fanout::ManifestNews;
 use crate::state::HubState;
 use shared_proto::manifest::DesiredManifest;
 use shared_proto::session::{HubEvent, HubSession, HubSessionConfig, SessionEnd};
-use shared_proto::store::{Object, StoreKind};
+use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind};
 use shared_proto::wire::{AgentHello, FrameDecoder};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +89,8 @@ pub fn session_config(state: &HubState) -> HubSessionConfig {
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<W>(
     state: Arc<HubState>,
-    device: String,
+    cert: provisioning::identity::DeviceCert,
+    remote: std::net::SocketAddr,
     hello: AgentHello,
     version: u32,
     decoder: FrameDecoder,
@@ -99,9 +101,12 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     let clock = state.clock.clone();
+    let device = cert.name.clone();
     let mut session =
         HubSession::new(clock.monotonic(), session_config(&state), &device, &hello, version, decoder);
     let mut registration = None;
+    let book_id = state.sessions.next_id();
+    let mut booked = false;
     if !session.is_ended() {
         if state.store.get_local(StoreKind::Device, &device)?.is_none() {
             session.refuse(format!(
@@ -109,7 +114,16 @@ where
             ));
         } else if let Err(wait) = state.admit_session(clock.monotonic()) {
             session.retry_after(wait, "the hub is taking back many devices at once");
+        } else if let clones::Verdict::Clone { holder } =
+            state.sessions.start(&cert.serial, &hello.boot_id, book_id, clock.monotonic())
+        {
+            tracing::warn!(%device, %remote, boot_id = %hello.boot_id, holder = %holder, "two machines hold one device's certificate; refusing the one that came back");
+            record_conflict(&state, &device, &holder, &hello.boot_id, remote).await;
+            session.refuse(format!(
+                "another machine (boot {holder}) holds device {device:?} and is connected: two machines share one certificate, as a cloned SD card does; decommission or delete this device and enrol each machine with its own"
+            ));
         } else {
+            booked = true;
             // Register before reading the manifest, so no change can slip in between.
             let reg = state.fanout.register(&device);
             let live = state.live.connected(&device, hello.facts.clone(), hello.held_revision, clock.now());
@@ -129,8 +143,40 @@ where
         state.fanout.unregister(&device, reg.id);
         state.live.disconnected(&device, live, clock.now());
     }
+    if booked {
+        state.sessions.end(&cert.serial, book_id);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
     result
+}
+
+/// Writes the conflict on the device, once per pair of machines (retries write nothing).
+async fn record_conflict(
+    state: &HubState,
+    device: &str,
+    holder: &str,
+    refused: &str,
+    remote: std::net::SocketAddr,
+) {
+    let current = match state.store.get_revisioned(StoreKind::Device, device).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => return tracing::warn!(%device, error = %e, "cannot record an identity conflict"),
+    };
+    let Object::Device(mut d) = current.object else { return };
+    let boot_ids = vec![holder.to_string(), refused.to_string()];
+    if d.status.identity_conflict.as_ref().is_some_and(|c| c.boot_ids == boot_ids) {
+        return;
+    }
+    d.status.identity_conflict = Some(Box::new(shared_proto::IdentityConflict {
+        since: state.clock.now(),
+        boot_ids,
+        refused_from: remote.to_string(),
+    }));
+    let cmd = StoreCommand::put(Object::Device(d), Precondition::RevisionIs(current.revision));
+    if let Err(e) = state.store.write(cmd).await {
+        tracing::warn!(%device, error = %e, "cannot record an identity conflict");
+    }
 }
 
 async fn drive<W>(

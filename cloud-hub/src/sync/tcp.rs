@@ -85,9 +85,9 @@ pub async fn serve(state: Arc<HubState>, listener: TcpListener, tls: Arc<rustls:
                     None => std::future::pending().await,
                 }
             };
-            let device = cert.map(|c| c.name);
+            let device = cert.as_ref().map(|c| c.name.clone());
             let (reader, writer) = tokio::io::split(tls);
-            let stream = handle_stream(&state, device.clone(), super::session::spawn_reader(reader), writer);
+            let stream = handle_stream(&state, cert, remote, super::session::spawn_reader(reader), writer);
             let ended = tokio::select! {
                 ended = stream => ended,
                 refusal = revoked => {

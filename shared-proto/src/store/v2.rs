@@ -3,7 +3,8 @@
 //! changed since are copied; everything else is the current type. Never edit: a change
 //! here would misread what is on disk.
 //!
-//! Version 3 added `DeviceStatus::{certificates, enrolled_with}` and
+//! Version 3 added `DeviceStatus::{certificates, enrolled_with, identity_conflict}`,
+//! `DevicePhase::Decommissioned` and
 //! `EnrolmentTokenRecord::device_labels` and `ApiTokenRecord::{expires_at, sites}`.
 
 use crate::manifest::{DesiredManifest, ObservedContainer};
@@ -97,6 +98,7 @@ impl From<DeviceStatus> for crate::DeviceStatus {
             message: s.message,
             certificates: vec![],
             enrolled_with: String::new(),
+            identity_conflict: None,
         }
     }
 }
