@@ -96,6 +96,19 @@ async fn close_code_of(conn: &quinn::Connection, within: Duration) -> u32 {
     }
 }
 
+/// A real agent enrols `name`, is stopped, and leaves its key and certificate.
+fn enrolled(hub: &Hub, dir: &std::path::Path, name: &str) -> Credentials {
+    let token = hub.enrolment_token(&[]);
+    let mut agent = Agent::configure(dir, name, &hub.quic, &token, &[]);
+    agent.start();
+    wait_until("the device to enrol", LONG, || hub.get("devices", Some(name)));
+    wait_until("the agent to store its certificate", LONG, || {
+        agent.state_dir.join("device.crt").exists().then_some(())
+    });
+    agent.kill();
+    credentials_of(&agent)
+}
+
 /// Asks for one blob on `conn`.
 async fn blob(conn: &quinn::Connection, digest: &str) -> anyhow::Result<BlobReply> {
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -123,15 +136,7 @@ fn a_deleted_device_is_cut_off_and_its_old_certificate_never_comes_back() {
     let ca = fleet_ca(&hub);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let token = hub.enrolment_token(&[]);
-    let mut agent = Agent::configure(dir.path(), "pi-1", &hub.quic, &token, &[]);
-    agent.start();
-    wait_until("the device to enrol", LONG, || hub.get("devices", Some("pi-1")));
-    wait_until("the agent to store its certificate", LONG, || {
-        agent.state_dir.join("device.crt").exists().then_some(())
-    });
-    agent.kill();
-    let old = credentials_of(&agent);
+    let old = enrolled(&hub, dir.path(), "pi-1");
     let device = hub.get("devices", Some("pi-1")).unwrap();
     let serial = provisioning::identity::device_cert(&old.chain[0]).unwrap().serial;
     assert_eq!(
@@ -279,14 +284,7 @@ fn a_cloned_certificate_is_flagged_and_the_clone_refused_without_flapping() {
     let hub = Hub::start(dir.path());
     let ca = fleet_ca(&hub);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let token = hub.enrolment_token(&[]);
-    let mut agent = Agent::configure(dir.path(), "pi-4", &hub.quic, &token, &[]);
-    agent.start();
-    wait_until("the agent to store its certificate", LONG, || {
-        agent.state_dir.join("device.crt").exists().then_some(())
-    });
-    agent.kill();
-    let creds = credentials_of(&agent);
+    let creds = enrolled(&hub, dir.path(), "pi-4");
 
     rt.block_on(async {
         // The original, then its clone (from the hub's side, a reboot so far).
