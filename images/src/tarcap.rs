@@ -50,10 +50,6 @@ impl<R: Read> ExtensionCap<R> {
         ExtensionCap { inner, cap, state: State::Header, header: [0; BLOCK], filled: 0, next_size: None }
     }
 
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-
     fn inspect(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             match &mut self.state {

@@ -44,11 +44,15 @@ pub fn entry_id(at: Timestamp) -> String {
 }
 
 /// Middleware: answers the request, then records it if it could change anything.
-pub async fn record(State(state): State<Arc<HubState>>, req: Request, next: Next) -> Response {
+pub async fn record(State(state): State<Arc<HubState>>, mut req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
     let caller = authenticate(&state, req.headers());
+    if let Ok(c) = &caller {
+        // The handler's `Caller` extractor takes it from here instead of checking again.
+        req.extensions_mut().insert(c.clone());
+    }
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
     let remote = req.extensions().get::<ClientAddr>().map_or_else(String::new, |a| a.0.to_string());

@@ -53,7 +53,7 @@ fn verdict(s: &Sessions, boot_id: &str, now: Instant) -> Verdict {
 /// Every certificate's recent sessions (by serial), in memory.
 #[derive(Debug, Default)]
 pub struct SessionBook {
-    devices: Mutex<HashMap<String, Sessions>>,
+    by_serial: Mutex<HashMap<String, Sessions>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -63,11 +63,11 @@ impl SessionBook {
         self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
-    /// A session of `device` from `boot_id` asks to start; accepted ones are recorded
-    /// as the device's current session under `session`.
-    pub fn start(&self, device: &str, boot_id: &str, session: u64, now: Instant) -> Verdict {
-        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let s = devices.entry(device.to_string()).or_default();
+    /// A session with certificate `serial` from `boot_id` asks to start; accepted ones
+    /// are recorded as the certificate's current session under `session`.
+    pub fn start(&self, serial: &str, boot_id: &str, session: u64, now: Instant) -> Verdict {
+        let mut by_serial = self.by_serial.lock().unwrap_or_else(|p| p.into_inner());
+        let s = by_serial.entry(serial.to_string()).or_default();
         let v = verdict(s, boot_id, now);
         if v == Verdict::Accept {
             s.current = Some((session, boot_id.to_string()));
@@ -79,10 +79,10 @@ impl SessionBook {
         v
     }
 
-    /// Session `session` of `device` ended.
-    pub fn end(&self, device: &str, session: u64) {
-        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = devices.get_mut(device)
+    /// Session `session` with certificate `serial` ended.
+    pub fn end(&self, serial: &str, session: u64) {
+        let mut by_serial = self.by_serial.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = by_serial.get_mut(serial)
             && s.current.as_ref().is_some_and(|(id, _)| *id == session)
         {
             s.current = None;

@@ -88,6 +88,15 @@ impl Admitted {
     }
 }
 
+/// Resolves when `admitted`'s certificate stops opening sessions; never for a
+/// connection without one (an enrolling device).
+pub async fn revoked(admitted: Option<&mut Admitted>) -> Refusal {
+    match admitted {
+        Some(a) => a.revoked().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut conns = self.registry.lock();

@@ -178,12 +178,7 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
     let device = cert.as_ref().map(|c| c.name.clone());
     tracing::debug!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), "agent connected");
     loop {
-        let revoked = async {
-            match admitted.as_mut() {
-                Some(a) => a.revoked().await,
-                None => std::future::pending().await,
-            }
-        };
+        let revoked = identity::revoked(admitted.as_mut());
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok(s) => s,

@@ -7,6 +7,7 @@
 //! user timeout on unacknowledged data, both well inside the agent's heartbeat
 //! deadline.
 
+use super::identity;
 use super::{StreamError, handle_stream};
 use crate::state::HubState;
 use std::net::SocketAddr;
@@ -79,12 +80,7 @@ pub async fn serve(state: Arc<HubState>, listener: TcpListener, tls: Arc<rustls:
                     Err(_) => return,
                 },
             };
-            let revoked = async {
-                match admitted.as_mut() {
-                    Some(a) => a.revoked().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let revoked = identity::revoked(admitted.as_mut());
             let device = cert.as_ref().map(|c| c.name.clone());
             let (reader, writer) = tokio::io::split(tls);
             let stream = handle_stream(&state, cert, remote, super::session::spawn_reader(reader), writer);
