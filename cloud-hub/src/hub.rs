@@ -50,6 +50,15 @@ pub struct ServeArgs {
     /// heard from count as disconnected (then `--offline-grace` applies).
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub startup_grace: Duration,
+    /// How long the device certificates this hub signs are valid. Devices renew at two
+    /// thirds of it while online; one that stays offline past the end comes back
+    /// quarantined, until an operator approves it.
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    pub device_cert_lifetime: Duration,
+    /// How long the hub's own TLS certificate is valid; the hub issues itself a new one
+    /// at two thirds, without a restart.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    pub hub_cert_lifetime: Duration,
     /// Largest image archive accepted by `flotilla image import`, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub max_image_bytes: u64,
@@ -183,7 +192,7 @@ fn write_context(
     ctx_token: Option<String>,
     api: SocketAddr,
     quic: SocketAddr,
-    ca: &FleetCa,
+    trusted: &[Vec<u8>],
 ) -> anyhow::Result<bool> {
     let token = match ctx_token {
         Some(t) => t,
@@ -196,7 +205,7 @@ fn write_context(
         hub: format!("https://{}", connect_host(api)),
         quic: connect_host(quic),
         token,
-        ca_cert_pem: provisioning::pem::encode_cert(ca.cert_der()),
+        ca_cert_pem: trusted.iter().map(|c| provisioning::pem::encode_cert(c)).collect(),
     };
     let bytes = serde_json::to_vec_pretty(&ctx)?;
     provisioning::files::write_private_file(path, &bytes)?;
@@ -220,26 +229,22 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     .await
     .context("opening the store")?;
     wait_for_leader(&store).await?;
-    let ca = fleet_ca(&store).await?;
+    fleet_ca(&store).await?;
     let new_token = first_admin_token(&store).await?;
 
-    let (hub_cert, hub_key) = {
-        let name = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.to_str().map(str::to_string))
-            .filter(|h| shared_proto::validate::dns_label_problem(h).is_none())
-            .unwrap_or_else(|| "hub".to_string());
-        let c = ca.issue_hub_cert(&name, &host_sans(&args), Duration::from_secs(365 * 24 * 3600))?;
-        (
-            rustls_pki_types::CertificateDer::from(c.cert_der.clone()),
-            rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
-                c.key_pkcs8_der.clone(),
-            )),
-        )
+    let hub_name = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.to_str().map(str::to_string))
+        .filter(|h| shared_proto::validate::dns_label_problem(h).is_none())
+        .unwrap_or_else(|| "hub".to_string());
+    let settings = crate::sync::pki::HubCertSettings {
+        name: hub_name,
+        sans: host_sans(&args),
+        lifetime: args.hub_cert_lifetime,
     };
-    let chain = vec![hub_cert, ca.cert_der().clone()];
-    let api_tls = provisioning::tls::api_server_config(chain.clone(), hub_key.clone_key())?;
-    let quic_tls = provisioning::tls::hub_quic_server_config(chain, hub_key, ca.cert_der())?;
+    let pki = Arc::new(crate::sync::pki::Pki::load(&store, settings, clock.clone()).await?);
+    let api_tls = pki.tls().api_server_config()?;
+    let quic_tls = pki.tls().quic_server_config()?;
 
     let blobs = images::blobstore::BlobStore::open(data_dir.join("blobs"))?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
@@ -260,7 +265,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         max_image_bytes: args.max_image_bytes,
         quic_addr: args.quic_listen,
         heartbeat_interval: args.heartbeat_interval,
-        device_cert_validity: Duration::from_secs(365 * 24 * 3600),
+        device_cert_validity: args.device_cert_lifetime,
     };
     let admission = crate::sync::admission::AdmissionConfig {
         rate: args.session_rate,
@@ -274,7 +279,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         fanout: fanout.clone(),
         identities: identities.clone(),
         sessions: Default::default(),
-        ca,
+        pki: pki.clone(),
         config,
         clock: clock.clone(),
         admission: std::sync::Mutex::new(crate::sync::admission::AdmissionControl::new(admission)),
@@ -295,7 +300,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     let state = Arc::new(state);
 
     let context_path = data_dir.join("context.json");
-    if !write_context(&context_path, new_token, api_addr, quic_addr, &state.ca)? {
+    if !write_context(&context_path, new_token, api_addr, quic_addr, &state.pki.trusted_der())? {
         tracing::warn!(
             path = %context_path.display(),
             "no CLI context file and the admin token exists already: the CLI needs a token (flotilla api-token create from another context)"
@@ -312,6 +317,24 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     {
         let store = store.clone();
         tasks.push(tokio::spawn(async move { identities.run(store).await }));
+    }
+    {
+        let store = store.clone();
+        let pki = pki.clone();
+        tasks.push(tokio::spawn(async move { pki.run(store).await }));
+    }
+    {
+        // The CLI context on this machine follows the CAs, so the CLI keeps trusting the hub.
+        let mut changed = pki.subscribe();
+        let context_path = context_path.clone();
+        let pki = pki.clone();
+        tasks.push(tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                if let Err(e) = write_context(&context_path, None, api_addr, quic_addr, &pki.trusted_der()) {
+                    tracing::warn!(error = %e, "cannot update the CLI context with the fleet's CAs");
+                }
+            }
+        }));
     }
     tasks.push(tokio::spawn(controllers::run(
         store.clone(),

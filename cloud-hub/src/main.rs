@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::DeviceCommand,
     },
+    /// The fleet CA: its status and rotation, without re-flashing devices.
+    Ca {
+        #[command(subcommand)]
+        command: cli::ca::CaCommand,
+    },
     /// Who changed what: the hub's audit log of mutating API calls (admins).
     Audit {
         /// Entries since an RFC 3339 time or a duration back from now (1h, 7d).
@@ -102,6 +107,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::ApiToken { command } => cli::api_token(h, &command).await,
         Command::Image { command } => cli::image(h, &command).await,
         Command::Device { command } => cli::device(h, &command).await,
+        Command::Ca { command } => cli::ca::run(h, &command).await,
         Command::Audit { since, limit, output } => cli::audit(h, since.as_deref(), limit, output).await,
         Command::Sim(args) => cloud_hub::sim::run(h, args).await,
     }

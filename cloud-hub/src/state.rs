@@ -6,7 +6,6 @@ use crate::sync::fanout::ManifestFanout;
 use crate::sync::identity::LiveIdentities;
 use crate::sync::liveness::LivenessTable;
 use hub_store::Store;
-use provisioning::ca::FleetCa;
 use shared_proto::clock::SharedClock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +21,7 @@ pub struct HubConfig {
     pub quic_addr: SocketAddr,
     /// How often agents send heartbeats (told to them in the welcome frame).
     pub heartbeat_interval: Duration,
-    /// How long device certificates are valid.
+    /// How long device certificates are valid; they are renewed at two thirds.
     pub device_cert_validity: Duration,
 }
 
@@ -35,7 +34,8 @@ pub struct HubState {
     pub identities: Arc<LiveIdentities>,
     /// Recent sync sessions by device, to tell clones from reboots.
     pub sessions: SessionBook,
-    pub ca: FleetCa,
+    /// The fleet CA, the CAs rotating in and out, and the hub's own certificate.
+    pub pki: Arc<crate::sync::pki::Pki>,
     pub config: HubConfig,
     pub clock: SharedClock,
     /// Spreads reconnect storms: sessions admitted per second.

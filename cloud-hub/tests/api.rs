@@ -40,6 +40,16 @@ async fn setup() -> Api {
     .unwrap();
     let mut leader = store.leader();
     tokio::time::timeout(Duration::from_secs(30), leader.wait_for(|l| l.is_some())).await.unwrap().unwrap();
+    let ca = provisioning::ca::FleetCa::generate("test CA").unwrap();
+    let record = ca.to_record(shared_proto::Timestamp(1));
+    store.write(StoreCommand::put(Object::FleetCa(record), Precondition::MustNotExist)).await.unwrap();
+    let clock = shared_proto::clock::SystemClock::shared();
+    let settings = cloud_hub::sync::pki::HubCertSettings {
+        name: "hub".into(),
+        sans: vec![],
+        lifetime: Duration::from_secs(3600),
+    };
+    let pki = Arc::new(cloud_hub::sync::pki::Pki::load(&store, settings, clock.clone()).await.unwrap());
     let state = Arc::new(HubState {
         store: store.clone(),
         blobs: images::BlobStore::open(dir.path().join("blobs")).unwrap(),
@@ -47,7 +57,7 @@ async fn setup() -> Api {
         fanout: Arc::new(ManifestFanout::default()),
         identities: Default::default(),
         sessions: Default::default(),
-        ca: provisioning::ca::FleetCa::generate("test CA").unwrap(),
+        pki,
         config: HubConfig {
             data_dir: dir.path().to_path_buf(),
             max_image_bytes: 1 << 20,
@@ -55,7 +65,7 @@ async fn setup() -> Api {
             heartbeat_interval: Duration::from_secs(30),
             device_cert_validity: Duration::from_secs(3600),
         },
-        clock: shared_proto::clock::SystemClock::shared(),
+        clock,
         admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
     });
     Api { router: api::router(state), store, _dir: dir }
@@ -365,6 +375,15 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
             let d = Object::Device(device_in(&name, site));
             api.store.write(StoreCommand::put(d, Precondition::MustNotExist)).await.unwrap();
         }
+        for prefix in ["q", "r"] {
+            for site in ["a", "c"] {
+                let mut d = device_in(&format!("{prefix}-{site}-{w}"), site);
+                d.status.phase = shared_proto::DevicePhase::Quarantined;
+                d.status.quarantine = Some(Box::default());
+                let d = Object::Device(d);
+                api.store.write(StoreCommand::put(d, Precondition::MustNotExist)).await.unwrap();
+            }
+        }
         for (site, ids) in [("a", &mut enrol_a), ("c", &mut enrol_c)] {
             let body = json!({ "site": site }).to_string().into_bytes();
             let (s, v, _) = api.call("POST", "/api/v1/enrolment-tokens", Some(&admin), body).await;
@@ -380,6 +399,7 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
     const BAD: u16 = 400;
     const NO: u16 = 403;
     const NONE: u16 = 404;
+    const CONFLICT: u16 = 409;
     // (method, path, body, what viewer, op-a, operator and admin get); `{w}` and
     // `{ea}`, `{ec}`, `{t}` stand for the caller's own objects.
     let rows: Vec<(&str, &str, Option<Value>, [u16; 4])> = vec![
@@ -400,6 +420,12 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
         ("POST", "/api/v1/devices/dec-a-{w}/decommission", None, [NO, OK, OK, OK]),
         ("POST", "/api/v1/devices/dec-c-{w}/decommission", None, [NO, NO, OK, OK]),
         ("POST", "/api/v1/devices/none/decommission", None, [NO, NONE, NONE, NONE]),
+        ("POST", "/api/v1/devices/q-a-{w}/approve", None, [NO, OK, OK, OK]),
+        ("POST", "/api/v1/devices/q-c-{w}/approve", None, [NO, NO, OK, OK]),
+        ("POST", "/api/v1/devices/dev-a/approve", None, [NO, CONFLICT, CONFLICT, CONFLICT]),
+        ("POST", "/api/v1/devices/r-a-{w}/reject", None, [NO, OK, OK, OK]),
+        ("POST", "/api/v1/devices/r-c-{w}/reject", None, [NO, NO, OK, OK]),
+        ("POST", "/api/v1/devices/dev-c/reject", None, [NO, NO, CONFLICT, CONFLICT]),
         ("DELETE", "/api/v1/devices/del-a-{w}", None, [NO, OK, OK, OK]),
         ("DELETE", "/api/v1/devices/del-c-{w}", None, [NO, NO, OK, OK]),
         ("GET", "/api/v1/apps", None, [OK, OK, OK, OK]),
@@ -427,6 +453,11 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
         ("GET", "/api/v1/api-tokens", None, [NO, NO, NO, OK]),
         ("POST", "/api/v1/api-tokens", Some(json!({ "role": "viewer" })), [NO, NO, NO, MADE]),
         ("DELETE", "/api/v1/api-tokens/{t}", None, [NO, NO, NO, OK]),
+        ("GET", "/api/v1/ca", None, [OK, OK, OK, OK]),
+        ("POST", "/api/v1/ca/retire", None, [NO, NO, NO, CONFLICT]),
+        ("POST", "/api/v1/ca/rotate", None, [NO, NO, NO, OK]),
+        // Devices never seen since the CA was staged would be cut off.
+        ("POST", "/api/v1/ca/activate", None, [NO, NO, NO, CONFLICT]),
     ];
     let mut failures = Vec::new();
     for (method, path, body, want) in &rows {

@@ -468,14 +468,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         r = &mut reconciler => return r?.context("the reconcile loop stopped"),
     };
     let channels = crate::sync::SyncChannels { desired: desired_tx, report: report_rx, link: link_tx };
-    let tls = provisioning::tls::device_quic_client_config(
-        identity.cert_chain.clone(),
-        identity.key.clone_key(),
-        &identity.ca,
-    )?;
-    let dialer = crate::transport::Dialer::new(endpoint, &config.hub, &config.hub_tcp, tls)?;
     tokio::select! {
-        r = crate::sync::run(&identity, dialer, db, clock, channels) => r,
+        r = crate::sync::run(&config, identity, endpoint, db, clock, channels) => r,
         r = reconciler => r?.context("the reconcile loop stopped"),
     }
 }

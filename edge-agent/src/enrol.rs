@@ -13,12 +13,30 @@ use shared_proto::clock::SharedClock;
 use shared_proto::wire::{self, EnrolRefusal, EnrolReply, EnrolRequest, MIN_PROTOCOL_VERSION, StreamOpen};
 use std::time::Duration;
 
-/// What the agent authenticates with.
+/// What the agent authenticates with, and the CAs it trusts for the hub.
 pub struct Identity {
     pub device: String,
     pub cert_chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
-    pub ca: CertificateDer<'static>,
+    /// The fleet CA first; during a CA rotation, the one rotating in or out too.
+    pub trusted: Vec<CertificateDer<'static>>,
+}
+
+impl Identity {
+    /// When the device certificate stops being valid.
+    pub fn not_after(&self) -> Option<shared_proto::Timestamp> {
+        let leaf = self.cert_chain.first()?;
+        provisioning::identity::device_cert(leaf).ok().map(|c| c.not_after)
+    }
+
+    /// The TLS configuration to reach the hub with.
+    pub fn client_config(&self) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        Ok(provisioning::tls::device_quic_client_config_trusting(
+            self.cert_chain.clone(),
+            self.key.clone_key(),
+            &self.trusted,
+        )?)
+    }
 }
 
 /// An enrolment the hub refused for a reason retrying cannot fix.
@@ -30,6 +48,7 @@ pub struct EnrolRefused {
 }
 
 fn load(config: &AgentConfig, device: &str) -> anyhow::Result<Identity> {
+    crate::renew::finish_interrupted(config)?;
     let key_pem = std::fs::read_to_string(config.key_path()).context("reading device.key")?;
     let cert_pem = std::fs::read_to_string(config.cert_path()).context("reading device.crt")?;
     let ca_pem = std::fs::read_to_string(config.ca_path()).context("reading ca.crt")?;
@@ -38,7 +57,7 @@ fn load(config: &AgentConfig, device: &str) -> anyhow::Result<Identity> {
         device: device.to_string(),
         cert_chain: provisioning::pem::decode_certs(&cert_pem)?,
         key: key.private_key_der(),
-        ca: provisioning::pem::decode_cert(&ca_pem)?,
+        trusted: provisioning::pem::decode_certs(&ca_pem)?,
     })
 }
 
@@ -115,7 +134,7 @@ pub async fn ensure_identity(
         enrolled_at: clock.now(),
     })?;
     tracing::info!(%device, "enrolled");
-    Ok(Identity { device, cert_chain: chain, key: key.private_key_der(), ca })
+    Ok(Identity { device, cert_chain: chain, key: key.private_key_der(), trusted: vec![ca] })
 }
 
 /// The key to enrol with: the one an earlier attempt stored, or a new one, stored

@@ -4,7 +4,8 @@
 //! - [`reconcile`] is the pure core: desired + observed + now → actions.
 //! - [`agent`] carries the actions out and runs the loop.
 //! - [`sync`] keeps the desired state in step with the hub over QUIC; [`enrol`] gets
-//!   the device its certificate the first time; [`pull`] fetches images.
+//!   the device its certificate the first time and [`renew`] a new one before it
+//!   expires; [`pull`] fetches images.
 //! - [`state`] is the redb database that makes all of it survive restarts.
 
 pub mod agent;
@@ -14,6 +15,7 @@ pub mod facts;
 pub mod logs;
 pub mod pull;
 pub mod reconcile;
+pub mod renew;
 pub mod state;
 pub mod sync;
 pub mod transport;

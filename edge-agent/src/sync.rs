@@ -8,7 +8,9 @@
 //! moves bytes, stores manifests durably before handing them on, and decides how long
 //! to wait between attempts.
 
+use crate::config::AgentConfig;
 use crate::enrol::Identity;
+use crate::renew::Renewal;
 use crate::state::StateDb;
 use crate::transport::{Backoff, Dialer, HubLink};
 use anyhow::anyhow;
@@ -84,24 +86,85 @@ fn humantime_secs(d: Duration) -> String {
 }
 
 /// How one session went.
+#[derive(Default)]
 struct Outcome {
     welcomed: bool,
-    end: Result<SessionEnd, anyhow::Error>,
+    end: Option<Result<SessionEnd, anyhow::Error>>,
+    /// The certificate was renewed during the session: reconnect with it.
+    renewed: Option<Identity>,
+    /// The hub named new CAs to trust (already stored).
+    trusted: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
 }
 
-/// Runs forever: connect, sync, and reconnect with back-off when the link drops.
-pub async fn run(
+fn dialer_for(
+    config: &AgentConfig,
+    endpoint: &quinn::Endpoint,
     identity: &Identity,
-    dialer: Dialer,
+) -> anyhow::Result<Dialer> {
+    Dialer::new(endpoint.clone(), &config.hub, &config.hub_tcp, identity.client_config()?)
+}
+
+/// Runs forever: connect, sync, and reconnect with back-off when the link drops;
+/// renew the certificate when the hub asks, or when it expired while offline.
+pub async fn run(
+    config: &AgentConfig,
+    mut identity: Identity,
+    endpoint: quinn::Endpoint,
     db: StateDb,
     clock: SharedClock,
     mut ch: SyncChannels,
 ) -> anyhow::Result<()> {
+    let mut dialer = dialer_for(config, &endpoint, &identity)?;
     let mut backoff = Backoff::new(MAX_BACKOFF);
     let mut reach = Reachability::default();
     let mut version = PROTOCOL_VERSION;
+    // The hub said the certificate expired (whatever this device's clock says).
+    let mut told_expired = false;
+    let mut quarantined = false;
     loop {
         let started = clock.monotonic();
+        if told_expired || identity.not_after().is_some_and(|t| clock.now() >= t) {
+            let wait = match dialer.connect().await {
+                Err(e) => {
+                    reach.failed(clock.monotonic(), &format!("{e:#}"));
+                    backoff.next_wait()
+                }
+                Ok(link) => {
+                    let renewal = crate::renew::renew(config, &identity, &link).await;
+                    link.close(b"renewal");
+                    match renewal {
+                        Ok(Renewal::Renewed(new)) => {
+                            if quarantined {
+                                tracing::info!(
+                                    "approved: the device has a new certificate and rejoins the hub"
+                                );
+                            }
+                            identity = new;
+                            dialer = dialer_for(config, &endpoint, &identity)?;
+                            (told_expired, quarantined) = (false, false);
+                            Duration::ZERO
+                        }
+                        Ok(Renewal::Pending { retry_after, message }) => {
+                            if !quarantined {
+                                tracing::warn!(%message, "quarantined: the certificate expired while the hub was out of reach; containers keep running until an operator approves the device");
+                            }
+                            quarantined = true;
+                            retry_after
+                        }
+                        Ok(Renewal::Refused(message)) => {
+                            tracing::error!(%message, "the hub refuses to renew this device's certificate; enrol it anew with a fresh token");
+                            MAX_BACKOFF
+                        }
+                        Err(e) => {
+                            reach.failed(clock.monotonic(), &format!("renewal: {e:#}"));
+                            backoff.next_wait()
+                        }
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+            continue;
+        }
         let wait = match dialer.connect().await {
             Err(e) => {
                 reach.failed(clock.monotonic(), &format!("{e:#}"));
@@ -109,9 +172,25 @@ pub async fn run(
             }
             Ok(link) => {
                 ch.link.send_replace(Some(link.clone()));
-                let outcome = session(identity, &link, version, &db, &clock, &mut ch).await;
+                let mut outcome = session(config, &identity, &link, version, &db, &clock, &mut ch).await;
                 ch.link.send_replace(None);
                 link.close(b"session ended");
+                if let Some(cas) = outcome.trusted.take() {
+                    identity.trusted = cas;
+                    dialer = dialer_for(config, &endpoint, &identity)?;
+                }
+                if let Some(new) = outcome.renewed.take() {
+                    identity = new;
+                    dialer = dialer_for(config, &endpoint, &identity)?;
+                    tokio::time::sleep(Duration::ZERO).await;
+                    continue;
+                }
+                if link.hub_close_code() == Some(u64::from(close_code::CERT_EXPIRED)) {
+                    tracing::warn!("the hub says this device's certificate expired; asking for a new one");
+                    told_expired = true;
+                    continue;
+                }
+                let end = outcome.end.unwrap_or_else(|| Err(anyhow!("the session ended without a reason")));
                 if outcome.welcomed {
                     reach.reached();
                     reach.lost(clock.monotonic());
@@ -119,7 +198,7 @@ pub async fn run(
                         backoff.reset();
                     }
                 }
-                match outcome.end {
+                match end {
                     Ok(SessionEnd::RetryAfter { after, message }) => {
                         tracing::info!(%message, after_ms = after.as_millis() as u64, "the hub asked to come back later");
                         // The hub already spread the fleet out; a little jitter on top.
@@ -171,6 +250,7 @@ pub async fn run(
 }
 
 async fn session(
+    config: &AgentConfig,
     identity: &Identity,
     link: &HubLink,
     version: u32,
@@ -178,9 +258,10 @@ async fn session(
     clock: &SharedClock,
     ch: &mut SyncChannels,
 ) -> Outcome {
-    let mut welcomed = false;
-    let end = drive(identity, link, version, db, clock, ch, &mut welcomed).await;
-    Outcome { welcomed, end }
+    let mut outcome = Outcome::default();
+    let end = drive(config, identity, link, version, db, clock, ch, &mut outcome).await;
+    outcome.end = Some(end);
+    outcome
 }
 
 /// What the reader task hands over.
@@ -210,14 +291,16 @@ fn spawn_reader(mut reader: crate::transport::BoxRead) -> mpsc::Receiver<Read> {
     rx
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
+    config: &AgentConfig,
     identity: &Identity,
     link: &HubLink,
     version: u32,
     db: &StateDb,
     clock: &SharedClock,
     ch: &mut SyncChannels,
-    welcomed: &mut bool,
+    outcome: &mut Outcome,
 ) -> anyhow::Result<SessionEnd> {
     let (reader, mut writer) = link.open_stream().await?;
     let mut reads = spawn_reader(reader);
@@ -230,6 +313,10 @@ async fn drive(
     let report = ch.report.borrow_and_update().clone();
     let cfg = AgentSessionConfig { heartbeat_spread: crate::transport::random_unit(), ..Default::default() };
     let mut s = AgentSession::new(clock.monotonic(), hello, version, report, &cfg);
+    // A renewal the hub asked for, under way beside the session.
+    let mut renewing: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Renewal>> + Send + '_>>,
+    > = None;
     loop {
         while let Some(bytes) = s.poll_transmit() {
             tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes))
@@ -239,11 +326,22 @@ async fn drive(
         while let Some(event) = s.poll_event() {
             match event {
                 AgentEvent::Welcomed { hub_version } => {
-                    *welcomed = true;
+                    outcome.welcomed = true;
                     tracing::info!(%hub_version, transport = %link.transport(), version = s.version(), "connected to the hub");
                 }
                 AgentEvent::Desired(m) => accept_desired(db, clock, ch, m).await?,
                 AgentEvent::UpToDate { revision } => tracing::debug!(revision, "desired state up to date"),
+                AgentEvent::Renew { reason } => {
+                    if renewing.is_none() {
+                        tracing::info!(%reason, "the hub asks for a certificate renewal");
+                        renewing = Some(Box::pin(crate::renew::renew(config, identity, link)));
+                    }
+                }
+                AgentEvent::Trust { ca_der } => match crate::renew::store_trusted(config, &ca_der) {
+                    Ok(Some(cas)) => outcome.trusted = Some(cas),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot store the CAs the hub named"),
+                },
                 AgentEvent::Ended(end) => {
                     let _ = writer.shutdown().await;
                     return Ok(end);
@@ -268,6 +366,22 @@ async fn drive(
                     None => std::future::pending().await,
                 }
             } => s.handle_timeout(clock.monotonic()),
+            renewal = async { renewing.as_mut().expect("guarded").await }, if renewing.is_some() => {
+                renewing = None;
+                match renewal {
+                    Ok(Renewal::Renewed(new)) => {
+                        // Reconnect with the new certificate: the hub drops the old one
+                        // once it sees the new one in use.
+                        outcome.renewed = Some(new);
+                        let _ = writer.shutdown().await;
+                        return Ok(SessionEnd::PeerClosed);
+                    }
+                    Ok(Renewal::Pending { message, .. } | Renewal::Refused(message)) => {
+                        tracing::warn!(%message, "the hub did not renew the certificate");
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; the hub will ask again"),
+                }
+            }
         }
     }
 }

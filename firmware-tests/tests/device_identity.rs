@@ -1,18 +1,25 @@
 //! A device's identity is its device object, not its name: a deleted device's live
 //! connection is closed at once and its certificate opens nothing afterwards, not
 //! even once a new device holds the name; and an enrolment whose reply was lost is
-//! asked again with the same key and counted once.
+//! asked again with the same key and counted once. Certificates over time, with a
+//! hub whose device certificates live two minutes: an online agent renews with a new
+//! key before expiry, without a restart, and the hub drops the old certificate once
+//! the new one is in use; an agent kept offline past expiry keeps its containers
+//! running, comes back `Quarantined`, and runs normally again once approved.
 
 use firmware_tests::link::{LinkConfig, LinkEmulator};
-use firmware_tests::{Agent, Hub, busybox_image, require_root, wait_until};
+use firmware_tests::{
+    Agent, Hub, HubOptions, assert_during, busybox_image, pid_alive, require_root, wait_until,
+};
 use provisioning::device_key::DeviceKey;
 use rustls_pki_types::CertificateDer;
+use serde_json::Value;
 use shared_proto::wire::{
     self, AgentHello, BlobReply, BlobRequest, EnrolReply, EnrolRequest, HubFrame, StreamOpen, close_code,
 };
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const LONG: Duration = Duration::from_secs(60);
 const TEN: Duration = Duration::from_secs(10);
@@ -308,7 +315,9 @@ fn a_cloned_certificate_is_flagged_and_the_clone_refused_without_flapping() {
         loop {
             match tokio::time::timeout_at(until, wire::read_frame::<HubFrame, _>(&mut b_recv)).await {
                 Err(_) => break,
-                Ok(Ok(Some(HubFrame::Desired(_) | HubFrame::UpToDate { .. }))) => continue,
+                Ok(Ok(Some(HubFrame::Desired(_) | HubFrame::UpToDate { .. } | HubFrame::Trust { .. }))) => {
+                    continue;
+                }
                 other => panic!("the session in place must be left alone: {other:?}"),
             }
         }
@@ -317,4 +326,120 @@ fn a_cloned_certificate_is_flagged_and_the_clone_refused_without_flapping() {
     let conflict = &device["status"]["identityConflict"];
     assert_eq!(conflict["bootIds"], serde_json::json!(["boot-b", "boot-a"]), "{device}");
     assert!(conflict["refusedFrom"].as_str().unwrap().starts_with("127.0.0.1:"), "{device}");
+}
+
+/// Renewal comes at two thirds of a two-minute lifetime (80 s); allow for slow machines.
+const RENEWAL: Duration = Duration::from_secs(150);
+
+const TILL_APP: &str = r#"apiVersion: flotilla.dev/v1
+kind: App
+metadata:
+  name: till
+spec:
+  selector:
+    matchLabels: {role: till}
+  containers:
+    - name: till
+      image: busybox-test:1
+      command: ["/bin/busybox", "sleep", "100000"]
+"#;
+
+fn serials(device: &Value) -> Vec<String> {
+    device["status"]["certificates"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["serial"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn phase(hub: &Hub, name: &str) -> Option<String> {
+    hub.get("devices", Some(name))?["status"]["phase"].as_str().map(str::to_string)
+}
+
+/// When the agent's stored certificate expires.
+fn not_after(agent: &Agent) -> SystemTime {
+    let pem = std::fs::read_to_string(agent.state_dir.join("device.crt")).unwrap();
+    let chain = provisioning::pem::decode_certs(&pem).unwrap();
+    provisioning::identity::device_cert(&chain[0]).unwrap().not_after.to_system_time()
+}
+
+#[test]
+fn certificates_renew_online_and_one_that_expired_offline_waits_for_approval() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_with(dir.path(), HubOptions::default().arg("--device-cert-lifetime").arg("2m"));
+    let image = busybox_image(dir.path(), "busybox-test:1");
+    hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
+    let out = hub.apply(dir.path(), TILL_APP);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = hub.enrolment_token(&["--allow-label", "role"]);
+
+    // One agent straight to the hub, one through a link that will be cut.
+    let mut online = Agent::configure(dir.path(), "pi-online", &hub.quic, &token, &[]);
+    online.start();
+    let link = LinkEmulator::start(LinkConfig::new(Ipv4Addr::LOCALHOST, hub.quic_addr()).seed(11));
+    link.set_cut_tcp_on_partition(true);
+    let mut away =
+        Agent::configure(dir.path(), "pi-away", &link.addr().to_string(), &token, &[("role", "till")]);
+    away.start();
+
+    // The offline one runs its till, then loses the hub well before renewal is due.
+    let id = wait_until("the till to run on pi-away", LONG, || away.runtime_containers().into_iter().next());
+    let pid = wait_until("the till's pid", LONG, || away.container_pid(&id));
+    let first_away = serials(&hub.get("devices", Some("pi-away")).unwrap());
+    link.set_partition(true);
+    let expires = not_after(&away);
+
+    // Meanwhile the online one renews, without a restart.
+    let first = wait_until("pi-online to be Online", LONG, || {
+        let d = hub.get("devices", Some("pi-online"))?;
+        (d["status"]["phase"] == "Online").then(|| serials(&d))
+    });
+    assert_eq!(first.len(), 1, "{first:?}");
+    wait_until("pi-online to renew and drop its old certificate", RENEWAL, || {
+        let d = hub.get("devices", Some("pi-online"))?;
+        let now = serials(&d);
+        (now.len() == 1 && now != first && d["status"]["phase"] == "Online").then_some(())
+    });
+    assert!(online.is_running(), "the agent renewed without a restart");
+    let log = online.log();
+    assert!(log.contains("certificate renewed with a new key"), "{log}");
+    assert_eq!(log.matches("starting from the stored desired state").count(), 1, "one start only:\n{log}");
+    assert!(
+        not_after(&online) > SystemTime::now() + Duration::from_secs(60),
+        "the stored certificate is the new one"
+    );
+
+    // The offline one's certificate expires; its till keeps running.
+    wait_until("pi-away's certificate to expire", RENEWAL, || {
+        (SystemTime::now() > expires + Duration::from_secs(2)).then_some(())
+    });
+    assert!(pid_alive(pid), "the till kept running while the hub was out of reach");
+    link.set_partition(false);
+    wait_until("pi-away to come back Quarantined", LONG, || {
+        (phase(&hub, "pi-away")? == "Quarantined").then_some(())
+    });
+    let device = hub.get("devices", Some("pi-away")).unwrap();
+    assert_eq!(device["status"]["quarantine"]["approved"], false, "{device}");
+    assert_eq!(serials(&device), first_away, "nothing issued while quarantined");
+    assert!(pid_alive(pid), "quarantined, the till keeps running");
+    // Asking again and again (every 10 s) changes nothing: only an operator lets it in.
+    assert_during("pi-away to stay Quarantined", Duration::from_secs(12), || {
+        match phase(&hub, "pi-away").as_deref() {
+            Some("Quarantined") => Ok(()),
+            other => Err(format!("pi-away is {other:?}")),
+        }
+    });
+
+    hub.cli_ok(&["device", "approve", "pi-away"]);
+    wait_until("pi-away to be Online with a new certificate", LONG, || {
+        let d = hub.get("devices", Some("pi-away"))?;
+        let now = serials(&d);
+        (d["status"]["phase"] == "Online" && now.len() == 1 && now != first_away).then_some(())
+    });
+    assert!(not_after(&away) > SystemTime::now() + Duration::from_secs(60), "{}", away.log());
+    assert!(pid_alive(pid), "the same till runs on after approval");
+    assert!(away.runtime_containers().contains(&id));
+    let log = away.log();
+    assert!(log.contains("quarantined"), "{log}");
+    assert!(log.contains("approved"), "{log}");
 }

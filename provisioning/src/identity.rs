@@ -74,6 +74,16 @@ pub struct DeviceCert {
     /// Hex SHA-256 of the certified key's DER SubjectPublicKeyInfo.
     pub key_sha256: String,
     pub not_after: Timestamp,
+    /// When the fleet CA issued it: its `notBefore` plus the [`crate::ca::BACKDATE`]
+    /// the CA always applies.
+    pub issued_at: Timestamp,
+}
+
+impl DeviceCert {
+    /// Whether the certificate has expired at `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        now >= self.not_after
+    }
 }
 
 /// Name, serial, key and expiry of a device certificate.
@@ -81,11 +91,18 @@ pub fn device_cert(cert_der: &[u8]) -> Result<DeviceCert, IdentityError> {
     let cert = parse(cert_der)?;
     let name = name_in(&cert, "device", DEVICE_URI_PREFIX)?;
     let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    let not_before = u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0);
     Ok(DeviceCert {
         name,
         serial: format!("{:x}", cert.tbs_certificate.serial),
         key_sha256: hex::encode(crate::sha256_fingerprint(cert.public_key().raw)),
         not_after: Timestamp(not_after.saturating_mul(1000)),
+        issued_at: Timestamp(
+            not_before
+                .saturating_add(crate::ca::BACKDATE.as_secs())
+                .saturating_mul(1000)
+                .min(not_after * 1000),
+        ),
     })
 }
 

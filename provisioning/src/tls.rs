@@ -88,11 +88,21 @@ pub fn device_quic_client_config(
     device_key: PrivateKeyDer<'static>,
     fleet_ca_der: &CertificateDer<'_>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    device_quic_client_config_trusting(device_cert_chain, device_key, std::slice::from_ref(fleet_ca_der))
+}
+
+/// [`device_quic_client_config`] trusting several CAs: the fleet CA and, while it is
+/// being rotated, the one replacing it or the one it replaced.
+pub fn device_quic_client_config_trusting(
+    device_cert_chain: Vec<CertificateDer<'static>>,
+    device_key: PrivateKeyDer<'static>,
+    trusted: &[CertificateDer<'_>],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Versions)?
-        .with_root_certificates(fleet_roots(fleet_ca_der)?)
+        .with_root_certificates(roots(trusted)?)
         .with_client_auth_cert(device_cert_chain, device_key)
         .map_err(TlsError::CertOrKey)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
@@ -134,19 +144,208 @@ pub fn api_server_config(
 
 /// The CLI's HTTPS client: trusts only hubs certified by the fleet CA.
 pub fn api_client_config(fleet_ca_der: &CertificateDer<'_>) -> Result<Arc<ClientConfig>, TlsError> {
+    api_client_config_trusting(std::slice::from_ref(fleet_ca_der))
+}
+
+/// [`api_client_config`] trusting several CAs (a CA rotation).
+pub fn api_client_config_trusting(trusted: &[CertificateDer<'_>]) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Versions)?
-        .with_root_certificates(fleet_roots(fleet_ca_der)?)
+        .with_root_certificates(roots(trusted)?)
         .with_no_client_auth();
     config.alpn_protocols = vec![API_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
 fn fleet_roots(fleet_ca_der: &CertificateDer<'_>) -> Result<Arc<RootCertStore>, TlsError> {
+    roots(std::slice::from_ref(fleet_ca_der))
+}
+
+/// Whether every certificate in `trusted` can serve as a trust anchor.
+pub fn check_trust_anchors(trusted: &[CertificateDer<'_>]) -> Result<(), TlsError> {
+    roots(trusted).map(|_| ())
+}
+
+fn roots(trusted: &[CertificateDer<'_>]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots.add(fleet_ca_der.clone()).map_err(TlsError::BadCa)?;
+    for ca in trusted {
+        roots.add(ca.clone().into_owned()).map_err(TlsError::BadCa)?;
+    }
     Ok(Arc::new(roots))
+}
+
+/// The hub's TLS identity while it runs, for both the QUIC endpoint and the HTTPS API:
+/// its certificate, renewed before it expires and issued again when the fleet CA
+/// rotates, and the CAs whose device certificates it accepts. Connections already open
+/// keep what they were opened with; every new handshake uses the latest.
+///
+/// Device certificates are verified by webpki against the trusted CAs (chain and
+/// ClientAuth usage) with one exception: an expired certificate that is otherwise
+/// valid passes, so that a device back from months offline can prove who it is and
+/// ask to be let back in. The hub must therefore check expiry itself after the
+/// handshake ([`crate::identity::DeviceCert::not_after`]) and give such a connection
+/// nothing but a renewal stream, which quarantines the device.
+pub struct HubTls {
+    cert: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    verifier: std::sync::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for HubTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubTls").finish_non_exhaustive()
+    }
+}
+
+impl HubTls {
+    /// `chain` is the hub's certificate and the CA that signed it; `trusted` every CA
+    /// whose device certificates open connections.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        trusted: &[CertificateDer<'_>],
+    ) -> Result<Arc<HubTls>, TlsError> {
+        let provider = provider();
+        let cert = Arc::new(
+            rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(TlsError::CertOrKey)?,
+        );
+        let verifier = client_verifier(trusted, &provider)?;
+        Ok(Arc::new(HubTls {
+            cert: std::sync::RwLock::new(cert),
+            verifier: std::sync::RwLock::new(verifier),
+            provider,
+        }))
+    }
+
+    /// Replaces the certificate and the trusted CAs, for every handshake from now on.
+    pub fn update(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        trusted: &[CertificateDer<'_>],
+    ) -> Result<(), TlsError> {
+        let cert = Arc::new(
+            rustls::sign::CertifiedKey::from_der(chain, key, &self.provider).map_err(TlsError::CertOrKey)?,
+        );
+        let verifier = client_verifier(trusted, &self.provider)?;
+        *self.cert.write().unwrap_or_else(|p| p.into_inner()) = cert;
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        Ok(())
+    }
+
+    fn current_verifier(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        self.verifier.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The QUIC endpoint's configuration: TLS 1.3, ALPN [`ALPN`], client certificates
+    /// optional (an enrolling device has none).
+    pub fn quic_server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Versions)?
+            .with_client_cert_verifier(Arc::new(LiveVerifier(self.clone())))
+            .with_cert_resolver(Arc::new(LiveCert(self.clone())));
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The HTTPS API's configuration: TLS 1.2 and 1.3, ALPN `http/1.1`, no client
+    /// certificates.
+    pub fn api_server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(LiveCert(self.clone())));
+        config.alpn_protocols = vec![API_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn client_verifier(
+    trusted: &[CertificateDer<'_>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    Ok(WebPkiClientVerifier::builder_with_provider(roots(trusted)?, provider.clone())
+        .allow_unauthenticated()
+        .build()?)
+}
+
+#[derive(Debug)]
+struct LiveCert(Arc<HubTls>);
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.cert.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+#[derive(Debug)]
+struct LiveVerifier(Arc<HubTls>);
+
+impl rustls::server::danger::ClientCertVerifier for LiveVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // The hint is optional, and a device holds one certificate anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verifier = self.0.current_verifier();
+        match verifier.verify_client_cert(end_entity, intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            )) => {
+                // Everything but the date must hold: verify as of its last valid second.
+                let not_after = not_after(end_entity)
+                    .ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+                verifier.verify_client_cert(end_entity, intermediates, not_after)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.current_verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.current_verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.current_verifier().supported_verify_schemes()
+    }
+}
+
+/// The `notAfter` of a certificate.
+fn not_after(cert: &CertificateDer<'_>) -> Option<UnixTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let secs = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+    Some(UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs)))
 }
 
 /// The hub did not present the fleet CA named in the enrolment token.
@@ -331,6 +530,88 @@ mod tests {
         assert_eq!(enrol.alpn_protocols, vec![ALPN.to_vec()]);
         assert!(!enrol.enable_early_data);
         assert!(!enrol.client_auth_cert_resolver.has_certs());
+    }
+
+    fn device_client(
+        ca: &FleetCa,
+        trusted: &[CertificateDer<'_>],
+        issued: std::time::SystemTime,
+    ) -> Arc<ClientConfig> {
+        let key = crate::device_key::DeviceKey::generate().expect("key");
+        let cert =
+            ca.sign_device_csr_at(&key.csr_der("pi-01").expect("csr"), "pi-01", issued, DAY).expect("signed");
+        device_quic_client_config_trusting(vec![CertificateDer::from(cert)], key.private_key_der(), trusted)
+            .expect("client")
+    }
+
+    fn hub_tls(ca: &FleetCa, trusted: &[CertificateDer<'_>]) -> Arc<HubTls> {
+        let hub = ca.issue_hub_cert("hub-a", &[], DAY).expect("hub cert");
+        HubTls::new(
+            vec![CertificateDer::from(hub.cert_der), ca.cert_der().clone()],
+            PrivateKeyDer::try_from(hub.key_pkcs8_der).expect("key"),
+            trusted,
+        )
+        .expect("hub tls")
+    }
+
+    fn connect(
+        client: Arc<ClientConfig>,
+        server: Arc<ServerConfig>,
+    ) -> Result<ServerConnection, rustls::Error> {
+        let mut client =
+            ClientConnection::new(client, ServerName::try_from("localhost").expect("name")).expect("client");
+        let mut server = ServerConnection::new(server).expect("server");
+        handshake(&mut client, &mut server)?;
+        Ok(server)
+    }
+
+    #[test]
+    fn the_hub_accepts_an_expired_device_certificate_of_a_trusted_ca_and_nothing_else() {
+        let ca = FleetCa::generate("fleet").expect("ca");
+        let tls = hub_tls(&ca, &[ca.cert_der().clone()]);
+        let server = tls.quic_server_config().expect("server");
+        let now = std::time::SystemTime::now();
+        let fresh =
+            connect(device_client(&ca, &[ca.cert_der().clone()], now), server.clone()).expect("valid");
+        assert!(fresh.peer_certificates().is_some());
+        let expired = connect(device_client(&ca, &[ca.cert_der().clone()], now - 3 * DAY), server.clone())
+            .expect("an expired certificate still proves who the device is");
+        let leaf = &expired.peer_certificates().expect("presented")[0];
+        let cert = crate::identity::device_cert(leaf).expect("device cert");
+        assert!(cert.expired(shared_proto::Timestamp::from_system_time(now)), "the hub sees it is expired");
+        let other = FleetCa::generate("other").expect("ca");
+        let err = connect(device_client(&other, &[ca.cert_der().clone()], now - 3 * DAY), server)
+            .expect_err("a foreign CA's certificate, expired or not");
+        assert!(
+            matches!(err, rustls::Error::AlertReceived(_) | rustls::Error::InvalidCertificate(_)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_update_changes_what_new_handshakes_present_and_trust() {
+        let old = FleetCa::generate("fleet").expect("ca");
+        let new = FleetCa::generate("fleet").expect("ca");
+        let tls = hub_tls(&old, &[old.cert_der().clone()]);
+        let server = tls.quic_server_config().expect("server");
+        let now = std::time::SystemTime::now();
+        // A device of the new CA is refused, and one trusting only the new CA refuses the hub.
+        assert!(connect(device_client(&new, &[old.cert_der().clone()], now), server.clone()).is_err());
+        assert!(connect(device_client(&old, &[new.cert_der().clone()], now), server.clone()).is_err());
+        let hub = new.issue_hub_cert("hub-a", &[], DAY).expect("hub cert");
+        tls.update(
+            vec![CertificateDer::from(hub.cert_der), new.cert_der().clone()],
+            PrivateKeyDer::try_from(hub.key_pkcs8_der).expect("key"),
+            &[new.cert_der().clone(), old.cert_der().clone()],
+        )
+        .expect("update");
+        let both = [old.cert_der().clone(), new.cert_der().clone()];
+        connect(device_client(&new, &both, now), server.clone()).expect("new CA's device, hub of the new CA");
+        connect(device_client(&old, &both, now), server.clone()).expect("the old CA's devices still get in");
+        assert!(
+            connect(device_client(&old, &[old.cert_der().clone()], now), server).is_err(),
+            "a device that never learnt the new CA refuses the hub"
+        );
     }
 
     #[test]

@@ -263,6 +263,10 @@ pub enum DevicePhase {
     /// Retired by an operator (format 3): kept for the record, its certificates open
     /// nothing and nothing is placed on it. Delete it to enrol the name anew.
     Decommissioned,
+    /// Came back with a certificate that expired while it was away (format 4): it keeps
+    /// running what it ran, and gets a new certificate only once an operator approves
+    /// (`flotilla device approve`); `status.quarantine` says what it asked for.
+    Quarantined,
 }
 
 impl fmt::Display for DevicePhase {
@@ -330,6 +334,27 @@ pub struct DeviceStatus {
     /// refused until an operator acts.
     #[serde(default)]
     pub identity_conflict: Option<Box<IdentityConflict>>,
+    /// Set while the device is `Quarantined` (store format 4).
+    #[serde(default)]
+    pub quarantine: Option<Box<Quarantine>>,
+}
+
+/// A device that proved it holds an expired certificate of its own and asks for a new
+/// one. Nothing is issued until an operator approves: the device may have been stolen
+/// while it was away.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quarantine {
+    /// When it first asked.
+    pub since: Timestamp,
+    /// Serial of the expired certificate it connected with.
+    pub expired_serial: String,
+    /// Hex SHA-256 of the new key it asks a certificate for.
+    pub key_sha256: String,
+    /// Where it asked from, `ip:port`.
+    pub from: String,
+    /// An operator approved: its next request with that key is answered.
+    pub approved: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -353,6 +378,14 @@ pub struct DeviceCertificate {
     /// the device generated and keeps.
     pub key_sha256: String,
     pub not_after: Timestamp,
+    /// When it was issued (store format 4; zero for earlier records).
+    #[serde(default)]
+    pub issued_at: Timestamp,
+    /// Hex SHA-256 of the CA certificate that signed it (store format 4; empty for
+    /// earlier records): tells which devices still hold a certificate of a CA that is
+    /// being retired.
+    #[serde(default)]
+    pub ca: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

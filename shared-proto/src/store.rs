@@ -14,9 +14,10 @@ use std::fmt;
 
 mod v1;
 mod v2;
+mod v3;
 
 /// Version of every record and command this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 3;
+pub const STORE_FORMAT_VERSION: u32 = 4;
 /// Oldest version this build reads: records, snapshots and logs written by the
 /// previous version of the hub.
 pub const MIN_STORE_FORMAT_VERSION: u32 = 1;
@@ -36,6 +37,9 @@ pub enum StoreKind {
     FleetCa,
     /// One entry of the audit log (format 3), named so that names sort by time.
     Audit,
+    /// The fleet CA's rotation (format 4), a single record named `fleet`: the CA staged
+    /// to replace it and the ones it replaced that are still trusted.
+    CaRotation,
 }
 
 impl StoreKind {
@@ -50,6 +54,7 @@ impl StoreKind {
             StoreKind::ApiToken => "api-token",
             StoreKind::FleetCa => "fleet-ca",
             StoreKind::Audit => "audit",
+            StoreKind::CaRotation => "ca-rotation",
         }
     }
 
@@ -93,6 +98,7 @@ pub enum Object {
     ApiToken(ApiTokenRecord),
     FleetCa(FleetCaRecord),
     Audit(AuditRecord),
+    CaRotation(CaRotationRecord),
 }
 
 impl Object {
@@ -107,6 +113,7 @@ impl Object {
             Object::ApiToken(_) => StoreKind::ApiToken,
             Object::FleetCa(_) => StoreKind::FleetCa,
             Object::Audit(_) => StoreKind::Audit,
+            Object::CaRotation(_) => StoreKind::CaRotation,
         }
     }
 
@@ -121,6 +128,7 @@ impl Object {
             Object::ApiToken(t) => &t.id,
             Object::FleetCa(_) => "fleet",
             Object::Audit(a) => &a.id,
+            Object::CaRotation(_) => "fleet",
         }
     }
 
@@ -165,21 +173,23 @@ impl Object {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Object, crate::CodecError> {
-        decode_record::<Object, v1::Object, v2::Object>("stored object", bytes)
+        decode_record::<Object, v1::Object, v2::Object, v3::Object>("stored object", bytes)
     }
 }
 
 /// Decodes a record of the current format, or of an earlier one through its frozen
-/// shape (`V1`, `V2`).
-fn decode_record<T, V1, V2>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
+/// shape (`V1`, `V2`, `V3`).
+fn decode_record<T, V1, V2, V3>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
 where
     T: serde::de::DeserializeOwned,
     V1: serde::de::DeserializeOwned + Into<T>,
     V2: serde::de::DeserializeOwned + Into<T>,
+    V3: serde::de::DeserializeOwned + Into<T>,
 {
     let decode = |v: u32, body: &[u8]| match v {
         1 => crate::codec::decode_body::<V1>(what, body).map(Into::into),
         2 => crate::codec::decode_body::<V2>(what, body).map(Into::into),
+        3 => crate::codec::decode_body::<V3>(what, body).map(Into::into),
         _ => crate::codec::decode_body(what, body),
     };
     crate::codec::decode_versioned_range(MIN_STORE_FORMAT_VERSION, STORE_FORMAT_VERSION, what, bytes, decode)
@@ -226,7 +236,10 @@ impl StoreCommand {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoreCommand, crate::CodecError> {
-        decode_record::<StoreCommand, v1::StoreCommand, v2::StoreCommand>("store command", bytes)
+        decode_record::<StoreCommand, v1::StoreCommand, v2::StoreCommand, v3::StoreCommand>(
+            "store command",
+            bytes,
+        )
     }
 }
 
@@ -447,6 +460,23 @@ impl fmt::Debug for FleetCaRecord {
             .field("created_at", &self.created_at)
             .finish()
     }
+}
+
+/// The fleet CA's rotation: `flotilla ca rotate` stages a new CA (`next`), which the
+/// hub trusts and hands to every device with its next certificate; `flotilla ca
+/// activate` makes it the fleet CA (the old one moves to `previous`, still trusted
+/// for the certificates it signed); `flotilla ca retire` stops trusting `previous`.
+/// Devices learn the CAs to trust on every connection (`HubFrame::Trust`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotationRecord {
+    /// The CA staged to replace the fleet CA, private key included.
+    pub next: Option<FleetCaRecord>,
+    /// Certificates of CAs the fleet CA replaced, still trusted until retired.
+    pub previous: Vec<Vec<u8>>,
+    /// When the fleet CA last changed (`flotilla ca activate`): a device whose
+    /// certificate is older renews, and gets one the new fleet CA signed.
+    pub changed_at: Timestamp,
 }
 
 #[cfg(test)]

@@ -12,6 +12,11 @@
 //!   it runs, only when that changes, and small heartbeats.
 //! - `Blob`: one content-addressed blob, answered by [`BlobReply`] and then the raw
 //!   bytes from the requested offset, so an interrupted download resumes.
+//! - `Renew` (version 3): a new certificate for a new key the device generated,
+//!   answered by one [`RenewReply`]. The hub asks for it ([`HubFrame::Renew`]) when the
+//!   certificate nears its end or the fleet's CAs changed; a device whose certificate
+//!   expired while it was away asks on its own and is quarantined until an operator
+//!   approves.
 //!
 //! A frame is a little-endian `u32` length and then a versioned postcard body
 //! ([`crate::codec`]). A length over [`MAX_FRAME_BYTES`] or a body that does not decode
@@ -27,10 +32,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the frame bodies this build writes.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Oldest version this build still reads and can answer in: a hub and an agent one
-/// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`].
+/// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`]; version 3
+/// certificate renewal ([`HubFrame::Renew`], [`StreamOpen::Renew`], [`RenewReply`]),
+/// which the hub never asks of an older agent.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Most CA certificates a renewal hands a device (the fleet CA and the ones being
+/// rotated in or out).
+pub const MAX_TRUSTED_CAS: usize = 8;
 /// Longest name-like string a device may send: names, ids, versions, the boot id.
 pub const MAX_FRAME_NAME: usize = 253;
 /// Longest free text a device may send (a container's reason).
@@ -103,6 +113,15 @@ impl AgentReport {
     }
 }
 
+impl RenewRequest {
+    /// What is wrong with this request, if anything (before any of it is trusted).
+    pub fn problem(&self) -> Option<String> {
+        (self.csr_der.len() > MAX_CSR_BYTES).then(|| {
+            format!("the certificate request is {} bytes, more than {MAX_CSR_BYTES}", self.csr_der.len())
+        })
+    }
+}
+
 impl EnrolRequest {
     /// What is wrong with this request, if anything (before any of it is trusted).
     pub fn problem(&self) -> Option<String> {
@@ -144,6 +163,9 @@ pub mod close_code {
     pub const REVOKED: u32 = 5;
     /// The device holds as many connections as it may; one must close first.
     pub const TOO_MANY_CONNECTIONS: u32 = 6;
+    /// The certificate expired: it opens nothing but a renewal stream, which
+    /// quarantines the device until an operator approves.
+    pub const CERT_EXPIRED: u32 = 7;
 }
 /// TLS application protocol both ends insist on. It names the protocol family; the
 /// version of each frame travels in the frame itself.
@@ -157,6 +179,50 @@ pub enum StreamOpen {
     Enrol(EnrolRequest),
     Sync(AgentHello),
     Blob(BlobRequest),
+    /// Version 3.
+    Renew(RenewRequest),
+}
+
+/// A certificate for a new key, on a connection authenticated with the current (or an
+/// expired) certificate of the device: the handshake proved the device holds the old
+/// key, the request's signature that it holds the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// PKCS#10 request for the new key.
+    pub csr_der: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenewReply {
+    Renewed {
+        /// Device certificate first, then intermediates, if any.
+        cert_chain_der: Vec<Vec<u8>>,
+        /// Every CA the device should trust for the hub from now on.
+        trusted_ca_der: Vec<Vec<u8>>,
+    },
+    /// The certificate had expired: the device is quarantined until an operator
+    /// approves. Ask again, with the same key, after this long.
+    Pending { retry_after_ms: u32, message: String },
+    /// Not now, or not ever: `message` says which and what to do.
+    Refused { message: String },
+}
+
+impl RenewReply {
+    /// What is wrong with this reply, if anything: the agent bounds what it keeps.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            RenewReply::Renewed { cert_chain_der, trusted_ca_der } => {
+                if cert_chain_der.is_empty() || cert_chain_der.len() > MAX_TRUSTED_CAS {
+                    return Some(format!("a certificate chain of {} certificates", cert_chain_der.len()));
+                }
+                if trusted_ca_der.is_empty() || trusted_ca_der.len() > MAX_TRUSTED_CAS {
+                    return Some(format!("{} CAs to trust", trusted_ca_der.len()));
+                }
+                None
+            }
+            RenewReply::Pending { .. } | RenewReply::Refused { .. } => None,
+        }
+    }
 }
 
 /// Facts about a device that the agent discovers and the hub records.
@@ -257,6 +323,17 @@ pub enum HubFrame {
         after_ms: u32,
         message: String,
     },
+    /// Renew the certificate now: open a `Renew` stream with a new key. Version 3; the
+    /// hub never sends it to an older agent.
+    Renew {
+        reason: String,
+    },
+    /// The CAs the device should trust for the hub from now on (the fleet CA, plus the
+    /// one staged to replace it or the one it replaced during a rotation). Sent after
+    /// every welcome, version 3.
+    Trust {
+        ca_der: Vec<Vec<u8>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,6 +397,7 @@ impl WireFrame for StreamOpen {}
 impl WireFrame for AgentFrame {}
 impl WireFrame for EnrolReply {}
 impl WireFrame for BlobReply {}
+impl WireFrame for RenewReply {}
 
 impl WireFrame for HubFrame {
     fn for_version(&self, version: u32) -> Self {

@@ -48,7 +48,9 @@ fn manifest() -> DesiredManifest {
 const HELLO_V1: &str = "2600000001010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
 const HELLO_V2: &str = "2600000002010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
 const DESIRED_V1: &str = "4800000001010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
+const HELLO_V3: &str = "2600000003010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
 const DESIRED_V2: &str = "4800000002010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
+const DESIRED_V3: &str = "4800000003010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
 
 fn hello() -> StreamOpen {
     StreamOpen::Sync(AgentHello {
@@ -69,8 +71,31 @@ fn hello() -> StreamOpen {
 fn golden_sync_hello_frame() {
     let open = hello();
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(hex::encode(&frame), HELLO_V2);
+    assert_eq!(hex::encode(&frame), HELLO_V3);
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
+    // A version-2 agent's hello still decodes, and is answered at version 2.
+    assert_eq!(wire::decode_frame::<StreamOpen>(&hex::decode(HELLO_V2).unwrap()).unwrap(), open);
+    assert_eq!(hex::encode(wire::encode_frame_for(2, &open).unwrap()), HELLO_V2);
+}
+
+#[test]
+fn golden_renewal_frames() {
+    let ask = HubFrame::Renew { reason: "due".into() };
+    let frame = wire::encode_frame(&ask).unwrap();
+    assert_eq!(hex::encode(&frame), "0600000003 05 03647565".replace(' ', ""));
+    assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), ask);
+    let open = StreamOpen::Renew(wire::RenewRequest { csr_der: vec![0xaa, 0xbb] });
+    let frame = wire::encode_frame(&open).unwrap();
+    assert_eq!(hex::encode(&frame), "0500000003 03 02aabb".replace(' ', ""));
+    assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
+    let reply =
+        wire::RenewReply::Renewed { cert_chain_der: vec![vec![1]], trusted_ca_der: vec![vec![2], vec![3]] };
+    let frame = wire::encode_frame(&reply).unwrap();
+    assert_eq!(hex::encode(&frame), "0a00000003 00 010101 02010201 03".replace(' ', ""));
+    assert_eq!(wire::decode_frame::<wire::RenewReply>(&frame).unwrap(), reply);
+    let pending = wire::RenewReply::Pending { retry_after_ms: 1000, message: "wait".into() };
+    let frame = wire::encode_frame(&pending).unwrap();
+    assert_eq!(hex::encode(&frame), "0900000003 01 e807 0477616974".replace(' ', ""));
 }
 
 #[test]
@@ -82,25 +107,26 @@ fn golden_frames_of_the_previous_version_still_decode_and_are_answered_in_kind()
     let desired = HubFrame::Desired(manifest());
     assert_eq!(hex::encode(wire::encode_frame_for(1, &desired).unwrap()), DESIRED_V1);
     assert_eq!(wire::decode_frame::<HubFrame>(&hex::decode(DESIRED_V1).unwrap()).unwrap(), desired);
-    // Version 3 is from the future: a clear error, not garbage.
-    let mut v3 = v1.clone();
-    v3[4] = 3;
-    let err = wire::decode_frame::<StreamOpen>(&v3).unwrap_err().to_string();
-    assert!(err.contains("unsupported format version 3"), "{err}");
+    // Version 4 is from the future: a clear error, not garbage.
+    let mut v4 = v1.clone();
+    v4[4] = 4;
+    let err = wire::decode_frame::<StreamOpen>(&v4).unwrap_err().to_string();
+    assert!(err.contains("unsupported format version 4"), "{err}");
 }
 
 #[test]
 fn golden_retry_after_frame() {
     let f = HubFrame::RetryAfter { after_ms: 1500, message: "busy".into() };
     let frame = wire::encode_frame(&f).unwrap();
-    assert_eq!(hex::encode(&frame), "0900000002 04 dc0b 0462757379".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0900000003 04 dc0b 0462757379".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), f);
 }
 
 #[test]
 fn golden_desired_manifest_frame() {
     let frame = wire::encode_frame(&HubFrame::Desired(manifest())).unwrap();
-    assert_eq!(hex::encode(&frame), DESIRED_V2);
+    assert_eq!(hex::encode(&frame), DESIRED_V3);
+    assert_eq!(hex::encode(wire::encode_frame_for(2, &HubFrame::Desired(manifest())).unwrap()), DESIRED_V2);
 }
 
 #[test]
@@ -113,10 +139,14 @@ fn golden_store_command() {
     let bytes = cmd.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "0300000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        "0400000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
             .replace(' ', "")
     );
     assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
+    // The same command as a version-3 hub wrote it.
+    let v3 = "0300000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        .replace(' ', "");
+    assert_eq!(StoreCommand::decode(&hex::decode(v3).unwrap()).unwrap(), cmd);
     // The same command as a version-2 hub wrote it.
     let v2 = "0200000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
         .replace(' ', "");
@@ -171,7 +201,7 @@ fn store_records_of_the_previous_format_still_decode() {
     );
     // Written again, they are the current format, and read back the same.
     let again = Object::App(v1_app()).encode().unwrap();
-    assert_eq!(again[0], 3);
+    assert_eq!(again[0], shared_proto::store::STORE_FORMAT_VERSION as u8);
     assert_eq!(Object::decode(&again).unwrap(), Object::App(v1_app()));
 }
 
@@ -191,22 +221,57 @@ fn format_two_records_still_decode() {
     assert_eq!(Object::decode(&bytes).unwrap(), Object::Device(v2_device()));
 }
 
-#[test]
-fn golden_format_three_records() {
+fn v3_device() -> Device {
     let mut dev = v2_device();
     dev.status.certificates = vec![DeviceCertificate {
         serial: "1f".into(),
         key_sha256: "ab".into(),
         not_after: shared_proto::Timestamp(1000),
+        issued_at: Timestamp(0),
+        ca: String::new(),
     }];
     dev.status.enrolled_with = "tok".into();
+    dev
+}
+
+#[test]
+fn format_three_records_still_decode() {
+    // Written by a format-3 hub, before certificates recorded their issuer.
+    let v3 = "03010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 01000000000000000000000000 01 023166 026162 e807 03746f6b 00";
+    assert_eq!(
+        Object::decode(&hex::decode(v3.replace(' ', "")).unwrap()).unwrap(),
+        Object::Device(v3_device())
+    );
+}
+
+#[test]
+fn golden_format_four_records() {
+    let mut dev = v3_device();
+    dev.status.phase = DevicePhase::Quarantined;
+    dev.status.certificates[0].issued_at = Timestamp(500);
+    dev.status.certificates[0].ca = "cc".into();
+    dev.status.quarantine = Some(Box::new(shared_proto::Quarantine {
+        since: Timestamp(2000),
+        expired_serial: "1f".into(),
+        key_sha256: "de".into(),
+        from: "a".into(),
+        approved: false,
+    }));
     let bytes = Object::Device(dev.clone()).encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "03010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 01000000000000000000000000 01 023166 026162 e807 03746f6b 00"
+        "04010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 04000000000000000000000000 01 023166 026162 e807 f403 026363 03746f6b 00 01 d00f 023166 026465 0161 00"
             .replace(' ', "")
     );
     assert_eq!(Object::decode(&bytes).unwrap(), Object::Device(dev));
+    let rotation = Object::CaRotation(shared_proto::store::CaRotationRecord {
+        next: None,
+        previous: vec![vec![7]],
+        changed_at: Timestamp(3),
+    });
+    let bytes = rotation.encode().unwrap();
+    assert_eq!(hex::encode(&bytes), "04090001010703");
+    assert_eq!(Object::decode(&bytes).unwrap(), rotation);
 }
 
 #[test]
@@ -282,7 +347,8 @@ fn enrolment_tokens_of_format_two_let_devices_pick_any_label() {
     // Written by a format-2 hub, before label policies.
     let v2 = hex::decode("02050461623132026666e807d00f0103010104726f6c6503706f730273310164").unwrap();
     assert_eq!(Object::decode(&v2).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::Any)));
-    let v3 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
-    assert_eq!(hex::encode(&v3), "03050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
+    let v3 = hex::decode("03050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
     assert_eq!(Object::decode(&v3).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
+    let v4 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
+    assert_eq!(hex::encode(&v4), "04050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
 }

@@ -4,7 +4,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod ca;
 pub mod conn;
+pub mod devices;
 pub mod error;
 pub mod images;
 pub mod objects;
@@ -44,7 +46,13 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/api-tokens", post(tokens::create_api).get(tokens::list_api))
         .route("/api/v1/api-tokens/{id}", axum::routing::delete(tokens::delete_api))
         .route("/api/v1/devices/{name}/manifest", get(objects::get_manifest))
-        .route("/api/v1/devices/{name}/decommission", post(objects::decommission))
+        .route("/api/v1/devices/{name}/decommission", post(devices::decommission))
+        .route("/api/v1/devices/{name}/approve", post(devices::approve))
+        .route("/api/v1/devices/{name}/reject", post(devices::reject))
+        .route("/api/v1/ca", get(ca::status))
+        .route("/api/v1/ca/rotate", post(ca::rotate))
+        .route("/api/v1/ca/activate", post(ca::activate))
+        .route("/api/v1/ca/retire", post(ca::retire))
         .route("/api/v1/apps/{name}/placement", get(objects::get_placement))
         .route("/api/v1/{kind}", get(objects::list))
         .route("/api/v1/{kind}/{name}", get(objects::get).put(objects::apply).delete(objects::delete))

@@ -303,50 +303,6 @@ pub async fn apply(
     Err(ApiError::Unavailable(format!("{} {name:?} keeps changing under this request; retry", kind.as_str())))
 }
 
-/// `POST /api/v1/devices/{name}/decommission`: retires a device for good. Its
-/// connections close at once, its certificates open nothing more, nothing is placed
-/// on it, and the record stays. Deleting it frees the name for a new enrolment.
-pub async fn decommission(
-    State(state): State<Arc<HubState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
-    caller.require(Role::Operator)?;
-    for _ in 0..8 {
-        let current = state
-            .store
-            .get_revisioned(StoreKind::Device, &name)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("Device {name:?} not found")))?;
-        caller.check_may_change(&current.object)?;
-        let Object::Device(mut device) = current.object else {
-            return Err(ApiError::Internal(format!("device {name:?} is stored as another kind")));
-        };
-        if device.status.phase == shared_proto::DevicePhase::Decommissioned {
-            return Ok(Json(to_json(&Object::Device(device))));
-        }
-        let now = state.clock.now();
-        device.status.phase = shared_proto::DevicePhase::Decommissioned;
-        device.status.last_transition_at = Some(now);
-        device.status.message =
-            format!("decommissioned at {} by token {}", now.to_rfc3339(), caller.token_id);
-        let cmd = StoreCommand::put(Object::Device(device), Precondition::RevisionIs(current.revision));
-        match state.store.write(cmd).await? {
-            StoreOutcome::Applied { .. } => {
-                state.live.forget(&name);
-                let stored = state
-                    .store
-                    .get_local(StoreKind::Device, &name)?
-                    .ok_or_else(|| ApiError::Internal("device vanished right after it was written".into()))?;
-                return Ok(Json(to_json(&stored)));
-            }
-            // The device's status moved meanwhile (a report, a transition): again.
-            StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => continue,
-        }
-    }
-    Err(ApiError::Unavailable(format!("device {name:?} keeps changing under this request; retry")))
-}
-
 pub async fn delete(
     State(state): State<Arc<HubState>>,
     caller: Caller,

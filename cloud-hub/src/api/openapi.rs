@@ -88,6 +88,52 @@ pub fn document() -> Value {
             "responses": { "200": { "description": "The device, Decommissioned" }, "403": { "$ref": "#/components/responses/Error" },
                 "404": { "$ref": "#/components/responses/Error" } } } }),
     );
+    for (verb, summary) in [
+        (
+            "approve",
+            "Let a Quarantined device back in: its next renewal request (with the key it asked with) gets a certificate (operator)",
+        ),
+        ("reject", "Refuse a Quarantined device for good: it is decommissioned (operator)"),
+    ] {
+        paths.insert(
+            format!("/api/v1/devices/{{name}}/{verb}"),
+            json!({ "post": { "summary": summary,
+                "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "The device" }, "403": { "$ref": "#/components/responses/Error" },
+                    "404": { "$ref": "#/components/responses/Error" },
+                    "409": { "description": "The device is not Quarantined", "$ref": "#/components/responses/Error" } } } }),
+        );
+    }
+    let ca_status = json!({ "description": "`fleet.fingerprint`, `next` (fingerprint, stagedAt) or null, `previous` (fingerprints), `changedAt`, `devices`, `notSeenSinceStaged`, `onPreviousCa` (device names), `trustedPem` (every CA to trust for the hub)" });
+    paths.insert(
+        "/api/v1/ca".into(),
+        json!({ "get": { "summary": "The fleet CA and its rotation", "responses": { "200": ca_status } } }),
+    );
+    let force = json!([{ "name": "force", "in": "query", "schema": { "type": "boolean" }, "description": "Go ahead although the devices named in the refusal would be cut off" }]);
+    for (step, summary, force) in [
+        (
+            "rotate",
+            "Stage a new fleet CA: trusted, and handed to every device that connects (admin)",
+            json!([]),
+        ),
+        (
+            "activate",
+            "Make the staged CA the fleet CA; devices renew onto it (admin). Refused while devices have not connected since it was staged",
+            force.clone(),
+        ),
+        (
+            "retire",
+            "Stop trusting the CAs the fleet CA replaced (admin). Refused while devices hold only their certificates",
+            force,
+        ),
+    ] {
+        paths.insert(
+            format!("/api/v1/ca/{step}"),
+            json!({ "post": { "summary": summary, "parameters": force,
+                "responses": { "200": ca_status, "403": { "$ref": "#/components/responses/Error" },
+                    "409": { "$ref": "#/components/responses/Error" } } } }),
+        );
+    }
     paths.insert(
         "/api/v1/audit".into(),
         json!({ "get": { "summary": "The audit log: every mutating call by a valid token, oldest first (admin)",
@@ -243,6 +289,12 @@ mod tests {
             "/api/v1/apps/{name}",
             "/api/v1/devices/{name}/manifest",
             "/api/v1/devices/{name}/decommission",
+            "/api/v1/devices/{name}/approve",
+            "/api/v1/devices/{name}/reject",
+            "/api/v1/ca",
+            "/api/v1/ca/rotate",
+            "/api/v1/ca/activate",
+            "/api/v1/ca/retire",
             "/api/v1/audit",
             "/api/v1/apps/{name}/placement",
             "/api/v1/images",

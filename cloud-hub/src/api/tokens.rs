@@ -109,7 +109,7 @@ pub async fn create_enrolment(
     if req.description.len() > 1024 {
         return Err(ApiError::invalid("description", "must be at most 1024 bytes"));
     }
-    let (token, secret_sha256) = EnrolmentToken::generate(state.ca.fingerprint_bytes())
+    let (token, secret_sha256) = EnrolmentToken::generate(state.pki.fleet().fingerprint_bytes())
         .map_err(|e| ApiError::Internal(format!("generating a token: {e}")))?;
     let now = state.clock.now();
     let record = EnrolmentTokenRecord {

@@ -37,6 +37,8 @@ pub struct HubClient {
     ca: rustls_pki_types::CertificateDer<'static>,
     http: reqwest::Client,
     token: String,
+    /// The context file in use, if any.
+    context_path: Option<std::path::PathBuf>,
 }
 
 /// An error the hub answered with.
@@ -75,9 +77,11 @@ impl HubClient {
                 anyhow!("no CA certificate to check the hub with: pass --ca-cert or a context file")
             })?,
         };
-        let ca = provisioning::pem::decode_cert(&ca_pem).context("parsing the CA certificate")?;
-        let tls = provisioning::tls::api_client_config(&ca)?;
-        let ca = ca.into_owned();
+        // The fleet CA first; during a CA rotation, the CAs rotating in and out too.
+        let cas = provisioning::pem::decode_certs(&ca_pem).context("parsing the CA certificates")?;
+        let tls = provisioning::tls::api_client_config_trusting(&cas)?;
+        let ca =
+            cas.into_iter().next().ok_or_else(|| anyhow!("the CA certificate file holds no certificate"))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .connect_timeout(std::time::Duration::from_secs(10))
@@ -86,7 +90,27 @@ impl HubClient {
         if !base.starts_with("https://") {
             bail!("hub URL {base:?} must start with https://");
         }
-        Ok(HubClient { base, quic: ctx.map(|c| c.quic).unwrap_or_default(), ca, http, token })
+        Ok(HubClient {
+            base,
+            quic: ctx.map(|c| c.quic).unwrap_or_default(),
+            ca,
+            http,
+            token,
+            context_path: path,
+        })
+    }
+
+    /// Writes the CAs to trust for the hub into the context file in use, if any (after
+    /// a CA rotation step, so the CLI keeps trusting the hub).
+    pub fn save_trusted(&self, pem: &str) -> anyhow::Result<Option<&std::path::Path>> {
+        let Some(path) = self.context_path.as_deref() else { return Ok(None) };
+        let mut ctx: CliContext = serde_json::from_slice(&std::fs::read(path)?)?;
+        if ctx.ca_cert_pem == pem {
+            return Ok(None);
+        }
+        ctx.ca_cert_pem = pem.to_string();
+        provisioning::files::write_private_file(path, &serde_json::to_vec_pretty(&ctx)?)?;
+        Ok(Some(path))
     }
 
     /// The fleet CA the hub's certificate chains to.

@@ -1,6 +1,7 @@
 //! The operator CLI: `flotilla apply | get | describe | delete | token | api-token |
 //! image`. A thin client of the HTTPS API; everything it can do, the API can do.
 
+pub mod ca;
 pub mod client;
 pub mod output;
 
@@ -53,6 +54,11 @@ pub enum DeviceCommand {
     /// Retire a device for good: its connections close, its certificates open nothing
     /// more and nothing is placed on it. `flotilla delete device NAME` then frees the name.
     Decommission { name: String },
+    /// Let a quarantined device back in (it came back with an expired certificate):
+    /// its next renewal request gets a certificate.
+    Approve { name: String },
+    /// Refuse a quarantined device for good: it is decommissioned.
+    Reject { name: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -565,6 +571,16 @@ pub async fn device(args: &HubArgs, cmd: &DeviceCommand) -> anyhow::Result<()> {
                 .send_json(Method::POST, &format!("/api/v1/devices/{name}/decommission"), &json!({}))
                 .await?;
             println!("device/{name} decommissioned");
+        }
+        DeviceCommand::Approve { name } => {
+            client.send_json(Method::POST, &format!("/api/v1/devices/{name}/approve"), &json!({})).await?;
+            println!(
+                "device/{name} approved: it gets its new certificate on its next request (within seconds)"
+            );
+        }
+        DeviceCommand::Reject { name } => {
+            client.send_json(Method::POST, &format!("/api/v1/devices/{name}/reject"), &json!({})).await?;
+            println!("device/{name} rejected and decommissioned");
         }
     }
     Ok(())

@@ -37,6 +37,10 @@ pub fn device_status(
         // Retired for good: what it last said stays as it was.
         return None;
     }
+    if old.phase == DevicePhase::Quarantined && !live.connected {
+        // Waiting for an operator: only an approved renewal (or a decommission) ends it.
+        return None;
+    }
     let mut new = old.clone();
     if live.connected {
         new.phase = DevicePhase::Online;
@@ -93,6 +97,8 @@ mod tests {
         let live =
             LiveDevice { connected: true, since: Timestamp(1000), held_revision: 3, ..Default::default() };
         assert_eq!(device_status(&device(DevicePhase::Decommissioned), &live, Timestamp(1000), GRACE), None);
+        let gone = LiveDevice { connected: false, ..live.clone() };
+        assert_eq!(device_status(&device(DevicePhase::Quarantined), &gone, Timestamp(1000), GRACE), None);
     }
 
     #[test]

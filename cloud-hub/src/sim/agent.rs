@@ -286,7 +286,9 @@ async fn drive(
                     *held = m;
                     s.set_report(clock.monotonic(), report(held));
                 }
-                AgentEvent::UpToDate { .. } => {}
+                // Simulated devices hold year-long certificates and keep the CA they
+                // enrolled with: they never renew.
+                AgentEvent::UpToDate { .. } | AgentEvent::Renew { .. } | AgentEvent::Trust { .. } => {}
                 AgentEvent::Ended(end) => {
                     let _ = send.shutdown().await;
                     return Ok(end);

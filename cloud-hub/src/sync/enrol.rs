@@ -34,11 +34,15 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
         return Err(refuse(EnrolRefusal::BadRequest, p));
     }
     let token = EnrolmentToken::parse(&req.token).map_err(|e| refuse(e.refusal(), e.to_string()))?;
-    if token.ca_fingerprint() != state.ca.fingerprint_bytes() {
-        return Err(refuse(
-            EnrolRefusal::InvalidToken,
-            "enrolment token was made by a different hub (its CA fingerprint does not match this hub's)",
-        ));
+    let fleet = state.pki.fleet();
+    if token.ca_fingerprint() != fleet.fingerprint_bytes() {
+        let fingerprint = hex::encode(token.ca_fingerprint());
+        let message = if state.pki.previous_fingerprints().contains(&fingerprint) {
+            "enrolment token was made before the fleet CA was rotated; create a new one (flotilla token create)"
+        } else {
+            "enrolment token was made by a different hub (its CA fingerprint does not match this hub's)"
+        };
+        return Err(refuse(EnrolRefusal::InvalidToken, message));
     }
     let unavailable =
         |e: hub_store::StoreError| refuse(EnrolRefusal::Unavailable, format!("hub store: {e}; retry"));
@@ -81,7 +85,7 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
                 ),
             ));
         }
-        return reissue(state, device, revision, &req.csr_der, &key_sha256).await;
+        return reissue(state, &fleet, device, revision, &req.csr_der, &key_sha256).await;
     }
     check_enrolment(&record, &token, now).map_err(|e| refuse(e.refusal(), e.to_string()))?;
     for (k, v) in &req.labels {
@@ -92,7 +96,7 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
     }
     let mut labels = req.labels.clone();
     labels.extend(record.labels.clone());
-    let (cert, certificate) = sign(state, &req.csr_der, &name)?;
+    let (cert, certificate) = sign(state, &fleet, &req.csr_der, &name)?;
 
     let mut meta = ObjectMeta::named(name.clone());
     meta.labels = labels;
@@ -133,38 +137,58 @@ async fn try_enrol(state: &HubState, req: EnrolRequest) -> Result<EnrolReply, En
         Err(e) => return Err(unavailable(e)),
     }
     tracing::info!(device = %name, token = %record.id, "device enrolled");
-    Ok(EnrolReply::Accepted {
-        device: name,
-        cert_chain_der: vec![cert],
-        ca_der: state.ca.cert_der().to_vec(),
-    })
+    Ok(EnrolReply::Accepted { device: name, cert_chain_der: vec![cert], ca_der: fleet.cert_der().to_vec() })
 }
 
-/// Signs the CSR for device `name`, and what the device object records of the result.
-fn sign(state: &HubState, csr_der: &[u8], name: &str) -> Result<(Vec<u8>, DeviceCertificate), EnrolReply> {
-    let cert = state
-        .ca
-        .sign_device_csr(csr_der, name, state.config.device_cert_validity)
-        .map_err(|e| refuse(EnrolRefusal::BadRequest, format!("certificate request refused: {e}")))?;
-    let facts = provisioning::identity::device_cert(&cert).map_err(|e| {
-        refuse(EnrolRefusal::Unavailable, format!("the hub signed an unreadable certificate: {e}"))
-    })?;
-    let certificate =
-        DeviceCertificate { serial: facts.serial, key_sha256: facts.key_sha256, not_after: facts.not_after };
+/// Signs the CSR for device `name` with the fleet CA, and what the device object
+/// records of the result.
+pub fn sign_device(
+    state: &HubState,
+    fleet: &provisioning::ca::FleetCa,
+    csr_der: &[u8],
+    name: &str,
+) -> Result<(Vec<u8>, DeviceCertificate), String> {
+    let cert = fleet
+        .sign_device_csr_at(
+            csr_der,
+            name,
+            state.clock.now().to_system_time(),
+            state.config.device_cert_validity,
+        )
+        .map_err(|e| format!("certificate request refused: {e}"))?;
+    let facts = provisioning::identity::device_cert(&cert)
+        .map_err(|e| format!("the hub signed an unreadable certificate: {e}"))?;
+    let certificate = DeviceCertificate {
+        serial: facts.serial,
+        key_sha256: facts.key_sha256,
+        not_after: facts.not_after,
+        issued_at: facts.issued_at,
+        ca: fleet.fingerprint(),
+    };
     Ok((cert, certificate))
+}
+
+fn sign(
+    state: &HubState,
+    fleet: &provisioning::ca::FleetCa,
+    csr_der: &[u8],
+    name: &str,
+) -> Result<(Vec<u8>, DeviceCertificate), EnrolReply> {
+    sign_device(state, fleet, csr_der, name).map_err(|m| refuse(EnrolRefusal::BadRequest, m))
 }
 
 /// The same device asks again after losing the reply: a new certificate for the same
 /// key replaces the one it never received. The token is not counted again.
 async fn reissue(
     state: &HubState,
+    fleet: &provisioning::ca::FleetCa,
     mut device: Device,
     revision: u64,
     csr_der: &[u8],
     key_sha256: &str,
 ) -> Result<EnrolReply, EnrolReply> {
     let name = device.metadata.name.clone();
-    let (cert, certificate) = sign(state, csr_der, &name)?;
+    let (cert, certificate) = sign(state, fleet, csr_der, &name)?;
     device.status.certificates.retain(|c| c.key_sha256 != key_sha256);
     device.status.certificates.push(certificate);
     match state
@@ -177,9 +201,5 @@ async fn reissue(
         Err(e) => return Err(refuse(EnrolRefusal::Unavailable, format!("hub store: {e}; retry"))),
     }
     tracing::info!(device = %name, "enrolment asked again with the same key; certificate issued again");
-    Ok(EnrolReply::Accepted {
-        device: name,
-        cert_chain_der: vec![cert],
-        ca_der: state.ca.cert_der().to_vec(),
-    })
+    Ok(EnrolReply::Accepted { device: name, cert_chain_der: vec![cert], ca_der: fleet.cert_der().to_vec() })
 }

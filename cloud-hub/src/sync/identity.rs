@@ -221,6 +221,7 @@ mod tests {
                 serial: s.to_string(),
                 key_sha256: "k".into(),
                 not_after: Timestamp(0),
+                ..Default::default()
             })
             .collect();
         d
@@ -247,6 +248,7 @@ mod tests {
             serial: "a1".into(),
             key_sha256: "k".into(),
             not_after: Timestamp(0),
+            issued_at: Timestamp(0),
         };
         let held: Vec<Admitted> = (0..MAX_CONNECTIONS_PER_DEVICE)
             .map(|_| registry.register(&cert).expect("within the bound"))

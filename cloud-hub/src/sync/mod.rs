@@ -12,6 +12,8 @@ pub mod enrol;
 pub mod fanout;
 pub mod identity;
 pub mod liveness;
+pub mod pki;
+pub mod renew;
 pub mod session;
 pub mod tcp;
 
@@ -201,6 +203,13 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
                     close_code::UNAUTHENTICATED.into(),
                     b"enrol first: a device certificate is required",
                 ),
+                Err(StreamError::Expired) => {
+                    tracing::info!(%remote, device = device.as_deref().unwrap_or_default(), "an expired certificate asked for more than a renewal");
+                    conn.close(
+                        close_code::CERT_EXPIRED.into(),
+                        b"the certificate expired: renew it (the device is quarantined until approved)",
+                    )
+                }
                 Err(StreamError::Sync(e)) if e.is_protocol() => {
                     tracing::info!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), error = %e, "closing connection");
                     let code = match e {
@@ -243,6 +252,8 @@ pub async fn admit(
 pub enum StreamError {
     /// A stream other than enrolment on a connection without a device certificate.
     NeedsCertificate,
+    /// A stream other than renewal with an expired certificate.
+    Expired,
     Sync(SyncError),
 }
 
@@ -303,6 +314,13 @@ where
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
             Ok(())
         }
+        (Some((version, StreamOpen::Renew(req))), Some(cert)) => {
+            let reply = renew::renew(state, &cert, remote, req).await;
+            wire::write_frame_for(&mut writer, version, &reply).await?;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
+            Ok(())
+        }
+        (Some(_), Some(cert)) if cert.expired(state.clock.now()) => Err(StreamError::Expired),
         (Some((version, StreamOpen::Sync(hello))), Some(cert)) => {
             Ok(session::serve(state.clone(), cert, remote, hello, version, decoder, reads, writer).await?)
         }

@@ -10,7 +10,7 @@ use super::fanout::ManifestNews;
 use crate::state::HubState;
 use shared_proto::manifest::DesiredManifest;
 use shared_proto::session::{HubEvent, HubSession, HubSessionConfig, SessionEnd};
-use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind};
+use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind, StoreOutcome};
 use shared_proto::wire::{AgentHello, FrameDecoder};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,10 +129,15 @@ where
             let live = state.live.connected(&device, hello.facts.clone(), hello.held_revision, clock.now());
             registration = Some((reg, live));
             session.welcome(clock.monotonic(), current_manifest(&state, &device)?.as_ref());
+            certificates_follow(&state, &cert, &mut session);
+            let state = state.clone();
+            let cert = cert.clone();
+            tokio::spawn(async move { drop_superseded(&state, &cert).await });
         }
     }
     let result = drive(
         &state,
+        &cert,
         &mut session,
         registration.as_mut().map(|(r, _)| &mut r.changes),
         &mut reads,
@@ -179,8 +184,53 @@ async fn record_conflict(
     }
 }
 
+/// Tells the device which CAs to trust and when to renew its certificate: after the
+/// welcome, and again whenever the fleet's CAs change.
+fn certificates_follow(
+    state: &HubState,
+    cert: &provisioning::identity::DeviceCert,
+    session: &mut HubSession,
+) {
+    session.send_trust(state.pki.trusted_der());
+    let due = super::pki::renewal_due(cert, state.config.device_cert_validity, state.pki.ca_changed_at());
+    let wait = Duration::from_millis(due.0.saturating_sub(state.clock.now().0));
+    session.schedule_renewal(Some(state.clock.monotonic() + wait));
+}
+
+/// The device connected with `cert`: certificates it was issued before this one
+/// (renewals it completed) open nothing from now on. One write per renewal.
+async fn drop_superseded(state: &HubState, cert: &provisioning::identity::DeviceCert) {
+    // A report or a transition may move the device meanwhile: read and try again.
+    for _ in 0..8 {
+        let Ok(Some(current)) = state.store.get_revisioned(StoreKind::Device, &cert.name).await else {
+            return;
+        };
+        let Object::Device(mut d) = current.object else { return };
+        let Some(this) = d.status.certificates.iter().find(|c| c.serial == cert.serial).cloned() else {
+            return;
+        };
+        let before = d.status.certificates.len();
+        d.status.certificates.retain(|c| c.serial == this.serial || c.issued_at > this.issued_at);
+        if d.status.certificates.len() == before {
+            return;
+        }
+        let cmd = StoreCommand::put(Object::Device(d), Precondition::RevisionIs(current.revision));
+        match state.store.write(cmd).await {
+            Ok(StoreOutcome::Applied { .. }) => {
+                return tracing::info!(device = %cert.name, serial = %cert.serial, "the renewed certificate is in use; older ones are dropped");
+            }
+            Ok(_) => continue,
+            // Tried again on the next connection.
+            Err(e) => {
+                return tracing::debug!(device = %cert.name, error = %e, "cannot drop superseded certificates");
+            }
+        }
+    }
+}
+
 async fn drive<W>(
     state: &HubState,
+    cert: &provisioning::identity::DeviceCert,
     session: &mut HubSession,
     mut changes: Option<&mut tokio::sync::watch::Receiver<ManifestNews>>,
     reads: &mut mpsc::Receiver<Read>,
@@ -191,6 +241,7 @@ where
 {
     let clock = state.clock.clone();
     let device = session.device().to_string();
+    let mut cas = state.pki.subscribe();
     loop {
         while let Some(bytes) = session.poll_transmit() {
             tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes))
@@ -244,6 +295,7 @@ where
                 }
             }
             _ = sleep_until(deadline) => session.handle_timeout(clock.monotonic()),
+            Ok(()) = cas.changed() => certificates_follow(state, cert, session),
         }
     }
 }

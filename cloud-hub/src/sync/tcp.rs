@@ -95,6 +95,9 @@ pub async fn serve(state: Arc<HubState>, listener: TcpListener, tls: Arc<rustls:
                 Err(StreamError::NeedsCertificate) => {
                     tracing::info!(%remote, "a stream other than enrolment without a device certificate")
                 }
+                Err(StreamError::Expired) => {
+                    tracing::info!(%remote, device = device.as_deref().unwrap_or_default(), "an expired certificate asked for more than a renewal")
+                }
                 Err(StreamError::Sync(e)) => {
                     tracing::debug!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), error = %e, "tcp stream ended")
                 }

@@ -132,7 +132,17 @@ impl AgentWatch {
                 }
                 HubFrame::Desired(m) if welcomed && m.device == DEVICE => AgentEvent::Desired(m),
                 HubFrame::UpToDate { revision } if welcomed => AgentEvent::UpToDate { revision },
-                HubFrame::Welcome(_) | HubFrame::Desired(_) | HubFrame::UpToDate { .. } => protocol_error(),
+                HubFrame::Renew { reason } if welcomed => AgentEvent::Renew { reason },
+                HubFrame::Trust { ca_der }
+                    if welcomed && (1..=wire::MAX_TRUSTED_CAS).contains(&ca_der.len()) =>
+                {
+                    AgentEvent::Trust { ca_der }
+                }
+                HubFrame::Welcome(_)
+                | HubFrame::Desired(_)
+                | HubFrame::UpToDate { .. }
+                | HubFrame::Renew { .. }
+                | HubFrame::Trust { .. } => protocol_error(),
             };
             let ends = matches!(event, AgentEvent::Ended(_));
             want.push(event);

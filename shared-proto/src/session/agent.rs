@@ -44,6 +44,10 @@ pub enum AgentEvent {
     Desired(DesiredManifest),
     /// The device already holds the hub's current revision.
     UpToDate { revision: u64 },
+    /// The hub asks for a new certificate: open a renewal stream with a new key.
+    Renew { reason: String },
+    /// The CAs to trust for the hub from the next connection on: store them.
+    Trust { ca_der: Vec<Vec<u8>> },
     /// The session is over; the shell closes the stream.
     Ended(SessionEnd),
 }
@@ -178,6 +182,16 @@ impl AgentSession {
             (State::Established { .. }, HubFrame::UpToDate { revision }) => {
                 self.events.push_back(AgentEvent::UpToDate { revision })
             }
+            (State::Established { .. }, HubFrame::Renew { reason }) => {
+                self.events.push_back(AgentEvent::Renew { reason })
+            }
+            (State::Established { .. }, HubFrame::Trust { ca_der }) => {
+                if ca_der.is_empty() || ca_der.len() > wire::MAX_TRUSTED_CAS {
+                    let msg = format!("the hub named {} CAs to trust", ca_der.len());
+                    return self.end(SessionEnd::Protocol(msg));
+                }
+                self.events.push_back(AgentEvent::Trust { ca_der })
+            }
             (State::Ended, _) => {}
         }
     }
@@ -262,5 +276,7 @@ fn frame_name(f: &HubFrame) -> &'static str {
         HubFrame::UpToDate { .. } => "up-to-date",
         HubFrame::Refused { .. } => "a refusal",
         HubFrame::RetryAfter { .. } => "retry-after",
+        HubFrame::Renew { .. } => "a renewal request",
+        HubFrame::Trust { .. } => "the CAs to trust",
     }
 }

@@ -23,6 +23,9 @@ pub struct HubSessionConfig {
     pub hub_version: String,
     /// Most containers one report may list.
     pub max_report_containers: usize,
+    /// A device asked to renew its certificate that is still connected with the old
+    /// one this long after is asked again.
+    pub renew_repeat: Duration,
 }
 
 impl HubSessionConfig {
@@ -33,6 +36,7 @@ impl HubSessionConfig {
             silence_timeout: (heartbeat_interval * 3).max(Duration::from_secs(2)),
             hub_version: hub_version.into(),
             max_report_containers: 1024,
+            renew_repeat: Duration::from_secs(60),
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct HubSession {
     /// whatever was sent since.
     agent_holds: u64,
     last_heard: Instant,
+    /// When to ask the device for a new certificate, if ever.
+    renew_at: Option<Instant>,
     cfg: HubSessionConfig,
 }
 
@@ -113,6 +119,7 @@ impl HubSession {
             events: VecDeque::new(),
             agent_holds: hello.held_revision,
             last_heard: now,
+            renew_at: None,
             cfg,
         };
         if let Some(p) = hello.problem() {
@@ -162,6 +169,14 @@ impl HubSession {
         self.handle_bytes(now, &[]);
     }
 
+    /// Tells the device which CAs to trust for the hub (after the welcome; devices
+    /// older than protocol version 3 keep the one they enrolled with).
+    pub fn send_trust(&mut self, ca_der: Vec<Vec<u8>>) {
+        if self.state == State::Open && self.version >= 3 {
+            self.queue(&HubFrame::Trust { ca_der });
+        }
+    }
+
     /// Refuses the device: it is not (or no longer) enrolled here.
     pub fn refuse(&mut self, message: impl Into<String>) {
         let message = message.into();
@@ -175,6 +190,18 @@ impl HubSession {
         let after_ms = u32::try_from(after.as_millis()).unwrap_or(u32::MAX);
         self.queue(&HubFrame::RetryAfter { after_ms, message: message.clone() });
         self.end(SessionEnd::RetryAfter { after, message });
+    }
+
+    /// When the device's certificate should be renewed (`None`: not while this session
+    /// lasts). The session asks the device then, and again every `renew_repeat` for as
+    /// long as it stays connected with that certificate. Devices older than protocol
+    /// version 3 cannot renew and are never asked.
+    pub fn schedule_renewal(&mut self, at: Option<Instant>) {
+        self.renew_at = at.filter(|_| self.version >= 3);
+    }
+
+    fn renewal_due(&self, now: Instant) -> bool {
+        self.state == State::Open && self.renew_at.is_some_and(|at| now >= at)
     }
 
     /// The device's manifest may have changed; `manifest` is the current one.
@@ -238,12 +265,20 @@ impl HubSession {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Open && now >= self.last_heard + self.cfg.silence_timeout {
             let msg = format!("nothing heard from the device for {:?}", self.cfg.silence_timeout);
-            self.end(SessionEnd::TimedOut(msg));
+            return self.end(SessionEnd::TimedOut(msg));
+        }
+        if self.renewal_due(now) {
+            self.renew_at = Some(now + self.cfg.renew_repeat);
+            self.queue(&HubFrame::Renew { reason: "the certificate is due for renewal".into() });
         }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.state == State::Open).then(|| self.last_heard + self.cfg.silence_timeout)
+        let silence = (self.state == State::Open).then(|| self.last_heard + self.cfg.silence_timeout)?;
+        Some(match self.renew_at {
+            Some(at) => silence.min(at),
+            None => silence,
+        })
     }
 
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {

@@ -143,7 +143,10 @@ impl World {
                     c.agent.set_report(self.now, report);
                 }
                 AgentEvent::Ended(_) => ended = true,
-                AgentEvent::Welcomed { .. } | AgentEvent::UpToDate { .. } => {}
+                AgentEvent::Welcomed { .. }
+                | AgentEvent::UpToDate { .. }
+                | AgentEvent::Renew { .. }
+                | AgentEvent::Trust { .. } => {}
             }
         }
         while let Some(b) = c.agent.poll_transmit() {
@@ -434,6 +437,85 @@ fn a_version_one_agent_is_answered_in_version_one() {
         assert_eq!(b[4], 1, "every answer is written at version 1");
         assert!(!matches!(wire::decode_frame(&b).unwrap(), HubFrame::RetryAfter { .. }));
     }
+}
+
+#[test]
+fn the_hub_asks_for_renewal_when_due_and_again_until_the_device_renews() {
+    let t0 = Instant::now();
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    hub.schedule_renewal(Some(t0 + Duration::from_secs(5)));
+    hub.welcome(t0, None);
+    let mut agent = AgentSession::new(
+        t0,
+        hello(0),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    while let Some(b) = hub.poll_transmit() {
+        agent.handle_bytes(t0, &b);
+    }
+    assert_eq!(hub.poll_timeout(), Some(t0 + Duration::from_secs(5)), "the renewal is the next deadline");
+    hub.handle_timeout(t0 + Duration::from_secs(4));
+    assert!(hub.poll_transmit().is_none(), "not before it is due");
+    let due = t0 + Duration::from_secs(5);
+    hub.handle_bytes(due, &wire::encode_frame(&wire::AgentFrame::Heartbeat { seq: 1 }).unwrap());
+    hub.handle_timeout(due);
+    let ask = hub.poll_transmit().expect("asked");
+    assert!(matches!(wire::decode_frame(&ask).unwrap(), HubFrame::Renew { .. }));
+    agent.handle_bytes(due, &ask);
+    let events: Vec<AgentEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
+    assert!(events.iter().any(|e| matches!(e, AgentEvent::Renew { .. })), "{events:?}");
+    assert!(!agent.is_ended(), "a renewal request ends nothing");
+    // Still on the old certificate a minute later: asked again.
+    for secs in [20, 40] {
+        let t = due + Duration::from_secs(secs);
+        hub.handle_bytes(t, &wire::encode_frame(&wire::AgentFrame::Heartbeat { seq: secs }).unwrap());
+        hub.handle_timeout(t);
+        assert!(hub.poll_transmit().is_none());
+    }
+    let later = due + hub_cfg().renew_repeat;
+    hub.handle_bytes(later, &wire::encode_frame(&wire::AgentFrame::Heartbeat { seq: 2 }).unwrap());
+    hub.handle_timeout(later);
+    assert!(matches!(wire::decode_frame(&hub.poll_transmit().unwrap()).unwrap(), HubFrame::Renew { .. }));
+}
+
+#[test]
+fn the_trusted_cas_follow_the_welcome_and_are_bounded() {
+    let t0 = Instant::now();
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    hub.welcome(t0, None);
+    hub.send_trust(vec![vec![1], vec![2]]);
+    let mut agent = AgentSession::new(
+        t0,
+        hello(0),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    while let Some(b) = hub.poll_transmit() {
+        agent.handle_bytes(t0, &b);
+    }
+    let events: Vec<AgentEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
+    assert!(events.contains(&AgentEvent::Trust { ca_der: vec![vec![1], vec![2]] }), "{events:?}");
+    let too_many = HubFrame::Trust { ca_der: vec![vec![0]; wire::MAX_TRUSTED_CAS + 1] };
+    agent.handle_bytes(t0, &wire::encode_frame(&too_many).unwrap());
+    assert!(matches!(agent.poll_event(), Some(AgentEvent::Ended(SessionEnd::Protocol(_)))));
+}
+
+#[test]
+fn an_agent_older_than_version_three_is_never_asked_to_renew() {
+    let t0 = Instant::now();
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), 2, FrameDecoder::new());
+    hub.schedule_renewal(Some(t0));
+    hub.welcome(t0, None);
+    hub.send_trust(vec![vec![1]]);
+    hub.handle_timeout(t0 + Duration::from_secs(1));
+    while let Some(b) = hub.poll_transmit() {
+        assert_eq!(b[4], 2);
+        assert!(!matches!(wire::decode_frame(&b).unwrap(), HubFrame::Renew { .. } | HubFrame::Trust { .. }));
+    }
+    assert_eq!(hub.poll_timeout(), Some(t0 + hub_cfg().silence_timeout));
 }
 
 proptest! {

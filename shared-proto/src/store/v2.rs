@@ -99,6 +99,7 @@ impl From<DeviceStatus> for crate::DeviceStatus {
             certificates: vec![],
             enrolled_with: String::new(),
             identity_conflict: None,
+            quarantine: None,
         }
     }
 }
