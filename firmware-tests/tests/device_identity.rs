@@ -443,3 +443,115 @@ fn certificates_renew_online_and_one_that_expired_offline_waits_for_approval() {
     assert!(log.contains("quarantined"), "{log}");
     assert!(log.contains("approved"), "{log}");
 }
+
+/// The hub's view of the fleet CA (`flotilla ca status` as JSON, through the API).
+fn ca_fingerprints(hub: &Hub) -> (String, Option<String>, Vec<String>) {
+    let out = hub.cli_ok(&["ca", "status"]);
+    let field = |name: &str| {
+        out.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).filter(|v| v != "-")
+    };
+    let fleet = field("fleet CA").expect("fleet CA line");
+    let next = field("staged").map(|v| v.split_whitespace().next().unwrap_or_default().to_string());
+    let previous = field("previous").map(|v| v.split(", ").map(str::to_string).collect()).unwrap_or_default();
+    (fleet, next, previous)
+}
+
+fn trusted_by(agent: &Agent) -> Vec<String> {
+    let pem = std::fs::read_to_string(agent.state_dir.join("ca.crt")).unwrap_or_default();
+    provisioning::pem::decode_certs(&pem)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| hex::encode(provisioning::sha256_fingerprint(c)))
+        .collect()
+}
+
+#[test]
+fn the_fleet_ca_rotates_without_touching_a_device() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    // Five-minute certificates: after activation devices renew within half a minute.
+    let hub = Hub::start_with(dir.path(), HubOptions::default().arg("--device-cert-lifetime").arg("5m"));
+    let image = busybox_image(dir.path(), "busybox-test:1");
+    hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
+    let out = hub.apply(dir.path(), TILL_APP);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = hub.enrolment_token(&["--allow-label", "role"]);
+    let mut agent = Agent::configure(dir.path(), "pi-rot", &hub.quic, &token, &[("role", "till")]);
+    agent.start();
+    let id = wait_until("the till to run", LONG, || agent.runtime_containers().into_iter().next());
+    let pid = wait_until("the till's pid", LONG, || agent.container_pid(&id));
+    wait_until("pi-rot to be Online", LONG, || (phase(&hub, "pi-rot")? == "Online").then_some(()));
+    let old_creds = credentials_of(&agent);
+    let (old, next, _) = ca_fingerprints(&hub);
+    assert_eq!(next, None);
+    assert_eq!(trusted_by(&agent), vec![old.clone()]);
+
+    // Staged: the connected agent learns to trust both at once.
+    hub.cli_ok(&["ca", "rotate"]);
+    let (fleet, next, _) = ca_fingerprints(&hub);
+    let new = next.expect("a CA is staged");
+    assert_eq!(fleet, old);
+    wait_until("the agent to trust both CAs", LONG, || {
+        (trusted_by(&agent) == vec![old.clone(), new.clone()]).then_some(())
+    });
+
+    // Activated: the hub presents the new CA's certificate, the agent renews onto it,
+    // the CLI (whose context the hub keeps) still trusts the hub.
+    hub.cli_ok(&["ca", "activate"]);
+    let (fleet, next, previous) = ca_fingerprints(&hub);
+    assert_eq!((fleet.as_str(), next, previous), (new.as_str(), None, vec![old.clone()]));
+    wait_until("pi-rot to hold a certificate of the new CA only", Duration::from_secs(120), || {
+        let d = hub.get("devices", Some("pi-rot"))?;
+        let cas: Vec<&str> =
+            d["status"]["certificates"].as_array()?.iter().filter_map(|c| c["ca"].as_str()).collect();
+        (cas == [new.as_str()] && d["status"]["phase"] == "Online").then_some(())
+    });
+    // A new device enrols with a token made now.
+    let fresh = hub.enrolment_token(&[]);
+    let mut second = Agent::configure(dir.path(), "pi-new", &hub.quic, &fresh, &[]);
+    second.start();
+    wait_until("pi-new to be Online", LONG, || (phase(&hub, "pi-new")? == "Online").then_some(()));
+
+    // Retired: the old CA is trusted nowhere, and its certificates open nothing.
+    hub.cli_ok(&["ca", "retire"]);
+    wait_until("the agent to trust the new CA only", LONG, || {
+        (trusted_by(&agent) == vec![new.clone()]).then_some(())
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let both: Vec<CertificateDer<'static>> =
+        provisioning::pem::decode_certs(&std::fs::read_to_string(agent.state_dir.join("ca.crt")).unwrap())
+            .unwrap();
+    let refused = rt.block_on(async {
+        let tls = provisioning::tls::device_quic_client_config_trusting(
+            old_creds.chain.clone(),
+            old_creds.key.private_key_der(),
+            &both,
+        )
+        .unwrap();
+        let conn =
+            tokio::time::timeout(TEN, endpoint(tls).await.connect(hub.quic_addr(), "127.0.0.1").unwrap())
+                .await
+                .unwrap();
+        match conn {
+            Err(e) => Some(e.to_string()),
+            Ok(c) => sync(&c, "pi-rot").await.err().map(|e| e.to_string()),
+        }
+    });
+    assert!(refused.is_some(), "a certificate of the retired CA must open nothing");
+
+    // Through all of it the till ran on, and a restarted agent comes back on what it stored.
+    assert!(pid_alive(pid), "the till kept running");
+    let connects = |agent: &Agent| agent.log().matches("connected to the hub").count();
+    let before = connects(&agent);
+    agent.kill();
+    agent.start();
+    wait_until("the restarted agent to connect with what it stored", LONG, || {
+        (connects(&agent) > before).then_some(())
+    });
+    assert_during("pi-rot to stay connected", Duration::from_secs(3), || {
+        match phase(&hub, "pi-rot").as_deref() {
+            Some("Online") => Ok(()),
+            other => Err(format!("pi-rot is {other:?}: {}", agent.log())),
+        }
+    });
+}

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 pub enum Refusal {
     /// No device of that name (deleted, or never enrolled on this hub).
     UnknownDevice,
-    /// The device no longer lists this certificate: it was enrolled again with another.
+    /// The device no longer lists this certificate: it renewed it, or was enrolled again.
     Superseded,
     /// An operator retired the device.
     Decommissioned,
@@ -32,7 +32,9 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Refusal::UnknownDevice => "no such device: it was deleted",
-            Refusal::Superseded => "the device holds another certificate now: it was enrolled again",
+            Refusal::Superseded => {
+                "the device holds another certificate now: it renewed it, or was enrolled again"
+            }
             Refusal::Decommissioned => "the device was decommissioned",
         })
     }

@@ -2,7 +2,7 @@
 
 use crate::wire::{
     self, AgentFrame, BlobReply, EnrolReply, FrameDecoder, HubFrame, MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, StreamOpen, WireFrame,
+    PROTOCOL_VERSION, RenewReply, StreamOpen, WireFrame,
 };
 use std::fmt::Debug;
 
@@ -19,6 +19,7 @@ pub fn frames(data: &[u8]) {
         round_trip::<AgentFrame>(body);
         round_trip::<EnrolReply>(body);
         round_trip::<BlobReply>(body);
+        round_trip::<RenewReply>(body);
     }
 }
 

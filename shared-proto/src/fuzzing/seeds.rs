@@ -105,7 +105,18 @@ fn frame_seeds() -> Vec<Seed> {
     trailing.push(0);
     trailing[0] += 1;
     let mut future = heartbeat.clone();
-    future[4] = 3;
+    future[4] = wire::PROTOCOL_VERSION as u8 + 1;
+    let renewal = [
+        frame(3, &HubFrame::Renew { reason: "due".into() }),
+        frame(3, &StreamOpen::Renew(wire::RenewRequest { csr_der: vec![0x30, 0x03, 0x02, 0x01, 0x00] })),
+        frame(
+            3,
+            &wire::RenewReply::Renewed { cert_chain_der: vec![vec![0x30]], trusted_ca_der: vec![vec![0x30]] },
+        ),
+        frame(3, &wire::RenewReply::Pending { retry_after_ms: 10_000, message: "quarantined".into() }),
+        frame(3, &HubFrame::Trust { ca_der: vec![vec![0x30, 0x00], vec![0x30, 0x01]] }),
+    ]
+    .concat();
     let mut half_hello = frame(1, &hello);
     half_hello.truncate(half_hello.len() / 2);
     vec![
@@ -149,6 +160,7 @@ fn frame_seeds() -> Vec<Seed> {
         seed("trailing-byte-in-body", 12, trailing),
         seed("future-version", 12, future),
         seed("truncated-hello", 3, half_hello),
+        seed("renewal-v3", 9, renewal),
     ]
 }
 
@@ -321,5 +333,15 @@ fn agent_seeds() -> Vec<Seed> {
         seed("no-welcome-in-time", V1, &[Op::Advance(14_999), Op::Sleep, Op::Update(1)]),
         seed("oversized-header", V2, &[Op::Bytes(&answer), Op::Bytes(&u32::MAX.to_le_bytes())]),
         seed("eof-inside-a-frame", V2, &[Op::Bytes(&answer[..answer.len() - 1]), Op::Eof]),
+        seed(
+            "renew-and-trust",
+            V2,
+            &[
+                Op::Bytes(&answer),
+                Op::Bytes(&frame(3, &HubFrame::Trust { ca_der: vec![vec![0x30]] })),
+                Op::Bytes(&frame(3, &HubFrame::Renew { reason: "due".into() })),
+                Op::Bytes(&frame(3, &HubFrame::Trust { ca_der: vec![] })),
+            ],
+        ),
     ]
 }
