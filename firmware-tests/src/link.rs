@@ -825,10 +825,11 @@ async fn tcp_pump(
                     free_at = free_at.max(Instant::now()) + Duration::from_secs_f64(data.len() as f64 / rate);
                     tokio::time::sleep_until(free_at).await;
                 }
+                // Counted before it is written: whoever sees the bytes arrive sees them counted.
+                shared.counters(dir).tcp_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 if to.write_all(&data).await.is_err() {
                     break;
                 }
-                shared.counters(dir).tcp_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             // Pass the end of the stream on (half-close), as a router would.
             let _ = to.shutdown().await;

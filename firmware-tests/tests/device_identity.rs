@@ -170,6 +170,26 @@ fn a_deleted_device_is_cut_off_and_its_old_certificate_never_comes_back() {
     wait_until("pi-1's manifest to name the image, and its blob to be served", LONG, || {
         matches!(rt.block_on(blob(&conn, &digest)), Ok(BlobReply::Found { .. })).then_some(())
     });
+    // The app moves on to a second image and then a third: the images of the manifest
+    // before the current one stay fetchable (to roll back), older ones do not.
+    let mut digests = vec![digest.clone()];
+    for (version, seconds) in [("2", "7200"), ("3", "10800")] {
+        let reference = format!("busybox-test:{version}");
+        let path = dir.path().join(format!("busybox-{version}.oci.tar"));
+        images::testing::busybox_image(&path, &reference, &["/bin/sleep", seconds]).unwrap();
+        hub.cli_ok(&["image", "import", path.to_str().unwrap()]);
+        let imported = hub.get("images", Some(&reference)).unwrap();
+        digests.push(imported["spec"]["platforms"][0]["manifestDigest"].as_str().unwrap().to_string());
+        let out = hub.apply(dir.path(), &app.replace("busybox-test:1", &reference));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let newest = digests.last().unwrap().clone();
+        wait_until("the new image's blob to be served", LONG, || {
+            matches!(rt.block_on(blob(&conn, &newest)), Ok(BlobReply::Found { .. })).then_some(())
+        });
+    }
+    let found = |d: &str| matches!(rt.block_on(blob(&conn, d)), Ok(BlobReply::Found { .. }));
+    assert!(found(&digests[1]), "the previous manifest's image stays fetchable");
+    assert!(!found(&digests[0]), "the one before that does not");
 
     hub.cli_ok(&["delete", "device", "pi-1"]);
     let deleted = Instant::now();

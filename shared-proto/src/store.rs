@@ -40,6 +40,9 @@ pub enum StoreKind {
     /// The fleet CA's rotation (format 4), a single record named `fleet`: the CA staged
     /// to replace it and the ones it replaced that are still trusted.
     CaRotation,
+    /// The images of a device's previous desired manifest (format 4), named after the
+    /// device: kept so that it may fetch them again to roll back.
+    PreviousImages,
 }
 
 impl StoreKind {
@@ -55,6 +58,7 @@ impl StoreKind {
             StoreKind::FleetCa => "fleet-ca",
             StoreKind::Audit => "audit",
             StoreKind::CaRotation => "ca-rotation",
+            StoreKind::PreviousImages => "previous-images",
         }
     }
 
@@ -99,6 +103,7 @@ pub enum Object {
     FleetCa(FleetCaRecord),
     Audit(AuditRecord),
     CaRotation(CaRotationRecord),
+    PreviousImages(PreviousImagesRecord),
 }
 
 impl Object {
@@ -114,6 +119,7 @@ impl Object {
             Object::FleetCa(_) => StoreKind::FleetCa,
             Object::Audit(_) => StoreKind::Audit,
             Object::CaRotation(_) => StoreKind::CaRotation,
+            Object::PreviousImages(_) => StoreKind::PreviousImages,
         }
     }
 
@@ -129,6 +135,7 @@ impl Object {
             Object::FleetCa(_) => "fleet",
             Object::Audit(a) => &a.id,
             Object::CaRotation(_) => "fleet",
+            Object::PreviousImages(p) => &p.device,
         }
     }
 
@@ -460,6 +467,18 @@ impl fmt::Debug for FleetCaRecord {
             .field("created_at", &self.created_at)
             .finish()
     }
+}
+
+/// The image digests of the manifest a device held before its current one: the device
+/// may still fetch their blobs (to roll back), and nothing older.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousImagesRecord {
+    pub device: String,
+    /// Revision of the manifest they were in.
+    pub revision: u64,
+    /// `sha256:…` of each platform image manifest, sorted.
+    pub image_digests: Vec<String>,
 }
 
 /// The fleet CA's rotation: `flotilla ca rotate` stages a new CA (`next`), which the

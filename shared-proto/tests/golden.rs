@@ -272,6 +272,14 @@ fn golden_format_four_records() {
     let bytes = rotation.encode().unwrap();
     assert_eq!(hex::encode(&bytes), "04090001010703");
     assert_eq!(Object::decode(&bytes).unwrap(), rotation);
+    let previous = Object::PreviousImages(shared_proto::store::PreviousImagesRecord {
+        device: "pi".into(),
+        revision: 7,
+        image_digests: vec!["sha256:ab".into()],
+    });
+    let bytes = previous.encode().unwrap();
+    assert_eq!(hex::encode(&bytes), "040a 027069 07 01 097368613235363a6162".replace(' ', ""));
+    assert_eq!(Object::decode(&bytes).unwrap(), previous);
 }
 
 #[test]

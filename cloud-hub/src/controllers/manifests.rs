@@ -11,7 +11,7 @@
 //! a typo in an image tag must not stop it either.
 
 use shared_proto::manifest::{ContainerLimits, DesiredApp, DesiredContainer, DesiredManifest};
-use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind};
+use shared_proto::store::{Object, Precondition, PreviousImagesRecord, StoreCommand, StoreKind};
 use shared_proto::{App, Device, Image};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -125,6 +125,10 @@ pub fn plan_device_manifest(
         None => Precondition::MustNotExist,
     };
     let manifest = DesiredManifest { device: name.clone(), revision: 0, apps: desired };
+    // When the images change, those of the manifest being replaced stay fetchable.
+    let previous = held.filter(|m| image_digests(m) != image_digests(&manifest)).map(|m| {
+        PreviousImagesRecord { device: name.clone(), revision: m.revision, image_digests: image_digests(m) }
+    });
     let size = postcard::to_stdvec(&manifest).map_or(usize::MAX, |b| b.len());
     if size > MAX_MANIFEST_BYTES {
         let why =
@@ -134,16 +138,39 @@ pub fn plan_device_manifest(
         }
         return (None, problems);
     }
-    (Some(StoreCommand::put(Object::Manifest(manifest), precondition)), problems)
+    let put = StoreCommand::put(Object::Manifest(manifest), precondition);
+    let write = match previous {
+        // Both or neither: the manifest's precondition guards the pair.
+        Some(p) => {
+            StoreCommand::Batch(vec![put, StoreCommand::put(Object::PreviousImages(p), Precondition::None)])
+        }
+        None => put,
+    };
+    (Some(write), problems)
 }
 
-/// The write that removes the manifest of a device that is gone.
+/// The image digests a manifest names, sorted, each once.
+pub fn image_digests(m: &DesiredManifest) -> Vec<String> {
+    let set: BTreeSet<&str> =
+        m.apps.iter().flat_map(|a| &a.containers).map(|c| c.image_digest.as_str()).collect();
+    set.into_iter().map(str::to_string).collect()
+}
+
+/// The write that removes the manifest of a device that is gone, and the images it
+/// may fetch to roll back.
 pub fn delete_manifest(held: &DesiredManifest) -> StoreCommand {
-    StoreCommand::Delete {
-        kind: StoreKind::Manifest,
-        name: held.device.clone(),
-        precondition: Precondition::RevisionIs(held.revision),
-    }
+    StoreCommand::Batch(vec![
+        StoreCommand::Delete {
+            kind: StoreKind::Manifest,
+            name: held.device.clone(),
+            precondition: Precondition::RevisionIs(held.revision),
+        },
+        StoreCommand::Delete {
+            kind: StoreKind::PreviousImages,
+            name: held.device.clone(),
+            precondition: Precondition::None,
+        },
+    ])
 }
 
 #[cfg(test)]
@@ -228,6 +255,10 @@ mod tests {
     fn manifests(plan: &ManifestPlan) -> BTreeMap<String, DesiredManifest> {
         plan.commands
             .iter()
+            .flat_map(|c| match c {
+                StoreCommand::Batch(inner) => inner.iter().collect(),
+                other => vec![other],
+            })
             .filter_map(|c| match c {
                 StoreCommand::Put { object, .. } => match object.as_ref() {
                     Object::Manifest(m) => Some((m.device.clone(), m.clone())),
@@ -270,6 +301,23 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_whose_images_change_keeps_the_previous_ones_fetchable() {
+        let images = [image("web:1", &[("amd64", "sha256:one")]), image("web:2", &[("amd64", "sha256:two")])];
+        let devices = [device("a", "amd64")];
+        let mut held = manifests(&run(&[app("web", 1, "web:1")], &devices, &images, &BTreeMap::new()));
+        held.get_mut("a").unwrap().revision = 7;
+        let plan = run(&[app("web", 2, "web:2")], &devices, &images, &held);
+        let [StoreCommand::Batch(pair)] = plan.commands.as_slice() else { panic!("{:?}", plan.commands) };
+        assert!(matches!(&pair[0], StoreCommand::Put { precondition: Precondition::RevisionIs(7), .. }));
+        let want = PreviousImagesRecord {
+            device: "a".into(),
+            revision: 7,
+            image_digests: vec!["sha256:one".into()],
+        };
+        assert_eq!(pair[1], StoreCommand::put(Object::PreviousImages(want), Precondition::None));
+    }
+
+    #[test]
     fn a_missing_image_keeps_the_last_good_generation() {
         let images = [image("web:1", &[("amd64", "sha256:x86")])];
         let devices = [device("a", "amd64")];
@@ -306,11 +354,18 @@ mod tests {
         let plan = run(&[], &[], &[], &held);
         assert_eq!(
             plan.commands,
-            vec![StoreCommand::Delete {
-                kind: StoreKind::Manifest,
-                name: "gone".into(),
-                precondition: Precondition::RevisionIs(4)
-            }]
+            vec![StoreCommand::Batch(vec![
+                StoreCommand::Delete {
+                    kind: StoreKind::Manifest,
+                    name: "gone".into(),
+                    precondition: Precondition::RevisionIs(4)
+                },
+                StoreCommand::Delete {
+                    kind: StoreKind::PreviousImages,
+                    name: "gone".into(),
+                    precondition: Precondition::None
+                }
+            ])]
         );
     }
 }

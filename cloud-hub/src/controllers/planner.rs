@@ -469,6 +469,15 @@ impl Planner {
             Err(()) => cmds.iter().collect(),
         };
         for cmd in conflicted {
+            // A batch stands or falls with its first command (a manifest and its
+            // previous images).
+            let cmd = match cmd {
+                StoreCommand::Batch(inner) => match inner.first() {
+                    Some(first) => first,
+                    None => continue,
+                },
+                other => other,
+            };
             let (kind, name) = match cmd {
                 StoreCommand::Put { object, .. } => (object.kind(), object.name().to_string()),
                 StoreCommand::Delete { kind, name, .. } => (*kind, name.clone()),

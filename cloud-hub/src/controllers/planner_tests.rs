@@ -42,36 +42,56 @@ impl FakeStore {
         let mut outcomes = Vec::new();
         let mut changes = Vec::new();
         for c in cmds {
-            let (kind, name, object, pre) = match c {
-                StoreCommand::Put { object, precondition } => {
-                    (object.kind(), object.name().to_string(), Some(object.as_ref().clone()), *precondition)
-                }
-                StoreCommand::Delete { kind, name, precondition } => {
-                    (*kind, name.clone(), None, *precondition)
-                }
-                _ => panic!("nested"),
+            // A batch applies whole or not at all, like the real store's.
+            let parts: Vec<&StoreCommand> = match c {
+                StoreCommand::Batch(inner) => inner.iter().collect(),
+                other => vec![other],
             };
-            let current = self.objects.get(&(kind, name.clone())).map(Self::revision_of);
-            let ok = match pre {
-                Precondition::None => true,
-                Precondition::MustNotExist => current.is_none(),
-                Precondition::MustExist => current.is_some(),
-                Precondition::RevisionIs(r) => current == Some(r),
-            };
-            if !ok {
-                outcomes.push(StoreOutcome::Conflict { kind, name, current_revision: current });
+            let parts: Vec<_> = parts
+                .into_iter()
+                .map(|p| match p {
+                    StoreCommand::Put { object, precondition } => (
+                        object.kind(),
+                        object.name().to_string(),
+                        Some(object.as_ref().clone()),
+                        *precondition,
+                    ),
+                    StoreCommand::Delete { kind, name, precondition } => {
+                        (*kind, name.clone(), None, *precondition)
+                    }
+                    _ => panic!("nested"),
+                })
+                .collect();
+            let conflict = parts.iter().find_map(|(kind, name, _, pre)| {
+                let current = self.objects.get(&(*kind, name.clone())).map(Self::revision_of);
+                let ok = match pre {
+                    Precondition::None => true,
+                    Precondition::MustNotExist => current.is_none(),
+                    Precondition::MustExist => current.is_some(),
+                    Precondition::RevisionIs(r) => current == Some(*r),
+                };
+                (!ok).then(|| StoreOutcome::Conflict {
+                    kind: *kind,
+                    name: name.clone(),
+                    current_revision: current,
+                })
+            });
+            if let Some(conflict) = conflict {
+                outcomes.push(conflict);
                 continue;
             }
             outcomes.push(StoreOutcome::Applied { revision: self.revision });
-            match object {
-                Some(mut o) => {
-                    o.stamp(self.revision, self.revision);
-                    self.objects.insert((kind, name.clone()), o.clone());
-                    changes.push(Change { kind, name, object: Some(Arc::new(o)) });
-                }
-                None => {
-                    self.objects.remove(&(kind, name.clone()));
-                    changes.push(Change { kind, name, object: None });
+            for (kind, name, object, _) in parts {
+                match object {
+                    Some(mut o) => {
+                        o.stamp(self.revision, self.revision);
+                        self.objects.insert((kind, name.clone()), o.clone());
+                        changes.push(Change { kind, name, object: Some(Arc::new(o)) });
+                    }
+                    None => {
+                        self.objects.remove(&(kind, name.clone()));
+                        changes.push(Change { kind, name, object: None });
+                    }
                 }
             }
         }
@@ -337,7 +357,12 @@ fn a_conflict_retries_that_device_only() {
     let plan = p.plan(Timestamp(3_000), &online, BTreeSet::new());
     assert_eq!(p.stats.n_manifests, 1, "{:?}", p.stats);
     let StoreCommand::Each(cmds) = &plan.writes[0] else { panic!() };
-    assert!(matches!(&cmds[0], StoreCommand::Put { object, .. } if object.name() == "pos-0007"));
+    // The image changed: the manifest goes with its previous images, in one batch.
+    let StoreCommand::Batch(pair) = &cmds[0] else { panic!("{:?}", cmds[0]) };
+    assert!(matches!(&pair[0], StoreCommand::Put { object, .. } if object.name() == "pos-0007"));
+    assert!(
+        matches!(&pair[1], StoreCommand::Put { object, .. } if object.kind() == StoreKind::PreviousImages)
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Serves image blobs to enrolled devices: one stream per blob, resumable from an
 //! offset, bytes straight from the content-addressed store. A device gets only the
-//! blobs of the images its desired manifest names (each platform manifest, its config
-//! and its layers); anything else is "not available", whether the hub has it or not.
+//! blobs of the images its desired manifest names, or the one before it (kept to roll
+//! back): each platform manifest, its config and its layers. Anything else is "not
+//! available", whether the hub has it or not.
 
 use super::SyncError;
 use crate::state::HubState;
@@ -67,16 +68,18 @@ pub async fn serve<W: AsyncWrite + Unpin>(
 /// An image manifest larger than this is not one the hub imported.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
-/// Whether `device`'s desired manifest names an image that `digest` belongs to.
+/// Whether `device`'s desired manifest, or the one before it, names an image that
+/// `digest` belongs to.
 async fn may_fetch(state: &HubState, device: &str, digest: &Digest) -> Result<bool, SyncError> {
-    let manifest = match state.store.get(StoreKind::Manifest, device).await? {
-        Some(Object::Manifest(m)) => m,
+    let mut images = match state.store.get(StoreKind::Manifest, device).await? {
+        Some(Object::Manifest(m)) => crate::controllers::manifests::image_digests(&m),
         _ => return Ok(false),
     };
-    let images: std::collections::BTreeSet<&str> =
-        manifest.apps.iter().flat_map(|a| &a.containers).map(|c| c.image_digest.as_str()).collect();
+    if let Some(Object::PreviousImages(p)) = state.store.get(StoreKind::PreviousImages, device).await? {
+        images.extend(p.image_digests);
+    }
     for image in images {
-        let Ok(image) = Digest::parse(image) else { continue };
+        let Ok(image) = Digest::parse(&image) else { continue };
         if image == *digest {
             return Ok(true);
         }

@@ -4,7 +4,7 @@
 //! here would misread what is on disk.
 //!
 //! Version 4 added `DeviceCertificate::{issued_at, ca}`, `DeviceStatus::quarantine`,
-//! `DevicePhase::Quarantined` and the `CaRotation` record.
+//! `DevicePhase::Quarantined`, and the `CaRotation` and `PreviousImages` records.
 
 use crate::manifest::{DesiredManifest, ObservedContainer};
 use crate::resource::{App, Capacity, DevicePhase, DeviceSpec, IdentityConflict, Image, ObjectMeta, Site};
