@@ -9,6 +9,7 @@
 //! - [`state`] is the redb database that makes all of it survive restarts.
 
 pub mod agent;
+pub mod check;
 pub mod config;
 pub mod enrol;
 pub mod facts;

@@ -1,4 +1,4 @@
-//! `flotilla-agent`: `run --config FILE`, `reset --config FILE`, and the internal
+//! `flotilla-agent`: `run --config FILE`, `reset --config FILE`, `check`, and the internal
 //! `runtime-helper` mode the agent re-executes itself in for container operations.
 
 use clap::{Parser, Subcommand};
@@ -25,6 +25,33 @@ enum Command {
         #[arg(long, short, default_value = "/etc/flotilla/agent.toml")]
         config: PathBuf,
     },
+    /// Check that this host can run containers (cgroup controllers, overlayfs,
+    /// namespaces, seccomp; with --config, the agent's directories) and say how to fix
+    /// what it lacks. Exits 1 when something must be fixed.
+    Check {
+        /// Also check the directories this config names.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read /proc and /sys under this directory instead of / (for tests).
+        #[arg(long, hide = true, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+fn check(config: Option<&std::path::Path>, root: &std::path::Path) -> ExitCode {
+    let config = match config.map(AgentConfig::load).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dirs = config.as_ref().map(|c| (c.state_dir.as_path(), c.runtime_dir.as_path()));
+    let facts = edge_agent::check::read_host(root, dirs);
+    match edge_agent::check::print(&edge_agent::check::assess(&facts)) {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
 }
 
 fn main() -> ExitCode {
@@ -34,6 +61,9 @@ fn main() -> ExitCode {
         return agent_runtime::helper_main(args.into_iter().skip(2));
     }
     let cli = Cli::parse();
+    if let Command::Check { config, root } = &cli.command {
+        return check(config.as_deref(), root);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: logs that go to files and journals stay greppable.
@@ -51,6 +81,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => edge_agent::agent::run(AgentConfig::load(&config)?).await,
             Command::Reset { config } => edge_agent::agent::reset(AgentConfig::load(&config)?).await,
+            Command::Check { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
