@@ -440,7 +440,7 @@ impl Agent {
         let child = command_in(self.netns.as_ref(), &bin("flotilla-agent"))
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("FLOTILLA_LOG", "info")
+            .env("FLOTILLA_LOG", "info,edge_agent::sync=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)

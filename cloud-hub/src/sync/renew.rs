@@ -78,7 +78,11 @@ pub fn decide(
         "the certificate of device {name:?} expired at {} while it was away; it is quarantined until an operator approves it (flotilla device approve {name}) or rejects it",
         cert.not_after.to_rfc3339()
     );
-    if device.status.phase == DevicePhase::Quarantined && old == Some(&quarantine) {
+    // Asked again with the same key: nothing to write, whatever address it came from
+    // this time (behind a NAT every retry may come from another port).
+    if device.status.phase == DevicePhase::Quarantined
+        && old.is_some_and(|q| q.key_sha256 == key_sha256 && q.expired_serial == cert.serial)
+    {
         return Decision::Pending(None, message);
     }
     let mut d = device.clone();
@@ -207,8 +211,10 @@ mod tests {
         assert_eq!(d.status.phase, DevicePhase::Quarantined);
         let q = d.status.quarantine.as_deref().unwrap();
         assert_eq!((q.key_sha256.as_str(), q.since, q.approved), ("new", Timestamp(1000), false));
-        // Asking again changes nothing, and writes nothing.
+        // Asking again changes nothing, and writes nothing, from any address.
         assert!(matches!(decide(&d, &cert(), "new", remote, Timestamp(5000)), Decision::Pending(None, _)));
+        let elsewhere = "192.0.2.1:4001".parse().unwrap();
+        assert!(matches!(decide(&d, &cert(), "new", elsewhere, Timestamp(6000)), Decision::Pending(None, _)));
         // Approved for that key: signed.
         let mut approved = (*d).clone();
         approved.status.quarantine.as_mut().unwrap().approved = true;

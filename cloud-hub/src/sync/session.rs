@@ -200,6 +200,18 @@ fn certificates_follow(
 /// The device connected with `cert`: certificates it was issued before this one
 /// (renewals it completed) open nothing from now on. One write per renewal.
 async fn drop_superseded(state: &HubState, cert: &provisioning::identity::DeviceCert) {
+    // Almost always nothing to drop: tell from the local copy, without a read through
+    // the leader (a reconnecting fleet would pay one per device).
+    let superseded = |d: &shared_proto::Device| {
+        let this = d.status.certificates.iter().find(|c| c.serial == cert.serial);
+        this.is_some_and(|t| {
+            d.status.certificates.iter().any(|c| c.serial != t.serial && c.issued_at <= t.issued_at)
+        })
+    };
+    match state.store.get_local(StoreKind::Device, &cert.name) {
+        Ok(Some(Object::Device(d))) if superseded(&d) => {}
+        _ => return,
+    }
     // A report or a transition may move the device meanwhile: read and try again.
     for _ in 0..8 {
         let Ok(Some(current)) = state.store.get_revisioned(StoreKind::Device, &cert.name).await else {
