@@ -77,6 +77,18 @@ fn some(names: &[String]) -> String {
     if more > 0 { format!("{} and {more} more", shown.join(", ")) } else { shown.join(", ") }
 }
 
+/// Refuses a step that would cut `names` off, unless the admin insists.
+fn unless_forced(force: bool, names: &[String], would: &str) -> ApiResult<()> {
+    if names.is_empty() || force {
+        return Ok(());
+    }
+    Err(ApiError::Conflict(format!(
+        "{} device(s) {would}: {}; wait for them, or go ahead with --force (they would need enrolling again)",
+        names.len(),
+        some(names)
+    )))
+}
+
 fn require_admin(caller: &Caller) -> ApiResult<()> {
     caller.require(Role::Admin)?;
     caller.require_all_sites("rotating the fleet CA")
@@ -143,13 +155,11 @@ pub async fn activate(
         return Err(ApiError::Conflict("no CA is staged: stage one first (flotilla ca rotate)".into()));
     };
     let waiting = not_seen_since(&state, &devices(&state).await?, next.created_at);
-    if !waiting.is_empty() && !q.force {
-        return Err(ApiError::Conflict(format!(
-            "{} device(s) have not connected since the new CA was staged and would no longer trust the hub: {}; wait for them, or activate anyway with --force (they would need enrolling again)",
-            waiting.len(),
-            some(&waiting)
-        )));
-    }
+    unless_forced(
+        q.force,
+        &waiting,
+        "have not connected since the new CA was staged and would no longer trust the hub",
+    )?;
     let fleet = match state.store.get_revisioned(StoreKind::FleetCa, "fleet").await? {
         Some(hub_store::Revisioned { object: Object::FleetCa(r), revision, .. }) => (r, revision),
         _ => return Err(ApiError::Internal("the store holds no fleet CA".into())),
@@ -177,13 +187,7 @@ pub async fn retire(
         return Err(ApiError::Conflict("no previous CA is trusted: nothing to retire".into()));
     }
     let stuck = not_on_fleet_ca(&devices(&state).await?, &state.pki.fleet().fingerprint());
-    if !stuck.is_empty() && !q.force {
-        return Err(ApiError::Conflict(format!(
-            "{} device(s) hold only certificates of a previous CA and would be locked out: {}; wait for them to renew, or retire anyway with --force (they would need enrolling again)",
-            stuck.len(),
-            some(&stuck)
-        )));
-    }
+    unless_forced(q.force, &stuck, "hold only certificates of a previous CA and would be locked out")?;
     record.previous.clear();
     write(&state, StoreCommand::put(Object::CaRotation(record), precondition(revision))).await?;
     tracing::info!("previous fleet CAs retired");

@@ -47,6 +47,7 @@ pub fn renewal_due(cert: &DeviceCert, lifetime: Duration, ca_changed_at: Timesta
 }
 
 /// What the store says about the fleet's CAs, loaded.
+#[derive(Clone)]
 struct Cas {
     fleet: Arc<FleetCa>,
     next: Option<Arc<FleetCa>>,
@@ -55,6 +56,14 @@ struct Cas {
 }
 
 impl Cas {
+    /// Whether `other` names the same CAs: nothing to reissue or tell anyone.
+    fn same_as(&self, other: &Cas) -> bool {
+        self.fleet.fingerprint() == other.fleet.fingerprint()
+            && self.next.as_ref().map(|n| n.fingerprint()) == other.next.as_ref().map(|n| n.fingerprint())
+            && self.previous == other.previous
+            && self.changed_at == other.changed_at
+    }
+
     /// Every CA whose device certificates open connections, and that devices trust
     /// for the hub: the fleet CA first.
     fn trusted(&self) -> Vec<CertificateDer<'static>> {
@@ -164,9 +173,14 @@ impl Pki {
         self.changed.subscribe()
     }
 
-    /// Loads the CAs again and swaps in a new hub certificate.
+    /// Loads the CAs again and, if they changed, swaps in a new hub certificate (the
+    /// watch also wakes for writes that change nothing, and at start-up `load` has
+    /// just issued one).
     async fn reload(&self, store: &Store) -> anyhow::Result<()> {
         let cas = load_cas(store).await?;
+        if cas.same_as(&self.cas()) {
+            return Ok(());
+        }
         self.install(cas)
     }
 
@@ -210,7 +224,7 @@ impl Pki {
                     },
                     _ = tokio::time::sleep(wait) => {
                         tracing::info!("the hub's certificate is due for renewal");
-                        if let Err(e) = self.install(clone_cas(&self.cas())) {
+                        if let Err(e) = self.install(Cas::clone(&self.cas())) {
                             tracing::warn!(error = %format!("{e:#}"), "cannot renew the hub's certificate; retrying in a minute");
                             *self.hub_cert_due.write().unwrap_or_else(|p| p.into_inner()) =
                                 Timestamp(self.clock.now().0 + 60_000);
@@ -219,15 +233,6 @@ impl Pki {
                 }
             }
         }
-    }
-}
-
-fn clone_cas(c: &Cas) -> Cas {
-    Cas {
-        fleet: c.fleet.clone(),
-        next: c.next.clone(),
-        previous: c.previous.clone(),
-        changed_at: c.changed_at,
     }
 }
 
