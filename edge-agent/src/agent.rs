@@ -5,25 +5,22 @@
 //! stored, from the first second after start.
 
 use crate::config::AgentConfig;
+use crate::executor::{Executor, Host, ProbeDone};
+use crate::host::DeviceHost;
 use crate::pull::Puller;
-use crate::reconcile::{self, Action, Observed, PullState, RestartState, RuntimeStatus, RuntimeView};
+use crate::reconcile::{self, Action};
 use crate::state::StateDb;
 use agent_runtime::rootfs::OverlayRootfs;
-use agent_runtime::{ContainerRuntime, ContainerStatus, HelperConfig, HelperRuntime};
+use agent_runtime::{ContainerRuntime, HelperConfig, HelperRuntime};
 use anyhow::Context;
-use shared_proto::agent_state::{ContainerRecord, ImageRecord};
-use shared_proto::clock::SharedClock;
-use shared_proto::manifest::{DesiredContainer, DesiredManifest};
+use shared_proto::agent_state::ImageRecord;
+use shared_proto::manifest::DesiredManifest;
 use shared_proto::wire::AgentReport;
-use shared_proto::{NetworkMode, Timestamp};
-use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// How long a container gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// With nothing to do, look again this often anyway (cheap: one runtime list).
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Image garbage collection runs at most this often.
@@ -33,295 +30,40 @@ pub fn helper_runtime(config: &AgentConfig) -> HelperRuntime {
     HelperRuntime::new(HelperConfig::new(config.runtime_state_dir(), config.logs_dir()))
 }
 
-/// What the loop keeps between passes.
-pub struct Executor {
-    pub clock: SharedClock,
-    pub runtime: Arc<HelperRuntime>,
-    pub rootfs: OverlayRootfs,
-    pub db: StateDb,
-    pub puller: Puller,
-    bundles_dir: PathBuf,
-    cgroup_parent: String,
-    images: BTreeMap<String, ImageRecord>,
-    pulls: BTreeMap<String, PullState>,
-    pull_failures: HashMap<String, u32>,
-    restarts: BTreeMap<(String, String), RestartState>,
-    exit_codes: HashMap<String, Option<i32>>,
-    started_at: HashMap<String, Timestamp>,
-    pull_done: mpsc::UnboundedSender<(String, Result<ImageRecord, String>)>,
-    last_gc: Option<tokio::time::Instant>,
-}
-
-impl Executor {
-    pub fn new(
-        clock: SharedClock,
-        config: &AgentConfig,
-        runtime: Arc<HelperRuntime>,
-        db: StateDb,
-        puller: Puller,
-        pull_done: mpsc::UnboundedSender<(String, Result<ImageRecord, String>)>,
-    ) -> anyhow::Result<Executor> {
-        let mut images = BTreeMap::new();
-        for r in db.images()? {
-            if std::path::Path::new(&r.rootfs).is_dir() {
-                images.insert(r.manifest_digest.clone(), r);
-            }
+/// Drops unpacked images, blobs and persistent volumes that the desired state no
+/// longer names.
+async fn collect_garbage<R: ContainerRuntime + 'static, H: Host>(
+    exec: &mut Executor<R, H>,
+    desired: &DesiredManifest,
+    volumes_dir: &std::path::Path,
+) {
+    for record in exec.forget_unused_images(desired) {
+        let digest = record.manifest_digest.clone();
+        let path = PathBuf::from(&record.rootfs);
+        let removed = tokio::task::spawn_blocking(move || images::remove_rootfs(&path)).await;
+        if !matches!(removed, Ok(Ok(()))) {
+            tracing::warn!(image = %digest, "could not remove an unused image; keeping its record");
+            exec.keep_image(record);
+            continue;
         }
-        Ok(Executor {
-            clock,
-            runtime,
-            rootfs: OverlayRootfs::new(config.containers_dir()),
-            db,
-            puller,
-            bundles_dir: config.bundles_dir(),
-            cgroup_parent: config.cgroup_parent.clone(),
-            images,
-            pulls: BTreeMap::new(),
-            pull_failures: HashMap::new(),
-            restarts: BTreeMap::new(),
-            exit_codes: HashMap::new(),
-            started_at: HashMap::new(),
-            pull_done,
-            last_gc: None,
-        })
+        let _ = exec.db.remove_image(&digest);
+        tracing::info!(image = %digest, "removed an unused image");
     }
-
-    pub async fn observe(&self) -> anyhow::Result<Observed> {
-        let mut runtime = BTreeMap::new();
-        for c in self.runtime.list().await? {
-            let status = match c.status {
-                ContainerStatus::Creating => RuntimeStatus::Creating,
-                ContainerStatus::Created => RuntimeStatus::Created,
-                ContainerStatus::Running | ContainerStatus::Paused => RuntimeStatus::Running,
-                ContainerStatus::Stopped => RuntimeStatus::Stopped,
-            };
-            let exit_code = self.exit_codes.get(&c.id).copied().flatten();
-            let started_at = self.started_at.get(&c.id).copied().or(c.created_at);
-            runtime.insert(c.id, RuntimeView { status, exit_code, started_at });
-        }
-        Ok(Observed {
-            runtime,
-            images: self.images.keys().cloned().collect(),
-            pulls: self.pulls.clone(),
-            restarts: self.restarts.clone(),
-        })
-    }
-
-    /// Records a container's exit and schedules its restart back-off.
-    pub fn on_exit(&mut self, id: &str, exit_code: Option<i32>, now: Timestamp) {
-        self.exit_codes.insert(id.to_string(), exit_code);
-        if let Some((app, name)) = reconcile::parse_container_id(id) {
-            let rs = self.restarts.entry((app.to_string(), name.to_string())).or_default();
-            let ran_for = self.started_at.get(id).map(|s| now.since(*s)).unwrap_or_default();
-            if ran_for >= reconcile::BACKOFF_RESET_AFTER {
-                rs.n_restarts = 0;
-            }
-            rs.n_restarts += 1;
-            rs.not_before = now.saturating_add(reconcile::backoff(rs.n_restarts));
-            rs.last_error = None;
-        }
-    }
-
-    pub fn on_pull_done(&mut self, digest: String, result: Result<ImageRecord, String>, now: Timestamp) {
-        match result {
-            Ok(record) => {
-                if let Err(e) = self.db.put_image(&record) {
-                    tracing::warn!(error = %e, "recording an image");
-                }
-                tracing::info!(image = %digest, "image ready");
-                self.pulls.remove(&digest);
-                self.pull_failures.remove(&digest);
-                self.images.insert(digest, record);
-            }
-            Err(reason) => {
-                let n = self.pull_failures.entry(digest.clone()).or_default();
-                *n += 1;
-                let retry_at = now.saturating_add(reconcile::backoff(*n).max(Duration::from_secs(2)));
-                tracing::warn!(image = %digest, %reason, "image pull failed");
-                self.pulls.insert(digest, PullState::Failed { reason, retry_at });
-            }
-        }
-    }
-
-    /// Carries out one action; `false` when it failed (it is retried on a later pass).
-    pub async fn execute(&mut self, action: Action, now: Timestamp) -> bool {
-        match action {
-            Action::Pull { digest } => {
-                if matches!(self.pulls.get(&digest), Some(PullState::InFlight)) {
-                    return true;
-                }
-                self.pulls.insert(digest.clone(), PullState::InFlight);
-                let puller = self.puller.clone();
-                let done = self.pull_done.clone();
-                tokio::spawn(async move {
-                    let r = puller.pull(&digest).await.map_err(|e| format!("{e:#}"));
-                    let _ = done.send((digest, r));
-                });
-                true
-            }
-            Action::Run { id, app, generation, network, container } => {
-                let key = (app.clone(), container.name.clone());
-                match self.run(&id, &app, generation, network, &container).await {
-                    Ok(()) => {
-                        tracing::info!(%id, "container started");
-                        self.started_at.insert(id.clone(), now);
-                        self.exit_codes.remove(&id);
-                        true
-                    }
-                    Err(e) => {
-                        let reason = format!("{e:#}");
-                        tracing::warn!(%id, error = %reason, "container did not start");
-                        self.remove(&id).await.ok();
-                        let rs = self.restarts.entry(key).or_default();
-                        rs.n_restarts += 1;
-                        rs.not_before = now.saturating_add(reconcile::backoff(rs.n_restarts));
-                        rs.last_error = Some(reason);
-                        false
-                    }
-                }
-            }
-            Action::Start { id } => match self.runtime.start(&id).await {
-                Ok(()) => {
-                    self.started_at.insert(id, now);
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "starting a created container failed; recreating it");
-                    self.remove(&id).await.ok();
-                    false
-                }
-            },
-            Action::Remove { id } => self.remove_many(&[id]).await,
-        }
-    }
-
-    async fn run(
-        &self,
-        id: &str,
-        app: &str,
-        generation: u64,
-        network: NetworkMode,
-        container: &DesiredContainer,
-    ) -> anyhow::Result<()> {
-        let image = self
-            .images
-            .get(&container.image_digest)
-            .with_context(|| format!("image {} is not unpacked", container.image))?
-            .clone();
-        let rootfs = self.rootfs.clone();
-        let (id_owned, lower) = (id.to_string(), PathBuf::from(&image.rootfs));
-        let merged = tokio::task::spawn_blocking(move || rootfs.prepare(&id_owned, &lower)).await??;
-        let bundle_dir = self.bundles_dir.join(id);
-        let (c, cfg, m, i, b) =
-            (container.clone(), image.config.clone(), merged.clone(), id.to_string(), bundle_dir.clone());
-        let cg = self.cgroup_parent.clone();
-        let bundle = tokio::task::spawn_blocking(move || {
-            let spec = agent_runtime::bundle::BundleSpec {
-                id: &i,
-                cgroup_parent: &cg,
-                container: &c,
-                network,
-                image: &cfg,
-                rootfs: &m,
-                hostname: &c.name,
-            };
-            agent_runtime::bundle::write_bundle(&b, &spec)
-        })
-        .await??;
-        self.runtime.create(id, &bundle).await?;
-        self.runtime.start(id).await?;
-        let record = ContainerRecord {
-            id: id.to_string(),
-            app: app.to_string(),
-            name: container.name.clone(),
-            generation,
-            spec_hash: id.rsplit('_').next().unwrap_or_default().to_string(),
-            image_digest: container.image_digest.clone(),
-            created_at: self.clock.now(),
-            restarts: 0,
-        };
-        self.db.put_container(&record)?;
-        Ok(())
-    }
-
-    /// Stops and deletes a container, its root filesystem, bundle and record.
-    pub async fn remove(&mut self, id: &str) -> anyhow::Result<()> {
-        match agent_runtime::stop(self.runtime.as_ref(), id, STOP_GRACE).await {
-            Ok(()) | Err(agent_runtime::RuntimeError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        self.cleanup(id).await
-    }
-
-    /// Removes several containers, stopping them all at once: each may take its
-    /// whole grace period, and an app's containers should not wait for each other.
-    pub async fn remove_many(&mut self, ids: &[String]) -> bool {
-        let runtime = self.runtime.clone();
-        let stops = ids.iter().map(|id| agent_runtime::stop(runtime.as_ref(), id, STOP_GRACE));
-        let results = futures::future::join_all(stops).await;
-        let mut all_ok = true;
-        for (id, stopped) in ids.iter().zip(results) {
-            let result = match stopped {
-                Ok(()) | Err(agent_runtime::RuntimeError::NotFound { .. }) => self.cleanup(id).await,
-                Err(e) => Err(e.into()),
-            };
-            match result {
-                Ok(()) => tracing::info!(%id, "container removed"),
-                Err(e) => {
-                    tracing::warn!(%id, error = %format!("{e:#}"), "removing a container failed; will retry");
-                    all_ok = false;
-                }
-            }
-        }
-        all_ok
-    }
-
-    /// Everything but the container itself: root filesystem, bundle, record.
-    async fn cleanup(&mut self, id: &str) -> anyhow::Result<()> {
-        let rootfs = self.rootfs.clone();
-        let id_owned = id.to_string();
-        let bundle = self.bundles_dir.join(id);
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            rootfs.release(&id_owned)?;
-            match std::fs::remove_dir_all(&bundle) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await??;
-        self.db.remove_container(id)?;
-        self.exit_codes.remove(id);
-        self.started_at.remove(id);
-        Ok(())
-    }
-
-    /// Drops unpacked images and blobs that the desired state no longer names.
-    async fn collect_garbage(&mut self, desired: &DesiredManifest) {
-        if self.last_gc.is_some_and(|t| t.elapsed() < GC_EVERY) {
-            return;
-        }
-        self.last_gc = Some(tokio::time::Instant::now());
-        let wanted: std::collections::BTreeSet<&str> =
-            desired.apps.iter().flat_map(|a| a.containers.iter().map(|c| c.image_digest.as_str())).collect();
-        let unused: Vec<String> =
-            self.images.keys().filter(|d| !wanted.contains(d.as_str())).cloned().collect();
-        for digest in unused {
-            if let Some(record) = self.images.remove(&digest) {
-                let path = PathBuf::from(&record.rootfs);
-                let removed = tokio::task::spawn_blocking(move || images::remove_rootfs(&path)).await;
-                if !matches!(removed, Ok(Ok(()))) {
-                    tracing::warn!(image = %digest, "could not remove an unused image; keeping its record");
-                    self.images.insert(digest, record);
-                    continue;
-                }
-                let _ = self.db.remove_image(&digest);
-                tracing::info!(image = %digest, "removed an unused image");
-            }
-        }
-        let blobs = self.puller.blobs.clone();
-        let keep: Vec<String> = self.images.keys().cloned().collect();
+    if let Some(puller) = &exec.puller {
+        let blobs = puller.blobs.clone();
+        let keep = exec.image_digests();
         let _ = tokio::task::spawn_blocking(move || gc_blobs(&blobs, &keep)).await;
+    }
+    let apps: Vec<String> = desired.apps.iter().map(|a| a.name.clone()).collect();
+    let dir = volumes_dir.to_path_buf();
+    let removed = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = apps.iter().map(String::as_str).collect();
+        crate::volumes::remove_departed(&dir, &names)
+    })
+    .await
+    .unwrap_or_default();
+    for app in removed {
+        tracing::info!(%app, "removed the volumes of an app that left this device");
     }
 }
 
@@ -347,14 +89,16 @@ fn gc_blobs(blobs: &images::blobstore::BlobStore, keep: &[String]) -> anyhow::Re
 }
 
 /// The reconcile loop. Publishes the first report, then prints `agent running` once.
-pub async fn reconcile_loop(
-    mut exec: Executor,
+pub async fn reconcile_loop<R: ContainerRuntime + 'static, H: Host>(
+    mut exec: Executor<R, H>,
     mut desired: watch::Receiver<DesiredManifest>,
     report: watch::Sender<AgentReport>,
     mut pull_done: mpsc::UnboundedReceiver<(String, Result<ImageRecord, String>)>,
+    mut probe_done: mpsc::UnboundedReceiver<ProbeDone>,
+    volumes_dir: PathBuf,
 ) -> anyhow::Result<()> {
-    let mut exits = exec.runtime.subscribe_exits();
     let mut announced = false;
+    let mut last_gc: Option<tokio::time::Instant> = None;
     loop {
         let manifest = desired.borrow_and_update().clone();
         let now = exec.clock.now();
@@ -367,18 +111,19 @@ pub async fn reconcile_loop(
             }
         };
         let plan = reconcile::reconcile(&manifest, &observed, now);
+        exec.run_probes(&plan.running, now);
         let busy = !plan.actions.is_empty();
         let (removals, others): (Vec<Action>, Vec<Action>) =
             plan.actions.into_iter().partition(|a| matches!(a, Action::Remove { .. }));
-        let ids: Vec<String> = removals
+        let list: Vec<_> = removals
             .into_iter()
             .filter_map(|a| match a {
-                Action::Remove { id } => Some(id),
+                Action::Remove { id, stop } => Some((id, stop)),
                 _ => None,
             })
             .collect();
         // Removals first (they free host ports and resources), all at once.
-        let mut all_ok = ids.is_empty() || exec.remove_many(&ids).await;
+        let mut all_ok = list.is_empty() || exec.remove_many(&list).await;
         for action in others {
             all_ok &= exec.execute(action, now).await;
         }
@@ -397,27 +142,34 @@ pub async fn reconcile_loop(
             // Look at the result of what we just did before waiting.
             continue;
         }
-        if !busy {
-            exec.collect_garbage(&manifest).await;
+        if !busy && last_gc.is_none_or(|t| t.elapsed() >= GC_EVERY) {
+            last_gc = Some(tokio::time::Instant::now());
+            collect_garbage(&mut exec, &manifest, &volumes_dir).await;
         }
-        let wait = match plan.wake_at {
+        let wake_at = match (plan.wake_at, exec.probes.next_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = match wake_at {
             Some(at) => at.since(now).max(Duration::from_millis(50)),
             None if all_ok => IDLE_RECHECK,
             None => Duration::from_secs(1),
         };
         tokio::select! {
             r = desired.changed() => if r.is_err() { return Ok(()) },
-            e = exits.recv() => match e {
+            e = exec.exits.recv() => match e {
                 Ok(exit) => exec.on_exit(&exit.id, exit.exit_code, exec.clock.now()),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => exits = exec.runtime.subscribe_exits(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => exec.exits = exec.runtime.subscribe_exits(),
             },
             Some((digest, result)) = pull_done.recv() => exec.on_pull_done(digest, result, exec.clock.now()),
+            Some(done) = probe_done.recv() => exec.on_probe_done(done, exec.clock.now()),
             _ = tokio::time::sleep(wait) => {}
         }
-        // Take every exit already queued so one pass sees them all.
-        while let Ok(exit) = exits.try_recv() {
-            exec.on_exit(&exit.id, exit.exit_code, exec.clock.now());
+        // Take every exit and probe result already queued so one pass sees them all.
+        exec.drain_exits();
+        while let Ok(done) = probe_done.try_recv() {
+            exec.on_probe_done(done, exec.clock.now());
         }
     }
 }
@@ -445,6 +197,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         device: config.name.clone(),
         revision: 0,
         apps: vec![],
+        ..Default::default()
     });
     tracing::info!(
         revision = held.revision,
@@ -456,11 +209,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         watch::channel(AgentReport { held_revision: held.revision, containers: vec![] });
     let (link_tx, link_rx) = watch::channel(None);
     let (pull_tx, pull_rx) = mpsc::unbounded_channel();
+    let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let puller = Puller { blobs, images_dir: config.images_dir(), link: link_rx, clock: clock.clone() };
-    let exec = Executor::new(clock.clone(), &config, runtime, db.clone(), puller, pull_tx)?;
+    let host = Arc::new(DeviceHost::new(&config));
+    let exec = Executor::new(clock.clone(), runtime, host, db.clone(), Some(puller), pull_tx, probe_tx)?;
     tokio::spawn(crate::logs::run(config.logs_dir(), config.max_log_bytes));
     // Converge on what we have before (and whether or not) the hub answers.
-    let mut reconciler = tokio::spawn(reconcile_loop(exec, desired_rx, report_tx, pull_rx));
+    let mut reconciler =
+        tokio::spawn(reconcile_loop(exec, desired_rx, report_tx, pull_rx, probe_rx, config.volumes_dir()));
 
     let endpoint = crate::transport::client_endpoint()?;
     let identity = tokio::select! {
@@ -503,6 +259,12 @@ pub async fn reset(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(config.bundles_dir());
+    for app in agent_runtime::pod::list_pods(&config.pods_dir()) {
+        if let Err(e) = agent_runtime::pod::remove_pod(&config.pods_dir(), &app) {
+            eprintln!("warning: pod {app}: {e}");
+            failed += 1;
+        }
+    }
     if let Ok(db) = StateDb::open(&config.db_path()) {
         for c in db.containers().unwrap_or_default() {
             let _ = db.remove_container(&c.id);

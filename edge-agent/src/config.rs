@@ -23,6 +23,10 @@ pub struct AgentConfig {
     pub cgroup_parent: String,
     /// A container's log is rotated past this many bytes.
     pub max_log_bytes: u64,
+    /// Host directories apps may bind-mount.
+    pub allowed_host_paths: Vec<PathBuf>,
+    /// Device nodes apps may use (exact, or a prefix ending in `*`).
+    pub allowed_devices: Vec<String>,
 }
 
 impl AgentConfig {
@@ -59,6 +63,20 @@ impl AgentConfig {
         if !hub_tcp.contains(':') {
             bail!("hub_tcp: must be host:port of the hub's TCP fallback, e.g. \"hub.example:443\"");
         }
+        for p in &file.allowed_host_paths {
+            if let Some(problem) = shared_proto::validate::path_problem(p) {
+                bail!("allowed_host_paths: {p:?} {problem}");
+            }
+        }
+        for d in &file.allowed_devices {
+            let path = d.strip_suffix('*').unwrap_or(d);
+            if !path.starts_with("/dev/")
+                || shared_proto::validate::path_problem(path).is_some()
+                || path.contains('*')
+            {
+                bail!("allowed_devices: {d:?} must be a path under /dev/, optionally ending in *");
+            }
+        }
         for (k, v) in &file.labels {
             if let Some(p) = label_problem(k, v) {
                 bail!("labels.{k}: {p}");
@@ -74,6 +92,8 @@ impl AgentConfig {
             labels: file.labels,
             cgroup_parent,
             max_log_bytes,
+            allowed_host_paths: file.allowed_host_paths.iter().map(PathBuf::from).collect(),
+            allowed_devices: file.allowed_devices,
         })
     }
 
@@ -103,6 +123,14 @@ impl AgentConfig {
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
+    }
+    /// Persistent volumes: `<state_dir>/volumes/<app>/<volume>`.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir.join("volumes")
+    }
+    /// Pods' namespace files, on tmpfs.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.runtime_dir.join("pods")
     }
     pub fn runtime_state_dir(&self) -> PathBuf {
         self.runtime_dir.join("containers")

@@ -148,7 +148,12 @@ mod tests {
             let db = StateDb::open(&path).unwrap();
             assert_eq!(db.desired().unwrap(), None);
             db.set_desired(&HeldDesired {
-                manifest: DesiredManifest { device: "pi".into(), revision: 7, apps: vec![] },
+                manifest: DesiredManifest {
+                    device: "pi".into(),
+                    revision: 7,
+                    apps: vec![],
+                    ..Default::default()
+                },
                 received_at: Timestamp(1),
             })
             .unwrap();
@@ -167,6 +172,9 @@ mod tests {
                 image_digest: "sha256:x".into(),
                 created_at: Timestamp(3),
                 restarts: 0,
+                init: false,
+                grace_period_seconds: 10,
+                pre_stop: None,
             })
             .unwrap();
         }

@@ -485,7 +485,12 @@ impl Agent {
     /// Ids of the containers libcontainer knows on this agent.
     pub fn runtime_containers(&self) -> Vec<String> {
         let mut ids: Vec<String> = std::fs::read_dir(self.runtime_dir.join("containers"))
-            .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         ids.sort();
         ids
@@ -548,6 +553,14 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
     text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Builds a one-layer busybox test image archive named `ref_name` whose entrypoint
+/// is `entrypoint`: two of them with different entrypoints are two image versions.
+pub fn busybox_image_running(dir: &Path, ref_name: &str, entrypoint: &[&str]) -> PathBuf {
+    let path = dir.join(format!("{}.tar", ref_name.replace([':', '/'], "_")));
+    images::testing::busybox_image(&path, ref_name, entrypoint).expect("building a busybox test image");
+    path
 }
 
 /// Builds a one-layer busybox test image archive named `ref_name`.

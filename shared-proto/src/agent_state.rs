@@ -5,8 +5,12 @@ use crate::manifest::DesiredManifest;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// Version of every record encoded here.
-pub const AGENT_STATE_VERSION: u32 = 1;
+/// Version of every record encoded here. Version 2 moved the held manifest to
+/// manifest shape 2 and gave container records their stop policy; every other record
+/// kept its shape.
+pub const AGENT_STATE_VERSION: u32 = 2;
+/// Oldest version still read: what the previous agent release stored.
+pub const MIN_AGENT_STATE_VERSION: u32 = 1;
 
 /// Who this agent is, written once enrolment succeeds. Key and certificates live in
 /// files next to the database (`device.key`, `device.crt`, `ca.crt`).
@@ -61,7 +65,68 @@ pub struct ContainerRecord {
     pub image_digest: String,
     pub created_at: Timestamp,
     pub restarts: u32,
+    /// Version 2: one of the app's init containers.
+    pub init: bool,
+    /// Version 2: how it stops, kept so that a container whose app is gone from the
+    /// desired state still gets its app's grace period and pre-stop hook.
+    pub grace_period_seconds: u32,
+    pub pre_stop: Option<crate::workload::Handler>,
 }
+
+/// How a record written at an older version reads: through a frozen shape, or as
+/// it is when its shape did not change.
+trait OlderShapes: Sized + serde::de::DeserializeOwned {
+    fn decode_older(_version: u32, what: &'static str, body: &[u8]) -> Result<Self, crate::CodecError> {
+        crate::codec::decode_body(what, body)
+    }
+}
+
+/// `HeldDesired` as version 1 wrote it.
+#[derive(Deserialize)]
+struct HeldDesiredV1 {
+    manifest: crate::manifest::v1::DesiredManifest,
+    received_at: Timestamp,
+}
+
+impl OlderShapes for HeldDesired {
+    fn decode_older(_version: u32, what: &'static str, body: &[u8]) -> Result<Self, crate::CodecError> {
+        let old: HeldDesiredV1 = crate::codec::decode_body(what, body)?;
+        Ok(HeldDesired { manifest: old.manifest.into(), received_at: old.received_at })
+    }
+}
+/// `ContainerRecord` as version 1 wrote it.
+#[derive(Deserialize)]
+struct ContainerRecordV1 {
+    id: String,
+    app: String,
+    name: String,
+    generation: u64,
+    spec_hash: String,
+    image_digest: String,
+    created_at: Timestamp,
+    restarts: u32,
+}
+
+impl OlderShapes for ContainerRecord {
+    fn decode_older(_version: u32, what: &'static str, body: &[u8]) -> Result<Self, crate::CodecError> {
+        let old: ContainerRecordV1 = crate::codec::decode_body(what, body)?;
+        Ok(ContainerRecord {
+            id: old.id,
+            app: old.app,
+            name: old.name,
+            generation: old.generation,
+            spec_hash: old.spec_hash,
+            image_digest: old.image_digest,
+            created_at: old.created_at,
+            restarts: old.restarts,
+            init: false,
+            grace_period_seconds: crate::manifest::v1::DEFAULT_GRACE_SECONDS,
+            pre_stop: None,
+        })
+    }
+}
+impl OlderShapes for AgentIdentity {}
+impl OlderShapes for ImageRecord {}
 
 macro_rules! record_codec {
     ($($t:ty => $what:literal),* $(,)?) => {$(
@@ -70,7 +135,17 @@ macro_rules! record_codec {
                 crate::codec::encode_versioned(AGENT_STATE_VERSION, $what, self)
             }
             pub fn decode(bytes: &[u8]) -> Result<Self, crate::CodecError> {
-                crate::codec::decode_versioned(AGENT_STATE_VERSION, $what, bytes)
+                crate::codec::decode_versioned_range(
+                    MIN_AGENT_STATE_VERSION,
+                    AGENT_STATE_VERSION,
+                    $what,
+                    bytes,
+                    |v, body| match v {
+                        AGENT_STATE_VERSION => crate::codec::decode_body($what, body),
+                        older => <$t as OlderShapes>::decode_older(older, $what, body),
+                    },
+                )
+                .map(|(_, r)| r)
             }
         }
     )*};
@@ -82,3 +157,57 @@ record_codec!(
     ImageRecord => "image record",
     ContainerRecord => "container record",
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_manifest_of_version_1_reads_with_the_new_fields_defaulted() {
+        let old = crate::manifest::v1::DesiredManifest {
+            device: "pi".into(),
+            revision: 7,
+            apps: vec![crate::manifest::v1::DesiredApp {
+                name: "web".into(),
+                generation: 2,
+                restart_policy: crate::RestartPolicy::Always,
+                network: crate::NetworkMode::Host,
+                containers: vec![],
+            }],
+        };
+        let bytes = crate::codec::encode_versioned(1, "held", &(old, Timestamp(5))).unwrap();
+        let held = HeldDesired::decode(&bytes).unwrap();
+        assert_eq!(held.manifest.revision, 7);
+        assert_eq!(held.manifest.apps[0].grace_period_seconds, crate::manifest::v1::DEFAULT_GRACE_SECONDS);
+        assert_eq!(HeldDesired::decode(&held.encode().unwrap()).unwrap(), held);
+        // Records whose shape did not change read at either version.
+        let c = ContainerRecord {
+            id: "web_a_1".into(),
+            app: "web".into(),
+            name: "a".into(),
+            generation: 1,
+            spec_hash: "1".into(),
+            image_digest: "sha256:x".into(),
+            created_at: Timestamp(1),
+            restarts: 0,
+            init: false,
+            grace_period_seconds: 10,
+            pre_stop: None,
+        };
+        let v1 = crate::codec::encode_versioned(
+            1,
+            "c",
+            &(&c.id, &c.app, &c.name, c.generation, &c.spec_hash, &c.image_digest, c.created_at, c.restarts),
+        )
+        .unwrap();
+        assert_eq!(
+            ContainerRecord::decode(&v1).unwrap(),
+            c,
+            "a version-1 record gets the default stop policy"
+        );
+        assert_eq!(ContainerRecord::decode(&c.encode().unwrap()).unwrap(), c);
+        // Identity records kept their shape: version 1 reads as it is.
+        let id = AgentIdentity { device: "pi".into(), hub: "h:1".into(), enrolled_at: Timestamp(3) };
+        assert_eq!(AgentIdentity::decode(&crate::codec::encode_versioned(1, "i", &id).unwrap()).unwrap(), id);
+    }
+}

@@ -53,6 +53,14 @@ pub struct AgentConfigFile {
     /// kept). Default 10 MiB.
     #[serde(default)]
     pub max_log_bytes: Option<u64>,
+    /// Directories of the device apps may bind-mount (a `hostPath` volume), with
+    /// everything under them. Empty: none.
+    #[serde(default)]
+    pub allowed_host_paths: Vec<String>,
+    /// Device nodes apps may use: exact paths, or a prefix ending in `*`
+    /// (`/dev/ttyUSB*`). Empty: none.
+    #[serde(default)]
+    pub allowed_devices: Vec<String>,
 }
 
 fn default_state_dir() -> String {
@@ -76,6 +84,8 @@ impl std::fmt::Debug for AgentConfigFile {
             .field("labels", &self.labels)
             .field("cgroup_parent", &self.cgroup_parent)
             .field("max_log_bytes", &self.max_log_bytes)
+            .field("allowed_host_paths", &self.allowed_host_paths)
+            .field("allowed_devices", &self.allowed_devices)
             .finish()
     }
 }

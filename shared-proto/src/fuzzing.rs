@@ -198,9 +198,10 @@ pub fn manifest(k: u8) -> Option<DesiredManifest> {
                 generation: revision,
                 restart_policy: RestartPolicy::Always,
                 network: NetworkMode::Host,
-                containers: vec![],
+                ..Default::default()
             })
             .collect(),
+        configs: vec![],
     })
 }
 

@@ -28,6 +28,7 @@ pub mod store;
 pub mod time;
 pub mod validate;
 pub mod wire;
+pub mod workload;
 
 pub use codec::{CodecError, decode_versioned, encode_versioned};
 pub use quantity::{Bytes, CpuMillis};

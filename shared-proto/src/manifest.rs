@@ -4,6 +4,9 @@
 
 use crate::resource::{NetworkMode, PortSpec, RestartPolicy};
 use crate::time::Timestamp;
+use crate::workload::{
+    DeviceMapping, EnvSource, Lifecycle, NetworkPolicy, Probe, SecuritySpec, VolumeMount, VolumeSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -16,6 +19,21 @@ pub struct DesiredManifest {
     pub device: String,
     pub revision: u64,
     pub apps: Vec<DesiredApp>,
+    /// The `Config`s and `Secret`s the apps use (manifest shape 2, like every field
+    /// added below). In the hub's store a secret's `data` is empty: the hub fills it in
+    /// when it sends the manifest over the device's mutually authenticated connection.
+    pub configs: Vec<DesiredConfig>,
+}
+
+/// A `Config` or `Secret` as a device receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredConfig {
+    pub name: String,
+    pub secret: bool,
+    /// `sha256:…` of the data: containers that use it are recreated when it changes.
+    pub digest: String,
+    pub data: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -27,10 +45,34 @@ pub struct DesiredApp {
     pub restart_policy: RestartPolicy,
     pub network: NetworkMode,
     pub containers: Vec<DesiredContainer>,
+    /// Run in order, each to a successful exit, before `containers`.
+    pub init_containers: Vec<DesiredContainer>,
+    pub volumes: Vec<VolumeSpec>,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub grace_period_seconds: u32,
+    pub network_policy: Option<NetworkPolicy>,
+    pub user_namespace: bool,
+}
+
+impl Default for DesiredApp {
+    fn default() -> Self {
+        DesiredApp {
+            name: String::new(),
+            generation: 0,
+            restart_policy: RestartPolicy::default(),
+            network: NetworkMode::default(),
+            containers: vec![],
+            init_containers: vec![],
+            volumes: vec![],
+            grace_period_seconds: v1::DEFAULT_GRACE_SECONDS,
+            network_policy: None,
+            user_namespace: false,
+        }
+    }
 }
 
 /// A container with its image resolved to a content digest for this device's platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredContainer {
     pub name: String,
@@ -44,6 +86,16 @@ pub struct DesiredContainer {
     pub ports: Vec<PortSpec>,
     pub limits: ContainerLimits,
     pub working_dir: String,
+    /// Variables whose values the device takes from a `Config` or `Secret` of the
+    /// manifest.
+    pub env_from: Vec<(String, EnvSource)>,
+    pub volume_mounts: Vec<VolumeMount>,
+    pub devices: Vec<DeviceMapping>,
+    pub liveness_probe: Option<Probe>,
+    pub readiness_probe: Option<Probe>,
+    pub startup_probe: Option<Probe>,
+    pub lifecycle: Lifecycle,
+    pub security: SecuritySpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
@@ -53,6 +105,8 @@ pub struct ContainerLimits {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
+    /// Relative CPU weight from the request (1024 per core); `None` means the default.
+    pub cpu_shares: Option<u64>,
 }
 
 /// The state of one container as the agent observes it.
@@ -89,6 +143,13 @@ pub struct ObservedContainer {
     pub exit_code: Option<i32>,
     pub restarts: u32,
     pub started_at: Option<Timestamp>,
-    /// Why it is pending or failed, in words an operator can act on.
+    /// Why it is pending or failed, in words an operator can act on. `OOMKilled`
+    /// when the kernel killed it for its memory limit.
     pub reason: String,
+    /// Its readiness probe passes (true without one once it runs).
+    pub ready: bool,
+    /// One of the app's init containers.
+    pub init: bool,
 }
+
+pub mod v1;

@@ -9,6 +9,7 @@ use crate::manifest::ObservedContainer;
 use crate::quantity::{Bytes, CpuMillis};
 use crate::selector::LabelSelector;
 use crate::time::Timestamp;
+pub use crate::workload::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -401,6 +402,22 @@ pub struct AppSpec {
     pub restart_policy: RestartPolicy,
     #[serde(default)]
     pub network: NetworkMode,
+    /// Run one after the other, each to a successful exit, before `containers` start
+    /// (store format 5, like every field below).
+    #[serde(default)]
+    pub init_containers: Vec<ContainerSpec>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    /// Seconds between SIGTERM and SIGKILL when a container stops; unset means 10.
+    #[serde(default)]
+    pub termination_grace_period_seconds: Option<u32>,
+    /// Only with `network: Isolated`.
+    #[serde(default)]
+    pub network_policy: Option<NetworkPolicy>,
+    /// Run the app's containers in a user namespace: root inside is an unprivileged
+    /// user on the device.
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 /// Narrows where an app runs beyond its selector.
@@ -445,6 +462,24 @@ pub struct ContainerSpec {
     pub resources: ResourceRequirements,
     #[serde(default)]
     pub working_dir: String,
+    /// Store format 5, like every field below.
+    #[serde(default)]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default)]
+    pub devices: Vec<DeviceMapping>,
+    /// Failing it restarts the container.
+    #[serde(default)]
+    pub liveness_probe: Option<Probe>,
+    /// Failing it marks the container not ready (reported; not restarted).
+    #[serde(default)]
+    pub readiness_probe: Option<Probe>,
+    /// Until it passes, liveness and readiness are not checked; failing it restarts.
+    #[serde(default)]
+    pub startup_probe: Option<Probe>,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub security: SecuritySpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
@@ -453,6 +488,9 @@ pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    /// Instead of `value`, a key of a `Config` or a `Secret` (store format 5).
+    #[serde(default)]
+    pub value_from: Option<EnvSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
@@ -537,6 +575,10 @@ pub enum NetworkMode {
     Host,
     /// A private network namespace with only a loopback interface.
     None,
+    /// A private network namespace on the device's app bridge: outbound traffic is
+    /// NATed, `hostPort`s are published, other apps are reached by name, and the app's
+    /// `networkPolicy` applies (store format 5).
+    Isolated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

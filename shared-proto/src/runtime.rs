@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version of the agent↔helper frames.
-pub const RUNTIME_PROTOCOL_VERSION: u32 = 1;
+pub const RUNTIME_PROTOCOL_VERSION: u32 = 2;
 
 /// Encodes one agent↔helper frame, length header included.
 pub fn encode_runtime_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
@@ -67,6 +67,20 @@ pub enum RuntimeOp {
         id: String,
     },
     List,
+    /// Run `args` inside running container `id` (its namespaces, cgroup, user and
+    /// capabilities), with stdout and stderr to `output_path` (truncated) and stdin
+    /// from `/dev/null`. Replied to once the process runs; its end is reported by
+    /// `ExecExited` with the same `exec_id` (version 2).
+    Exec {
+        id: String,
+        exec_id: u64,
+        args: Vec<String>,
+        output_path: String,
+    },
+    /// SIGKILL an exec that is still running (version 2).
+    KillExec {
+        exec_id: u64,
+    },
 }
 
 /// Helper → agent.
@@ -83,6 +97,12 @@ pub enum RuntimeMessage {
         id: String,
         pid: i32,
         exit_code: Option<i32>,
+    },
+    /// A process started by `Exec` ended: its exit status, or 128 + the signal number
+    /// (version 2).
+    ExecExited {
+        exec_id: u64,
+        exit_code: i32,
     },
 }
 
@@ -155,12 +175,16 @@ mod tests {
             op: RuntimeOp::Create { id: "c1".into(), bundle: "/b".into(), log_path: "/l".into() },
         };
         let frame = encode_frame(&req);
-        assert_eq!(frame, [12, 0, 0, 0, 1, 7, 0, 2, b'c', b'1', 2, b'/', b'b', 2, b'/', b'l']);
+        assert_eq!(frame, [12, 0, 0, 0, 2, 7, 0, 2, b'c', b'1', 2, b'/', b'b', 2, b'/', b'l']);
         assert_eq!(decode_frame::<RuntimeRequest>(&frame).unwrap(), req);
 
         let exit = RuntimeMessage::Exited { id: "c1".into(), pid: 300, exit_code: Some(3) };
         let frame = encode_frame(&exit);
-        assert_eq!(frame, [9, 0, 0, 0, 1, 1, 2, b'c', b'1', 0xd8, 0x04, 1, 6]);
+        assert_eq!(frame, [9, 0, 0, 0, 2, 1, 2, b'c', b'1', 0xd8, 0x04, 1, 6]);
+        assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), exit);
+        let done = RuntimeMessage::ExecExited { exec_id: 5, exit_code: 3 };
+        let frame = encode_frame(&done);
+        assert_eq!(frame, [4, 0, 0, 0, 2, 2, 5, 6]);
         assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), exit);
     }
 

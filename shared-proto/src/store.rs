@@ -15,9 +15,10 @@ use std::fmt;
 mod v1;
 mod v2;
 mod v3;
+mod v4;
 
 /// Version of every record and command this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 4;
+pub const STORE_FORMAT_VERSION: u32 = 5;
 /// Oldest version this build reads: records, snapshots and logs written by the
 /// previous version of the hub.
 pub const MIN_STORE_FORMAT_VERSION: u32 = 1;
@@ -180,23 +181,25 @@ impl Object {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Object, crate::CodecError> {
-        decode_record::<Object, v1::Object, v2::Object, v3::Object>("stored object", bytes)
+        decode_record::<Object, v1::Object, v2::Object, v3::Object, v4::Object>("stored object", bytes)
     }
 }
 
 /// Decodes a record of the current format, or of an earlier one through its frozen
-/// shape (`V1`, `V2`, `V3`).
-fn decode_record<T, V1, V2, V3>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
+/// shape (`V1` to `V4`).
+fn decode_record<T, V1, V2, V3, V4>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
 where
     T: serde::de::DeserializeOwned,
     V1: serde::de::DeserializeOwned + Into<T>,
     V2: serde::de::DeserializeOwned + Into<T>,
     V3: serde::de::DeserializeOwned + Into<T>,
+    V4: serde::de::DeserializeOwned + Into<T>,
 {
     let decode = |v: u32, body: &[u8]| match v {
         1 => crate::codec::decode_body::<V1>(what, body).map(Into::into),
         2 => crate::codec::decode_body::<V2>(what, body).map(Into::into),
         3 => crate::codec::decode_body::<V3>(what, body).map(Into::into),
+        4 => crate::codec::decode_body::<V4>(what, body).map(Into::into),
         _ => crate::codec::decode_body(what, body),
     };
     crate::codec::decode_versioned_range(MIN_STORE_FORMAT_VERSION, STORE_FORMAT_VERSION, what, bytes, decode)
@@ -243,7 +246,7 @@ impl StoreCommand {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoreCommand, crate::CodecError> {
-        decode_record::<StoreCommand, v1::StoreCommand, v2::StoreCommand, v3::StoreCommand>(
+        decode_record::<StoreCommand, v1::StoreCommand, v2::StoreCommand, v3::StoreCommand, v4::StoreCommand>(
             "store command",
             bytes,
         )

@@ -7,6 +7,9 @@ use crate::selector::{LabelSelector, SelectorOperator};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+mod workload;
+pub use workload::{CAPABILITIES, capability_name, parse_cidr, path_problem};
+
 /// Upper bounds that keep one object small enough to replicate and push to devices.
 pub const MAX_CONTAINERS_PER_APP: usize = 16;
 pub const MAX_LABELS: usize = 64;
@@ -350,103 +353,120 @@ pub fn validate_app(app: &App) -> Result<(), FieldErrors> {
     if spec.containers.len() > MAX_CONTAINERS_PER_APP {
         errs.push("spec.containers", format!("at most {MAX_CONTAINERS_PER_APP} containers"));
     }
+    if spec.init_containers.len() > MAX_CONTAINERS_PER_APP {
+        errs.push("spec.initContainers", format!("at most {MAX_CONTAINERS_PER_APP} init containers"));
+    }
     let mut names = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
+    let volumes = workload::check_volumes(&mut errs, spec);
     for (i, c) in spec.containers.iter().enumerate() {
-        let f = format!("spec.containers[{i}]");
-        if let Some(p) = dns_label_problem(&c.name) {
-            errs.push(format!("{f}.name"), p);
-        } else if !names.insert(c.name.as_str()) {
-            errs.push(format!("{f}.name"), format!("{:?} is used by another container", c.name));
+        check_container(&mut errs, &format!("spec.containers[{i}]"), c, spec, &mut names, &mut host_ports);
+        workload::check_container_extras(&mut errs, &format!("spec.containers[{i}]"), c, &volumes, false);
+    }
+    for (i, c) in spec.init_containers.iter().enumerate() {
+        let f = format!("spec.initContainers[{i}]");
+        check_container(&mut errs, &f, c, spec, &mut names, &mut host_ports);
+        workload::check_container_extras(&mut errs, &f, c, &volumes, true);
+    }
+    workload::check_app_extras(&mut errs, spec);
+    errs.into_result()
+}
+
+fn check_container<'a>(
+    errs: &mut FieldErrors,
+    f: &str,
+    c: &'a crate::resource::ContainerSpec,
+    spec: &crate::resource::AppSpec,
+    names: &mut BTreeSet<&'a str>,
+    host_ports: &mut BTreeSet<(u16, crate::resource::Protocol)>,
+) {
+    if let Some(p) = dns_label_problem(&c.name) {
+        errs.push(format!("{f}.name"), p);
+    } else if !names.insert(c.name.as_str()) {
+        errs.push(format!("{f}.name"), format!("{:?} is used by another container", c.name));
+    }
+    if let Some(p) = image_reference_problem(&c.image) {
+        errs.push(format!("{f}.image"), p);
+    }
+    check_string_list(errs, &format!("{f}.command"), &c.command);
+    check_string_list(errs, &format!("{f}.args"), &c.args);
+    if c.working_dir.len() > MAX_STRING || (!c.working_dir.is_empty() && !c.working_dir.starts_with('/')) {
+        errs.push(format!("{f}.workingDir"), "must be an absolute path");
+    }
+    if c.env.len() > MAX_ENV {
+        errs.push(format!("{f}.env"), format!("at most {MAX_ENV} variables"));
+    }
+    let mut env_names = BTreeSet::new();
+    for (j, e) in c.env.iter().enumerate() {
+        let ef = format!("{f}.env[{j}]");
+        if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') || e.name.len() > 256 {
+            errs.push(format!("{ef}.name"), "must be 1-256 characters without '=' or NUL");
+        } else if !env_names.insert(e.name.as_str()) {
+            errs.push(format!("{ef}.name"), format!("{:?} is set twice", e.name));
         }
-        if let Some(p) = image_reference_problem(&c.image) {
-            errs.push(format!("{f}.image"), p);
-        }
-        check_string_list(&mut errs, &format!("{f}.command"), &c.command);
-        check_string_list(&mut errs, &format!("{f}.args"), &c.args);
-        if c.working_dir.len() > MAX_STRING || (!c.working_dir.is_empty() && !c.working_dir.starts_with('/'))
-        {
-            errs.push(format!("{f}.workingDir"), "must be an absolute path");
-        }
-        if c.env.len() > MAX_ENV {
-            errs.push(format!("{f}.env"), format!("at most {MAX_ENV} variables"));
-        }
-        let mut env_names = BTreeSet::new();
-        for (j, e) in c.env.iter().enumerate() {
-            let ef = format!("{f}.env[{j}]");
-            if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') || e.name.len() > 256 {
-                errs.push(format!("{ef}.name"), "must be 1-256 characters without '=' or NUL");
-            } else if !env_names.insert(e.name.as_str()) {
-                errs.push(format!("{ef}.name"), format!("{:?} is set twice", e.name));
-            }
-            if e.value.len() > MAX_STRING || e.value.contains('\0') {
-                errs.push(format!("{ef}.value"), format!("must be at most {MAX_STRING} bytes without NUL"));
-            }
-        }
-        if c.ports.len() > MAX_PORTS {
-            errs.push(format!("{f}.ports"), format!("at most {MAX_PORTS} ports"));
-        }
-        for (j, p) in c.ports.iter().enumerate() {
-            let pf = format!("{f}.ports[{j}]");
-            if p.container_port == 0 {
-                errs.push(format!("{pf}.containerPort"), "must be between 1 and 65535");
-            }
-            if p.host_port == Some(0) {
-                errs.push(format!("{pf}.hostPort"), "must be between 1 and 65535");
-            }
-            if spec.network == NetworkMode::Host
-                && let Some(h) = p.host_port
-                && h != p.container_port
-            {
-                errs.push(
-                    format!("{pf}.hostPort"),
-                    format!(
-                        "with network Host the container binds the device's port itself, so hostPort must equal containerPort ({}) or be left out",
-                        p.container_port
-                    ),
-                );
-            }
-            if spec.network == NetworkMode::None && p.host_port.is_some() {
-                errs.push(
-                    format!("{pf}.hostPort"),
-                    "network None has no host ports: use network Host to publish",
-                );
-            }
-            if p.host_port.is_some() || spec.network == NetworkMode::Host {
-                let hp = (p.effective_host_port(), p.protocol);
-                if !host_ports.insert(hp) {
-                    errs.push(
-                        format!("{pf}.hostPort"),
-                        format!("port {} is published twice in this app", hp.0),
-                    );
-                }
-            }
-        }
-        let lim = &c.resources.limits;
-        let req = &c.resources.requests;
-        if lim.cpu == Some(crate::CpuMillis(0)) {
-            errs.push(format!("{f}.resources.limits.cpu"), "must be more than 0 (leave it out for no limit)");
-        }
-        if let Some(m) = lim.memory
-            && m.0 < MIN_MEMORY_LIMIT
-        {
-            errs.push(format!("{f}.resources.limits.memory"), "must be at least 4Mi");
-        }
-        if lim.pids == Some(0) {
-            errs.push(format!("{f}.resources.limits.pids"), "must be at least 1");
-        }
-        if let (Some(r), Some(l)) = (req.cpu, lim.cpu)
-            && r > l
-        {
-            errs.push(format!("{f}.resources.requests.cpu"), format!("{r} exceeds the limit {l}"));
-        }
-        if let (Some(r), Some(l)) = (req.memory, lim.memory)
-            && r > l
-        {
-            errs.push(format!("{f}.resources.requests.memory"), format!("{r} exceeds the limit {l}"));
+        if e.value.len() > MAX_STRING || e.value.contains('\0') {
+            errs.push(format!("{ef}.value"), format!("must be at most {MAX_STRING} bytes without NUL"));
         }
     }
-    errs.into_result()
+    if c.ports.len() > MAX_PORTS {
+        errs.push(format!("{f}.ports"), format!("at most {MAX_PORTS} ports"));
+    }
+    for (j, p) in c.ports.iter().enumerate() {
+        let pf = format!("{f}.ports[{j}]");
+        if p.container_port == 0 {
+            errs.push(format!("{pf}.containerPort"), "must be between 1 and 65535");
+        }
+        if p.host_port == Some(0) {
+            errs.push(format!("{pf}.hostPort"), "must be between 1 and 65535");
+        }
+        if spec.network == NetworkMode::Host
+            && let Some(h) = p.host_port
+            && h != p.container_port
+        {
+            errs.push(
+                format!("{pf}.hostPort"),
+                format!(
+                    "with network Host the container binds the device's port itself, so hostPort must equal containerPort ({}) or be left out",
+                    p.container_port
+                ),
+            );
+        }
+        if spec.network == NetworkMode::None && p.host_port.is_some() {
+            errs.push(
+                format!("{pf}.hostPort"),
+                "network None has no host ports: use network Host to publish",
+            );
+        }
+        if p.host_port.is_some() || spec.network == NetworkMode::Host {
+            let hp = (p.effective_host_port(), p.protocol);
+            if !host_ports.insert(hp) {
+                errs.push(format!("{pf}.hostPort"), format!("port {} is published twice in this app", hp.0));
+            }
+        }
+    }
+    let lim = &c.resources.limits;
+    let req = &c.resources.requests;
+    if lim.cpu == Some(crate::CpuMillis(0)) {
+        errs.push(format!("{f}.resources.limits.cpu"), "must be more than 0 (leave it out for no limit)");
+    }
+    if let Some(m) = lim.memory
+        && m.0 < MIN_MEMORY_LIMIT
+    {
+        errs.push(format!("{f}.resources.limits.memory"), "must be at least 4Mi");
+    }
+    if lim.pids == Some(0) {
+        errs.push(format!("{f}.resources.limits.pids"), "must be at least 1");
+    }
+    if let (Some(r), Some(l)) = (req.cpu, lim.cpu)
+        && r > l
+    {
+        errs.push(format!("{f}.resources.requests.cpu"), format!("{r} exceeds the limit {l}"));
+    }
+    if let (Some(r), Some(l)) = (req.memory, lim.memory)
+        && r > l
+    {
+        errs.push(format!("{f}.resources.requests.memory"), format!("{r} exceeds the limit {l}"));
+    }
 }
 
 #[cfg(test)]

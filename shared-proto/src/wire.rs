@@ -31,12 +31,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod v3;
+
 /// Version of the frame bodies this build writes.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Oldest version this build still reads and can answer in: a hub and an agent one
 /// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`]; version 3
 /// certificate renewal ([`HubFrame::Renew`], [`StreamOpen::Renew`], [`RenewReply`]),
-/// which the hub never asks of an older agent.
+/// which the hub never asks of an older agent; version 4 moved manifests and reports
+/// to manifest shape 2 (probes, volumes, init containers…), which an older peer
+/// receives in shape 1, without what it cannot express.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Most CA certificates a renewal hands a device (the fleet CA and the ones being
 /// rotated in or out).
@@ -391,21 +395,65 @@ pub trait WireFrame: Serialize + DeserializeOwned + Clone {
     fn for_version(&self, _version: u32) -> Self {
         self.clone()
     }
+
+    /// The versioned body a peer speaking `version` reads. The default fits types
+    /// whose shape did not change (only variants appended).
+    fn encode_body(&self, version: u32) -> Result<Vec<u8>, CodecError> {
+        codec::encode_versioned(version, "frame", &self.for_version(version))
+    }
 }
 
 impl WireFrame for StreamOpen {}
-impl WireFrame for AgentFrame {}
+
+impl WireFrame for AgentFrame {
+    fn decode_body(version: u32, body: &[u8]) -> Result<Self, CodecError> {
+        match version {
+            ..4 => codec::decode_body::<v3::AgentFrame>("frame", body).map(Into::into),
+            _ => codec::decode_body("frame", body),
+        }
+    }
+
+    fn for_version(&self, version: u32) -> Self {
+        match version {
+            ..4 => v3::AgentFrame::from(self).into(),
+            _ => self.clone(),
+        }
+    }
+
+    fn encode_body(&self, version: u32) -> Result<Vec<u8>, CodecError> {
+        match version {
+            ..4 => codec::encode_versioned(version, "frame", &v3::AgentFrame::from(self)),
+            _ => codec::encode_versioned(version, "frame", self),
+        }
+    }
+}
 impl WireFrame for EnrolReply {}
 impl WireFrame for BlobReply {}
 impl WireFrame for RenewReply {}
 
 impl WireFrame for HubFrame {
+    fn decode_body(version: u32, body: &[u8]) -> Result<Self, CodecError> {
+        match version {
+            ..4 => codec::decode_body::<v3::HubFrame>("frame", body).map(Into::into),
+            _ => codec::decode_body("frame", body),
+        }
+    }
+
     fn for_version(&self, version: u32) -> Self {
         match self {
             HubFrame::RetryAfter { after_ms, message } if version < 2 => HubFrame::Refused {
                 message: format!("{message}; try again in {} s", (*after_ms).div_ceil(1000)),
             },
+            HubFrame::Desired(_) if version < 4 => v3::HubFrame::from(self).into(),
             other => other.clone(),
+        }
+    }
+
+    fn encode_body(&self, version: u32) -> Result<Vec<u8>, CodecError> {
+        let frame = self.for_version(version);
+        match version {
+            ..4 => codec::encode_versioned(version, "frame", &v3::HubFrame::from(&frame)),
+            _ => codec::encode_versioned(version, "frame", &frame),
         }
     }
 }
@@ -435,7 +483,7 @@ pub fn encode_frame<T: WireFrame>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// Encodes `msg` for a peer that speaks `version` (clamped to what this build knows).
 pub fn encode_frame_for<T: WireFrame>(version: u32, msg: &T) -> Result<Vec<u8>, FrameError> {
     let version = version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
-    encode_raw_frame(version, &msg.for_version(version))
+    with_header(msg.encode_body(version)?)
 }
 
 /// Checks a frame header and returns the body length that follows.
@@ -650,6 +698,7 @@ mod tests {
             restarts: 0,
             started_at: None,
             reason: "é".repeat(MAX_FRAME_TEXT),
+            ..Default::default()
         };
         let mut report = AgentReport { held_revision: 1, containers: vec![container] };
         assert!(report.problem().unwrap().contains("containers[0].reason"));

@@ -9,12 +9,15 @@ use shared_proto::manifest::{
     ContainerLimits, ContainerPhase, DesiredApp, DesiredContainer, DesiredManifest, ObservedContainer,
 };
 use shared_proto::store::{EnrolmentTokenRecord, LabelPolicy, Object, Precondition, StoreCommand};
-use shared_proto::wire::{self, AgentFrame, AgentHello, AgentReport, DeviceFacts, HubFrame, StreamOpen};
+use shared_proto::wire::{
+    self, AgentFrame, AgentHello, AgentReport, DeviceFacts, HubFrame, StreamOpen, WireFrame,
+};
 use shared_proto::{
     App, AppSpec, Bytes, Capacity, ContainerSpec, CpuMillis, Device, DeviceCertificate, DevicePhase,
     DeviceSpec, NetworkMode, ObjectMeta, Placement, PortSpec, Protocol, RestartPolicy, Site, SiteSpec, Taint,
     TaintEffect, Timestamp,
 };
+use shared_proto::{PersistentVolume, Probe, TcpSocketAction, VolumeMount, VolumeSpec};
 
 fn manifest() -> DesiredManifest {
     DesiredManifest {
@@ -38,11 +41,45 @@ fn manifest() -> DesiredManifest {
                     host_port: None,
                     protocol: Protocol::TCP,
                 }],
-                limits: ContainerLimits { cpu_millis: Some(500), memory_bytes: Some(1 << 20), pids: None },
+                limits: ContainerLimits {
+                    cpu_millis: Some(500),
+                    memory_bytes: Some(1 << 20),
+                    pids: None,
+                    cpu_shares: None,
+                },
                 working_dir: String::new(),
+                ..Default::default()
             }],
+            ..Default::default()
         }],
+        configs: vec![],
     }
+}
+
+/// A manifest using what manifest shape 2 (protocol 4) added.
+fn rich_manifest() -> DesiredManifest {
+    let mut m = manifest();
+    let app = &mut m.apps[0];
+    app.grace_period_seconds = 30;
+    app.volumes =
+        vec![VolumeSpec { name: "data".into(), persistent: Some(PersistentVolume {}), ..Default::default() }];
+    app.init_containers = vec![DesiredContainer {
+        name: "setup".into(),
+        image: "demo:1".into(),
+        image_digest: "sha256:ab".into(),
+        ..Default::default()
+    }];
+    let c = &mut app.containers[0];
+    c.volume_mounts = vec![VolumeMount { name: "data".into(), mount_path: "/data".into(), read_only: false }];
+    c.readiness_probe = Some(Probe { tcp_socket: Some(TcpSocketAction { port: 80 }), ..Default::default() });
+    c.limits.cpu_shares = Some(512);
+    m.configs = vec![shared_proto::manifest::DesiredConfig {
+        name: "cfg".into(),
+        secret: false,
+        digest: "sha256:cd".into(),
+        data: vec![("k".into(), b"v".to_vec())],
+    }];
+    m
 }
 
 const HELLO_V1: &str = "2600000001010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
@@ -51,6 +88,8 @@ const DESIRED_V1: &str = "4800000001010470692d312a010377656203000001056874747064
 const HELLO_V3: &str = "2600000003010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
 const DESIRED_V2: &str = "4800000002010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
 const DESIRED_V3: &str = "4800000003010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
+const HELLO_V4: &str = "2600000004010470692d3105616d643634056c696e757805302e312e30d00f8080808004027069070162";
+const DESIRED_V4: &str = "c000000004010470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f40301808040000180040000010464617461052f646174610000000100000150000a010103000000000000000000010573657475700664656d6f3a31097368613235363a6162000000000000000000000000000000000000000000000001046461746101000000001e0000010363666700097368613235363a636401016b0176";
 
 fn hello() -> StreamOpen {
     StreamOpen::Sync(AgentHello {
@@ -71,31 +110,33 @@ fn hello() -> StreamOpen {
 fn golden_sync_hello_frame() {
     let open = hello();
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(hex::encode(&frame), HELLO_V3);
+    assert_eq!(hex::encode(&frame), HELLO_V4);
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
-    // A version-2 agent's hello still decodes, and is answered at version 2.
-    assert_eq!(wire::decode_frame::<StreamOpen>(&hex::decode(HELLO_V2).unwrap()).unwrap(), open);
-    assert_eq!(hex::encode(wire::encode_frame_for(2, &open).unwrap()), HELLO_V2);
+    // Older agents' hellos still decode, and are answered in their version.
+    for (version, golden) in [(2, HELLO_V2), (3, HELLO_V3)] {
+        assert_eq!(wire::decode_frame::<StreamOpen>(&hex::decode(golden).unwrap()).unwrap(), open);
+        assert_eq!(hex::encode(wire::encode_frame_for(version, &open).unwrap()), golden);
+    }
 }
 
 #[test]
 fn golden_renewal_frames() {
     let ask = HubFrame::Renew { reason: "due".into() };
     let frame = wire::encode_frame(&ask).unwrap();
-    assert_eq!(hex::encode(&frame), "0600000003 05 03647565".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0600000004 05 03647565".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), ask);
     let open = StreamOpen::Renew(wire::RenewRequest { csr_der: vec![0xaa, 0xbb] });
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(hex::encode(&frame), "0500000003 03 02aabb".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0500000004 03 02aabb".replace(' ', ""));
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
     let reply =
         wire::RenewReply::Renewed { cert_chain_der: vec![vec![1]], trusted_ca_der: vec![vec![2], vec![3]] };
     let frame = wire::encode_frame(&reply).unwrap();
-    assert_eq!(hex::encode(&frame), "0a00000003 00 010101 02010201 03".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0a00000004 00 010101 02010201 03".replace(' ', ""));
     assert_eq!(wire::decode_frame::<wire::RenewReply>(&frame).unwrap(), reply);
     let pending = wire::RenewReply::Pending { retry_after_ms: 1000, message: "wait".into() };
     let frame = wire::encode_frame(&pending).unwrap();
-    assert_eq!(hex::encode(&frame), "0900000003 01 e807 0477616974".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0900000004 01 e807 0477616974".replace(' ', ""));
 }
 
 #[test]
@@ -107,26 +148,64 @@ fn golden_frames_of_the_previous_version_still_decode_and_are_answered_in_kind()
     let desired = HubFrame::Desired(manifest());
     assert_eq!(hex::encode(wire::encode_frame_for(1, &desired).unwrap()), DESIRED_V1);
     assert_eq!(wire::decode_frame::<HubFrame>(&hex::decode(DESIRED_V1).unwrap()).unwrap(), desired);
-    // Version 4 is from the future: a clear error, not garbage.
-    let mut v4 = v1.clone();
-    v4[4] = 4;
-    let err = wire::decode_frame::<StreamOpen>(&v4).unwrap_err().to_string();
-    assert!(err.contains("unsupported format version 4"), "{err}");
+    // Version 5 is from the future: a clear error, not garbage.
+    let mut v5 = v1.clone();
+    v5[4] = 5;
+    let err = wire::decode_frame::<StreamOpen>(&v5).unwrap_err().to_string();
+    assert!(err.contains("unsupported format version 5"), "{err}");
 }
 
 #[test]
 fn golden_retry_after_frame() {
     let f = HubFrame::RetryAfter { after_ms: 1500, message: "busy".into() };
     let frame = wire::encode_frame(&f).unwrap();
-    assert_eq!(hex::encode(&frame), "0900000003 04 dc0b 0462757379".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0900000004 04 dc0b 0462757379".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), f);
 }
 
 #[test]
 fn golden_desired_manifest_frame() {
-    let frame = wire::encode_frame(&HubFrame::Desired(manifest())).unwrap();
-    assert_eq!(hex::encode(&frame), DESIRED_V3);
-    assert_eq!(hex::encode(wire::encode_frame_for(2, &HubFrame::Desired(manifest())).unwrap()), DESIRED_V2);
+    let rich = HubFrame::Desired(rich_manifest());
+    let frame = wire::encode_frame(&rich).unwrap();
+    assert_eq!(hex::encode(&frame), DESIRED_V4);
+    assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), rich);
+    // An older agent gets shape 1: what it can run of the app, byte for byte what an
+    // older hub sent.
+    assert_eq!(hex::encode(wire::encode_frame_for(3, &rich).unwrap()), DESIRED_V3);
+    assert_eq!(hex::encode(wire::encode_frame_for(2, &rich).unwrap()), DESIRED_V2);
+    assert_eq!(
+        wire::decode_frame::<HubFrame>(&hex::decode(DESIRED_V3).unwrap()).unwrap(),
+        HubFrame::Desired(manifest())
+    );
+    assert_eq!(rich.for_version(3), HubFrame::Desired(manifest()));
+    // An isolated app reaches an older agent as a private namespace.
+    let mut isolated = manifest();
+    isolated.apps[0].network = NetworkMode::Isolated;
+    let HubFrame::Desired(seen) = HubFrame::Desired(isolated).for_version(3) else { panic!() };
+    assert_eq!(seen.apps[0].network, NetworkMode::None);
+}
+
+#[test]
+fn reports_reach_an_older_hub_in_its_shape() {
+    let c = ObservedContainer {
+        app: "web".into(),
+        generation: 1,
+        name: "a".into(),
+        id: "web_a_1".into(),
+        phase: ContainerPhase::Running,
+        ready: true,
+        ..Default::default()
+    };
+    let report = AgentFrame::Report(AgentReport { held_revision: 3, containers: vec![c.clone()] });
+    let v3 = wire::encode_frame_for(3, &report).unwrap();
+    assert_eq!(
+        hex::encode(&v3),
+        "1800000003 00 03 01 03776562 01 0161 07776562 5f615f31 01 00 00 00 00".replace(' ', "")
+    );
+    assert_eq!(wire::decode_frame::<AgentFrame>(&v3).unwrap(), report, "running reads back as ready");
+    let v4 = wire::encode_frame(&report).unwrap();
+    assert_eq!(wire::decode_frame::<AgentFrame>(&v4).unwrap(), report);
+    assert_eq!(v4.len(), v3.len() + 2, "ready and init");
 }
 
 #[test]
@@ -139,10 +218,14 @@ fn golden_store_command() {
     let bytes = cmd.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "0400000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        "0500000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
             .replace(' ', "")
     );
     assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
+    // The same command as a version-4 hub wrote it.
+    let v4 = "0400000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        .replace(' ', "");
+    assert_eq!(StoreCommand::decode(&hex::decode(v4).unwrap()).unwrap(), cmd);
     // The same command as a version-3 hub wrote it.
     let v3 = "0300000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
         .replace(' ', "");
@@ -245,7 +328,7 @@ fn format_three_records_still_decode() {
 }
 
 #[test]
-fn golden_format_four_records() {
+fn format_four_records_still_decode() {
     let mut dev = v3_device();
     dev.status.phase = DevicePhase::Quarantined;
     dev.status.certificates[0].issued_at = Timestamp(500);
@@ -257,30 +340,55 @@ fn golden_format_four_records() {
         from: "a".into(),
         approved: false,
     }));
-    let bytes = Object::Device(dev.clone()).encode().unwrap();
-    assert_eq!(
-        hex::encode(&bytes),
-        "04010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 04000000000000000000000000 01 023166 026162 e807 f403 026363 03746f6b 00 01 d00f 023166 026465 0161 00"
-            .replace(' ', "")
-    );
+    let bytes = hex::decode("04010f666c6f74696c6c612e6465762f763106446576696365027069000000000000000273310101 09646564696361746564 03706f73 01 04000000000000000000000000 01 023166 026162 e807 f403 026363 03746f6b 00 01 d00f 023166 026465 0161 00"
+            .replace(' ', "")).unwrap();
     assert_eq!(Object::decode(&bytes).unwrap(), Object::Device(dev));
     let rotation = Object::CaRotation(shared_proto::store::CaRotationRecord {
         next: None,
         previous: vec![vec![7]],
         changed_at: Timestamp(3),
     });
-    let bytes = rotation.encode().unwrap();
-    assert_eq!(hex::encode(&bytes), "04090001010703");
-    assert_eq!(Object::decode(&bytes).unwrap(), rotation);
+    assert_eq!(Object::decode(&hex::decode("04090001010703").unwrap()).unwrap(), rotation);
+    assert_eq!(hex::encode(rotation.encode().unwrap()), "05090001010703", "unchanged but for the version");
     let previous = Object::PreviousImages(shared_proto::store::PreviousImagesRecord {
         device: "pi".into(),
         revision: 7,
         image_digests: vec!["sha256:ab".into()],
     });
-    let bytes = previous.encode().unwrap();
-    assert_eq!(hex::encode(&bytes), "040a 027069 07 01 097368613235363a6162".replace(' ', ""));
+    let bytes = hex::decode("040a 027069 07 01 097368613235363a6162".replace(' ', "")).unwrap();
     assert_eq!(Object::decode(&bytes).unwrap(), previous);
 }
+
+#[test]
+fn golden_format_five_records() {
+    // A format-4 app and manifest read with the new fields at their defaults.
+    let app4 = hex::decode(APP_V4.replace(' ', "")).unwrap();
+    let mut app = v1_app();
+    app.spec.containers[0].env =
+        vec![shared_proto::EnvVar { name: "A".into(), value: "1".into(), value_from: None }];
+    assert_eq!(Object::decode(&app4).unwrap(), Object::App(app.clone()));
+    let manifest4 = hex::decode(MANIFEST_V4.replace(' ', "")).unwrap();
+    assert_eq!(Object::decode(&manifest4).unwrap(), Object::Manifest(manifest()));
+    // Format 5 pins the new fields.
+    app.spec.termination_grace_period_seconds = Some(20);
+    app.spec.containers[0].liveness_probe = Some(Probe {
+        http_get: Some(shared_proto::HttpGetAction { path: "/h".into(), port: 8, headers: vec![] }),
+        ..Default::default()
+    });
+    app.spec.containers[0].env[0].value_from = Some(shared_proto::EnvSource {
+        secret: Some(shared_proto::KeyRef { name: "s".into(), key: "k".into() }),
+        config: None,
+    });
+    let bytes = Object::App(app.clone()).encode().unwrap();
+    assert_eq!(hex::encode(&bytes), APP_V5.replace(' ', ""));
+    assert_eq!(Object::decode(&bytes).unwrap(), Object::App(app));
+    let bytes = Object::Manifest(rich_manifest()).encode().unwrap();
+    assert_eq!(Object::decode(&bytes).unwrap(), Object::Manifest(rich_manifest()));
+}
+
+const APP_V4: &str = "04020f666c6f74696c6c612e6465762f7631034170700377656200000005000000000001027331010200000001016305696d673a3100000101410131000000000000000000000000000000";
+const MANIFEST_V4: &str = "04040470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
+const APP_V5: &str = "05020f666c6f74696c6c612e6465762f7631034170700377656200000005000000000001027331010200000001016305696d673a31000001014101310100010173016b000000000000000000010001022f68080000000a010103000000000000000000000000000001140000000000000000";
 
 #[test]
 fn malformed_frames_are_errors_not_panics() {
@@ -316,6 +424,8 @@ fn arb_container() -> impl Strategy<Value = ObservedContainer> {
             restarts,
             started_at: started.map(Timestamp),
             reason,
+            ready: restarts % 2 == 0,
+            init: restarts % 3 == 0,
         })
 }
 
@@ -357,6 +467,8 @@ fn enrolment_tokens_of_format_two_let_devices_pick_any_label() {
     assert_eq!(Object::decode(&v2).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::Any)));
     let v3 = hex::decode("03050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
     assert_eq!(Object::decode(&v3).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
-    let v4 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
-    assert_eq!(hex::encode(&v4), "04050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
+    let v4 = hex::decode("04050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
+    assert_eq!(Object::decode(&v4).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
+    let v5 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
+    assert_eq!(hex::encode(&v5), "05050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
 }

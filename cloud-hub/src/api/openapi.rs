@@ -215,20 +215,57 @@ pub fn document() -> Value {
             "key": { "type": "string" }, "operator": { "enum": ["In", "NotIn", "Exists", "DoesNotExist"] },
             "values": { "type": "array", "items": { "type": "string" } } } } } } });
     let quantity = json!({ "oneOf": [{ "type": "string" }, { "type": "integer", "minimum": 0 }] });
+    let exec = json!({ "type": "object", "required": ["command"], "properties": {
+        "command": { "type": "array", "minItems": 1, "items": { "type": "string" } } } });
+    let http_get = json!({ "type": "object", "required": ["port"], "properties": {
+        "path": { "type": "string", "default": "/" }, "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
+        "headers": { "type": "array", "maxItems": 16, "items": { "type": "array", "items": { "type": "string" }, "minItems": 2, "maxItems": 2 } } } });
+    let seconds = json!({ "type": "integer", "minimum": 0, "maximum": 3600 });
+    let probe = json!({ "type": ["object", "null"], "description": "Exactly one of exec, httpGet and tcpSocket", "properties": {
+        "exec": exec.clone(), "httpGet": http_get.clone(),
+        "tcpSocket": { "type": "object", "required": ["port"], "properties": { "port": { "type": "integer", "minimum": 1, "maximum": 65535 } } },
+        "initialDelaySeconds": seconds.clone(), "periodSeconds": { "type": "integer", "minimum": 1, "maximum": 3600, "default": 10 },
+        "timeoutSeconds": { "type": "integer", "minimum": 1, "maximum": 3600, "default": 1 },
+        "successThreshold": { "type": "integer", "minimum": 1, "default": 1 },
+        "failureThreshold": { "type": "integer", "minimum": 1, "default": 3 } } });
+    let handler = json!({ "type": ["object", "null"], "description": "Exactly one of exec and httpGet", "properties": {
+        "exec": exec, "httpGet": http_get } });
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let key_ref = json!({ "type": ["object", "null"], "required": ["name", "key"], "properties": {
+        "name": { "type": "string" }, "key": { "type": "string" } } });
     let container = json!({ "type": "object", "required": ["name", "image"], "additionalProperties": false, "properties": {
         "name": { "type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63 },
         "image": { "type": "string", "examples": ["demo-httpd:latest"] },
         "command": { "type": "array", "items": { "type": "string" } },
         "args": { "type": "array", "items": { "type": "string" } },
         "env": { "type": "array", "items": { "type": "object", "required": ["name"], "properties": {
-            "name": { "type": "string" }, "value": { "type": "string" } } } },
+            "name": { "type": "string" }, "value": { "type": "string" },
+            "valueFrom": { "type": ["object", "null"], "properties": { "config": key_ref.clone(), "secret": key_ref } } } } },
         "ports": { "type": "array", "items": { "type": "object", "required": ["containerPort"], "properties": {
             "name": { "type": "string" }, "containerPort": { "type": "integer", "minimum": 1, "maximum": 65535 },
             "hostPort": { "type": ["integer", "null"], "minimum": 1, "maximum": 65535 }, "protocol": { "enum": ["TCP", "UDP"] } } } },
         "resources": { "type": "object", "properties": {
             "limits": { "type": "object", "properties": { "cpu": quantity, "memory": quantity, "pids": { "type": "integer" } } },
             "requests": { "type": "object", "properties": { "cpu": quantity, "memory": quantity } } } },
-        "workingDir": { "type": "string" } } });
+        "workingDir": { "type": "string" },
+        "volumeMounts": { "type": "array", "maxItems": 32, "items": { "type": "object", "required": ["name", "mountPath"], "properties": {
+            "name": { "type": "string" }, "mountPath": { "type": "string" }, "readOnly": { "type": "boolean" } } } },
+        "devices": { "type": "array", "maxItems": 32, "items": { "type": "object", "required": ["hostPath"], "properties": {
+            "hostPath": { "type": "string", "pattern": "^/dev/" }, "containerPath": { "type": "string" },
+            "permissions": { "type": "string", "pattern": "^[rwm]{0,3}$" } } } },
+        "livenessProbe": probe.clone(), "readinessProbe": probe.clone(), "startupProbe": probe,
+        "lifecycle": { "type": "object", "properties": { "postStart": handler.clone(), "preStop": handler } },
+        "security": { "type": "object", "properties": {
+            "privileged": { "type": "boolean" }, "addCapabilities": strings.clone(), "dropCapabilities": strings.clone(),
+            "runAsUser": { "type": ["integer", "null"] }, "runAsGroup": { "type": ["integer", "null"] },
+            "readOnlyRootFilesystem": { "type": "boolean" } } } } });
+    let object_ref = json!({ "type": ["object", "null"], "required": ["name"], "properties": { "name": { "type": "string" } } });
+    let volume = json!({ "type": "object", "required": ["name"], "description": "Exactly one source", "properties": {
+        "name": { "type": "string" }, "persistent": { "type": ["object", "null"] },
+        "hostPath": { "type": ["object", "null"], "required": ["path"], "properties": { "path": { "type": "string" } } },
+        "tmpfs": { "type": ["object", "null"], "properties": { "sizeBytes": { "type": ["integer", "null"], "minimum": 4096 } } },
+        "config": object_ref.clone(), "secret": object_ref } });
+    let apps = json!({ "type": ["array", "null"], "items": { "type": "string" } });
     json!({
         "openapi": "3.1.0",
         "info": { "title": "Flotilla hub API", "version": env!("CARGO_PKG_VERSION") },
@@ -268,9 +305,15 @@ pub fn document() -> Value {
                             "value": { "type": "string" }, "effect": { "enum": ["NoSchedule", "NoExecute", null] } } } },
                         "affinity": affinity.clone(),
                         "antiAffinity": affinity } },
-                    "containers": { "type": "array", "minItems": 1, "maxItems": 16, "items": container },
+                    "containers": { "type": "array", "minItems": 1, "maxItems": 16, "items": container.clone() },
+                    "initContainers": { "type": "array", "maxItems": 16, "items": container },
+                    "volumes": { "type": "array", "maxItems": 32, "items": volume },
+                    "terminationGracePeriodSeconds": { "type": ["integer", "null"], "minimum": 0, "maximum": 3600 },
+                    "networkPolicy": { "type": ["object", "null"], "properties": {
+                        "ingressApps": apps.clone(), "egressApps": apps, "egressCidrs": { "type": ["array", "null"], "items": { "type": "string" } } } },
+                    "userNamespace": { "type": "boolean" },
                     "restartPolicy": { "enum": ["Always", "OnFailure", "Never"] },
-                    "network": { "enum": ["Host", "None"] } } }),
+                    "network": { "enum": ["Host", "None", "Isolated"] } } }),
                     json!({ "readOnly": true, "type": "object", "properties": {
                         "phase": { "enum": ["Pending", "Progressing", "Running", "Degraded"] } } })),
                 "Image": object_schema("Image", json!({ "readOnly": true }), json!({ "readOnly": true })),

@@ -138,8 +138,8 @@ fn device_phase(
     let mut n_ok = 0;
     let mut completed = 0;
     for spec in &app.spec.containers {
-        match reported.iter().find(|c| c.name == spec.name) {
-            Some(c) if c.phase == ContainerPhase::Running => n_ok += 1,
+        match reported.iter().find(|c| c.name == spec.name && !c.init) {
+            Some(c) if c.phase == ContainerPhase::Running && c.ready => n_ok += 1,
             Some(c) if c.phase == ContainerPhase::Exited => {
                 let ok = c.exit_code == Some(0);
                 let stays_down = match app.spec.restart_policy {
@@ -169,9 +169,19 @@ fn device_phase(
             .iter()
             .find(|c| c.phase != ContainerPhase::Running && !c.reason.is_empty())
             .map(|c| format!("container {}: {}", c.name, c.reason))
+            .or_else(|| {
+                reported
+                    .iter()
+                    .find(|c| c.phase == ContainerPhase::Running && !c.ready && !c.init)
+                    .map(|c| format!("container {}: not ready ({})", c.name, or_probe(&c.reason)))
+            })
             .unwrap_or_else(|| format!("{} of {n} containers running", n_ok));
         (AppDevicePhase::Pending, waiting)
     }
+}
+
+fn or_probe(reason: &str) -> &str {
+    if reason.is_empty() { "its readiness probe has not passed" } else { reason }
 }
 
 #[cfg(test)]
@@ -209,12 +219,28 @@ mod tests {
                 app: "web".into(),
                 generation,
                 name: "httpd".into(),
+                ready: phase == ContainerPhase::Running,
                 phase,
                 reason: reason.into(),
                 ..Default::default()
             })
             .collect();
         (name.to_string(), d)
+    }
+
+    #[test]
+    fn a_running_container_that_is_not_ready_keeps_its_device_pending() {
+        let app = app();
+        let (_, mut d) = device("a", DevicePhase::Online, vec![(2, ContainerPhase::Running, "")]);
+        d.status.containers[0].ready = false;
+        let (phase, message) = device_phase(&app, &d, 2, None);
+        assert_eq!(phase, AppDevicePhase::Pending);
+        assert!(message.contains("httpd: not ready"), "{message}");
+        d.status.containers[0].reason = "readiness probe: connection refused (3 failures)".into();
+        let (_, message) = device_phase(&app, &d, 2, None);
+        assert!(message.contains("connection refused"), "{message}");
+        d.status.containers[0].ready = true;
+        assert_eq!(device_phase(&app, &d, 2, None).0, AppDevicePhase::Running);
     }
 
     /// The status of `app` placed on `placed`, from scratch.

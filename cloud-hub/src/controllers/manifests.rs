@@ -12,7 +12,7 @@
 
 use shared_proto::manifest::{ContainerLimits, DesiredApp, DesiredContainer, DesiredManifest};
 use shared_proto::store::{Object, Precondition, PreviousImagesRecord, StoreCommand, StoreKind};
-use shared_proto::{App, Device, Image};
+use shared_proto::{App, ContainerSpec, Device, Image};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// `name` plus `:latest` when the reference has neither tag nor digest.
@@ -60,33 +60,73 @@ pub fn resolve_image(
         })
 }
 
+fn desired_container(
+    c: &ContainerSpec,
+    images: &BTreeMap<String, Image>,
+    arch: &str,
+) -> Result<DesiredContainer, String> {
+    let image_digest = resolve_image(images, &c.image, arch)?;
+    let limits = &c.resources.limits;
+    Ok(DesiredContainer {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_digest,
+        command: c.command.clone(),
+        args: c.args.clone(),
+        env: c
+            .env
+            .iter()
+            .filter(|e| e.value_from.is_none())
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        env_from: c.env.iter().filter_map(|e| Some((e.name.clone(), e.value_from.clone()?))).collect(),
+        ports: c.ports.clone(),
+        limits: ContainerLimits {
+            cpu_millis: limits.cpu.map(|c| c.0),
+            memory_bytes: limits.memory.map(|m| m.0),
+            pids: limits.pids,
+            cpu_shares: c.resources.requests.cpu.map(|r| cpu_shares(r.0)),
+        },
+        working_dir: c.working_dir.clone(),
+        volume_mounts: c.volume_mounts.clone(),
+        devices: c.devices.clone(),
+        liveness_probe: c.liveness_probe.clone(),
+        readiness_probe: c.readiness_probe.clone(),
+        startup_probe: c.startup_probe.clone(),
+        lifecycle: c.lifecycle.clone(),
+        security: c.security.clone(),
+    })
+}
+
+/// CPU weight for a request in millicores: 1024 per core, as the kernel's default
+/// weight is one core's worth; never below the kernel's minimum of 2.
+pub fn cpu_shares(millis: u64) -> u64 {
+    (millis.saturating_mul(1024) / 1000).max(2)
+}
+
 fn desired_app(app: &App, images: &BTreeMap<String, Image>, arch: &str) -> Result<DesiredApp, String> {
-    let mut containers = Vec::with_capacity(app.spec.containers.len());
-    for c in &app.spec.containers {
-        let image_digest = resolve_image(images, &c.image, arch)?;
-        let limits = &c.resources.limits;
-        containers.push(DesiredContainer {
-            name: c.name.clone(),
-            image: c.image.clone(),
-            image_digest,
-            command: c.command.clone(),
-            args: c.args.clone(),
-            env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
-            ports: c.ports.clone(),
-            limits: ContainerLimits {
-                cpu_millis: limits.cpu.map(|c| c.0),
-                memory_bytes: limits.memory.map(|m| m.0),
-                pids: limits.pids,
-            },
-            working_dir: c.working_dir.clone(),
-        });
-    }
+    let containers =
+        app.spec.containers.iter().map(|c| desired_container(c, images, arch)).collect::<Result<_, _>>()?;
+    let init_containers = app
+        .spec
+        .init_containers
+        .iter()
+        .map(|c| desired_container(c, images, arch))
+        .collect::<Result<_, _>>()?;
     Ok(DesiredApp {
         name: app.metadata.name.clone(),
         generation: app.metadata.generation,
         restart_policy: app.spec.restart_policy,
         network: app.spec.network,
         containers,
+        init_containers,
+        volumes: app.spec.volumes.clone(),
+        grace_period_seconds: app
+            .spec
+            .termination_grace_period_seconds
+            .unwrap_or(shared_proto::manifest::v1::DEFAULT_GRACE_SECONDS),
+        network_policy: app.spec.network_policy.clone(),
+        user_namespace: app.spec.user_namespace,
     })
 }
 
@@ -124,7 +164,7 @@ pub fn plan_device_manifest(
         Some(m) => Precondition::RevisionIs(m.revision),
         None => Precondition::MustNotExist,
     };
-    let manifest = DesiredManifest { device: name.clone(), revision: 0, apps: desired };
+    let manifest = DesiredManifest { device: name.clone(), revision: 0, apps: desired, ..Default::default() };
     // When the images change, those of the manifest being replaced stay fetchable.
     let previous = held.filter(|m| image_digests(m) != image_digests(&manifest)).map(|m| {
         PreviousImagesRecord { device: name.clone(), revision: m.revision, image_digests: image_digests(m) }
@@ -151,8 +191,12 @@ pub fn plan_device_manifest(
 
 /// The image digests a manifest names, sorted, each once.
 pub fn image_digests(m: &DesiredManifest) -> Vec<String> {
-    let set: BTreeSet<&str> =
-        m.apps.iter().flat_map(|a| &a.containers).map(|c| c.image_digest.as_str()).collect();
+    let set: BTreeSet<&str> = m
+        .apps
+        .iter()
+        .flat_map(|a| a.containers.iter().chain(&a.init_containers))
+        .map(|c| c.image_digest.as_str())
+        .collect();
     set.into_iter().map(str::to_string).collect()
 }
 
@@ -338,7 +382,11 @@ mod tests {
         let images = [image("web:1", &[("amd64", "sha256:x86")])];
         let mut big = app("web", 1, "web:1");
         big.spec.containers[0].env = (0..300)
-            .map(|i| shared_proto::EnvVar { name: format!("V{i}"), value: "x".repeat(4000) })
+            .map(|i| shared_proto::EnvVar {
+                name: format!("V{i}"),
+                value: "x".repeat(4000),
+                ..Default::default()
+            })
             .collect();
         let plan = run(&[big], &[device("a", "amd64")], &images, &BTreeMap::new());
         assert!(plan.commands.is_empty());
@@ -349,7 +397,7 @@ mod tests {
     fn deleted_devices_lose_their_manifest() {
         let held = BTreeMap::from([(
             "gone".to_string(),
-            DesiredManifest { device: "gone".into(), revision: 4, apps: vec![] },
+            DesiredManifest { device: "gone".into(), revision: 4, apps: vec![], ..Default::default() },
         )]);
         let plan = run(&[], &[], &[], &held);
         assert_eq!(

@@ -306,6 +306,7 @@ fn work_follows_the_change_not_the_fleet() {
         generation: 1,
         name: "c".into(),
         phase: shared_proto::manifest::ContainerPhase::Running,
+        ready: true,
         ..Default::default()
     }];
     let batch = store.put(Object::Device(d));

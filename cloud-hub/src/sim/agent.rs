@@ -165,6 +165,7 @@ fn report(held: &DesiredManifest) -> AgentReport {
                 name: c.name.clone(),
                 id: format!("{}_{}_sim", a.name, c.name),
                 phase: ContainerPhase::Running,
+                ready: true,
                 ..Default::default()
             })
         })
@@ -197,7 +198,12 @@ pub async fn run(task: AgentTask) {
         Ok(c) => c,
         Err(e) => return tracing::warn!(device = %task.identity.name, error = %e, "bad client configuration"),
     };
-    let mut held = DesiredManifest { device: task.identity.name.clone(), revision: 0, apps: vec![] };
+    let mut held = DesiredManifest {
+        device: task.identity.name.clone(),
+        revision: 0,
+        apps: vec![],
+        ..Default::default()
+    };
     let mut step = Duration::from_secs(1);
     let mut n_sessions = 0u64;
     loop {

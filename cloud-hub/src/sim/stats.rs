@@ -190,7 +190,9 @@ mod tests {
                 restart_policy: RestartPolicy::Always,
                 network: NetworkMode::Host,
                 containers: vec![],
+                ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

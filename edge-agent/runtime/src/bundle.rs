@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use shared_proto::NetworkMode;
 use shared_proto::agent_state::ImageRunConfig;
@@ -29,14 +29,14 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// CFS period; a quota of `millis * 100` µs per period is `millis` thousandths of a CPU.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-/// Docker's default capability set.
-const DEFAULT_CAPABILITIES: [Capability; 14] = [
+/// Docker's default capability set without `CAP_NET_RAW` (raw sockets let a
+/// container forge packets on a shared network; an app that needs ping asks for it).
+pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
     Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
@@ -62,6 +62,51 @@ const MASKED_PATHS: [&str; 10] = [
 ];
 const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
+/// A pids limit for containers that set none: a fork bomb in one container must not
+/// take the device's process table (Docker sets none; Kubernetes leaves it to the node).
+pub const DEFAULT_PIDS_LIMIT: u64 = 1024;
+
+/// The namespaces of the container's pod, joined by path (see [`crate::pod`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PodNamespaces<'a> {
+    /// `None`: the host's network (or a namespace of its own without a pod).
+    pub net: Option<&'a Path>,
+    pub ipc: Option<&'a Path>,
+}
+
+/// A volume as the container sees it, resolved to the device by the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// Bind-mount this directory of the device.
+    Bind(PathBuf),
+    /// A memory-backed filesystem of at most this many bytes.
+    Tmpfs { size_bytes: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMount {
+    pub source: VolumeSource,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// A device node passed through, as found on the device. It is bind-mounted rather
+/// than re-created with mknod: a node made elsewhere does not open every device (a
+/// pseudo-terminal's slave only opens through its own devpts), and the cgroup rule
+/// below is what grants access either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    /// The node on the device, links resolved.
+    pub host_path: PathBuf,
+    pub container_path: String,
+    /// `c` or `b`.
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+    /// Any of `r`, `w`, `m`.
+    pub access: String,
+}
+
 /// Everything that decides one container's `config.json`.
 #[derive(Debug, Clone, Copy)]
 pub struct BundleSpec<'a> {
@@ -78,6 +123,9 @@ pub struct BundleSpec<'a> {
     pub rootfs: &'a Path,
     /// UTS hostname; empty means the container's name.
     pub hostname: &'a str,
+    pub pod: PodNamespaces<'a>,
+    pub mounts: &'a [ContainerMount],
+    pub devices: &'a [HostDevice],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +142,8 @@ pub enum BundleError {
     RelativeRootfs(PathBuf),
     #[error("building the OCI spec: {0}")]
     Spec(#[from] OciSpecError),
+    #[error("container {container}: unknown capability {name:?}")]
+    Capability { container: String, name: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -255,6 +305,27 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result
         .build()
 }
 
+fn volume_mounts(list: &[ContainerMount]) -> Result<Vec<Mount>, OciSpecError> {
+    list.iter()
+        .map(|m| {
+            let ro: &[&str] = if m.read_only { &["ro"] } else { &[] };
+            match &m.source {
+                VolumeSource::Bind(path) => {
+                    let mut options = vec!["rbind", "nosuid", "nodev"];
+                    options.extend(ro);
+                    mount(&m.destination, "bind", &path.to_string_lossy(), &options)
+                }
+                VolumeSource::Tmpfs { size_bytes } => {
+                    let size = format!("size={size_bytes}");
+                    let mut options = vec!["nosuid", "nodev", "mode=1777", size.as_str()];
+                    options.extend(ro);
+                    mount(&m.destination, "tmpfs", "tmpfs", &options)
+                }
+            }
+        })
+        .collect()
+}
+
 fn mounts(network: NetworkMode, host_files: HostFiles) -> Result<Vec<Mount>, OciSpecError> {
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
@@ -282,24 +353,83 @@ fn mounts(network: NetworkMode, host_files: HostFiles) -> Result<Vec<Mount>, Oci
     Ok(mounts)
 }
 
-fn resources(c: &DesiredContainer) -> Result<oci_spec::runtime::LinuxResources, OciSpecError> {
-    // Deny every device, then libcontainer allows its defaults (null, zero, tty, ...).
-    let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?;
-    let mut r = LinuxResourcesBuilder::default().devices(vec![deny_all]);
+fn resources(
+    c: &DesiredContainer,
+    devices: &[HostDevice],
+) -> Result<oci_spec::runtime::LinuxResources, OciSpecError> {
+    // Deny every device, then libcontainer allows its defaults (null, zero, tty, ...),
+    // and the devices passed through; a privileged container gets them all.
+    let privileged = c.security.privileged;
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default().allow(privileged).access("rwm").build()?];
+    for d in devices {
+        let typ = if d.kind == 'b' { LinuxDeviceType::B } else { LinuxDeviceType::C };
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(d.major)
+                .minor(d.minor)
+                .access(d.access.clone())
+                .build()?,
+        );
+    }
+    let mut r = LinuxResourcesBuilder::default().devices(rules);
     if let Some(bytes) = c.limits.memory_bytes {
         r = r.memory(LinuxMemoryBuilder::default().limit(i64::try_from(bytes).unwrap_or(i64::MAX)).build()?);
     }
-    if let Some(pids) = c.limits.pids {
-        r = r.pids(LinuxPidsBuilder::default().limit(i64::try_from(pids).unwrap_or(i64::MAX)).build()?);
-    }
-    if let Some(millis) = c.limits.cpu_millis {
-        // The kernel refuses quotas under 1 ms; shares follow Kubernetes (1024 per CPU).
-        let quota = i64::try_from(millis.saturating_mul(CPU_PERIOD_US / 1000)).unwrap_or(i64::MAX).max(1000);
-        let shares = (millis.saturating_mul(1024) / 1000).max(2);
-        r = r.cpu(LinuxCpuBuilder::default().period(CPU_PERIOD_US).quota(quota).shares(shares).build()?);
+    let pids = c.limits.pids.unwrap_or(DEFAULT_PIDS_LIMIT);
+    r = r.pids(LinuxPidsBuilder::default().limit(i64::try_from(pids).unwrap_or(i64::MAX)).build()?);
+    // The kernel refuses quotas under 1 ms; shares follow Kubernetes (1024 per CPU),
+    // from the request when there is one, else from the limit.
+    let shares = c.limits.cpu_shares.or(c.limits.cpu_millis.map(|m| (m.saturating_mul(1024) / 1000).max(2)));
+    if c.limits.cpu_millis.is_some() || shares.is_some() {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(millis) = c.limits.cpu_millis {
+            let quota =
+                i64::try_from(millis.saturating_mul(CPU_PERIOD_US / 1000)).unwrap_or(i64::MAX).max(1000);
+            cpu = cpu.period(CPU_PERIOD_US).quota(quota);
+        }
+        if let Some(shares) = shares {
+            cpu = cpu.shares(shares);
+        }
+        r = r.cpu(cpu.build()?);
     }
     r.build()
 }
+
+/// The capability set: the default one, minus what is dropped, plus what is added;
+/// every capability for a privileged container.
+pub fn capabilities(c: &DesiredContainer) -> Result<HashSet<Capability>, BundleError> {
+    let parse = |name: &str| -> Result<Capability, BundleError> {
+        let bare = name.to_ascii_uppercase();
+        let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_string();
+        bare.parse::<Capability>()
+            .map_err(|_| BundleError::Capability { container: c.name.clone(), name: name.to_string() })
+    };
+    let s = &c.security;
+    if s.privileged {
+        return Ok(ALL_CAPABILITIES.iter().filter_map(|n| n.parse().ok()).collect());
+    }
+    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    for d in &s.drop_capabilities {
+        if d.eq_ignore_ascii_case("ALL") {
+            caps.clear();
+        } else {
+            caps.remove(&parse(d)?);
+        }
+    }
+    for a in &s.add_capabilities {
+        if a.eq_ignore_ascii_case("ALL") {
+            caps.extend(ALL_CAPABILITIES.iter().filter_map(|n| n.parse::<Capability>().ok()));
+        } else {
+            caps.insert(parse(a)?);
+        }
+    }
+    Ok(caps)
+}
+
+/// Every capability name, as the API spells them.
+const ALL_CAPABILITIES: &[&str] = shared_proto::validate::CAPABILITIES;
 
 /// The container's OCI runtime spec. Pure: every input is an argument.
 pub fn build_spec(
@@ -317,19 +447,16 @@ pub fn build_spec(
         return Err(BundleError::RelativeWorkingDir { container: c.name.clone(), dir: cwd.to_string() });
     }
     let hostname = if spec.hostname.is_empty() { c.name.as_str() } else { spec.hostname };
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let caps = capabilities(c)?;
+    let sec = &c.security;
+    let uid = sec.run_as_user.unwrap_or(user.uid);
+    let gid = sec.run_as_group.unwrap_or(user.gid);
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(process_args(c, spec.image)?)
         .env(merge_env(c, &spec.image.env, &user.home, hostname)?)
         .cwd(cwd)
-        .user(
-            UserBuilder::default()
-                .uid(user.uid)
-                .gid(user.gid)
-                .additional_gids(user.additional_gids.clone())
-                .build()?,
-        )
+        .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(user.additional_gids.clone()).build()?)
         .capabilities(
             LinuxCapabilitiesBuilder::default()
                 .bounding(caps.clone())
@@ -337,37 +464,54 @@ pub fn build_spec(
                 .permitted(caps)
                 .build()?,
         )
-        .no_new_privileges(true)
+        .no_new_privileges(!sec.privileged)
         .build()?;
 
     let mut namespaces = vec![
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).build()?,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Uts).build()?,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build()?,
     ];
-    if spec.network != NetworkMode::Host {
-        namespaces.push(LinuxNamespaceType::Network);
+    let mut ipc = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Ipc);
+    if let Some(path) = spec.pod.ipc {
+        ipc = ipc.path(path);
     }
-    let namespaces = namespaces
-        .into_iter()
-        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-        .collect::<Result<Vec<_>, _>>()?;
-    let linux = LinuxBuilder::default()
+    namespaces.push(ipc.build()?);
+    if spec.network != NetworkMode::Host {
+        let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(path) = spec.pod.net {
+            net = net.path(path);
+        }
+        namespaces.push(net.build()?);
+    }
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(format!("/{}/{}", spec.cgroup_parent, spec.id)))
-        .resources(resources(c)?)
-        .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
-        .build()?;
+        .resources(resources(c, spec.devices)?);
+    linux = if sec.privileged {
+        linux.masked_paths(Vec::<String>::new()).readonly_paths(Vec::<String>::new())
+    } else {
+        linux
+            .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+            .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+    };
+    let mut all_mounts = mounts(spec.network, host_files)?;
+    all_mounts.extend(volume_mounts(spec.mounts)?);
+    for d in spec.devices {
+        let mut options = vec!["bind", "nosuid", "noexec"];
+        if !d.access.contains('w') {
+            options.push("ro");
+        }
+        all_mounts.push(mount(&d.container_path, "bind", &d.host_path.to_string_lossy(), &options)?);
+    }
 
     Ok(SpecBuilder::default()
         .version(oci_spec::runtime::VERSION)
-        .root(RootBuilder::default().path(spec.rootfs).readonly(false).build()?)
+        .root(RootBuilder::default().path(spec.rootfs).readonly(sec.read_only_root_filesystem).build()?)
         .hostname(hostname)
         .process(process)
-        .mounts(mounts(spec.network, host_files)?)
-        .linux(linux)
+        .mounts(all_mounts)
+        .linux(linux.build()?)
         .build()?)
 }
 
@@ -457,6 +601,7 @@ mod tests {
             ports: vec![],
             limits: ContainerLimits::default(),
             working_dir: String::new(),
+            ..Default::default()
         }
     }
 
@@ -483,8 +628,136 @@ mod tests {
             image: img,
             rootfs: Path::new("/rootfs"),
             hostname: "",
+            pod: PodNamespaces::default(),
+            mounts: &[],
+            devices: &[],
         };
         build_spec(&bs, &root(), hf).unwrap()
+    }
+
+    #[test]
+    fn the_sandbox_by_default_and_what_an_app_gives_up_of_it() {
+        let spec = spec_for(&container(), &image(), NetworkMode::None, HostFiles::default());
+        let process = spec.process().as_ref().unwrap();
+        let caps = process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
+        assert!(!caps.contains(&Capability::NetRaw), "no raw sockets unless asked");
+        assert!(caps.contains(&Capability::NetBindService));
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let linux = spec.linux().as_ref().unwrap();
+        let pids = linux.resources().as_ref().unwrap().pids().as_ref().unwrap();
+        assert_eq!(pids.limit(), DEFAULT_PIDS_LIMIT as i64, "a default pids limit");
+        assert!(linux.masked_paths().as_ref().is_some_and(|m| m.contains(&"/proc/kcore".to_string())));
+
+        let mut c = container();
+        c.security.add_capabilities = vec!["NET_RAW".into(), "cap_sys_time".into()];
+        c.security.drop_capabilities = vec!["CHOWN".into()];
+        c.security.run_as_user = Some(1000);
+        c.security.read_only_root_filesystem = true;
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let process = spec.process().as_ref().unwrap();
+        let caps = process.capabilities().as_ref().unwrap().effective().as_ref().unwrap();
+        assert!(caps.contains(&Capability::NetRaw) && caps.contains(&Capability::SysTime));
+        assert!(!caps.contains(&Capability::Chown));
+        assert_eq!(process.user().uid(), 1000);
+        assert!(spec.root().as_ref().unwrap().readonly().unwrap());
+
+        c.security = Default::default();
+        c.security.drop_capabilities = vec!["ALL".into()];
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        assert!(
+            spec.process()
+                .as_ref()
+                .unwrap()
+                .capabilities()
+                .as_ref()
+                .unwrap()
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .is_empty()
+        );
+
+        c.security = Default::default();
+        c.security.privileged = true;
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let process = spec.process().as_ref().unwrap();
+        assert!(
+            process
+                .capabilities()
+                .as_ref()
+                .unwrap()
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::SysAdmin)
+        );
+        assert_eq!(process.no_new_privileges(), Some(false));
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.masked_paths().as_ref().is_none_or(|m| m.is_empty()), "privileged: nothing masked");
+        let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+        assert!(rules[0].allow(), "privileged: every device");
+        for name in ALL_CAPABILITIES {
+            assert!(name.parse::<Capability>().is_ok(), "{name} is a capability libcontainer knows");
+        }
+    }
+
+    #[test]
+    fn pods_volumes_and_devices() {
+        let c = container();
+        let img = image();
+        let mounts = [
+            ContainerMount {
+                source: VolumeSource::Bind("/var/lib/flotilla/volumes/pos/db".into()),
+                destination: "/data".into(),
+                read_only: false,
+            },
+            ContainerMount {
+                source: VolumeSource::Tmpfs { size_bytes: 1 << 20 },
+                destination: "/scratch".into(),
+                read_only: true,
+            },
+        ];
+        let devices = [HostDevice {
+            host_path: "/dev/pts/3".into(),
+            container_path: "/dev/ttyUSB0".into(),
+            kind: 'c',
+            major: 188,
+            minor: 0,
+            access: "rw".into(),
+        }];
+        let bs = BundleSpec {
+            cgroup_parent: "flotilla",
+            id: "pos_main_1",
+            container: &c,
+            network: NetworkMode::None,
+            image: &img,
+            rootfs: Path::new("/rootfs"),
+            hostname: "",
+            pod: PodNamespaces {
+                net: Some(Path::new("/run/pods/pos/net")),
+                ipc: Some(Path::new("/run/pods/pos/ipc")),
+            },
+            mounts: &mounts,
+            devices: &devices,
+        };
+        let spec = build_spec(&bs, &root(), HostFiles::default()).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let ns = linux.namespaces().as_ref().unwrap();
+        let path_of = |t: Ns| ns.iter().find(|n| n.typ() == t).and_then(|n| n.path().clone());
+        assert_eq!(path_of(Ns::Network).unwrap(), Path::new("/run/pods/pos/net"));
+        assert_eq!(path_of(Ns::Ipc).unwrap(), Path::new("/run/pods/pos/ipc"));
+        assert_eq!(path_of(Ns::Pid), None, "each container its own pid namespace");
+        let m = spec.mounts().as_ref().unwrap();
+        let data = m.iter().find(|m| m.destination() == Path::new("/data")).unwrap();
+        assert_eq!(data.source().as_deref(), Some(Path::new("/var/lib/flotilla/volumes/pos/db")));
+        let scratch = m.iter().find(|m| m.destination() == Path::new("/scratch")).unwrap();
+        assert_eq!(scratch.typ().as_deref(), Some("tmpfs"));
+        assert!(scratch.options().as_ref().unwrap().contains(&"ro".to_string()));
+        let dev = m.iter().find(|m| m.destination() == Path::new("/dev/ttyUSB0")).unwrap();
+        assert_eq!(dev.source().as_deref(), Some(Path::new("/dev/pts/3")), "the device's own node");
+        assert!(!dev.options().as_ref().unwrap().contains(&"nodev".to_string()));
+        let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+        assert!(!rules[0].allow() && rules[1].allow() && rules[1].major() == Some(188));
     }
 
     #[test]
@@ -550,7 +823,12 @@ mod tests {
     #[test]
     fn limits_map_to_cgroup_resources() {
         let mut c = container();
-        c.limits = ContainerLimits { cpu_millis: Some(250), memory_bytes: Some(64 << 20), pids: Some(50) };
+        c.limits = ContainerLimits {
+            cpu_millis: Some(250),
+            memory_bytes: Some(64 << 20),
+            pids: Some(50),
+            ..Default::default()
+        };
         let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/flotilla/web-1")));
@@ -566,7 +844,8 @@ mod tests {
         let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
         let res = spec.linux().as_ref().unwrap().resources().clone().unwrap();
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(1000), "kernel minimum");
-        assert!(res.memory().is_none() && res.pids().is_none());
+        assert!(res.memory().is_none());
+        assert_eq!(res.pids().as_ref().unwrap().limit(), DEFAULT_PIDS_LIMIT as i64);
     }
 
     #[test]
@@ -578,8 +857,8 @@ mod tests {
         let types = |s: &Spec| -> Vec<Ns> {
             s.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect()
         };
-        assert_eq!(types(&none), [Ns::Pid, Ns::Ipc, Ns::Uts, Ns::Mount, Ns::Network]);
-        assert_eq!(types(&host), [Ns::Pid, Ns::Ipc, Ns::Uts, Ns::Mount]);
+        assert_eq!(types(&none), [Ns::Pid, Ns::Uts, Ns::Mount, Ns::Ipc, Ns::Network]);
+        assert_eq!(types(&host), [Ns::Pid, Ns::Uts, Ns::Mount, Ns::Ipc]);
         let dests = |s: &Spec| -> Vec<String> {
             s.mounts().as_ref().unwrap().iter().map(|m| m.destination().display().to_string()).collect()
         };
@@ -590,7 +869,7 @@ mod tests {
         let p = none.process().as_ref().unwrap();
         assert_eq!(p.cwd(), Path::new("/srv"));
         assert_eq!(p.no_new_privileges(), Some(true));
-        assert_eq!(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().len(), 14);
+        assert_eq!(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().len(), 13);
         assert!(
             p.capabilities()
                 .as_ref()
@@ -635,6 +914,9 @@ mod tests {
             image: &img,
             rootfs: Path::new("/r"),
             hostname: "",
+            pod: PodNamespaces::default(),
+            mounts: &[],
+            devices: &[],
         };
         assert!(matches!(
             build_spec(&bs, &root(), HostFiles::default()),

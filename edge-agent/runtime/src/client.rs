@@ -18,8 +18,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::{
-    ContainerExit, ContainerRuntime, ContainerState, HELPER_SUBCOMMAND, RuntimeError, RuntimeFuture,
-    validate_container_id,
+    ContainerExit, ContainerRuntime, ContainerState, ExecOutput, HELPER_SUBCOMMAND, RuntimeError,
+    RuntimeFuture, validate_container_id,
 };
 
 /// How [`HelperRuntime`] starts its helper and where containers keep their state.
@@ -115,9 +115,13 @@ struct Session {
     watcher: tokio::task::JoinHandle<()>,
 }
 
+/// Execs waiting for their process to end, by exec id.
+type ExecWaiters = Mutex<HashMap<u64, oneshot::Sender<i32>>>;
+
 struct Shared {
     config: HelperConfig,
     exits: broadcast::Sender<ContainerExit>,
+    execs: Arc<ExecWaiters>,
     session: tokio::sync::Mutex<Option<Session>>,
     next_request_id: AtomicU64,
 }
@@ -138,6 +142,7 @@ impl HelperRuntime {
             shared: Arc::new(Shared {
                 config,
                 exits: broadcast::channel(256).0,
+                execs: Arc::default(),
                 session: tokio::sync::Mutex::new(None),
                 next_request_id: AtomicU64::new(1),
             }),
@@ -232,8 +237,13 @@ impl HelperRuntime {
         let kill = Arc::new(Notify::new());
         let (frames, frames_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_frames(stdin, frames_rx, pending.clone(), kill.clone()));
-        let reader =
-            tokio::spawn(read_messages(stdout, pending.clone(), self.shared.exits.clone(), kill.clone()));
+        let reader = tokio::spawn(read_messages(
+            stdout,
+            pending.clone(),
+            self.shared.exits.clone(),
+            self.shared.execs.clone(),
+            kill.clone(),
+        ));
         let watcher = tokio::spawn(watch_child(child, reader, pending.clone(), kill.clone()));
         Ok(Session { frames, pending, kill, pid, watcher })
     }
@@ -292,6 +302,7 @@ async fn read_messages(
     mut stdout: ChildStdout,
     pending: Arc<Pending>,
     exits: broadcast::Sender<ContainerExit>,
+    execs: Arc<ExecWaiters>,
     kill: Arc<Notify>,
 ) {
     loop {
@@ -303,6 +314,12 @@ async fn read_messages(
             Ok(Some(RuntimeMessage::Exited { id, pid, exit_code })) => {
                 // No subscriber is fine: nobody is waiting for exits right now.
                 let _ = exits.send(ContainerExit { id, pid, exit_code });
+            }
+            Ok(Some(RuntimeMessage::ExecExited { exec_id, exit_code })) => {
+                let waiter = execs.lock().unwrap_or_else(|e| e.into_inner()).remove(&exec_id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(exit_code);
+                }
             }
             Ok(None) => {
                 pending.close("runtime helper closed its output".into());
@@ -403,9 +420,66 @@ impl ContainerRuntime for HelperRuntime {
         })
     }
 
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        args: &'a [String],
+        timeout: Duration,
+    ) -> RuntimeFuture<'a, ExecOutput> {
+        Box::pin(async move {
+            let exec_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let root = std::path::absolute(&self.shared.config.state_root)
+                .map_err(|e| RuntimeError::Helper(format!("state root: {e}")))?;
+            // A file, not a directory: the helper lists directories as containers.
+            let output_path = root.join(format!(".exec-{exec_id}.out"));
+            let (tx, rx) = oneshot::channel();
+            self.shared.execs.lock().unwrap_or_else(|e| e.into_inner()).insert(exec_id, tx);
+            let op = RuntimeOp::Exec {
+                id: id.to_string(),
+                exec_id,
+                args: args.to_vec(),
+                output_path: output_path.to_string_lossy().into_owned(),
+            };
+            let forget = || self.shared.execs.lock().unwrap_or_else(|e| e.into_inner()).remove(&exec_id);
+            if let Err(e) = self.request(Some(id), op).await {
+                forget();
+                let _ = std::fs::remove_file(&output_path);
+                return Err(e);
+            }
+            let exit_code = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(code)) => Some(code),
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    forget();
+                    let _ = self.request(None, RuntimeOp::KillExec { exec_id }).await;
+                    None
+                }
+            };
+            let output = tokio::task::spawn_blocking(move || {
+                let out = read_tail(&output_path, crate::MAX_EXEC_OUTPUT);
+                let _ = std::fs::remove_file(&output_path);
+                out
+            })
+            .await
+            .unwrap_or_default();
+            Ok(ExecOutput { exit_code, output })
+        })
+    }
+
     fn subscribe_exits(&self) -> broadcast::Receiver<ContainerExit> {
         self.shared.exits.subscribe()
     }
+}
+
+/// The last `max` bytes of a file (empty when it cannot be read).
+fn read_tail(path: &Path, max: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return vec![] };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max as u64)));
+    let mut buf = Vec::with_capacity(max.min(len as usize));
+    let _ = f.take(max as u64).read_to_end(&mut buf);
+    buf
 }
 
 fn unexpected(reply: RuntimeReply) -> RuntimeError {

@@ -13,7 +13,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
-use crate::{ContainerExit, ContainerRuntime, ContainerState, ContainerStatus, RuntimeError, RuntimeFuture};
+use crate::{
+    ContainerExit, ContainerRuntime, ContainerState, ContainerStatus, ExecOutput, RuntimeError, RuntimeFuture,
+};
+use std::time::Duration;
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,7 @@ pub enum FakeCall {
     Delete { id: String, force: bool },
     State { id: String },
     List,
+    Exec { id: String, args: Vec<String> },
 }
 
 /// Which operation an injected failure applies to.
@@ -35,6 +39,7 @@ pub enum FakeOp {
     Delete,
     State,
     List,
+    Exec,
 }
 
 #[derive(Default)]
@@ -44,6 +49,8 @@ struct FakeInner {
     failures: HashMap<FakeOp, Vec<RuntimeError>>,
     ignores_sigterm: bool,
     next_pid: i32,
+    /// What execs answer, by program (`args[0]`); unset programs exit 0.
+    exec_results: HashMap<String, ExecOutput>,
 }
 
 pub struct FakeRuntime {
@@ -90,6 +97,11 @@ impl FakeRuntime {
     }
 
     /// Whether running processes shrug off SIGTERM, like a shell as pid 1.
+    /// What an exec of `program` returns from now on.
+    pub fn set_exec_result(&self, program: &str, result: ExecOutput) {
+        self.lock().exec_results.insert(program.to_string(), result);
+    }
+
     pub fn set_ignores_sigterm(&self, ignores: bool) {
         self.lock().ignores_sigterm = ignores;
     }
@@ -219,6 +231,33 @@ impl ContainerRuntime for FakeRuntime {
         let result = self
             .begin(FakeOp::List, FakeCall::List)
             .map(|()| self.lock().containers.values().cloned().collect());
+        Box::pin(async move { result })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        args: &'a [String],
+        _timeout: Duration,
+    ) -> RuntimeFuture<'a, ExecOutput> {
+        let result = self
+            .begin(FakeOp::Exec, FakeCall::Exec { id: id.to_string(), args: args.to_vec() })
+            .and_then(|()| {
+                let inner = self.lock();
+                match inner.containers.get(id) {
+                    Some(c) if c.status == ContainerStatus::Running => {}
+                    Some(_) => {
+                        return Err(RuntimeError::InvalidRequest(format!("container {id} is not running")));
+                    }
+                    None => return Err(RuntimeError::NotFound { id: id.to_string() }),
+                }
+                let program = args.first().cloned().unwrap_or_default();
+                Ok(inner
+                    .exec_results
+                    .get(&program)
+                    .cloned()
+                    .unwrap_or(ExecOutput { exit_code: Some(0), output: vec![] }))
+            });
         Box::pin(async move { result })
     }
 

@@ -22,12 +22,14 @@ pub mod bundle;
 mod client;
 mod fake;
 mod helper;
+pub mod pod;
 pub mod rootfs;
 mod stop;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::time::Duration;
 
 use shared_proto::Timestamp;
 use shared_proto::runtime::{RuntimeContainerState, RuntimeFailure, RuntimeFailureKind, RuntimeStatus};
@@ -35,7 +37,7 @@ use shared_proto::runtime::{RuntimeContainerState, RuntimeFailure, RuntimeFailur
 pub use client::{HelperConfig, HelperRuntime};
 pub use fake::{FakeCall, FakeOp, FakeRuntime};
 pub use helper::{HELPER_SUBCOMMAND, helper_main};
-pub use stop::stop;
+pub use stop::{stop, terminate};
 
 /// What every [`ContainerRuntime`] method returns: a boxed future, so the trait stays
 /// object-safe (`Arc<dyn ContainerRuntime>`) without an async-trait macro.
@@ -54,6 +56,14 @@ pub trait ContainerRuntime: Send + Sync {
     /// `None` when no container has that id.
     fn state<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<ContainerState>>;
     fn list(&self) -> RuntimeFuture<'_, Vec<ContainerState>>;
+    /// Runs `args` inside running container `id` and waits for it, at most `timeout`
+    /// (then it is killed and `exit_code` is `None`).
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        args: &'a [String],
+        timeout: Duration,
+    ) -> RuntimeFuture<'a, ExecOutput>;
     /// Exit notifications. Exits of containers that are not the helper's children
     /// (adopted after an agent restart) are still reported, with `None` for the code.
     fn subscribe_exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit>;
@@ -76,6 +86,18 @@ pub struct ContainerState {
     pub pid: Option<i32>,
     pub bundle: PathBuf,
     pub created_at: Option<Timestamp>,
+}
+
+/// Most output [`ContainerRuntime::exec`] returns: the end of what the process wrote.
+pub const MAX_EXEC_OUTPUT: usize = 4096;
+
+/// What a process run with [`ContainerRuntime::exec`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit status or 128 + signal; `None` when it ran out of time and was killed.
+    pub exit_code: Option<i32>,
+    /// The last [`MAX_EXEC_OUTPUT`] bytes of its stdout and stderr, interleaved.
+    pub output: Vec<u8>,
 }
 
 /// A container's init process ended.

@@ -22,9 +22,24 @@ pub async fn stop<R>(runtime: &R, id: &str, grace: Duration) -> Result<(), Runti
 where
     R: ContainerRuntime + ?Sized,
 {
+    if !terminate(runtime, id, grace).await? {
+        return Ok(());
+    }
+    match runtime.delete(id, true).await {
+        Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// SIGTERM, up to `grace` for the container to exit, then SIGKILL; the container
+/// stays, stopped (its exit is reported as any other). `false` when it does not exist.
+pub async fn terminate<R>(runtime: &R, id: &str, grace: Duration) -> Result<bool, RuntimeError>
+where
+    R: ContainerRuntime + ?Sized,
+{
     // Subscribe before signalling so that the exit cannot slip past unseen.
     let mut exits = runtime.subscribe_exits();
-    let Some(state) = runtime.state(id).await? else { return Ok(()) };
+    let Some(state) = runtime.state(id).await? else { return Ok(false) };
     if state.status == ContainerStatus::Running
         && signal(runtime, id, libc::SIGTERM).await?
         && !wait_exit(runtime, &mut exits, id, grace).await?
@@ -32,10 +47,7 @@ where
     {
         wait_exit(runtime, &mut exits, id, KILL_WAIT).await?;
     }
-    match runtime.delete(id, true).await {
-        Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    Ok(true)
 }
 
 /// Sends `sig`; `false` when the container turned out to have stopped already.

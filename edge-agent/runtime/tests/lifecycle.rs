@@ -60,7 +60,12 @@ fn read_cgroup(controller: &str, id: &str, file: &str) -> String {
 async fn limits_land_in_cgroup_files_and_stop_escalates_to_sigkill() {
     let env = TestEnv::new();
     let id = unique_id("limits");
-    let limits = ContainerLimits { cpu_millis: Some(250), memory_bytes: Some(64 << 20), pids: Some(32) };
+    let limits = ContainerLimits {
+        cpu_millis: Some(250),
+        memory_bytes: Some(64 << 20),
+        pids: Some(32),
+        ..Default::default()
+    };
     // `sleep` as pid 1 has no SIGTERM handler, so the kernel drops SIGTERM.
     let bundle = env.bundle(&id, &["/bin/sleep", "1000"], NetworkMode::None, limits);
     let mut exits = env.runtime.subscribe_exits();

@@ -209,7 +209,7 @@ impl HubWatch {
 
     /// S7: what the hub must push when the store holds `m`: a difference only.
     fn model_push(&mut self, m: Option<&DesiredManifest>) -> Option<HubFrame> {
-        let empty = DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![] };
+        let empty = DesiredManifest { device: DEVICE.into(), revision: 0, ..Default::default() };
         let want = match m {
             Some(m) if m.revision == self.agent_holds => return None,
             Some(m) => m.clone(),

@@ -57,10 +57,32 @@ fn golden_manifest() -> DesiredManifest {
                     host_port: None,
                     protocol: Protocol::TCP,
                 }],
-                limits: ContainerLimits { cpu_millis: Some(500), memory_bytes: Some(1 << 20), pids: None },
+                limits: ContainerLimits {
+                    cpu_millis: Some(500),
+                    memory_bytes: Some(1 << 20),
+                    pids: None,
+                    cpu_shares: None,
+                },
                 working_dir: String::new(),
+                volume_mounts: vec![crate::VolumeMount {
+                    name: "data".into(),
+                    mount_path: "/data".into(),
+                    read_only: false,
+                }],
+                readiness_probe: Some(crate::Probe {
+                    tcp_socket: Some(crate::TcpSocketAction { port: 80 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
             }],
+            volumes: vec![crate::VolumeSpec {
+                name: "data".into(),
+                persistent: Some(crate::PersistentVolume {}),
+                ..Default::default()
+            }],
+            ..Default::default()
         }],
+        configs: vec![],
     }
 }
 
@@ -274,7 +296,7 @@ fn agent_seeds() -> Vec<Seed> {
     const HELD_2: u8 = 2 << 1;
     const REPORT: u8 = 9 << 3;
     let desired = |device: &str, revision| {
-        HubFrame::Desired(DesiredManifest { device: device.into(), revision, apps: vec![] })
+        HubFrame::Desired(DesiredManifest { device: device.into(), revision, ..Default::default() })
     };
     let welcome_v1 = frame(1, &welcome());
     let byte_by_byte: Vec<Op<'_>> = welcome_v1.chunks(1).map(Op::Bytes).collect();

@@ -93,9 +93,11 @@ pub fn desired_frame(
         Some(m) if m.revision == held => first.then_some(HubFrame::UpToDate { revision: held }),
         Some(m) => Some(HubFrame::Desired(m.clone())),
         None if held == 0 => first.then_some(HubFrame::UpToDate { revision: 0 }),
-        None => {
-            Some(HubFrame::Desired(DesiredManifest { device: device.to_string(), revision: 0, apps: vec![] }))
-        }
+        None => Some(HubFrame::Desired(DesiredManifest {
+            device: device.to_string(),
+            revision: 0,
+            ..Default::default()
+        })),
     }
 }
 

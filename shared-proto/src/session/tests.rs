@@ -39,8 +39,10 @@ fn manifest(revision: u64, n_apps: usize) -> DesiredManifest {
                 restart_policy: RestartPolicy::Always,
                 network: NetworkMode::Host,
                 containers: vec![],
+                ..Default::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -75,7 +77,7 @@ impl World {
             now: Instant::now(),
             store: None,
             next_revision: 1,
-            held: DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![] },
+            held: DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![], ..Default::default() },
             applied: vec![],
             hub_saw: None,
             conn: None,
@@ -272,7 +274,7 @@ proptest! {
             prop_assert!(moving.windows(2).all(|p| p[0] <= p[1]), "went back: {:?}", w.applied);
         }
         w.settle();
-        let want = w.store.clone().unwrap_or(DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![] });
+        let want = w.store.clone().unwrap_or(DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![], ..Default::default() });
         prop_assert_eq!(&w.held, &want);
         prop_assert_eq!(w.hub_saw.as_ref().map(|r| r.held_revision), Some(want.revision));
         // A quiet, healthy link stays up: heartbeats keep the hub from timing out.
@@ -299,7 +301,12 @@ fn first_answer_and_pushes_follow_one_rule() {
     );
     assert_eq!(desired_frame(0, None, DEVICE, true), Some(HubFrame::UpToDate { revision: 0 }));
     // An emptied manifest is sent, at the first answer and later alike.
-    let empty = HubFrame::Desired(DesiredManifest { device: DEVICE.into(), revision: 0, apps: vec![] });
+    let empty = HubFrame::Desired(DesiredManifest {
+        device: DEVICE.into(),
+        revision: 0,
+        apps: vec![],
+        ..Default::default()
+    });
     assert_eq!(desired_frame(3, None, DEVICE, true), Some(empty.clone()));
     assert_eq!(desired_frame(3, None, DEVICE, false), Some(empty));
 }

@@ -7,9 +7,10 @@
 //! anti_affinity}`, and appended `StoreCommand::Each`. A device's status has the shape
 //! version 2 froze (`v2::DeviceStatus`), and so have enrolment and API tokens.
 
-use crate::manifest::DesiredManifest;
-use crate::resource::{AppStatus, ContainerSpec, Image, NetworkMode, ObjectMeta, RestartPolicy, Site};
+use crate::manifest::v1::DesiredManifest;
+use crate::resource::{AppStatus, Image, NetworkMode, ObjectMeta, RestartPolicy, Site};
 use crate::selector::LabelSelector;
+use crate::store::v4::ContainerSpec;
 use crate::store::{FleetCaRecord, Precondition, StoreKind};
 use serde::Deserialize;
 
@@ -85,9 +86,10 @@ impl From<App> for crate::App {
                     max_per_site: p.max_per_site,
                     ..Default::default()
                 },
-                containers: a.spec.containers,
+                containers: a.spec.containers.into_iter().map(Into::into).collect(),
                 restart_policy: a.spec.restart_policy,
                 network: a.spec.network,
+                ..Default::default()
             },
             status: a.status,
         }
@@ -117,7 +119,7 @@ impl From<Object> for super::Object {
             Object::Device(x) => super::Object::Device(x.into()),
             Object::App(x) => super::Object::App(x.into()),
             Object::Image(x) => super::Object::Image(x),
-            Object::Manifest(x) => super::Object::Manifest(x),
+            Object::Manifest(x) => super::Object::Manifest(x.into()),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
             Object::ApiToken(x) => super::Object::ApiToken(x.into()),
             Object::FleetCa(x) => super::Object::FleetCa(x),

@@ -7,8 +7,9 @@
 //! `DevicePhase::Decommissioned` and
 //! `EnrolmentTokenRecord::device_labels` and `ApiTokenRecord::{expires_at, sites}`.
 
-use crate::manifest::{DesiredManifest, ObservedContainer};
-use crate::resource::{App, Capacity, DevicePhase, DeviceSpec, Image, ObjectMeta, Site};
+use crate::manifest::v1::{DesiredManifest, ObservedContainer};
+use crate::resource::{Capacity, DevicePhase, DeviceSpec, Image, ObjectMeta, Site};
+use crate::store::v4::App;
 use crate::store::{FleetCaRecord, LabelPolicy, Precondition, Role, StoreKind};
 use crate::time::Timestamp;
 use serde::Deserialize;
@@ -94,7 +95,7 @@ impl From<DeviceStatus> for crate::DeviceStatus {
             last_seen_at: s.last_seen_at,
             desired_revision: s.desired_revision,
             applied_revision: s.applied_revision,
-            containers: s.containers,
+            containers: s.containers.into_iter().map(Into::into).collect(),
             message: s.message,
             certificates: vec![],
             enrolled_with: String::new(),
@@ -155,9 +156,9 @@ impl From<Object> for super::Object {
         match o {
             Object::Site(x) => super::Object::Site(x),
             Object::Device(x) => super::Object::Device(x.into()),
-            Object::App(x) => super::Object::App(x),
+            Object::App(x) => super::Object::App(x.into()),
             Object::Image(x) => super::Object::Image(x),
-            Object::Manifest(x) => super::Object::Manifest(x),
+            Object::Manifest(x) => super::Object::Manifest(x.into()),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
             Object::ApiToken(x) => super::Object::ApiToken(x.into()),
             Object::FleetCa(x) => super::Object::FleetCa(x),

@@ -6,8 +6,9 @@
 //! Version 4 added `DeviceCertificate::{issued_at, ca}`, `DeviceStatus::quarantine`,
 //! `DevicePhase::Quarantined`, and the `CaRotation` and `PreviousImages` records.
 
-use crate::manifest::{DesiredManifest, ObservedContainer};
-use crate::resource::{App, Capacity, DevicePhase, DeviceSpec, IdentityConflict, Image, ObjectMeta, Site};
+use crate::manifest::v1::{DesiredManifest, ObservedContainer};
+use crate::resource::{Capacity, DevicePhase, DeviceSpec, IdentityConflict, Image, ObjectMeta, Site};
+use crate::store::v4::App;
 use crate::store::{
     ApiTokenRecord, AuditRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition, StoreKind,
 };
@@ -95,7 +96,7 @@ impl From<DeviceStatus> for crate::DeviceStatus {
             last_seen_at: s.last_seen_at,
             desired_revision: s.desired_revision,
             applied_revision: s.applied_revision,
-            containers: s.containers,
+            containers: s.containers.into_iter().map(Into::into).collect(),
             message: s.message,
             certificates: s.certificates.into_iter().map(Into::into).collect(),
             enrolled_with: s.enrolled_with,
@@ -122,9 +123,9 @@ impl From<Object> for super::Object {
         match o {
             Object::Site(x) => super::Object::Site(x),
             Object::Device(x) => super::Object::Device(x.into()),
-            Object::App(x) => super::Object::App(x),
+            Object::App(x) => super::Object::App(x.into()),
             Object::Image(x) => super::Object::Image(x),
-            Object::Manifest(x) => super::Object::Manifest(x),
+            Object::Manifest(x) => super::Object::Manifest(x.into()),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x),
             Object::ApiToken(x) => super::Object::ApiToken(x),
             Object::FleetCa(x) => super::Object::FleetCa(x),

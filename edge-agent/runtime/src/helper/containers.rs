@@ -62,6 +62,9 @@ pub(super) struct Containers {
     tracked: HashMap<String, Tracked>,
     /// Pid → id, for the children whose exits `waitpid` reports.
     children: HashMap<i32, String>,
+    /// Processes started by `Exec`: pid → exec id, and exec id → pidfd to kill it by.
+    execs: HashMap<i32, u64>,
+    exec_fds: HashMap<u64, OwnedFd>,
     own_pid: i32,
 }
 
@@ -142,6 +145,8 @@ impl Containers {
             root,
             tracked: HashMap::new(),
             children: HashMap::new(),
+            execs: HashMap::new(),
+            exec_fds: HashMap::new(),
             own_pid: std::process::id() as i32,
         }
     }
@@ -171,6 +176,11 @@ impl Containers {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) => {
                     if let Some((pid, code)) = exit_code(status)
+                        && let Some(exec_id) = self.execs.remove(&pid)
+                    {
+                        self.exec_fds.remove(&exec_id);
+                        out.push(RuntimeMessage::ExecExited { exec_id, exit_code: code });
+                    } else if let Some((pid, code)) = exit_code(status)
                         && let Some(id) = self.children.remove(&pid)
                     {
                         if let Some(t) = self.tracked.get_mut(&id) {
@@ -204,6 +214,15 @@ impl Containers {
             RuntimeOp::Start { id } => self.start(&id),
             RuntimeOp::Kill { id, signal } => self.kill(&id, signal),
             RuntimeOp::Delete { id, force } => self.delete(&id, force, out),
+            RuntimeOp::Exec { id, exec_id, args, output_path } => {
+                self.exec(&id, exec_id, args, Path::new(&output_path))
+            }
+            RuntimeOp::KillExec { exec_id } => {
+                if let Some(fd) = self.exec_fds.get(&exec_id) {
+                    let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                }
+                Ok(RuntimeReply::Done)
+            }
             RuntimeOp::State { id } => {
                 let container = self.load(&id)?;
                 Ok(RuntimeReply::State(self.describe(&id, &container)))
@@ -401,6 +420,39 @@ impl Containers {
             return Err(invalid(format!("container {id} has stopped; delete it and create it again")));
         }
         container.start().map_err(|e| lc_failure(&format!("starting container {id}"), &e))?;
+        Ok(RuntimeReply::Done)
+    }
+
+    /// Starts a process in a running container (libcontainer's tenant: the container's
+    /// namespaces, cgroup, user, capabilities and seccomp) and returns at once; the
+    /// helper, as subreaper, reaps it and reports `ExecExited`.
+    fn exec(&mut self, id: &str, exec_id: u64, args: Vec<String>, output_path: &Path) -> OpResult {
+        self.load(id)?;
+        if !self.tracked.get(id).is_some_and(Tracked::alive) {
+            return Err(invalid(format!("container {id} is not running")));
+        }
+        if args.first().is_none_or(|a| a.is_empty()) {
+            return Err(invalid("exec needs a program"));
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(output_path)
+            .map_err(|e| failed(format!("opening {}: {e}", output_path.display())))?;
+        let err = out.try_clone().map_err(|e| failed(format!("duplicating the output: {e}")))?;
+        let stdin = File::open("/dev/null").map_err(|e| failed(format!("opening /dev/null: {e}")))?;
+        let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.root)
+            .map(|b| b.with_stdin(stdin).with_stdout(out).with_stderr(err))
+            .and_then(|b| b.as_tenant().with_container_args(args).with_detach(true).build())
+            .map_err(|e| lc_failure(&format!("running a process in container {id}"), &e))?
+            .as_raw();
+        self.execs.insert(pid, exec_id);
+        if let Ok(fd) = sys::pidfd_open(pid) {
+            self.exec_fds.insert(exec_id, fd);
+        }
         Ok(RuntimeReply::Done)
     }
 

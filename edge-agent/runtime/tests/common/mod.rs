@@ -99,6 +99,7 @@ impl TestEnv {
             ports: vec![],
             limits,
             working_dir: String::new(),
+            ..Default::default()
         };
         let image = ImageRunConfig::default();
         let spec = BundleSpec {
@@ -109,6 +110,9 @@ impl TestEnv {
             image: &image,
             rootfs: &rootfs,
             hostname: "",
+            pod: Default::default(),
+            mounts: &[],
+            devices: &[],
         };
         write_bundle(&self.dir.path().join("bundles").join(id), &spec).unwrap()
     }

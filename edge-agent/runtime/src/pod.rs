@@ -1,0 +1,215 @@
+//! An app's pod: the namespaces its containers share, held open by bind mounts
+//! (`<pods>/<app>/net`, `<pods>/<app>/ipc`, as `ip netns` holds network namespaces)
+//! rather than by any one container, so a container can crash, restart or be updated
+//! without taking its sidecars' network with it. Containers join them by path in
+//! their OCI spec ([`crate::bundle`]).
+//!
+//! The pods directory lives in the agent's runtime directory (tmpfs): a reboot takes
+//! the namespaces away, and the agent makes them again before it starts the app.
+//! The directory is made a shared mount of its own, so that when a pod is removed
+//! the unmount reaches the copies that containers' mount namespaces (slaves of the
+//! host's) took of it, and the namespace really goes.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+/// `statfs` type of a namespace file.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Where one app's pod lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPaths {
+    pub dir: PathBuf,
+}
+
+impl PodPaths {
+    pub fn new(pods_root: &Path, app: &str) -> PodPaths {
+        PodPaths { dir: pods_root.join(app) }
+    }
+
+    pub fn net(&self) -> PathBuf {
+        self.dir.join("net")
+    }
+
+    pub fn ipc(&self) -> PathBuf {
+        self.dir.join("ipc")
+    }
+
+    /// Both namespaces it needs are held (`net` only when the app has its own).
+    pub fn exists(&self, private_net: bool) -> bool {
+        is_nsfs(&self.ipc()) && (!private_net || is_nsfs(&self.net()))
+    }
+}
+
+// The field is a C long: 32 bits on armv7, where the cast is needed.
+#[allow(clippy::unnecessary_cast)]
+fn is_nsfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
+
+/// Apps with a pod under `pods_root` (an IPC namespace held).
+pub fn list_pods(pods_root: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(pods_root) else { return vec![] };
+    let mut apps: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| is_nsfs(&e.path().join("ipc")))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    apps.sort();
+    apps
+}
+
+/// Makes `pods_root` a shared mount of its own (once), so that unmounting a pod's
+/// namespace file also unmounts the copies containers hold.
+fn ensure_shared_root(pods_root: &Path) -> io::Result<()> {
+    fs::create_dir_all(pods_root)?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let root = fs::canonicalize(pods_root)?;
+    let is_mount = mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap_or("")));
+    if !is_mount {
+        mount(Some(&root), &root, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(io::Error::from)?;
+    }
+    // Private first: a bind of a directory inside a shared mount joins its peer group.
+    mount(None::<&str>, &root, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(io::Error::from)?;
+    mount(None::<&str>, &root, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Creates the pod's namespaces: always IPC, and a network namespace with `lo` up
+/// when `private_net`. Idempotent: what exists is kept.
+pub fn create_pod(pods_root: &Path, app: &str, private_net: bool) -> io::Result<PodPaths> {
+    let paths = PodPaths::new(pods_root, app);
+    if paths.exists(private_net) {
+        return Ok(paths);
+    }
+    ensure_shared_root(pods_root)?;
+    fs::create_dir_all(&paths.dir)?;
+    let mut wanted = vec![(CloneFlags::CLONE_NEWIPC, "ipc", paths.ipc())];
+    if private_net {
+        wanted.push((CloneFlags::CLONE_NEWNET, "net", paths.net()));
+    }
+    wanted.retain(|(_, _, p)| !is_nsfs(p));
+    // unshare() changes the calling thread only (for these two kinds): a thread of its
+    // own makes the namespaces, binds them to their files and ends.
+    std::thread::spawn(move || -> io::Result<()> {
+        let flags = wanted.iter().fold(CloneFlags::empty(), |f, (k, _, _)| f | *k);
+        unshare(flags).map_err(io::Error::from)?;
+        for (kind, name, target) in &wanted {
+            File::create(target)?;
+            let source = format!("/proc/thread-self/ns/{name}");
+            mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(
+                |e| io::Error::other(format!("binding {name} namespace to {}: {e}", target.display())),
+            )?;
+            if *kind == CloneFlags::CLONE_NEWNET {
+                loopback_up()?;
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| io::Error::other("the pod thread panicked"))??;
+    Ok(paths)
+}
+
+/// Releases the pod's namespaces (they end once no process is left in them) and its
+/// directory.
+pub fn remove_pod(pods_root: &Path, app: &str) -> io::Result<()> {
+    let paths = PodPaths::new(pods_root, app);
+    for p in [paths.net(), paths.ipc()] {
+        if is_nsfs(&p) {
+            umount2(&p, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+        }
+    }
+    match fs::remove_dir_all(&paths.dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn loopback_up() -> io::Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which outlives the calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A non-blocking TCP socket created inside the network namespace at `net` (a socket
+/// stays in the namespace it was made in), for probing a pod's ports from the agent.
+pub fn tcp_socket_in(net: &Path, ipv6: bool) -> io::Result<OwnedFd> {
+    let ns = File::open(net)?;
+    std::thread::spawn(move || -> io::Result<OwnedFd> {
+        // This thread alone moves, and ends right after.
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let family =
+            if ipv6 { nix::sys::socket::AddressFamily::Inet6 } else { nix::sys::socket::AddressFamily::Inet };
+        nix::sys::socket::socket(
+            family,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(io::Error::from)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the probe thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_holds_its_namespaces_until_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = dir.path().join("pods");
+        let p = create_pod(&pods, "web", true).unwrap();
+        assert!(p.exists(true));
+        assert_eq!(list_pods(&pods), vec!["web".to_string()]);
+        let ours = fs::metadata("/proc/self/ns/net").unwrap();
+        let theirs = fs::metadata(p.net()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(ours.ino(), theirs.ino(), "a network namespace of its own");
+        // Idempotent.
+        let again = create_pod(&pods, "web", true).unwrap();
+        assert_eq!(fs::metadata(again.net()).unwrap().ino(), theirs.ino());
+        // A socket made in it belongs to it: bound to a port there, the same port is
+        // still free on the host.
+        let fd = tcp_socket_in(&p.net(), false).unwrap();
+        let addr = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, 0);
+        nix::sys::socket::bind(fd.as_raw_fd(), &addr).unwrap();
+        let bound: nix::sys::socket::SockaddrIn = nix::sys::socket::getsockname(fd.as_raw_fd()).unwrap();
+        std::net::TcpListener::bind(("127.0.0.1", bound.port())).expect("the port is free outside the pod");
+        // Host-network apps get IPC only.
+        let host = create_pod(&pods, "host-app", false).unwrap();
+        assert!(host.exists(false) && !host.exists(true));
+        remove_pod(&pods, "web").unwrap();
+        remove_pod(&pods, "host-app").unwrap();
+        assert!(list_pods(&pods).is_empty());
+        assert!(!p.dir.exists());
+        umount2(&pods, MntFlags::MNT_DETACH).unwrap();
+    }
+}

@@ -1,0 +1,129 @@
+//! The real [`Host`]: overlay root filesystems, OCI bundles, pods, volumes and
+//! devices on this device.
+
+use crate::executor::{Host, Prepare};
+use crate::volumes::{self, Allowed};
+use agent_runtime::bundle::{BundleSpec, PodNamespaces};
+use agent_runtime::pod::{self, PodPaths};
+use agent_runtime::rootfs::OverlayRootfs;
+use shared_proto::NetworkMode;
+use shared_proto::manifest::DesiredApp;
+use std::path::PathBuf;
+
+pub struct DeviceHost {
+    pub rootfs: OverlayRootfs,
+    pub bundles_dir: PathBuf,
+    pub pods_dir: PathBuf,
+    pub volumes_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub allowed: Allowed,
+}
+
+impl DeviceHost {
+    pub fn new(config: &crate::config::AgentConfig) -> DeviceHost {
+        DeviceHost {
+            rootfs: OverlayRootfs::new(config.containers_dir()),
+            bundles_dir: config.bundles_dir(),
+            pods_dir: config.pods_dir(),
+            volumes_dir: config.volumes_dir(),
+            cgroup_parent: config.cgroup_parent.clone(),
+            allowed: Allowed {
+                host_paths: config
+                    .allowed_host_paths
+                    .iter()
+                    .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+                    .collect(),
+                devices: config.allowed_devices.clone(),
+            },
+        }
+    }
+
+    fn pod_paths(&self, app: &str) -> PodPaths {
+        PodPaths::new(&self.pods_dir, app)
+    }
+}
+
+fn private_net(app: &DesiredApp) -> bool {
+    app.network != NetworkMode::Host
+}
+
+impl Host for DeviceHost {
+    fn prepare(&self, p: &Prepare) -> Result<PathBuf, String> {
+        let c = &p.container;
+        let mounts = volumes::mounts(&p.app, c, &self.volumes_dir, &self.allowed)?;
+        let devices = volumes::devices(c, &self.allowed)?;
+        let pod = self.pod_paths(&p.app.name);
+        if !pod.exists(private_net(&p.app)) {
+            return Err(format!("the pod of app {} is missing", p.app.name));
+        }
+        let (net, ipc) = (pod.net(), pod.ipc());
+        let merged = self
+            .rootfs
+            .prepare(&p.id, std::path::Path::new(&p.image.rootfs))
+            .map_err(|e| format!("preparing the root filesystem: {e}"))?;
+        let spec = BundleSpec {
+            id: &p.id,
+            cgroup_parent: &self.cgroup_parent,
+            container: c,
+            network: p.app.network,
+            image: &p.image.config,
+            rootfs: &merged,
+            hostname: &c.name,
+            pod: PodNamespaces {
+                net: private_net(&p.app).then_some(net.as_path()),
+                ipc: Some(ipc.as_path()),
+            },
+            mounts: &mounts,
+            devices: &devices,
+        };
+        agent_runtime::bundle::write_bundle(&self.bundles_dir.join(&p.id), &spec).map_err(|e| e.to_string())
+    }
+
+    fn release(&self, id: &str) -> Result<(), String> {
+        self.rootfs.release(id).map_err(|e| e.to_string())?;
+        match std::fs::remove_dir_all(self.bundles_dir.join(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_pod(&self, app: &DesiredApp) -> Result<(), String> {
+        pod::create_pod(&self.pods_dir, &app.name, private_net(app)).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn remove_pod(&self, app: &str) -> Result<(), String> {
+        pod::remove_pod(&self.pods_dir, app).map_err(|e| e.to_string())
+    }
+
+    fn pods(&self) -> Vec<String> {
+        pod::list_pods(&self.pods_dir)
+    }
+
+    fn netns(&self, app: &str) -> Option<PathBuf> {
+        let net = self.pod_paths(app).net();
+        net.exists().then_some(net)
+    }
+
+    fn oom_killed(&self, id: &str) -> bool {
+        oom_killed(&self.cgroup_parent, id)
+    }
+}
+
+/// The container's memory cgroup counted an OOM kill (v2 `memory.events`, v1
+/// `memory.oom_control`). Read right after the exit, before the cgroup goes.
+pub fn oom_killed(cgroup_parent: &str, id: &str) -> bool {
+    let candidates = [
+        format!("/sys/fs/cgroup/{cgroup_parent}/{id}/memory.events"),
+        format!("/sys/fs/cgroup/unified/{cgroup_parent}/{id}/memory.events"),
+        format!("/sys/fs/cgroup/memory/{cgroup_parent}/{id}/memory.oom_control"),
+    ];
+    candidates.iter().any(|path| {
+        std::fs::read_to_string(path).is_ok_and(|text| {
+            text.lines().any(|l| {
+                let mut f = l.split_whitespace();
+                f.next() == Some("oom_kill")
+                    && f.next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0)
+            })
+        })
+    })
+}
