@@ -15,7 +15,7 @@ use agent_runtime::{ContainerRuntime, HelperConfig, HelperRuntime};
 use anyhow::Context;
 use shared_proto::agent_state::ImageRecord;
 use shared_proto::manifest::DesiredManifest;
-use shared_proto::wire::AgentReport;
+use shared_proto::wire::{AgentReport, UsageReport};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, watch};
 
 /// With nothing to do, look again this often anyway (cheap: one runtime list).
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
+/// Containers' resource use is sampled this often (and sent only when it moved).
+const USAGE_SAMPLE_EVERY: Duration = Duration::from_secs(30);
 /// Image garbage collection runs at most this often.
 const GC_EVERY: Duration = Duration::from_secs(60);
 
@@ -93,12 +95,14 @@ pub async fn reconcile_loop<R: ContainerRuntime + 'static, H: Host>(
     mut exec: Executor<R, H>,
     mut desired: watch::Receiver<DesiredManifest>,
     report: watch::Sender<AgentReport>,
+    usage: watch::Sender<Option<UsageReport>>,
     mut pull_done: mpsc::UnboundedReceiver<(String, Result<ImageRecord, String>)>,
     mut probe_done: mpsc::UnboundedReceiver<ProbeDone>,
     volumes_dir: PathBuf,
 ) -> anyhow::Result<()> {
     let mut announced = false;
     let mut last_gc: Option<tokio::time::Instant> = None;
+    let mut next_sample = tokio::time::Instant::now();
     loop {
         let manifest = desired.borrow_and_update().clone();
         let now = exec.clock.now();
@@ -112,6 +116,7 @@ pub async fn reconcile_loop<R: ContainerRuntime + 'static, H: Host>(
         };
         let plan = reconcile::reconcile(&manifest, &observed, now);
         exec.run_probes(&plan.running, now);
+        let running: Vec<String> = plan.running.iter().map(|(id, _, _)| id.clone()).collect();
         let busy = !plan.actions.is_empty();
         let (removals, others): (Vec<Action>, Vec<Action>) =
             plan.actions.into_iter().partition(|a| matches!(a, Action::Remove { .. }));
@@ -144,17 +149,27 @@ pub async fn reconcile_loop<R: ContainerRuntime + 'static, H: Host>(
         }
         if !busy && last_gc.is_none_or(|t| t.elapsed() >= GC_EVERY) {
             last_gc = Some(tokio::time::Instant::now());
+            exec.sweep().await;
             collect_garbage(&mut exec, &manifest, &volumes_dir).await;
         }
         let wake_at = match (plan.wake_at, exec.probes.next_wake()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if tokio::time::Instant::now() >= next_sample {
+            next_sample = tokio::time::Instant::now() + USAGE_SAMPLE_EVERY;
+            if let Some(u) = exec.sample_usage(&running, exec.clock.now()) {
+                let _ = usage.send(Some(u));
+            }
+        }
         let wait = match wake_at {
             Some(at) => at.since(now).max(Duration::from_millis(50)),
             None if all_ok => IDLE_RECHECK,
             None => Duration::from_secs(1),
-        };
+        }
+        .min(
+            next_sample.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(50)),
+        );
         tokio::select! {
             r = desired.changed() => if r.is_err() { return Ok(()) },
             e = exec.exits.recv() => match e {
@@ -208,6 +223,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (report_tx, report_rx) =
         watch::channel(AgentReport { held_revision: held.revision, containers: vec![] });
     let (link_tx, link_rx) = watch::channel(None);
+    let (usage_tx, usage_rx) = watch::channel(None);
     let (pull_tx, pull_rx) = mpsc::unbounded_channel();
     let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let puller = Puller { blobs, images_dir: config.images_dir(), link: link_rx, clock: clock.clone() };
@@ -215,15 +231,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let exec = Executor::new(clock.clone(), runtime, host, db.clone(), Some(puller), pull_tx, probe_tx)?;
     tokio::spawn(crate::logs::run(config.logs_dir(), config.max_log_bytes));
     // Converge on what we have before (and whether or not) the hub answers.
-    let mut reconciler =
-        tokio::spawn(reconcile_loop(exec, desired_rx, report_tx, pull_rx, probe_rx, config.volumes_dir()));
+    let mut reconciler = tokio::spawn(reconcile_loop(
+        exec,
+        desired_rx,
+        report_tx,
+        usage_tx,
+        pull_rx,
+        probe_rx,
+        config.volumes_dir(),
+    ));
 
     let endpoint = crate::transport::client_endpoint()?;
     let identity = tokio::select! {
         id = crate::enrol::ensure_identity(&config, &db, &endpoint, &clock) => id?,
         r = &mut reconciler => return r?.context("the reconcile loop stopped"),
     };
-    let channels = crate::sync::SyncChannels { desired: desired_tx, report: report_rx, link: link_tx };
+    let channels =
+        crate::sync::SyncChannels { desired: desired_tx, report: report_rx, link: link_tx, usage: usage_rx };
     tokio::select! {
         r = crate::sync::run(&config, identity, endpoint, db, clock, channels) => r,
         r = reconciler => r?.context("the reconcile loop stopped"),

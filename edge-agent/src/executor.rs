@@ -51,6 +51,47 @@ pub trait Host: Send + Sync + 'static {
     fn netns(&self, app: &str) -> Option<PathBuf>;
     /// The kernel killed `id` for its memory limit (asked right after it exited).
     fn oom_killed(&self, id: &str) -> bool;
+    /// Ids that still have a root filesystem or a bundle here.
+    fn prepared(&self) -> Vec<String>;
+    /// CPU time used so far (ns) and memory in use (bytes, the working set) of a
+    /// running container, from its cgroup.
+    fn usage(&self, id: &str) -> Option<(u64, u64)>;
+}
+
+/// Usage is sent at most this often…
+pub const USAGE_MIN_INTERVAL: Duration = Duration::from_secs(60);
+/// …unless a container came or went, then after this long…
+pub const USAGE_SET_CHANGE_INTERVAL: Duration = Duration::from_secs(10);
+/// …and at least this often while it runs anything, moved or not.
+pub const USAGE_MAX_INTERVAL: Duration = Duration::from_secs(900);
+
+/// Whether a new usage sample is worth sending, given the last one sent: an idle
+/// device costs a few hundred bytes every 15 minutes, a busy one at most one report a
+/// minute. Moves under a quarter (and under 50 millicores or 4 MiB) are noise.
+pub fn usage_worth_sending(
+    last: Option<&(shared_proto::wire::UsageReport, Timestamp)>,
+    next: &shared_proto::wire::UsageReport,
+    now: Timestamp,
+) -> bool {
+    let Some((prev, at)) = last else { return !next.containers.is_empty() };
+    let since = now.since(*at);
+    let same_set = prev.containers.len() == next.containers.len()
+        && prev.containers.iter().zip(&next.containers).all(|(p, n)| p.app == n.app && p.name == n.name);
+    if !same_set {
+        // A container came or went: worth telling soon, but not at every crash.
+        return since >= USAGE_SET_CHANGE_INTERVAL;
+    }
+    if since < USAGE_MIN_INTERVAL {
+        return false;
+    }
+    if since >= USAGE_MAX_INTERVAL && !next.containers.is_empty() {
+        return true;
+    }
+    let moved = |a: u64, b: u64, floor: u64| a.abs_diff(b) > floor.max(a.max(b) / 4);
+    prev.containers.iter().zip(&next.containers).any(|(p, n)| {
+        moved(u64::from(p.cpu_millis), u64::from(n.cpu_millis), 50)
+            || moved(p.memory_bytes, n.memory_bytes, 4 << 20)
+    })
 }
 
 /// A probe's outcome, sent back to the loop.
@@ -78,6 +119,8 @@ pub struct Executor<R: ContainerRuntime + 'static, H: Host> {
     /// so draining this right after listing means no stopped container is seen
     /// without its exit code.
     pub exits: tokio::sync::broadcast::Receiver<agent_runtime::ContainerExit>,
+    usage_prev: HashMap<String, (Timestamp, u64)>,
+    usage_sent: Option<(shared_proto::wire::UsageReport, Timestamp)>,
 }
 
 impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
@@ -110,6 +153,8 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
         let exits = runtime.subscribe_exits();
         Ok(Executor {
             exits,
+            usage_prev: HashMap::new(),
+            usage_sent: None,
             clock,
             runtime,
             host,
@@ -446,6 +491,64 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
         Ok(())
     }
 
+    /// Releases what was prepared for containers the runtime no longer has and drops
+    /// their records: what an agent killed between a container's delete and its
+    /// cleanup (or between prepare and create) leaves behind. Runs only between
+    /// passes, when no run is half-way.
+    pub async fn sweep(&mut self) {
+        let Ok(listed) = self.runtime.list().await else { return };
+        let live: BTreeSet<String> = listed.into_iter().map(|c| c.id).collect();
+        let host = self.host.clone();
+        let prepared = tokio::task::spawn_blocking(move || host.prepared()).await.unwrap_or_default();
+        let recorded: Vec<String> =
+            self.db.containers().unwrap_or_default().into_iter().map(|r| r.id).collect();
+        let stale: BTreeSet<String> =
+            prepared.into_iter().chain(recorded).filter(|id| !live.contains(id)).collect();
+        for id in stale {
+            match self.cleanup(&id).await {
+                Ok(()) => tracing::info!(%id, "released what a gone container left"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %format!("{e:#}"), "could not release a gone container's files")
+                }
+            }
+        }
+    }
+
+    /// Samples the running containers' use; `Some` when it is worth sending.
+    pub fn sample_usage(
+        &mut self,
+        running: &[String],
+        now: Timestamp,
+    ) -> Option<shared_proto::wire::UsageReport> {
+        let mut containers = Vec::with_capacity(running.len());
+        let mut seen = HashMap::new();
+        for id in running {
+            let Some((cpu_ns, memory_bytes)) = self.host.usage(id) else { continue };
+            let Some((app, name)) = reconcile::parse_container_id(id) else { continue };
+            let cpu_millis = match self.usage_prev.get(id) {
+                Some((at, prev_ns)) if now > *at && cpu_ns >= *prev_ns => {
+                    let elapsed_ms = now.since(*at).as_millis().max(1) as u64;
+                    u32::try_from((cpu_ns - prev_ns) / (elapsed_ms * 1000)).unwrap_or(u32::MAX)
+                }
+                _ => 0,
+            };
+            seen.insert(id.clone(), (now, cpu_ns));
+            containers.push(shared_proto::wire::ContainerUsage {
+                app: app.to_string(),
+                name: name.to_string(),
+                cpu_millis,
+                memory_bytes,
+            });
+        }
+        self.usage_prev = seen;
+        containers.sort_by(|a, b| (&a.app, &a.name).cmp(&(&b.app, &b.name)));
+        let report = shared_proto::wire::UsageReport { containers };
+        usage_worth_sending(self.usage_sent.as_ref(), &report, now).then(|| {
+            self.usage_sent = Some((report.clone(), now));
+            report
+        })
+    }
+
     /// Images the desired state names, to keep.
     pub fn wanted_images(desired: &DesiredManifest) -> BTreeSet<String> {
         desired
@@ -488,6 +591,7 @@ mod tests {
         pods: Mutex<BTreeSet<String>>,
         calls: Mutex<Vec<String>>,
         oom: Mutex<BTreeSet<String>>,
+        usage: Mutex<BTreeMap<String, (u64, u64)>>,
     }
 
     impl Host for FakeHost {
@@ -517,6 +621,21 @@ mod tests {
         }
         fn oom_killed(&self, id: &str) -> bool {
             self.oom.lock().unwrap().contains(id)
+        }
+        fn usage(&self, id: &str) -> Option<(u64, u64)> {
+            self.usage.lock().unwrap().get(id).copied()
+        }
+        fn prepared(&self) -> Vec<String> {
+            let calls = self.calls.lock().unwrap();
+            let mut ids = BTreeSet::new();
+            for c in calls.iter() {
+                if let Some(id) = c.strip_prefix("prepare ") {
+                    ids.insert(id.to_string());
+                } else if let Some(id) = c.strip_prefix("release ") {
+                    ids.remove(id);
+                }
+            }
+            ids.into_iter().collect()
         }
     }
 
@@ -701,6 +820,67 @@ mod tests {
         w.runtime.set_exec_result("/alive", ExecOutput { exit_code: Some(0), output: vec![] });
         w.settle(&m).await;
         assert_eq!(created(&w.runtime.take_calls()), ["main"], "restarted");
+    }
+
+    #[tokio::test]
+    async fn usage_is_sampled_from_cgroups_and_sent_only_when_it_moved() {
+        let mut w = world();
+        let m = manifest(DesiredApp {
+            name: "pos".into(),
+            containers: vec![container("main")],
+            ..Default::default()
+        });
+        let plan = w.settle(&m).await;
+        let ids: Vec<String> = plan.running.iter().map(|(id, _, _)| id.clone()).collect();
+        let t0 = w.clock.now();
+        assert_eq!(w.exec.sample_usage(&[], t0), None, "nothing runs: nothing to say");
+        w.host.usage.lock().unwrap().insert(ids[0].clone(), (1_000_000_000, 20 << 20));
+        let first = w.exec.sample_usage(&ids, t0).expect("the first sample is sent");
+        assert_eq!((first.containers[0].cpu_millis, first.containers[0].memory_bytes), (0, 20 << 20));
+        // Half a core over 30 s, but within a minute of the last report: kept back.
+        w.host.usage.lock().unwrap().insert(ids[0].clone(), (16_000_000_000, 20 << 20));
+        assert_eq!(w.exec.sample_usage(&ids, t0.saturating_add(Duration::from_secs(30))), None);
+        // 60 s later: 250 millicores since the last sample, a real move.
+        w.host.usage.lock().unwrap().insert(ids[0].clone(), (23_500_000_000, 21 << 20));
+        let moved = w.exec.sample_usage(&ids, t0.saturating_add(Duration::from_secs(60))).expect("it moved");
+        assert_eq!(moved.containers[0].cpu_millis, 250);
+        assert_eq!((moved.containers[0].app.as_str(), moved.containers[0].name.as_str()), ("pos", "main"));
+        // Steady: nothing until the 15-minute refresh.
+        for k in 1..=15u64 {
+            let t = t0.saturating_add(Duration::from_secs(60 + 60 * k));
+            let ns = 23_500_000_000 + k * 15_000_000_000;
+            w.host.usage.lock().unwrap().insert(ids[0].clone(), (ns, 21 << 20));
+            let sent = w.exec.sample_usage(&ids, t);
+            assert_eq!(sent.is_some(), k == 15, "minute {k}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sweep_releases_what_a_killed_agent_left_and_nothing_else() {
+        let mut w = world();
+        let m = manifest(DesiredApp {
+            name: "pos".into(),
+            containers: vec![container("main")],
+            ..Default::default()
+        });
+        let plan = w.settle(&m).await;
+        let id = plan.report[0].id.clone();
+        // A container deleted by the runtime whose files the agent never released
+        // (killed in between), and one prepared but never created.
+        w.host
+            .prepare(&Prepare {
+                id: "pos_old_123".into(),
+                app: m.apps[0].clone(),
+                container: container("old"),
+                image: w.exec.images.values().next().unwrap().clone(),
+            })
+            .unwrap();
+        w.exec.sweep().await;
+        assert_eq!(w.host.prepared(), vec![id.clone()], "only the live container keeps its files");
+        assert_eq!(
+            w.exec.db.containers().unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+            vec![id]
+        );
     }
 
     #[tokio::test]

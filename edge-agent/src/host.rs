@@ -107,6 +107,26 @@ impl Host for DeviceHost {
     fn oom_killed(&self, id: &str) -> bool {
         oom_killed(&self.cgroup_parent, id)
     }
+
+    fn usage(&self, id: &str) -> Option<(u64, u64)> {
+        usage(&self.cgroup_parent, id)
+    }
+
+    fn prepared(&self) -> Vec<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        for dir in [self.rootfs.state_dir(), self.bundles_dir.as_path()] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                ids.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|id| agent_runtime::validate_container_id(id).is_ok()),
+                );
+            }
+        }
+        ids.into_iter().collect()
+    }
 }
 
 /// The container's memory cgroup counted an OOM kill (v2 `memory.events`, v1
@@ -126,4 +146,36 @@ pub fn oom_killed(cgroup_parent: &str, id: &str) -> bool {
             })
         })
     })
+}
+
+/// CPU time (ns) and working-set memory (bytes) of a container's cgroup: v2
+/// (`cpu.stat` usage_usec, `memory.current` minus `inactive_file`) or v1
+/// (`cpuacct.usage`, `memory.usage_in_bytes` minus `total_inactive_file`).
+pub fn usage(cgroup_parent: &str, id: &str) -> Option<(u64, u64)> {
+    let read = |p: String| std::fs::read_to_string(p).ok();
+    let field = |text: &str, key: &str| {
+        text.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(key)).then(|| f.next()?.parse::<u64>().ok()).flatten()
+        })
+    };
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let dir = format!("{root}/{cgroup_parent}/{id}");
+        if let (Some(cpu), Some(mem)) =
+            (read(format!("{dir}/cpu.stat")), read(format!("{dir}/memory.current")))
+        {
+            let usec = field(&cpu, "usage_usec")?;
+            let current: u64 = mem.trim().parse().ok()?;
+            let inactive =
+                read(format!("{dir}/memory.stat")).and_then(|s| field(&s, "inactive_file")).unwrap_or(0);
+            return Some((usec * 1000, current.saturating_sub(inactive)));
+        }
+    }
+    let cpu = read(format!("/sys/fs/cgroup/cpuacct/{cgroup_parent}/{id}/cpuacct.usage"))
+        .or_else(|| read(format!("/sys/fs/cgroup/cpu,cpuacct/{cgroup_parent}/{id}/cpuacct.usage")))?;
+    let mem_dir = format!("/sys/fs/cgroup/memory/{cgroup_parent}/{id}");
+    let current: u64 = read(format!("{mem_dir}/memory.usage_in_bytes"))?.trim().parse().ok()?;
+    let inactive =
+        read(format!("{mem_dir}/memory.stat")).and_then(|s| field(&s, "total_inactive_file")).unwrap_or(0);
+    Some((cpu.trim().parse().ok()?, current.saturating_sub(inactive)))
 }

@@ -40,6 +40,8 @@ pub struct SyncChannels {
     pub report: watch::Receiver<AgentReport>,
     /// The current link to the hub, for image pulls.
     pub link: watch::Sender<Option<HubLink>>,
+    /// What the containers use, published by the reconcile loop when worth sending.
+    pub usage: watch::Receiver<Option<shared_proto::wire::UsageReport>>,
 }
 
 /// Tracks how long the hub has been out of reach, to warn when it matters.
@@ -328,6 +330,10 @@ async fn drive(
                 AgentEvent::Welcomed { hub_version } => {
                     outcome.welcomed = true;
                     tracing::info!(%hub_version, transport = %link.transport(), version = s.version(), "connected to the hub");
+                    let usage = ch.usage.borrow_and_update().clone();
+                    if let Some(u) = usage {
+                        s.send_usage(clock.monotonic(), u);
+                    }
                 }
                 AgentEvent::Desired(m) => accept_desired(db, clock, ch, m).await?,
                 AgentEvent::UpToDate { revision } => tracing::debug!(revision, "desired state up to date"),
@@ -359,6 +365,13 @@ async fn drive(
                 changed.map_err(|_| anyhow!("the reconcile loop stopped"))?;
                 let report = ch.report.borrow_and_update().clone();
                 s.set_report(clock.monotonic(), report);
+            }
+            changed = ch.usage.changed() => {
+                changed.map_err(|_| anyhow!("the reconcile loop stopped"))?;
+                let usage = ch.usage.borrow_and_update().clone();
+                if let Some(u) = usage {
+                    s.send_usage(clock.monotonic(), u);
+                }
             }
             _ = async {
                 match deadline {

@@ -197,6 +197,19 @@ fn liveness_restarts_a_hung_container_and_a_failing_readiness_probe_shows_on_the
     });
     assert_ne!(status["phase"], "Running", "{status}");
     assert!(status["message"].as_str().unwrap().contains("port 9: connection refused"), "{status}");
+
+    // What the containers use reaches the hub (in memory) and `describe device`.
+    let used = wait_until("the containers' usage to reach the hub", LONG, || {
+        let out = hub.cli(&["describe", "device", "pi-probes"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.trim_start().starts_with("unready/web"))?.to_string();
+        // APP/CONTAINER PHASE READY CPU MEMORY …
+        let cols: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        (cols.len() > 4 && cols[3] != "-").then_some(cols)
+    });
+    assert!(used[3].ends_with('m') && used[4].ends_with("Mi"), "{used:?}");
+    let mib: f64 = used[4].trim_end_matches("Mi").parse().unwrap();
+    assert!(mib > 0.0, "a running shell uses some memory: {used:?}");
 }
 
 const SERIAL: &str = r#"apiVersion: flotilla.dev/v1

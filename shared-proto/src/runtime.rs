@@ -185,7 +185,7 @@ mod tests {
         let done = RuntimeMessage::ExecExited { exec_id: 5, exit_code: 3 };
         let frame = encode_frame(&done);
         assert_eq!(frame, [4, 0, 0, 0, 2, 2, 5, 6]);
-        assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), exit);
+        assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), done);
     }
 
     #[test]

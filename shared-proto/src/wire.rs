@@ -299,6 +299,43 @@ pub enum AgentFrame {
     Report(AgentReport),
     /// Liveness only; never written to the store.
     Heartbeat { seq: u64 },
+    /// What each running container uses (version 4; sent only to hubs that speak it).
+    /// Kept in the hub's memory, never written to the store.
+    Usage(UsageReport),
+}
+
+/// Resource use of the running containers, sampled by the agent from their cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    pub containers: Vec<ContainerUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerUsage {
+    pub app: String,
+    pub name: String,
+    /// Average CPU over the last sampling interval, in thousandths of a core.
+    pub cpu_millis: u32,
+    /// Memory in use, page cache that can be reclaimed left out (the working set).
+    pub memory_bytes: u64,
+}
+
+impl UsageReport {
+    /// What is wrong with this report, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if self.containers.len() > MAX_REPORT_CONTAINERS {
+            return Some(format!(
+                "a usage report lists {} containers, more than {MAX_REPORT_CONTAINERS}",
+                self.containers.len()
+            ));
+        }
+        self.containers.iter().enumerate().find_map(|(i, c)| {
+            too_long(&format!("containers[{i}].app"), &c.app, MAX_FRAME_NAME)
+                .or_else(|| too_long(&format!("containers[{i}].name"), &c.name, MAX_FRAME_NAME))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -472,3 +472,20 @@ fn enrolment_tokens_of_format_two_let_devices_pick_any_label() {
     let v5 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
     assert_eq!(hex::encode(&v5), "05050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
 }
+
+#[test]
+fn golden_usage_frame() {
+    let usage = AgentFrame::Usage(wire::UsageReport {
+        containers: vec![wire::ContainerUsage {
+            app: "a".into(),
+            name: "b".into(),
+            cpu_millis: 250,
+            memory_bytes: 1024,
+        }],
+    });
+    let frame = wire::encode_frame(&usage).unwrap();
+    assert_eq!(hex::encode(&frame), "0b00000004 02 01 0161 0162 fa01 8008".replace(' ', ""));
+    assert_eq!(wire::decode_frame::<AgentFrame>(&frame).unwrap(), usage);
+    // An older hub would read it as proof of life (the agent sends it none).
+    assert_eq!(usage.for_version(3), AgentFrame::Heartbeat { seq: 0 });
+}

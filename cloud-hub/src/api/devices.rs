@@ -135,3 +135,25 @@ pub async fn reject(
     state.live.forget(&name);
     Ok(reply)
 }
+
+/// `GET /api/v1/devices/{name}/usage`: what the device's containers use, as it last
+/// told this hub (kept in memory, never stored): CPU in millicores averaged over the
+/// agent's sampling interval, memory as the working set.
+pub async fn usage(
+    State(state): State<Arc<HubState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let device = state
+        .store
+        .get(StoreKind::Device, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Device {name:?} not found")))?;
+    caller.check_sees(&device)?;
+    let (containers, sampled_at) = match state.live.usage_of(&name) {
+        Some((u, at)) => (serde_json::to_value(&u.containers).unwrap_or_default(), Some(at)),
+        None => (Value::Array(vec![]), None),
+    };
+    Ok(Json(serde_json::json!({ "device": name, "sampledAt": sampled_at, "containers": containers })))
+}

@@ -49,6 +49,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/devices/{name}/decommission", post(devices::decommission))
         .route("/api/v1/devices/{name}/approve", post(devices::approve))
         .route("/api/v1/devices/{name}/reject", post(devices::reject))
+        .route("/api/v1/devices/{name}/usage", get(devices::usage))
         .route("/api/v1/ca", get(ca::status))
         .route("/api/v1/ca/rotate", post(ca::rotate))
         .route("/api/v1/ca/activate", post(ca::activate))

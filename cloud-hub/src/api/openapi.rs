@@ -82,6 +82,18 @@ pub fn document() -> Value {
             "responses": { "200": { "description": "Desired manifest" }, "404": { "$ref": "#/components/responses/Error" } } } }),
     );
     paths.insert(
+        "/api/v1/devices/{name}/usage".into(),
+        json!({ "get": { "summary": "What the device's containers use, as it last reported (memory only, never stored)",
+            "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": { "description": "CPU millicores and working-set bytes per container", "content": {
+                "application/json": { "schema": { "type": "object", "properties": {
+                    "device": { "type": "string" }, "sampledAt": { "type": ["string", "null"], "format": "date-time" },
+                    "containers": { "type": "array", "items": { "type": "object", "properties": {
+                        "app": { "type": "string" }, "name": { "type": "string" },
+                        "cpuMillis": { "type": "integer" }, "memoryBytes": { "type": "integer" } } } } } } } } },
+                "403": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" } } } }),
+    );
+    paths.insert(
         "/api/v1/devices/{name}/decommission".into(),
         json!({ "post": { "summary": "Retire a device: its connections close, its certificates open nothing more, nothing is placed on it; the record stays (operator)",
             "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
@@ -334,6 +346,7 @@ mod tests {
             "/api/v1/devices/{name}/decommission",
             "/api/v1/devices/{name}/approve",
             "/api/v1/devices/{name}/reject",
+            "/api/v1/devices/{name}/usage",
             "/api/v1/ca",
             "/api/v1/ca/rotate",
             "/api/v1/ca/activate",

@@ -329,6 +329,52 @@ pub async fn get(args: &HubArgs, kind: &str, name: Option<&str>, format: Format)
     }
 }
 
+/// What each container of an app gives up of the default sandbox, one line each:
+/// privilege, capabilities, user, host paths and devices. Nothing for an app that
+/// keeps it whole.
+pub fn sandbox_lines(spec: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let host_paths: Vec<(String, String)> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["hostPath"]["path"].as_str()?.to_string())))
+        .collect();
+    let lists = ["initContainers", "containers"];
+    for c in lists.iter().flat_map(|l| spec[*l].as_array().into_iter().flatten()) {
+        let name = c["name"].as_str().unwrap_or("?");
+        let sec = &c["security"];
+        let mut given = Vec::new();
+        if sec["privileged"] == true {
+            given.push("PRIVILEGED (every capability and device, no masked paths)".to_string());
+        }
+        let caps = |k: &str| -> Vec<String> {
+            sec[k].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+        };
+        if !caps("addCapabilities").is_empty() {
+            given.push(format!("adds {}", caps("addCapabilities").join(", ")));
+        }
+        if !caps("dropCapabilities").is_empty() {
+            given.push(format!("drops {}", caps("dropCapabilities").join(", ")));
+        }
+        if let Some(u) = sec["runAsUser"].as_u64() {
+            given.push(format!("runs as uid {u}"));
+        }
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if let Some((_, path)) = host_paths.iter().find(|(v, _)| m["name"] == v.as_str()) {
+                given.push(format!("host path {path} at {}", m["mountPath"].as_str().unwrap_or("?")));
+            }
+        }
+        for d in c["devices"].as_array().into_iter().flatten() {
+            given.push(format!("device {}", d["hostPath"].as_str().unwrap_or("?")));
+        }
+        if !given.is_empty() {
+            out.push(format!("{name}: {}", given.join("; ")));
+        }
+    }
+    out
+}
+
 pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let client = HubClient::connect(args)?;
@@ -367,15 +413,46 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
                 n(&v, &["status", "desiredRevision"]),
                 n(&v, &["status", "appliedRevision"])
             );
+            let usage = client.get(&format!("/api/v1/devices/{name}/usage")).await.unwrap_or_default();
+            let used = |c: &serde_json::Value| -> (String, String) {
+                usage["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|u| u["app"] == c["app"] && u["name"] == c["name"])
+                    .map(|u| {
+                        (
+                            format!("{}m", u["cpuMillis"].as_u64().unwrap_or(0)),
+                            format!("{:.1}Mi", u["memoryBytes"].as_u64().unwrap_or(0) as f64 / 1048576.0),
+                        )
+                    })
+                    .unwrap_or_else(|| ("-".into(), "-".into()))
+            };
             let rows: Vec<Vec<String>> = v["status"]["containers"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default()
                 .iter()
                 .map(|c| {
+                    let (cpu, mem) = used(c);
+                    let name = if c["init"] == true {
+                        format!("{}/{} (init)", s(c, &["app"]), s(c, &["name"]))
+                    } else {
+                        format!("{}/{}", s(c, &["app"]), s(c, &["name"]))
+                    };
+                    let ready = if c["init"] == true {
+                        "-"
+                    } else if c["ready"] == true {
+                        "yes"
+                    } else {
+                        "no"
+                    };
                     vec![
-                        format!("{}/{}", s(c, &["app"]), s(c, &["name"])),
+                        name,
                         s(c, &["phase"]).to_string(),
+                        ready.to_string(),
+                        cpu,
+                        mem,
                         n(c, &["restarts"]).to_string(),
                         c["exitCode"].as_i64().map_or("-".into(), |x| x.to_string()),
                         s(c, &["reason"]).to_string(),
@@ -384,12 +461,24 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
                 .collect();
             if !rows.is_empty() {
                 println!("Containers:");
-                for l in table(&["APP/CONTAINER", "PHASE", "RESTARTS", "EXIT", "REASON"], &rows).lines() {
+                for l in table(
+                    &["APP/CONTAINER", "PHASE", "READY", "CPU", "MEMORY", "RESTARTS", "EXIT", "REASON"],
+                    &rows,
+                )
+                .lines()
+                {
                     println!("  {l}");
                 }
             }
         }
         Kind::App => {
+            let sandbox = sandbox_lines(&v["spec"]);
+            if !sandbox.is_empty() {
+                println!("Sandbox given up:");
+                for l in sandbox {
+                    println!("  {l}");
+                }
+            }
             println!("  Phase:     {}", s(&v, &["status", "phase"]));
             println!(
                 "  Running:   {}/{}",
@@ -679,6 +768,28 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1]["kind"], "App");
         assert!(parse_documents("kind: [unclosed").is_err());
+    }
+
+    #[test]
+    fn describe_names_what_each_container_gives_up_of_the_sandbox() {
+        let spec = serde_json::json!({
+            "volumes": [{"name": "spool", "hostPath": {"path": "/var/spool"}}, {"name": "db", "persistent": {}}],
+            "containers": [
+                {"name": "plain", "security": {"privileged": false, "addCapabilities": [], "dropCapabilities": []}},
+                {"name": "pos", "security": {"addCapabilities": ["NET_RAW"], "runAsUser": 1000},
+                 "volumeMounts": [{"name": "spool", "mountPath": "/spool"}, {"name": "db", "mountPath": "/db"}],
+                 "devices": [{"hostPath": "/dev/ttyUSB0"}]},
+            ],
+            "initContainers": [{"name": "root", "security": {"privileged": true}}],
+        });
+        assert_eq!(
+            sandbox_lines(&spec),
+            vec![
+                "root: PRIVILEGED (every capability and device, no masked paths)".to_string(),
+                "pos: adds NET_RAW; runs as uid 1000; host path /var/spool at /spool; device /dev/ttyUSB0"
+                    .to_string(),
+            ]
+        );
     }
 
     #[test]

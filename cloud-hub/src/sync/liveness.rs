@@ -5,7 +5,7 @@
 use crate::controllers::devices::LiveDevice;
 use shared_proto::Timestamp;
 use shared_proto::manifest::ObservedContainer;
-use shared_proto::wire::DeviceFacts;
+use shared_proto::wire::{DeviceFacts, UsageReport};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use tokio::sync::Notify;
@@ -18,6 +18,9 @@ struct Inner {
     sessions: HashMap<String, u64>,
     next_session: u64,
     dirty: BTreeSet<String>,
+    /// Each device's latest resource use and when it arrived: memory only, never the
+    /// store (it moves all the time and matters only while fresh).
+    usage: HashMap<String, (UsageReport, Timestamp)>,
 }
 
 /// Shared by every sync session and the device controller.
@@ -74,6 +77,17 @@ impl LivenessTable {
 
     pub fn heartbeat(&self, device: &str, now: Timestamp) {
         self.touch(device, false, |d| d.last_seen = now);
+    }
+
+    /// A device's containers' resource use; also proof of life.
+    pub fn usage(&self, device: &str, usage: UsageReport, now: Timestamp) {
+        self.touch(device, false, |d| d.last_seen = now);
+        self.with(|i| i.usage.insert(device.to_string(), (usage, now)));
+    }
+
+    /// The latest usage a device sent this hub, and when.
+    pub fn usage_of(&self, device: &str) -> Option<(UsageReport, Timestamp)> {
+        self.with(|i| i.usage.get(device).cloned())
     }
 
     pub fn report(

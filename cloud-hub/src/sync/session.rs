@@ -263,6 +263,7 @@ where
         while let Some(event) = session.poll_event() {
             match event {
                 HubEvent::Heartbeat => state.live.heartbeat(&device, clock.now()),
+                HubEvent::Usage(u) => state.live.usage(&device, u, clock.now()),
                 HubEvent::Report(r) => state.live.report(&device, r.held_revision, r.containers, clock.now()),
                 HubEvent::Ended(end) => {
                     let _ = writer.flush().await;

@@ -52,6 +52,11 @@ impl OverlayRootfs {
         OverlayRootfs { state_dir: state_dir.into() }
     }
 
+    /// Where every container's directory lives.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     fn container_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join(id)
     }

@@ -751,6 +751,120 @@ mod tests {
         assert_eq!(plan.report[0].phase, ContainerPhase::Running);
     }
 
+    fn pod_app() -> DesiredManifest {
+        let mut m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        m.apps[0].init_containers = vec![container("init", "sha256:x")];
+        m.apps[0].grace_period_seconds = 7;
+        m
+    }
+
+    #[test]
+    fn no_pod_no_containers_but_images_are_fetched_meanwhile() {
+        let m = pod_app();
+        let plan = reconcile(&m, &Observed::default(), Timestamp(0));
+        assert!(
+            matches!(&plan.actions[..], [Action::CreatePod { .. }, Action::Pull { .. }]),
+            "{:?}",
+            plan.actions
+        );
+        assert!(plan.report.iter().all(|r| r.reason == "creating the app's pod"));
+    }
+
+    #[test]
+    fn init_containers_are_done_once_they_exited_zero_or_the_app_runs() {
+        let m = pod_app();
+        let init_id = container_id(&m.apps[0], &m.apps[0].init_containers[0]);
+        let mut obs = observed();
+        obs.images.insert("sha256:x".into());
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert!(matches!(&plan.actions[..], [Action::Run { init: true, .. }]), "{:?}", plan.actions);
+        obs.runtime.insert(init_id.clone(), rt(RuntimeStatus::Stopped, Some(0)));
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert!(matches!(&plan.actions[..], [Action::Run { init: false, .. }]), "{:?}", plan.actions);
+        // Exit code unknown (an agent restart), but the app runs: not run again.
+        obs.runtime.insert(init_id.clone(), rt(RuntimeStatus::Stopped, None));
+        obs.runtime.insert(id_of(&m, 0), rt(RuntimeStatus::Running, None));
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.report.iter().find(|r| r.init).unwrap().reason, "completed");
+    }
+
+    #[test]
+    fn a_failed_init_container_under_never_fails_the_app() {
+        let mut m = pod_app();
+        m.apps[0].restart_policy = RestartPolicy::Never;
+        let init_id = container_id(&m.apps[0], &m.apps[0].init_containers[0]);
+        let mut obs = observed();
+        obs.images.insert("sha256:x".into());
+        obs.runtime.insert(init_id, rt(RuntimeStatus::Stopped, Some(4)));
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert!(plan.actions.is_empty());
+        let init = plan.report.iter().find(|r| r.init).unwrap();
+        assert_eq!(init.phase, ContainerPhase::Failed);
+        assert_eq!(init.reason, "init container exited with code 4");
+        let main = plan.report.iter().find(|r| !r.init).unwrap();
+        assert_eq!(main.reason, "waiting for init container init");
+    }
+
+    #[test]
+    fn probe_verdicts_become_readiness_and_stops() {
+        let mut m = manifest(RestartPolicy::Always, vec![container("a", "sha256:x")]);
+        m.apps[0].containers[0].readiness_probe = Some(Default::default());
+        let id = id_of(&m, 0);
+        let mut obs = observed();
+        obs.runtime.insert(id.clone(), rt(RuntimeStatus::Running, None));
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        assert!(!plan.report[0].ready, "a readiness probe must pass first");
+        assert_eq!(plan.running.len(), 1, "handed to the probe tracker");
+        obs.probes.insert(id.clone(), ProbeVerdict { started: true, ready: true, ..Default::default() });
+        assert!(reconcile(&m, &obs, Timestamp(0)).report[0].ready);
+        obs.probes.insert(
+            id.clone(),
+            ProbeVerdict {
+                started: true,
+                failed: Some("liveness probe failed 3 times: x".into()),
+                ..Default::default()
+            },
+        );
+        let plan = reconcile(&m, &obs, Timestamp(0));
+        let [Action::Stop { id: stopped, stop, reason }] = &plan.actions[..] else {
+            panic!("{:?}", plan.actions)
+        };
+        assert_eq!(
+            (stopped, stop.grace, reason.as_str()),
+            (&id, Duration::from_secs(10), "liveness probe failed 3 times: x")
+        );
+    }
+
+    #[test]
+    fn a_departed_app_stops_with_its_recorded_grace_and_its_pod_goes_last() {
+        let empty = DesiredManifest { device: "pi".into(), revision: 9, apps: vec![], configs: vec![] };
+        let mut obs = observed();
+        obs.runtime.insert("web_a_1".into(), rt(RuntimeStatus::Running, None));
+        let policy = StopPolicy { grace: Duration::from_secs(30), pre_stop: None };
+        obs.stop_policies.insert("web_a_1".into(), policy.clone());
+        let plan = reconcile(&empty, &obs, Timestamp(0));
+        assert_eq!(
+            plan.actions,
+            vec![Action::Remove { id: "web_a_1".into(), stop: policy }],
+            "the pod waits"
+        );
+        obs.runtime.clear();
+        let plan = reconcile(&empty, &obs, Timestamp(0));
+        assert_eq!(plan.actions, vec![Action::RemovePod { app: "web".into() }]);
+    }
+
+    #[test]
+    fn an_init_container_change_recreates_the_app_s_containers_and_a_volume_mount_does_too() {
+        let m1 = pod_app();
+        let mut m2 = m1.clone();
+        m2.apps[0].init_containers[0].command = vec!["/migrate".into()];
+        assert_ne!(id_of(&m1, 0), id_of(&m2, 0));
+        let mut m3 = m1.clone();
+        m3.apps[0].grace_period_seconds = 99;
+        assert_eq!(id_of(&m1, 0), id_of(&m3, 0), "the grace period is how it stops, not what it is");
+    }
+
     #[test]
     fn backoff_grows_and_caps() {
         assert_eq!(backoff(1), Duration::from_secs(1));

@@ -188,6 +188,7 @@ impl AgentWatch {
                     assert_eq!(seq, self.heartbeat_seq + 1, "S6: heartbeats out of sequence");
                     self.heartbeat_seq = seq;
                 }
+                AgentFrame::Usage(_) => panic!("S4: usage the shell never gave"),
             }
             self.last_sent = self.now;
         }

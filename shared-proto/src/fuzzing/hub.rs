@@ -199,7 +199,8 @@ impl HubWatch {
                 {
                     want.push(HubEvent::Report(r))
                 }
-                Ok(AgentFrame::Report(_)) | Err(_) => {
+                Ok(AgentFrame::Usage(u)) if u.problem().is_none() => want.push(HubEvent::Usage(u)),
+                Ok(AgentFrame::Report(_)) | Ok(AgentFrame::Usage(_)) | Err(_) => {
                     want.push(protocol_error());
                     return want;
                 }

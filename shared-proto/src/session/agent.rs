@@ -204,6 +204,13 @@ impl AgentSession {
         }
     }
 
+    /// Sends what the containers use, if the session is up and the hub speaks
+    /// version 4 or later (an older one has no place for it); `false` otherwise, and
+    /// nothing is kept: the shell sends the next sample.
+    pub fn send_usage(&mut self, now: Instant, usage: crate::wire::UsageReport) -> bool {
+        self.is_established() && self.version >= 4 && self.queue(now, &AgentFrame::Usage(usage))
+    }
+
     fn send_report(&mut self, now: Instant) {
         if self.sent_report.as_ref() == Some(&self.report) {
             return;

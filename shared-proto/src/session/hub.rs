@@ -48,6 +48,8 @@ pub enum HubEvent {
     Report(AgentReport),
     /// The device is alive.
     Heartbeat,
+    /// What its containers use: keep it in memory only.
+    Usage(crate::wire::UsageReport),
     /// The session is over; the shell closes the stream.
     Ended(SessionEnd),
 }
@@ -249,6 +251,10 @@ impl HubSession {
                 Ok(AgentFrame::Report(r)) => match r.problem() {
                     Some(p) => return self.end(SessionEnd::Protocol(format!("bad report: {p}"))),
                     None => self.events.push_back(HubEvent::Report(r)),
+                },
+                Ok(AgentFrame::Usage(u)) => match u.problem() {
+                    Some(p) => return self.end(SessionEnd::Protocol(format!("bad usage report: {p}"))),
+                    None => self.events.push_back(HubEvent::Usage(u)),
                 },
                 Err(e) => return self.end(SessionEnd::Protocol(format!("bad frame from the device: {e}"))),
             }

@@ -161,7 +161,7 @@ impl World {
             while let Some(ev) = hub.poll_event() {
                 match ev {
                     HubEvent::Report(r) => self.hub_saw = Some(r),
-                    HubEvent::Heartbeat => {}
+                    HubEvent::Heartbeat | HubEvent::Usage(_) => {}
                     HubEvent::Ended(_) => ended = true,
                 }
             }
@@ -538,4 +538,48 @@ proptest! {
         agent.handle_eof(t0);
         prop_assert!(hub.is_ended() && agent.is_ended());
     }
+}
+
+#[test]
+fn usage_reaches_a_hub_of_version_4_and_never_an_older_one() {
+    let t0 = Instant::now();
+    let usage = wire::UsageReport {
+        containers: vec![wire::ContainerUsage {
+            app: "pos".into(),
+            name: "main".into(),
+            cpu_millis: 120,
+            memory_bytes: 1 << 20,
+        }],
+    };
+    for version in [3, PROTOCOL_VERSION] {
+        let mut agent =
+            AgentSession::new(t0, hello(0), version, AgentReport::default(), &AgentSessionConfig::default());
+        let mut d = FrameDecoder::new();
+        d.push(&agent.poll_transmit().unwrap());
+        let (v, StreamOpen::Sync(h)) =
+            wire::decode_frame_body_versioned(&d.next_body().unwrap().unwrap()).unwrap()
+        else {
+            panic!()
+        };
+        let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &h, v, d);
+        assert!(!agent.send_usage(t0, usage.clone()), "not before the welcome");
+        hub.welcome(t0, None);
+        while let Some(b) = hub.poll_transmit() {
+            agent.handle_bytes(t0, &b);
+        }
+        while agent.poll_transmit().is_some() {}
+        let sent = agent.send_usage(t0, usage.clone());
+        assert_eq!(sent, version >= 4, "version {version}");
+        while let Some(b) = agent.poll_transmit() {
+            hub.handle_bytes(t0, &b);
+        }
+        let events: Vec<HubEvent> = std::iter::from_fn(|| hub.poll_event()).collect();
+        assert_eq!(events.contains(&HubEvent::Usage(usage.clone())), version >= 4, "{events:?}");
+    }
+    // A usage report past the bounds ends that one session.
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    hub.welcome(t0, None);
+    let huge = wire::UsageReport { containers: vec![Default::default(); wire::MAX_REPORT_CONTAINERS + 1] };
+    hub.handle_bytes(t0, &wire::encode_frame(&wire::AgentFrame::Usage(huge)).unwrap());
+    assert!(hub.is_ended());
 }

@@ -76,6 +76,9 @@ impl From<&super::AgentFrame> for AgentFrame {
                 containers: r.containers.iter().map(Into::into).collect(),
             }),
             super::AgentFrame::Heartbeat { seq } => AgentFrame::Heartbeat { seq: *seq },
+            // An older hub has no place for usage; the agent sends none to it, and
+            // were one written it would read as what it costs: proof of life.
+            super::AgentFrame::Usage(_) => AgentFrame::Heartbeat { seq: 0 },
         }
     }
 }
