@@ -28,6 +28,11 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Turn other tools' descriptions into Flotilla objects (printed as YAML).
+    Convert {
+        #[command(subcommand)]
+        command: cli::ConvertCommand,
+    },
     /// List objects of a kind, or show one.
     Get {
         /// sites, devices, apps or images.
@@ -100,6 +105,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Hub { command: HubCommand::Serve(args) } => cloud_hub::hub::serve(args).await,
         Command::Demo(args) => cloud_hub::demo::run(args).await,
         Command::Apply { file } => cli::apply(h, &file).await,
+        Command::Convert { command } => cli::convert(&command),
         Command::Get { kind, name, output } => cli::get(h, &kind, name.as_deref(), output).await,
         Command::Describe { kind, name } => cli::describe(h, &kind, &name).await,
         Command::Delete { kind, name } => cli::delete(h, &kind, &name).await,

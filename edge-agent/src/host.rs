@@ -57,6 +57,8 @@ impl Host for DeviceHost {
             return Err(format!("the pod of app {} is missing", p.app.name));
         }
         let (net, ipc) = (pod.net(), pod.ipc());
+        let hosts = pod.dir.join("hosts");
+        write_hosts(&hosts, &p.app).map_err(|e| format!("writing the pod's hosts file: {e}"))?;
         let merged = self
             .rootfs
             .prepare(&p.id, std::path::Path::new(&p.image.rootfs))
@@ -73,6 +75,7 @@ impl Host for DeviceHost {
                 net: private_net(&p.app).then_some(net.as_path()),
                 ipc: Some(ipc.as_path()),
             },
+            etc_hosts: Some(hosts.as_path()),
             mounts: &mounts,
             devices: &devices,
         };
@@ -129,6 +132,32 @@ impl Host for DeviceHost {
     }
 }
 
+/// The pod's `/etc/hosts`: its containers reach each other by name at the pod's
+/// loopback (on the device's network, after the device's own entries).
+pub fn hosts_file(app: &DesiredApp, device_hosts: Option<&str>) -> String {
+    let names: Vec<&str> =
+        app.containers.iter().chain(&app.init_containers).map(|c| c.name.as_str()).collect();
+    let mut out = match device_hosts {
+        Some(h) if app.network == NetworkMode::Host => format!("{}\n", h.trim_end()),
+        _ => "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string(),
+    };
+    if !names.is_empty() {
+        out.push_str(&format!("127.0.0.1\t{}\n", names.join(" ")));
+    }
+    out
+}
+
+fn write_hosts(path: &std::path::Path, app: &DesiredApp) -> std::io::Result<()> {
+    let device = std::fs::read_to_string("/etc/hosts").ok();
+    let text = hosts_file(app, device.as_deref());
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// The container's memory cgroup counted an OOM kill (v2 `memory.events`, v1
 /// `memory.oom_control`). Read right after the exit, before the cgroup goes.
 pub fn oom_killed(cgroup_parent: &str, id: &str) -> bool {
@@ -178,4 +207,30 @@ pub fn usage(cgroup_parent: &str, id: &str) -> Option<(u64, u64)> {
     let inactive =
         read(format!("{mem_dir}/memory.stat")).and_then(|s| field(&s, "total_inactive_file")).unwrap_or(0);
     Some((cpu.trim().parse().ok()?, current.saturating_sub(inactive)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::manifest::DesiredContainer;
+
+    #[test]
+    fn a_pod_s_containers_are_reachable_by_name() {
+        let mut app = DesiredApp {
+            name: "pos".into(),
+            containers: vec![
+                DesiredContainer { name: "web".into(), ..Default::default() },
+                DesiredContainer { name: "db".into(), ..Default::default() },
+            ],
+            network: NetworkMode::None,
+            ..Default::default()
+        };
+        let own = hosts_file(&app, Some("10.0.0.1 router"));
+        assert!(own.starts_with("127.0.0.1\tlocalhost\n"), "{own}");
+        assert!(own.ends_with("127.0.0.1\tweb db\n"), "{own}");
+        assert!(!own.contains("router"), "a pod of its own does not see the device's names");
+        app.network = NetworkMode::Host;
+        let host = hosts_file(&app, Some("127.0.0.1 localhost\n10.0.0.1 router\n"));
+        assert!(host.contains("10.0.0.1 router") && host.ends_with("127.0.0.1\tweb db\n"), "{host}");
+    }
 }

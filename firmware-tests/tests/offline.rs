@@ -46,10 +46,12 @@ spec:
       volumeMounts: [{name: ledger, mountPath: /ledger}]
 "#;
 
+/// Fields drop in order: the agent (which resets its containers) before the
+/// directory holding its state.
 struct Store {
-    _dir: tempfile::TempDir,
     agent: Agent,
     ledger: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 /// A device running the store app, its hub killed for good.

@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod client;
+pub mod compose;
 pub mod output;
 
 use anyhow::{Context, bail};
@@ -155,12 +156,96 @@ pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(docs)
 }
 
+#[derive(clap::Subcommand)]
+pub enum ConvertCommand {
+    /// A docker-compose.yml into one App (its services become the App's containers).
+    Compose {
+        file: std::path::PathBuf,
+        /// The App's name; default: the file's `name:`, else its directory's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Devices to run on, `key=value` (repeatable); default: the file's
+        /// `x-flotilla.selector`, else every device.
+        #[arg(long = "selector", value_parser = parse_label)]
+        selector: Vec<(String, String)>,
+    },
+}
+
+/// The App a Compose document becomes, named and placed from `x-flotilla` (or the
+/// arguments); notes go to stderr.
+fn compose_app(
+    doc: &Value,
+    source: &Path,
+    name: Option<String>,
+    selector: Vec<(String, String)>,
+    require_selector: bool,
+) -> anyhow::Result<Value> {
+    let ext = &doc["x-flotilla"];
+    let name = name
+        .or_else(|| ext["name"].as_str().map(str::to_string))
+        .or_else(|| doc["name"].as_str().map(str::to_string))
+        .or_else(|| {
+            std::path::absolute(source).ok()?.parent()?.file_name()?.to_str().map(|n| n.to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "compose".into());
+    let mut labels: std::collections::BTreeMap<String, String> = selector.into_iter().collect();
+    if labels.is_empty() {
+        for (k, v) in ext["selector"].as_object().into_iter().flatten() {
+            labels.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+        }
+    }
+    if require_selector && labels.is_empty() {
+        anyhow::bail!(
+            "a Compose file applied to a fleet must say where it runs: add `x-flotilla: {{selector: {{role: pos}}}}` (or convert it with `flotilla convert compose --selector` and apply the result)"
+        );
+    }
+    match compose::convert(doc, &name, labels) {
+        Ok(c) => {
+            for n in &c.notes {
+                eprintln!("note: {n}");
+            }
+            Ok(serde_json::to_value(&c.app)?)
+        }
+        Err(problems) => {
+            anyhow::bail!("cannot convert {} :\n  {}", source.display(), problems.join("\n  "))
+        }
+    }
+}
+
+pub fn convert(command: &ConvertCommand) -> anyhow::Result<()> {
+    let ConvertCommand::Compose { file, name, selector } = command;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let doc: Value =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not valid YAML", file.display()))?;
+    let app = compose_app(&doc, file, name.clone(), selector.clone(), false)?;
+    let mut out = serde_json::Map::new();
+    // The fields an operator writes, not the status the hub fills in.
+    for key in ["apiVersion", "kind", "metadata", "spec"] {
+        out.insert(key.into(), app[key].clone());
+    }
+    out["metadata"] = serde_json::json!({ "name": app["metadata"]["name"] });
+    print!("{}", serde_yaml_ng::to_string(&Value::Object(out))?);
+    Ok(())
+}
+
 pub async fn apply(args: &HubArgs, file: &Path) -> anyhow::Result<()> {
     let client = HubClient::connect(args)?;
     let mut failed = 0;
     for (source, text) in read_manifests(file)? {
         for (i, doc) in parse_documents(&text).with_context(|| source.clone())?.into_iter().enumerate() {
             let where_ = format!("{source} document {}", i + 1);
+            let doc = if compose::is_compose(&doc) {
+                match compose_app(&doc, Path::new(&source), None, vec![], true) {
+                    Ok(app) => app,
+                    Err(e) => {
+                        eprintln!("error: {where_}: {e:#}");
+                        failed += 1;
+                        continue;
+                    }
+                }
+            } else {
+                doc
+            };
             let kind_str = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
             let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_str) else {
                 eprintln!("error: {where_}: kind: must be one of Site, Device, App, got {kind_str:?}");

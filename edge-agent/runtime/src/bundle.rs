@@ -124,6 +124,9 @@ pub struct BundleSpec<'a> {
     /// UTS hostname; empty means the container's name.
     pub hostname: &'a str,
     pub pod: PodNamespaces<'a>,
+    /// The pod's `/etc/hosts` (its containers by name), mounted read-only in place of
+    /// the device's.
+    pub etc_hosts: Option<&'a Path>,
     pub mounts: &'a [ContainerMount],
     pub devices: &'a [HostDevice],
 }
@@ -495,7 +498,17 @@ pub fn build_spec(
             .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
             .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
     };
+    let host_files =
+        if spec.etc_hosts.is_some() { HostFiles { hosts: false, ..host_files } } else { host_files };
     let mut all_mounts = mounts(spec.network, host_files)?;
+    if let Some(hosts) = spec.etc_hosts {
+        all_mounts.push(mount(
+            "/etc/hosts",
+            "bind",
+            &hosts.to_string_lossy(),
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
+    }
     all_mounts.extend(volume_mounts(spec.mounts)?);
     for d in spec.devices {
         let mut options = vec!["bind", "nosuid", "noexec"];
@@ -629,6 +642,7 @@ mod tests {
             rootfs: Path::new("/rootfs"),
             hostname: "",
             pod: PodNamespaces::default(),
+            etc_hosts: None,
             mounts: &[],
             devices: &[],
         };
@@ -737,6 +751,7 @@ mod tests {
                 net: Some(Path::new("/run/pods/pos/net")),
                 ipc: Some(Path::new("/run/pods/pos/ipc")),
             },
+            etc_hosts: Some(Path::new("/run/pods/pos/hosts")),
             mounts: &mounts,
             devices: &devices,
         };
@@ -753,6 +768,9 @@ mod tests {
         let scratch = m.iter().find(|m| m.destination() == Path::new("/scratch")).unwrap();
         assert_eq!(scratch.typ().as_deref(), Some("tmpfs"));
         assert!(scratch.options().as_ref().unwrap().contains(&"ro".to_string()));
+        let hosts: Vec<_> = m.iter().filter(|m| m.destination() == Path::new("/etc/hosts")).collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].source().as_deref(), Some(Path::new("/run/pods/pos/hosts")));
         let dev = m.iter().find(|m| m.destination() == Path::new("/dev/ttyUSB0")).unwrap();
         assert_eq!(dev.source().as_deref(), Some(Path::new("/dev/pts/3")), "the device's own node");
         assert!(!dev.options().as_ref().unwrap().contains(&"nodev".to_string()));
@@ -915,6 +933,7 @@ mod tests {
             rootfs: Path::new("/r"),
             hostname: "",
             pod: PodNamespaces::default(),
+            etc_hosts: None,
             mounts: &[],
             devices: &[],
         };

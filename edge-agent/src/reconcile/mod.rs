@@ -124,9 +124,10 @@ pub struct Observed {
     pub probes: BTreeMap<String, ProbeVerdict>,
 }
 
-/// The app a container runs in, without its containers: what a run needs to know.
+/// The app a container runs in: what a run needs to know (its volumes, its network,
+/// the names of its containers for the pod's `/etc/hosts`).
 pub fn app_context(app: &DesiredApp) -> Box<DesiredApp> {
-    Box::new(DesiredApp { containers: vec![], init_containers: vec![], ..app.clone() })
+    Box::new(app.clone())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

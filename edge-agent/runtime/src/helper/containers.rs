@@ -161,9 +161,15 @@ impl Containers {
         }
     }
 
-    /// Pidfds of live init processes, to poll alongside the request pipe.
+    /// Pidfds of live init processes and of running execs, to poll alongside the
+    /// request pipe: an exec's end is reported the moment it happens (a probe waits
+    /// for it), not at the next sweep.
     pub(super) fn watched(&self) -> Vec<BorrowedFd<'_>> {
-        self.tracked.values().filter_map(|t| t.pidfd.as_ref().map(|fd| fd.as_fd())).collect()
+        self.tracked
+            .values()
+            .filter_map(|t| t.pidfd.as_ref().map(|fd| fd.as_fd()))
+            .chain(self.exec_fds.values().map(|fd| fd.as_fd()))
+            .collect()
     }
 
     /// Collects the exits that happened since the last call: reaps our children

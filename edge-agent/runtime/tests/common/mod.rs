@@ -111,6 +111,7 @@ impl TestEnv {
             rootfs: &rootfs,
             hostname: "",
             pod: Default::default(),
+            etc_hosts: None,
             mounts: &[],
             devices: &[],
         };
