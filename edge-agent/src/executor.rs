@@ -287,7 +287,15 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
 
     pub fn on_probe_done(&mut self, done: ProbeDone, now: Timestamp) {
         let (run, result) = done;
+        let was_ready = self.probes.verdict(&run.id).is_some_and(|v| v.ready);
         self.probes.handle_result(&run, result, now);
+        match self.probes.verdict(&run.id) {
+            Some(v) if v.ready && !was_ready => tracing::info!(id = %run.id, "container ready"),
+            Some(v) if !v.ready && was_ready => {
+                tracing::warn!(id = %run.id, why = %v.message, "container no longer ready")
+            }
+            _ => {}
+        }
     }
 
     /// Carries out one action; `false` when it failed (it is retried on a later pass).

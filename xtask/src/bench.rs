@@ -25,6 +25,10 @@ pub struct Args {
     /// Containers to run.
     #[arg(long, default_value_t = 10)]
     containers: usize,
+    /// Give every container a readiness probe (exec `/bin/true` every 5 s) and also
+    /// time the cold start until all are ready.
+    #[arg(long)]
+    probes: bool,
     #[command(flatten)]
     fleet: crate::bench_fleet::FleetArgs,
 }
@@ -172,8 +176,13 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
     let mut agent_proc = start_agent()?;
     let containers: Vec<String> = (0..args.containers)
         .map(|i| {
+            let probe = if args.probes {
+                ", readinessProbe: {exec: {command: [\"/bin/true\"]}, periodSeconds: 5}"
+            } else {
+                ""
+            };
             format!(
-                "    - {{name: c{i}, image: \"bench:1\", resources: {{limits: {{memory: 16Mi, pids: 16}}}}}}"
+                "    - {{name: c{i}, image: \"bench:1\", resources: {{limits: {{memory: 16Mi, pids: 16}}}}{probe}}}"
             )
         })
         .collect();
@@ -207,6 +216,13 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
     let _ = procs.0[0].kill();
     let _ = procs.0[0].wait();
     let mut times = Vec::new();
+    let mut ready_times = Vec::new();
+    let log = dir.join("agent.log");
+    let readied = |from: usize| -> usize {
+        std::fs::read_to_string(&log)
+            .map(|t| t[from.min(t.len())..].matches("container ready").count())
+            .unwrap_or(0)
+    };
     for i in 0..args.runs {
         let _ = agent_proc.kill();
         let _ = agent_proc.wait();
@@ -215,6 +231,7 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
             bail!("reset: {}", String::from_utf8_lossy(&out.stderr));
         }
         let _ = std::fs::remove_dir_all(&runtime_dir);
+        let log_from = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
         let t0 = Instant::now();
         agent_proc = start_agent()?;
         wait("cold start", Duration::from_secs(60), || {
@@ -223,11 +240,24 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
         let dt = t0.elapsed();
         println!("# cold start {i}: {:.1} ms", dt.as_secs_f64() * 1000.0);
         times.push(dt.as_secs_f64() * 1000.0);
+        if args.probes {
+            wait("every container ready", Duration::from_secs(60), || {
+                Ok((readied(log_from) >= n).then_some(()))
+            })?;
+            let dt = t0.elapsed();
+            println!("# ready {i}: {:.1} ms", dt.as_secs_f64() * 1000.0);
+            ready_times.push(dt.as_secs_f64() * 1000.0);
+        }
     }
     let _ = agent_proc.kill();
     let _ = agent_proc.wait();
     times.sort_by(f64::total_cmp);
     println!("METRIC agent_cold_start_{n}_containers_ms_median {:.1} ms", times[times.len() / 2]);
     println!("METRIC agent_cold_start_{n}_containers_ms_max {:.1} ms", times[times.len() - 1]);
+    if !ready_times.is_empty() {
+        ready_times.sort_by(f64::total_cmp);
+        println!("METRIC agent_cold_start_{n}_ready_ms_median {:.1} ms", ready_times[ready_times.len() / 2]);
+        println!("METRIC agent_cold_start_{n}_ready_ms_max {:.1} ms", ready_times[ready_times.len() - 1]);
+    }
     Ok(())
 }
