@@ -479,6 +479,15 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
     for line in serde_yaml_ng::to_string(&v["spec"])?.lines() {
         println!("  {line}");
     }
+    if kind == Kind::App {
+        let sandbox = sandbox_lines(&v["spec"]);
+        if !sandbox.is_empty() {
+            println!("Sandbox given up:");
+            for l in sandbox {
+                println!("  {l}");
+            }
+        }
+    }
     println!("Status:");
     match kind {
         Kind::Device => {
@@ -557,13 +566,6 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
             }
         }
         Kind::App => {
-            let sandbox = sandbox_lines(&v["spec"]);
-            if !sandbox.is_empty() {
-                println!("Sandbox given up:");
-                for l in sandbox {
-                    println!("  {l}");
-                }
-            }
             println!("  Phase:     {}", s(&v, &["status", "phase"]));
             println!(
                 "  Running:   {}/{}",

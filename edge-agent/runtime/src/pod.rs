@@ -131,7 +131,8 @@ pub fn remove_pod(pods_root: &Path, app: &str) -> io::Result<()> {
     }
 }
 
-fn loopback_up() -> io::Result<()> {
+/// Brings `lo` up in the calling thread's network namespace.
+pub(crate) fn loopback_up() -> io::Result<()> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,

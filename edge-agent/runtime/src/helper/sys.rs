@@ -109,38 +109,18 @@ pub(crate) fn bring_up_loopback(pid: i32) -> io::Result<()> {
     if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
         return Ok(());
     }
-    // A socket belongs to the namespace it was created in: step in, create it, step
-    // back. The helper is single-threaded, so nothing else runs in the meantime.
+    // Sockets and interface flags belong to the calling thread's namespace: step in,
+    // bring `lo` up, step back. The helper is single-threaded, so nothing else runs in
+    // the meantime.
     setns(theirs.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    );
+    let up = crate::pod::loopback_up();
     if let Err(e) = setns(ours.as_fd(), CloneFlags::CLONE_NEWNET) {
         // Staying in a container's namespace would silently break every later
         // container; dying is the only safe answer (containers keep running).
         eprintln!("flotilla runtime helper: cannot return to its own network namespace: {e}");
         std::process::exit(70);
     }
-    let sock = sock.map_err(io::Error::from)?;
-    // SAFETY: ifreq is plain old data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which outlives the calls.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    up
 }
 
 #[cfg(test)]
