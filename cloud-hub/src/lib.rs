@@ -13,6 +13,7 @@ pub mod cli;
 pub mod controllers;
 pub mod demo;
 pub mod hub;
+pub mod sealing;
 pub mod sim;
 pub mod state;
 pub mod sync;

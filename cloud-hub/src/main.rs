@@ -35,11 +35,16 @@ enum Command {
     },
     /// List objects of a kind, or show one.
     Get {
-        /// sites, devices, apps or images.
+        /// sites, devices, apps, images, configs or secrets.
         kind: String,
         name: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
+    },
+    /// Create or replace a Config or a Secret from values and files.
+    Create {
+        #[command(subcommand)]
+        command: cli::config::CreateCommand,
     },
     /// Show one object in detail.
     Describe { kind: String, name: String },
@@ -107,6 +112,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apply { file } => cli::apply(h, &file).await,
         Command::Convert { command } => cli::convert(&command),
         Command::Get { kind, name, output } => cli::get(h, &kind, name.as_deref(), output).await,
+        Command::Create { command } => cli::config::create(h, &command).await,
         Command::Describe { kind, name } => cli::describe(h, &kind, &name).await,
         Command::Delete { kind, name } => cli::delete(h, &kind, &name).await,
         Command::Token { command } => cli::token(h, &command).await,

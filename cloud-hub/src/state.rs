@@ -40,6 +40,8 @@ pub struct HubState {
     pub clock: SharedClock,
     /// Spreads reconnect storms: sessions admitted per second.
     pub admission: Mutex<AdmissionControl>,
+    /// Seals `Secret`s in the store and opens them for devices.
+    pub key: Arc<crate::sealing::HubKey>,
 }
 
 impl HubState {

@@ -67,6 +67,7 @@ async fn setup() -> Api {
         },
         clock,
         admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
+        key: Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32])),
     });
     Api { router: api::router(state), store, _dir: dir }
 }
@@ -588,4 +589,67 @@ async fn every_mutating_call_is_audited_with_who_what_and_how_it_ended() {
         (StatusCode::UNPROCESSABLE_ENTITY, Some("since")),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_in_the_store_shown_by_keys_and_kept_while_used() {
+    let api = setup().await;
+    let op = token(&api.store, Role::Operator).await;
+    let secret = |value: &str| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "flotilla.dev/v1",
+            "kind": "Secret",
+            "metadata": { "name": "db" },
+            "spec": { "data": { "password": value }, "binaryData": { "key.der": "AAEC" } }
+        }))
+        .unwrap()
+    };
+    let (s, v, r) = api.call("PUT", "/api/v1/secrets/db", Some(&op), secret("Tr0ub4dor-and-3")).await;
+    assert_eq!((s, r.as_str()), (StatusCode::CREATED, "created"), "{v}");
+    assert_eq!(v["status"]["keys"], json!(["key.der", "password"]));
+    assert!(!v.to_string().contains("Tr0ub4dor"), "{v}");
+    let (s, _, r) = api.call("PUT", "/api/v1/secrets/db", Some(&op), secret("Tr0ub4dor-and-3")).await;
+    assert_eq!((s, r.as_str()), (StatusCode::OK, "unchanged"), "sealing again is not a change");
+    let (_, got, _) = api.call("GET", "/api/v1/secrets/db", Some(&op), vec![]).await;
+    assert_eq!(got["spec"]["data"], json!({}), "values never come back: {got}");
+    let (_, list, _) = api.call("GET", "/api/v1/secrets", Some(&op), vec![]).await;
+    assert!(!list.to_string().contains("Tr0ub4dor"));
+    match api.store.get_local(shared_proto::store::StoreKind::Secret, "db").unwrap() {
+        Some(Object::Secret(s)) => {
+            assert!(!s.sealed.windows(9).any(|w| w == b"Tr0ub4dor"));
+            assert!(s.digest.starts_with("hmac-sha256:"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A Config keeps its data in the clear, with a digest.
+    let config = json!({
+        "apiVersion": "flotilla.dev/v1", "kind": "Config", "metadata": { "name": "pos" },
+        "spec": { "data": { "app.toml": "port = 80" } }
+    });
+    let (s, v, _) =
+        api.call("PUT", "/api/v1/configs/pos", Some(&op), serde_json::to_vec(&config).unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["spec"]["data"]["app.toml"], "port = 80");
+    assert!(v["status"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    // Bad keys are named.
+    let bad = json!({
+        "apiVersion": "flotilla.dev/v1", "kind": "Secret", "metadata": { "name": "x" },
+        "spec": { "data": { "../etc/passwd": "x" } }
+    });
+    let (s, v, _) = api.call("PUT", "/api/v1/secrets/x", Some(&op), serde_json::to_vec(&bad).unwrap()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v.to_string().contains("spec.data.../etc/passwd"), "{v}");
+    // In use: not deleted.
+    let mut user = app("till", "img:1");
+    user["spec"]["containers"][0]["env"] =
+        json!([{ "name": "PW", "valueFrom": { "secret": { "name": "db", "key": "password" } } }]);
+    let (s, v, _) = api.call("PUT", "/api/v1/apps/till", Some(&op), serde_json::to_vec(&user).unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v, _) = api.call("DELETE", "/api/v1/secrets/db", Some(&op), vec![]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("till"), "{v}");
+    let (s, _, _) = api.call("DELETE", "/api/v1/apps/till", Some(&op), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = api.call("DELETE", "/api/v1/secrets/db", Some(&op), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
 }

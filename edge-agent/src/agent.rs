@@ -205,6 +205,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let clock = shared_proto::clock::SystemClock::shared();
     ensure_dir(&config.state_dir, 0o700)?;
     ensure_dir(&config.runtime_dir, 0o700)?;
+    crate::secrets::ensure_private_tmpfs(&config.private_dir())?;
+    // Bundles of an agent before 0.2 sat on the disk: they are written again.
+    let _ = std::fs::remove_dir_all(config.state_dir.join("bundles"));
     let db = StateDb::open(&config.db_path())?;
     let runtime = Arc::new(helper_runtime(&config));
     let blobs = images::blobstore::BlobStore::open(config.blobs_dir())?;
@@ -283,6 +286,10 @@ pub async fn reset(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(config.bundles_dir());
+    let _ = std::fs::remove_dir_all(config.configs_dir());
+    if crate::secrets::is_tmpfs(&config.private_dir()) && !crate::secrets::is_tmpfs(&config.runtime_dir) {
+        let _ = nix::mount::umount2(&config.private_dir(), nix::mount::MntFlags::MNT_DETACH);
+    }
     for app in agent_runtime::pod::list_pods(&config.pods_dir()) {
         if let Err(e) = agent_runtime::pod::remove_pod(&config.pods_dir(), &app) {
             eprintln!("warning: pod {app}: {e}");

@@ -118,8 +118,17 @@ impl AgentConfig {
     pub fn containers_dir(&self) -> PathBuf {
         self.state_dir.join("containers")
     }
+    /// The agent's private tmpfs: bundles (their environment may hold secrets) and
+    /// the Config and Secret files containers mount.
+    pub fn private_dir(&self) -> PathBuf {
+        self.runtime_dir.join("private")
+    }
     pub fn bundles_dir(&self) -> PathBuf {
-        self.state_dir.join("bundles")
+        self.private_dir().join("bundles")
+    }
+    /// `<private>/configs/<container id>/<volume>/<key>`.
+    pub fn configs_dir(&self) -> PathBuf {
+        self.private_dir().join("configs")
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")

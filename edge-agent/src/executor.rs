@@ -15,7 +15,7 @@ use agent_runtime::{ContainerRuntime, ContainerStatus};
 use shared_proto::Timestamp;
 use shared_proto::agent_state::{ContainerRecord, ImageRecord};
 use shared_proto::clock::SharedClock;
-use shared_proto::manifest::{DesiredApp, DesiredContainer, DesiredManifest};
+use shared_proto::manifest::{DesiredApp, DesiredConfig, DesiredContainer, DesiredManifest};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Prepare {
     pub app: DesiredApp,
     pub container: DesiredContainer,
     pub image: ImageRecord,
+    /// The Configs and Secrets the container uses, with their data.
+    pub configs: Vec<DesiredConfig>,
 }
 
 /// The device-side I/O around containers that is not the container runtime: root
@@ -347,9 +349,9 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
                     }
                 }
             }
-            Action::Run { id, app, container, init } => {
+            Action::Run { id, app, container, init, configs } => {
                 let key = (app.name.clone(), container.name.clone());
-                match self.run(&id, &app, &container, init, now).await {
+                match self.run(&id, &app, &container, init, configs, now).await {
                     Ok(()) => {
                         tracing::info!(%id, "container started");
                         true
@@ -398,6 +400,7 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
         app: &DesiredApp,
         container: &DesiredContainer,
         init: bool,
+        configs: Vec<DesiredConfig>,
         now: Timestamp,
     ) -> Result<(), String> {
         let image = self
@@ -405,7 +408,8 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
             .get(&container.image_digest)
             .ok_or_else(|| format!("image {} is not unpacked", container.image))?
             .clone();
-        let prepare = Prepare { id: id.to_string(), app: app.clone(), container: container.clone(), image };
+        let prepare =
+            Prepare { id: id.to_string(), app: app.clone(), container: container.clone(), image, configs };
         let host = self.host.clone();
         let bundle = tokio::task::spawn_blocking(move || host.prepare(&prepare))
             .await
@@ -881,6 +885,7 @@ mod tests {
                 app: m.apps[0].clone(),
                 container: container("old"),
                 image: w.exec.images.values().next().unwrap().clone(),
+                configs: vec![],
             })
             .unwrap();
         w.exec.sweep().await;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 pub struct DeviceHost {
     pub rootfs: OverlayRootfs,
     pub bundles_dir: PathBuf,
+    pub configs_dir: PathBuf,
     pub pods_dir: PathBuf,
     pub volumes_dir: PathBuf,
     pub cgroup_parent: String,
@@ -24,6 +25,7 @@ impl DeviceHost {
         DeviceHost {
             rootfs: OverlayRootfs::new(config.containers_dir()),
             bundles_dir: config.bundles_dir(),
+            configs_dir: config.configs_dir(),
             pods_dir: config.pods_dir(),
             volumes_dir: config.volumes_dir(),
             cgroup_parent: config.cgroup_parent.clone(),
@@ -49,8 +51,14 @@ fn private_net(app: &DesiredApp) -> bool {
 
 impl Host for DeviceHost {
     fn prepare(&self, p: &Prepare) -> Result<PathBuf, String> {
-        let c = &p.container;
-        let mounts = volumes::mounts(&p.app, c, &self.volumes_dir, &self.allowed)?;
+        // Variables from Configs and Secrets become plain ones of this container.
+        let mut with_env = p.container.clone();
+        for (name, from) in &p.container.env_from {
+            with_env.env.push((name.clone(), crate::secrets::env_value(&p.configs, from)?));
+        }
+        let c = &with_env;
+        let configs_dir = self.configs_dir.join(&p.id);
+        let mounts = volumes::mounts(&p.app, c, &self.volumes_dir, &self.allowed, &configs_dir, &p.configs)?;
         let devices = volumes::devices(c, &self.allowed)?;
         let pod = self.pod_paths(&p.app.name);
         if !pod.exists(private_net(&p.app)) {
@@ -84,10 +92,13 @@ impl Host for DeviceHost {
 
     fn release(&self, id: &str) -> Result<(), String> {
         self.rootfs.release(id).map_err(|e| e.to_string())?;
-        match std::fs::remove_dir_all(self.bundles_dir.join(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-            _ => Ok(()),
+        for dir in [self.bundles_dir.join(id), self.configs_dir.join(id)] {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     fn create_pod(&self, app: &DesiredApp) -> Result<(), String> {
@@ -117,7 +128,7 @@ impl Host for DeviceHost {
 
     fn prepared(&self) -> Vec<String> {
         let mut ids = std::collections::BTreeSet::new();
-        for dir in [self.rootfs.state_dir(), self.bundles_dir.as_path()] {
+        for dir in [self.rootfs.state_dir(), self.bundles_dir.as_path(), self.configs_dir.as_path()] {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 ids.extend(
                     entries

@@ -20,6 +20,7 @@ pub mod probes;
 pub mod pull;
 pub mod reconcile;
 pub mod renew;
+pub mod secrets;
 pub mod state;
 pub mod sync;
 pub mod transport;

@@ -2,6 +2,9 @@
 //! images it unpacked and the containers it created. Every write is one durable
 //! transaction, so a crash or power cut at any point leaves either the old or the
 //! new record, never half of one.
+//!
+//! A held manifest's secret data is kept apart, sealed with the device key
+//! ([`crate::secrets`]), and written in the same transaction as the manifest.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shared_proto::CodecError;
@@ -14,6 +17,8 @@ type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 const SINGLETONS: Table = TableDefinition::new("singletons");
 const IMAGES: Table = TableDefinition::new("images");
 const CONTAINERS: Table = TableDefinition::new("containers");
+/// Secret name → sealed data of the held manifest's secrets.
+const SECRETS: Table = TableDefinition::new("secrets");
 
 const IDENTITY_KEY: &str = "identity";
 const DESIRED_KEY: &str = "desired";
@@ -47,6 +52,7 @@ db_err!(
 #[derive(Clone)]
 pub struct StateDb {
     db: Arc<Database>,
+    key: Arc<crate::secrets::DeviceKey>,
 }
 
 impl StateDb {
@@ -58,8 +64,12 @@ impl StateDb {
         tx.open_table(SINGLETONS)?;
         tx.open_table(IMAGES)?;
         tx.open_table(CONTAINERS)?;
+        tx.open_table(SECRETS)?;
         tx.commit()?;
-        Ok(StateDb { db: Arc::new(db) })
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let key = crate::secrets::DeviceKey::load_or_create(dir)
+            .map_err(|e| StateError::Db(format!("the device key in {}: {e}", dir.display())))?;
+        Ok(StateDb { db: Arc::new(db), key: Arc::new(key) })
     }
 
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StateError> {
@@ -101,12 +111,48 @@ impl StateDb {
         self.put(SINGLETONS, IDENTITY_KEY, &id.encode()?)
     }
 
+    /// The held manifest, its secrets unsealed. A secret that does not open (a lost
+    /// device key) is left without data: the containers that use it say so.
     pub fn desired(&self) -> Result<Option<HeldDesired>, StateError> {
-        self.get(SINGLETONS, DESIRED_KEY)?.map(|b| HeldDesired::decode(&b)).transpose().map_err(Into::into)
+        let Some(bytes) = self.get(SINGLETONS, DESIRED_KEY)? else { return Ok(None) };
+        let mut held = HeldDesired::decode(&bytes)?;
+        for c in held.manifest.configs.iter_mut().filter(|c| c.secret) {
+            let sealed = self.get(SECRETS, &c.name)?;
+            match sealed.and_then(|s| self.key.open(c, &s)) {
+                Some(data) => c.data = data,
+                None => tracing::warn!(secret = %c.name, "a held secret does not open with the device key"),
+            }
+        }
+        Ok(Some(held))
     }
 
+    /// Keeps `d`, its secrets' data sealed in their own table, in one transaction.
     pub fn set_desired(&self, d: &HeldDesired) -> Result<(), StateError> {
-        self.put(SINGLETONS, DESIRED_KEY, &d.encode()?)
+        let mut stripped = d.clone();
+        let mut sealed = Vec::new();
+        for c in stripped.manifest.configs.iter_mut().filter(|c| c.secret) {
+            sealed.push((c.name.clone(), self.key.seal(c).map_err(|e| StateError::Db(e.to_string()))?));
+            c.data = vec![];
+        }
+        let bytes = stripped.encode()?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut secrets = tx.open_table(SECRETS)?;
+            let stale: Vec<String> = secrets
+                .iter()?
+                .filter_map(|row| row.ok().map(|(k, _)| k.value().to_string()))
+                .filter(|k| !sealed.iter().any(|(n, _)| n == k))
+                .collect();
+            for k in stale {
+                secrets.remove(k.as_str())?;
+            }
+            for (name, s) in &sealed {
+                secrets.insert(name.as_str(), s.as_slice())?;
+            }
+            tx.open_table(SINGLETONS)?.insert(DESIRED_KEY, bytes.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>, StateError> {
@@ -184,5 +230,46 @@ mod tests {
         assert_eq!(db.containers().unwrap().len(), 1);
         db.remove_container("web_a_1").unwrap();
         assert!(db.containers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn secrets_are_sealed_apart_and_come_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let secret = shared_proto::manifest::DesiredConfig {
+            name: "db".into(),
+            secret: true,
+            digest: "hmac-sha256:1".into(),
+            data: vec![("password".into(), b"correct-horse-battery".to_vec())],
+        };
+        let config = shared_proto::manifest::DesiredConfig {
+            name: "conf".into(),
+            secret: false,
+            digest: "sha256:2".into(),
+            data: vec![("a".into(), b"b".to_vec())],
+        };
+        let held = HeldDesired {
+            manifest: DesiredManifest {
+                device: "pi".into(),
+                revision: 3,
+                apps: vec![],
+                configs: vec![config.clone(), secret.clone()],
+            },
+            received_at: Timestamp(1),
+        };
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.set_desired(&held).unwrap();
+            assert_eq!(db.desired().unwrap().unwrap(), held);
+        }
+        let file = std::fs::read(&path).unwrap();
+        assert!(!file.windows(13).any(|w| w == b"correct-horse"), "no secret in the database file");
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.desired().unwrap().unwrap(), held, "unsealed after a restart");
+        // A manifest without it drops the sealed copy too.
+        let mut next = held.clone();
+        next.manifest.configs = vec![config];
+        db.set_desired(&next).unwrap();
+        assert!(db.get(SECRETS, "db").unwrap().is_none());
     }
 }

@@ -7,7 +7,7 @@
 //! directory cannot lend what lies outside it.
 
 use agent_runtime::bundle::{ContainerMount, HostDevice, VolumeSource};
-use shared_proto::manifest::{DesiredApp, DesiredContainer};
+use shared_proto::manifest::{DesiredApp, DesiredConfig, DesiredContainer};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,8 @@ pub fn mounts(
     c: &DesiredContainer,
     volumes_dir: &Path,
     allowed: &Allowed,
+    configs_dir: &Path,
+    configs: &[DesiredConfig],
 ) -> Result<Vec<ContainerMount>, String> {
     let mut out = Vec::with_capacity(c.volume_mounts.len());
     for m in &c.volume_mounts {
@@ -74,10 +76,26 @@ pub fn mounts(
         } else if let Some(t) = &v.tmpfs {
             VolumeSource::Tmpfs { size_bytes: t.size_bytes.unwrap_or(DEFAULT_TMPFS_BYTES) }
         } else {
-            return Err(format!(
-                "volume {}: configs and secrets are not supported by this agent yet",
-                v.name
-            ));
+            // A Config or a Secret: its keys as files, read-only whatever the mount says.
+            let (secret, r) = match (&v.config, &v.secret) {
+                (Some(r), _) => (false, r),
+                (None, Some(r)) => (true, r),
+                (None, None) => return Err(format!("volume {} has no source", v.name)),
+            };
+            let what = if secret { "Secret" } else { "Config" };
+            let c = configs
+                .iter()
+                .find(|c| c.secret == secret && c.name == r.name)
+                .ok_or_else(|| format!("{what} {:?} of volume {} is not on this device", r.name, v.name))?;
+            let dir = configs_dir.join(&v.name);
+            crate::secrets::write_files(&dir, c)
+                .map_err(|e| format!("writing {what} {:?} for volume {}: {e}", r.name, v.name))?;
+            out.push(ContainerMount {
+                source: VolumeSource::Bind(dir),
+                destination: m.mount_path.clone(),
+                read_only: true,
+            });
+            continue;
         };
         out.push(ContainerMount { source, destination: m.mount_path.clone(), read_only: m.read_only });
     }
@@ -188,13 +206,13 @@ mod tests {
             volume_mounts: vec![mount("db", "/data"), mount("tmp", "/tmp"), mount("logs", "/logs")],
             ..Default::default()
         };
-        let m = mounts(&a, &c, &volumes, &allowed).unwrap();
+        let m = mounts(&a, &c, &volumes, &allowed, &volumes.join("configs"), &[]).unwrap();
         assert_eq!(m[0].source, VolumeSource::Bind(volumes.join("pos/db")));
         assert!(volumes.join("pos/db").is_dir(), "created on first use");
         assert_eq!(m[1].source, VolumeSource::Tmpfs { size_bytes: DEFAULT_TMPFS_BYTES });
         assert!(matches!(&m[2].source, VolumeSource::Bind(p) if p.ends_with("lent/sub")));
         let c = DesiredContainer { volume_mounts: vec![mount("sneaky", "/x")], ..Default::default() };
-        let err = mounts(&a, &c, &volumes, &allowed).unwrap_err();
+        let err = mounts(&a, &c, &volumes, &allowed, &volumes.join("configs"), &[]).unwrap_err();
         assert!(err.contains("not allowed on this device"), "{err}");
         // Departed apps lose their volumes; desired ones keep them.
         std::fs::create_dir_all(volumes.join("old/data")).unwrap();

@@ -244,6 +244,11 @@ impl Hub {
         self.cli(&["get", "sites", "-o", "json"]).status.success()
     }
 
+    /// The hub's log file (stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// Runs the CLI against this hub.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin("flotilla"))

@@ -102,7 +102,7 @@ fn converged(agent: &Agent, step: Step, stale: Option<&str>) -> Result<(), Strin
     if roots != live {
         return Err(format!("root filesystems {roots:?} for containers {live:?}"));
     }
-    let bundles = dirs_in(&agent.state_dir.join("bundles"));
+    let bundles = dirs_in(&agent.runtime_dir.join("private/bundles"));
     if bundles != live {
         return Err(format!("bundles {bundles:?} for containers {live:?}"));
     }

@@ -7,7 +7,7 @@
 //!    none and restarts none;
 //! 3. the device "reboots": every container and the agent are killed, and their
 //!    cgroups, mounts, namespaces and `/run` state are removed; the agent alone brings
-//!    the whole app back from its local store, volume data included.
+//!    the whole app back from its local store, volume data and secrets included.
 
 use firmware_tests::{Agent, Hub, assert_during, busybox_image, pid_alive, require_root, wait_until};
 use std::path::Path;
@@ -27,11 +27,15 @@ spec:
   volumes:
     - name: ledger
       persistent: {}
+    - name: key
+      secret: {name: till-key}
   initContainers:
     - name: open-day
       image: till:1
-      command: ["/bin/sh", "-c", "echo open >> /ledger/days && echo till > /ledger/index.html"]
-      volumeMounts: [{name: ledger, mountPath: /ledger}]
+      # Opens the day only with the till's PIN, from the Secret as a file and a variable.
+      command: ["/bin/sh", "-c", "test -n \"$PIN\" && test \"$(cat /key/pin)\" = \"$PIN\" && echo open >> /ledger/days && echo till > /ledger/index.html"]
+      env: [{name: PIN, valueFrom: {secret: {name: till-key, key: pin}}}]
+      volumeMounts: [{name: ledger, mountPath: /ledger}, {name: key, mountPath: /key}]
   containers:
     - name: main
       image: till:1
@@ -63,6 +67,7 @@ fn store_offline(name: &str) -> Store {
     let token = hub.enrolment_token(&["--allow-label", "role"]);
     let mut agent = Agent::configure(dir.path(), name, &hub.quic, &token, &[("role", "till")]);
     agent.start();
+    hub.cli_ok(&["create", "secret", "till-key", "--from-literal", "pin=4242-offline"]);
     let out = hub.apply(dir.path(), STORE);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("the store app to be Running", LONG, || {

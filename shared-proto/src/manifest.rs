@@ -54,6 +54,32 @@ pub struct DesiredApp {
     pub user_namespace: bool,
 }
 
+impl DesiredApp {
+    /// The `Config`s (`false`) and `Secret`s (`true`) the app mounts or reads, by name.
+    pub fn config_refs(&self) -> std::collections::BTreeSet<(bool, String)> {
+        let mut refs = std::collections::BTreeSet::new();
+        for v in &self.volumes {
+            if let Some(r) = &v.config {
+                refs.insert((false, r.name.clone()));
+            }
+            if let Some(r) = &v.secret {
+                refs.insert((true, r.name.clone()));
+            }
+        }
+        for c in self.containers.iter().chain(&self.init_containers) {
+            for (_, from) in &c.env_from {
+                if let Some(r) = &from.config {
+                    refs.insert((false, r.name.clone()));
+                }
+                if let Some(r) = &from.secret {
+                    refs.insert((true, r.name.clone()));
+                }
+            }
+        }
+        refs
+    }
+}
+
 impl Default for DesiredApp {
     fn default() -> Self {
         DesiredApp {

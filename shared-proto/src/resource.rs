@@ -1,5 +1,5 @@
-//! The resource model the hub's API serves and operators apply: `Site`, `Device`, `App`
-//! and `Image`, each shaped `apiVersion / kind / metadata / spec / status`.
+//! The resource model the hub's API serves and operators apply: `Site`, `Device`, `App`,
+//! `Image`, `Config` and `Secret`, each shaped `apiVersion / kind / metadata / spec / status`.
 //!
 //! The same types serialise to JSON/YAML for the API and to postcard for the store, so
 //! no field may be skipped on output (`skip_serializing_if` would break positional
@@ -23,10 +23,12 @@ pub enum Kind {
     Device,
     App,
     Image,
+    Config,
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Site, Kind::Device, Kind::App, Kind::Image];
+    pub const ALL: [Kind; 6] = [Kind::Site, Kind::Device, Kind::App, Kind::Image, Kind::Config, Kind::Secret];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,6 +36,8 @@ impl Kind {
             Kind::Device => "Device",
             Kind::App => "App",
             Kind::Image => "Image",
+            Kind::Config => "Config",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -44,6 +48,8 @@ impl Kind {
             Kind::Device => "devices",
             Kind::App => "apps",
             Kind::Image => "images",
+            Kind::Config => "configs",
+            Kind::Secret => "secrets",
         }
     }
 
@@ -54,6 +60,8 @@ impl Kind {
             "device" | "devices" | "dev" | "devs" => Some(Kind::Device),
             "app" | "apps" | "application" | "applications" => Some(Kind::App),
             "image" | "images" | "img" => Some(Kind::Image),
+            "config" | "configs" | "cfg" | "configmap" | "configmaps" | "cm" => Some(Kind::Config),
+            "secret" | "secrets" => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -146,6 +154,55 @@ resource!(
     /// An OCI image imported into the hub, named by its reference (`demo-httpd:1.0`).
     Image, ImageSpec, ImageStatus, Kind::Image
 );
+resource!(
+    /// Configuration files or values apps mount or read into their environment.
+    Config, ConfigSpec, ConfigStatus, Kind::Config
+);
+resource!(
+    /// Like a `Config`, for credentials: sealed with the hub's key in the store, never
+    /// returned by the API, kept in memory or sealed on devices.
+    Secret, ConfigSpec, ConfigStatus, Kind::Secret
+);
+
+/// The data of a `Config` or a `Secret`: keys are file names when mounted and
+/// variable sources in `valueFrom`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// UTF-8 values.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// Binary values, base64 (standard alphabet, padded).
+    #[serde(default)]
+    pub binary_data: BTreeMap<String, String>,
+}
+
+impl ConfigSpec {
+    /// Every key with its bytes, sorted by key; `None` when a binary value is not valid
+    /// base64 (validation says which).
+    pub fn entries(&self) -> Option<Vec<(String, Vec<u8>)>> {
+        use base64::Engine;
+        let mut out: Vec<(String, Vec<u8>)> =
+            self.data.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+        for (k, v) in &self.binary_data {
+            out.push((k.clone(), base64::engine::general_purpose::STANDARD.decode(v).ok()?));
+        }
+        out.sort();
+        Some(out)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigStatus {
+    /// The keys it holds (a `Secret`'s values are never shown).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Changes whenever the data does; apps using it are rolled then. Keyed with the
+    /// hub's key for a `Secret`, so it says nothing about the values.
+    #[serde(default)]
+    pub digest: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -418,6 +475,27 @@ pub struct AppSpec {
     /// user on the device.
     #[serde(default)]
     pub user_namespace: bool,
+}
+
+impl AppSpec {
+    /// The `Secret`s (`secrets`) or `Config`s (not) the app mounts or reads.
+    pub fn config_refs(&self, secrets: bool) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for v in &self.volumes {
+            if let Some(r) = if secrets { &v.secret } else { &v.config } {
+                names.insert(r.name.clone());
+            }
+        }
+        for c in self.containers.iter().chain(&self.init_containers) {
+            for e in &c.env {
+                let Some(from) = &e.value_from else { continue };
+                if let Some(r) = if secrets { &from.secret } else { &from.config } {
+                    names.insert(r.name.clone());
+                }
+            }
+        }
+        names
+    }
 }
 
 /// Narrows where an app runs beyond its selector.

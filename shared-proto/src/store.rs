@@ -6,7 +6,7 @@
 //! makes revisions global, monotonic and identical on every hub.
 
 use crate::manifest::DesiredManifest;
-use crate::resource::{App, Device, Image, Kind, ObjectMeta, Site};
+use crate::resource::{App, Config, Device, Image, Kind, ObjectMeta, Site};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ mod v3;
 mod v4;
 
 /// Version of every record and command this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 5;
+pub const STORE_FORMAT_VERSION: u32 = 6;
 /// Oldest version this build reads: records, snapshots and logs written by the
 /// previous version of the hub.
 pub const MIN_STORE_FORMAT_VERSION: u32 = 1;
@@ -44,6 +44,10 @@ pub enum StoreKind {
     /// The images of a device's previous desired manifest (format 4), named after the
     /// device: kept so that it may fetch them again to roll back.
     PreviousImages,
+    /// A `Config` (format 6).
+    Config,
+    /// A `Secret`, sealed (format 6).
+    Secret,
 }
 
 impl StoreKind {
@@ -60,6 +64,8 @@ impl StoreKind {
             StoreKind::Audit => "audit",
             StoreKind::CaRotation => "ca-rotation",
             StoreKind::PreviousImages => "previous-images",
+            StoreKind::Config => "config",
+            StoreKind::Secret => "secret",
         }
     }
 
@@ -81,6 +87,8 @@ impl From<Kind> for StoreKind {
             Kind::Device => StoreKind::Device,
             Kind::App => StoreKind::App,
             Kind::Image => StoreKind::Image,
+            Kind::Config => StoreKind::Config,
+            Kind::Secret => StoreKind::Secret,
         }
     }
 }
@@ -105,6 +113,8 @@ pub enum Object {
     Audit(AuditRecord),
     CaRotation(CaRotationRecord),
     PreviousImages(PreviousImagesRecord),
+    Config(Config),
+    Secret(SealedSecret),
 }
 
 impl Object {
@@ -121,6 +131,8 @@ impl Object {
             Object::Audit(_) => StoreKind::Audit,
             Object::CaRotation(_) => StoreKind::CaRotation,
             Object::PreviousImages(_) => StoreKind::PreviousImages,
+            Object::Config(_) => StoreKind::Config,
+            Object::Secret(_) => StoreKind::Secret,
         }
     }
 
@@ -137,6 +149,8 @@ impl Object {
             Object::Audit(a) => &a.id,
             Object::CaRotation(_) => "fleet",
             Object::PreviousImages(p) => &p.device,
+            Object::Config(o) => &o.metadata.name,
+            Object::Secret(o) => &o.metadata.name,
         }
     }
 
@@ -150,6 +164,8 @@ impl Object {
             Object::Device(o) => Some(&o.metadata),
             Object::App(o) => Some(&o.metadata),
             Object::Image(o) => Some(&o.metadata),
+            Object::Config(o) => Some(&o.metadata),
+            Object::Secret(o) => Some(&o.metadata),
             _ => None,
         }
     }
@@ -160,6 +176,8 @@ impl Object {
             Object::Device(o) => Some(&mut o.metadata),
             Object::App(o) => Some(&mut o.metadata),
             Object::Image(o) => Some(&mut o.metadata),
+            Object::Config(o) => Some(&mut o.metadata),
+            Object::Secret(o) => Some(&mut o.metadata),
             _ => None,
         }
     }
@@ -204,6 +222,24 @@ where
     };
     crate::codec::decode_versioned_range(MIN_STORE_FORMAT_VERSION, STORE_FORMAT_VERSION, what, bytes, decode)
         .map(|(_, r)| r)
+}
+
+/// A `Secret` as the store keeps it: its data sealed with the hub's key, so neither the
+/// store file, the Raft log, snapshots nor backups hold it in the clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedSecret {
+    pub metadata: ObjectMeta,
+    /// The keys, in the clear (shown by the API).
+    pub keys: Vec<String>,
+    /// `hmac-sha256:…` of the data under a key derived from the hub's: equal data gives
+    /// equal digests (an unchanged apply is a no-op), and it reveals nothing else.
+    pub digest: String,
+    /// Names the hub key that sealed it (a short fingerprint), so a hub given the wrong
+    /// key says so instead of failing to decrypt.
+    pub key_id: String,
+    /// Nonce and AEAD ciphertext of the postcard-encoded `(key, value)` list.
+    pub sealed: Vec<u8>,
 }
 
 /// A condition on the current state of a key that a write needs to apply.

@@ -256,6 +256,67 @@ pub fn validate_site(site: &Site) -> Result<(), FieldErrors> {
     errs.into_result()
 }
 
+/// Most keys a `Config` or a `Secret` holds.
+pub const MAX_CONFIG_KEYS: usize = 64;
+/// Most bytes of data one `Config` or `Secret` holds (as in Kubernetes, under a MiB):
+/// every device that uses it receives all of it with its manifest.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// Why `key` cannot name a value of a `Config` or a `Secret`: it becomes a file name
+/// when mounted, so letters, digits, `-`, `_` and `.` only, and not `.` or `..`.
+pub fn config_key_problem(key: &str) -> Option<String> {
+    if key.is_empty() || key.len() > 253 {
+        return Some("must be 1 to 253 characters".into());
+    }
+    if !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Some(format!("{key:?} may contain only letters, digits, '-', '_' and '.'"));
+    }
+    if key == "." || key == ".." {
+        return Some("must not be . or ..".into());
+    }
+    None
+}
+
+/// A `Config` or a `Secret` (same shape; `kind` says which).
+pub fn validate_config(
+    api_version: &str,
+    kind_field: &str,
+    kind: Kind,
+    metadata: &crate::ObjectMeta,
+    spec: &crate::ConfigSpec,
+) -> Result<(), FieldErrors> {
+    use base64::Engine;
+    let mut errs = FieldErrors::default();
+    check_header(&mut errs, api_version, kind_field, kind);
+    check_meta(&mut errs, metadata, false);
+    if spec.data.len() + spec.binary_data.len() > MAX_CONFIG_KEYS {
+        errs.push("spec.data", format!("at most {MAX_CONFIG_KEYS} keys in data and binaryData together"));
+    }
+    let mut total = 0usize;
+    for (k, v) in &spec.data {
+        if let Some(p) = config_key_problem(k) {
+            errs.push(format!("spec.data.{k}"), p);
+        }
+        total = total.saturating_add(v.len());
+    }
+    for (k, v) in &spec.binary_data {
+        if let Some(p) = config_key_problem(k) {
+            errs.push(format!("spec.binaryData.{k}"), p);
+        }
+        if spec.data.contains_key(k) {
+            errs.push(format!("spec.binaryData.{k}"), "is also a key of data");
+        }
+        match base64::engine::general_purpose::STANDARD.decode(v) {
+            Ok(b) => total = total.saturating_add(b.len()),
+            Err(e) => errs.push(format!("spec.binaryData.{k}"), format!("is not base64: {e}")),
+        }
+    }
+    if total > MAX_CONFIG_BYTES {
+        errs.push("spec", format!("holds {total} bytes of data, over the {MAX_CONFIG_BYTES}-byte limit"));
+    }
+    errs.into_result()
+}
+
 pub fn validate_device(device: &Device) -> Result<(), FieldErrors> {
     let mut errs = FieldErrors::default();
     check_header(&mut errs, &device.api_version, &device.kind, Kind::Device);
@@ -575,5 +636,33 @@ mod tests {
         for bad in ["", "Demo", "demo:", "demo@sha256:xyz", "demo:t@g"] {
             assert!(image_reference_problem(bad).is_some(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::{Config, ConfigSpec, Secret};
+
+    #[test]
+    fn configs_and_secrets_are_bounded_and_named() {
+        let mut spec = ConfigSpec::default();
+        spec.data.insert("app.toml".into(), "port = 80".into());
+        spec.binary_data.insert("logo.png".into(), "iVBORw0KGgo=".into());
+        let c = Config::new(crate::ObjectMeta::named("pos"), spec.clone());
+        assert!(validate_config(&c.api_version, &c.kind, Kind::Config, &c.metadata, &c.spec).is_ok());
+        assert_eq!(spec.entries().unwrap()[1].1, b"\x89PNG\r\n\x1a\n");
+        let mut bad = spec.clone();
+        bad.data.insert("../etc".into(), String::new());
+        bad.binary_data.insert("app.toml".into(), "!!".into());
+        bad.data.insert("big".into(), "x".repeat(MAX_CONFIG_BYTES));
+        let s = Secret::new(crate::ObjectMeta::named("pos"), bad);
+        let errs = validate_config(&s.api_version, &s.kind, Kind::Secret, &s.metadata, &s.spec).unwrap_err();
+        let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"spec.data.../etc"), "{fields:?}");
+        assert!(fields.contains(&"spec.binaryData.app.toml"), "{fields:?}");
+        assert!(fields.contains(&"spec"), "{fields:?}");
+        // A Config's body under the Secret kind is refused.
+        assert!(validate_config(&c.api_version, &c.kind, Kind::Secret, &c.metadata, &c.spec).is_err());
     }
 }

@@ -218,7 +218,7 @@ fn golden_store_command() {
     let bytes = cmd.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "0500000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        "0600000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
             .replace(' ', "")
     );
     assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
@@ -349,7 +349,7 @@ fn format_four_records_still_decode() {
         changed_at: Timestamp(3),
     });
     assert_eq!(Object::decode(&hex::decode("04090001010703").unwrap()).unwrap(), rotation);
-    assert_eq!(hex::encode(rotation.encode().unwrap()), "05090001010703", "unchanged but for the version");
+    assert_eq!(hex::encode(rotation.encode().unwrap()), "06090001010703", "unchanged but for the version");
     let previous = Object::PreviousImages(shared_proto::store::PreviousImagesRecord {
         device: "pi".into(),
         revision: 7,
@@ -380,12 +380,40 @@ fn golden_format_five_records() {
         config: None,
     });
     let bytes = Object::App(app.clone()).encode().unwrap();
-    assert_eq!(hex::encode(&bytes), APP_V5.replace(' ', ""));
-    assert_eq!(Object::decode(&bytes).unwrap(), Object::App(app));
+    assert_eq!(
+        hex::encode(&bytes),
+        format!("06{}", &APP_V5.replace(' ', "")[2..]),
+        "format 6 adds kinds only"
+    );
+    assert_eq!(Object::decode(&bytes).unwrap(), Object::App(app.clone()));
+    assert_eq!(Object::decode(&hex::decode(APP_V5).unwrap()).unwrap(), Object::App(app));
     let bytes = Object::Manifest(rich_manifest()).encode().unwrap();
     assert_eq!(Object::decode(&bytes).unwrap(), Object::Manifest(rich_manifest()));
 }
 
+#[test]
+fn golden_format_six_records() {
+    let mut spec = shared_proto::ConfigSpec::default();
+    spec.data.insert("k".into(), "v".into());
+    let config = Object::Config(shared_proto::Config::new(shared_proto::ObjectMeta::named("c"), spec));
+    let bytes = config.encode().unwrap();
+    assert_eq!(hex::encode(&bytes), CONFIG_V6);
+    assert_eq!(Object::decode(&bytes).unwrap(), config);
+    let secret = Object::Secret(shared_proto::store::SealedSecret {
+        metadata: shared_proto::ObjectMeta::named("s"),
+        keys: vec!["k".into()],
+        digest: "d".into(),
+        key_id: "i".into(),
+        sealed: vec![1, 2],
+    });
+    let bytes = secret.encode().unwrap();
+    assert_eq!(hex::encode(&bytes), SECRET_V6);
+    assert_eq!(Object::decode(&bytes).unwrap(), secret);
+}
+
+const CONFIG_V6: &str =
+    "060b0f666c6f74696c6c612e6465762f763106436f6e66696701630000000000000001016b0176000000";
+const SECRET_V6: &str = "060c01730000000000000001016b01640169020102";
 const APP_V4: &str = "04020f666c6f74696c6c612e6465762f7631034170700377656200000005000000000001027331010200000001016305696d673a3100000101410131000000000000000000000000000000";
 const MANIFEST_V4: &str = "04040470692d312a0103776562030000010568747470640664656d6f3a31097368613235363a616201062f6874747064000104504f5254023830010050000001f403018080400000";
 const APP_V5: &str = "05020f666c6f74696c6c612e6465762f7631034170700377656200000005000000000001027331010200000001016305696d673a31000001014101310100010173016b000000000000000000010001022f68080000000a010103000000000000000000000000000001140000000000000000";
@@ -469,8 +497,10 @@ fn enrolment_tokens_of_format_two_let_devices_pick_any_label() {
     assert_eq!(Object::decode(&v3).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
     let v4 = hex::decode("04050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
     assert_eq!(Object::decode(&v4).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
-    let v5 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
-    assert_eq!(hex::encode(&v5), "05050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
+    let v5 = hex::decode("05050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
+    assert_eq!(Object::decode(&v5).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
+    let v6 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
+    assert_eq!(hex::encode(&v6), "06050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
 }
 
 #[test]

@@ -15,7 +15,9 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use shared_proto::store::{Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome};
-use shared_proto::{App, Device, Image, Kind, ObjectMeta, Site, Timestamp, validate};
+use shared_proto::{
+    App, Config, ConfigStatus, Device, Image, Kind, ObjectMeta, Secret, Site, Timestamp, validate,
+};
 use std::sync::Arc;
 
 /// Response header saying what an apply did: `created`, `configured` or `unchanged`.
@@ -23,12 +25,15 @@ pub const APPLY_RESULT: &str = "flotilla-apply-result";
 
 pub fn kind_from_path(plural: &str) -> ApiResult<Kind> {
     Kind::parse(plural).filter(|k| k.plural() == plural).ok_or_else(|| {
-        ApiError::NotFound(format!("no such resource kind {plural:?}: use sites, devices, apps or images"))
+        ApiError::NotFound(format!(
+            "no such resource kind {plural:?}: use sites, devices, apps, images, configs or secrets"
+        ))
     })
 }
 
-/// Parses an object of `kind` from JSON, naming the field on error.
-pub fn parse_object(kind: Kind, body: &[u8]) -> ApiResult<Object> {
+/// Parses an object of `kind` from JSON, naming the field on error. A `Secret` is
+/// validated and sealed with the hub key here: its values go no further in the clear.
+pub fn parse_object(kind: Kind, body: &[u8], key: &crate::sealing::HubKey) -> ApiResult<Object> {
     fn de<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         let mut d = serde_json::Deserializer::from_slice(body);
         serde_path_to_error::deserialize(&mut d).map_err(|e| {
@@ -42,7 +47,40 @@ pub fn parse_object(kind: Kind, body: &[u8]) -> ApiResult<Object> {
         Kind::Device => Object::Device(de::<Device>(body)?),
         Kind::App => Object::App(de::<App>(body)?),
         Kind::Image => Object::Image(de::<Image>(body)?),
+        Kind::Config => Object::Config(de::<Config>(body)?),
+        Kind::Secret => {
+            let secret = de::<Secret>(body)?;
+            validate::validate_config(
+                &secret.api_version,
+                &secret.kind,
+                Kind::Secret,
+                &secret.metadata,
+                &secret.spec,
+            )
+            .map_err(ApiError::Invalid)?;
+            let entries =
+                secret.spec.entries().ok_or_else(|| ApiError::invalid("spec.binaryData", "not base64"))?;
+            Object::Secret(
+                key.seal(secret.metadata, &entries).map_err(|e| ApiError::Internal(e.to_string()))?,
+            )
+        }
     })
+}
+
+/// What the API shows of a `Config`'s data: its keys and a digest of it.
+pub fn config_status(spec: &shared_proto::ConfigSpec) -> ConfigStatus {
+    let entries = spec.entries().unwrap_or_default();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (k, v) in &entries {
+        ctx.update(&(k.len() as u64).to_le_bytes());
+        ctx.update(k.as_bytes());
+        ctx.update(&(v.len() as u64).to_le_bytes());
+        ctx.update(v);
+    }
+    ConfigStatus {
+        keys: entries.into_iter().map(|(k, _)| k).collect(),
+        digest: format!("sha256:{}", hex::encode(ctx.finish().as_ref())),
+    }
 }
 
 fn validate_object(o: &Object) -> ApiResult<()> {
@@ -50,6 +88,9 @@ fn validate_object(o: &Object) -> ApiResult<()> {
         Object::Site(s) => validate::validate_site(s),
         Object::Device(d) => validate::validate_device(d),
         Object::App(a) => validate::validate_app(a),
+        Object::Config(c) => {
+            validate::validate_config(&c.api_version, &c.kind, Kind::Config, &c.metadata, &c.spec)
+        }
         _ => Ok(()),
     }
     .map_err(ApiError::Invalid)
@@ -62,6 +103,13 @@ pub fn to_json(o: &Object) -> Value {
         Object::App(x) => serde_json::to_value(x),
         Object::Image(x) => serde_json::to_value(x),
         Object::Manifest(x) => serde_json::to_value(x),
+        Object::Config(x) => serde_json::to_value(x),
+        // Keys and digest only: a secret's values never leave the hub but to devices.
+        Object::Secret(x) => {
+            let mut shown = Secret::new(x.metadata.clone(), Default::default());
+            shown.status = ConfigStatus { keys: x.keys.clone(), digest: x.digest.clone() };
+            serde_json::to_value(shown)
+        }
         _ => Ok(Value::Null),
     }
     .unwrap_or(Value::Null)
@@ -202,6 +250,30 @@ fn merge(current: Option<Object>, incoming: Object, now: Timestamp) -> ApiResult
             new.status = old.status;
             Object::Device(new)
         }
+        (Some(Object::Config(old)), Object::Config(mut new)) => {
+            merge_meta(&old.metadata, &mut new.metadata, old.spec != new.spec);
+            new.status = config_status(&new.spec);
+            Object::Config(new)
+        }
+        (Some(Object::Secret(old)), Object::Secret(mut new)) => {
+            let changed = old.digest != new.digest || old.keys != new.keys || old.key_id != new.key_id;
+            merge_meta(&old.metadata, &mut new.metadata, changed);
+            if !changed {
+                // The same data sealed again differs only by its nonce: keep the stored
+                // seal, so that an unchanged apply writes nothing.
+                new.sealed = old.sealed;
+            }
+            Object::Secret(new)
+        }
+        (None, Object::Config(mut new)) => {
+            fresh_meta(&mut new.metadata, now);
+            new.status = config_status(&new.spec);
+            Object::Config(new)
+        }
+        (None, Object::Secret(mut new)) => {
+            fresh_meta(&mut new.metadata, now);
+            Object::Secret(new)
+        }
         (None, Object::Device(d)) => {
             return Err(ApiError::NotFound(format!(
                 "device {:?} is not enrolled: devices are created when an agent enrols (flotilla token create)",
@@ -244,7 +316,7 @@ pub async fn apply(
             "images are imported, not applied: use flotilla image import FILE".into(),
         ));
     }
-    let incoming = parse_object(kind, &body)?;
+    let incoming = parse_object(kind, &body, &state.key)?;
     if incoming.name() != name {
         return Err(ApiError::invalid(
             "metadata.name",
@@ -314,6 +386,17 @@ pub async fn delete(
         caller.require_all_sites("deleting an image")?;
     }
     let not_found = || ApiError::NotFound(format!("{} {name:?} not found", kind.as_str()));
+    if matches!(kind, Kind::Config | Kind::Secret) {
+        let users = apps_using(&state.store.list(StoreKind::App).await?, kind, &name);
+        if !users.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "{} {name:?} is used by {} {}: change or delete them first",
+                kind.as_str(),
+                if users.len() == 1 { "app" } else { "apps" },
+                users.join(", ")
+            )));
+        }
+    }
     // Deleted only at the revision that was checked against the token's scope.
     let precondition = match caller.scope.is_all() {
         true => Precondition::MustExist,
@@ -338,29 +421,67 @@ pub async fn delete(
     }
 }
 
+/// The apps that mount or read the `Config` or `Secret` `name`.
+pub fn apps_using(apps: &[Object], kind: Kind, name: &str) -> Vec<String> {
+    apps.iter()
+        .filter_map(|o| match o {
+            Object::App(a) if a.spec.config_refs(kind == Kind::Secret).contains(name) => {
+                Some(a.metadata.name.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key() -> crate::sealing::HubKey {
+        crate::sealing::HubKey::from_bytes(&[3; 32])
+    }
+
+    #[test]
+    fn secrets_are_sealed_on_parse_and_an_unchanged_apply_keeps_the_seal() {
+        let body = br#"{"apiVersion":"flotilla.dev/v1","kind":"Secret","metadata":{"name":"db"},
+            "spec":{"data":{"password":"hunter2-xyz"}}}"#;
+        let Object::Secret(first) = parse_object(Kind::Secret, body, &key()).unwrap() else { panic!() };
+        assert!(!first.sealed.windows(7).any(|w| w == b"hunter2"));
+        let stored = merge(None, Object::Secret(first), Timestamp(1)).unwrap();
+        let again = parse_object(Kind::Secret, body, &key()).unwrap();
+        assert_eq!(merge(Some(stored.clone()), again, Timestamp(2)).unwrap(), stored, "unchanged");
+        let changed = br#"{"apiVersion":"flotilla.dev/v1","kind":"Secret","metadata":{"name":"db"},
+            "spec":{"data":{"password":"other"}}}"#;
+        let next =
+            merge(Some(stored.clone()), parse_object(Kind::Secret, changed, &key()).unwrap(), Timestamp(2))
+                .unwrap();
+        assert_eq!(next.metadata().unwrap().generation, 2);
+        let json = to_json(&next).to_string();
+        assert!(json.contains("\"password\"") && !json.contains("other"), "{json}");
+        let bad = br#"{"apiVersion":"flotilla.dev/v1","kind":"Secret","metadata":{"name":"db"},
+            "spec":{"data":{"a/b":"x"}}}"#;
+        assert!(matches!(parse_object(Kind::Secret, bad, &key()), Err(ApiError::Invalid(_))));
+    }
 
     #[test]
     fn json_errors_name_the_field() {
         let body = br#"{"apiVersion":"flotilla.dev/v1","kind":"App","metadata":{"name":"x"},
             "spec":{"containers":[{"name":"c","image":"i","ports":[{"containerPort":"eighty"}]}]}}"#;
-        match parse_object(Kind::App, body) {
+        match parse_object(Kind::App, body, &key()) {
             Err(ApiError::Invalid(e)) => {
                 assert_eq!(e.0[0].field, "spec.containers[0].ports[0].containerPort")
             }
             other => panic!("{other:?}"),
         }
         let body = br#"{"apiVersion":"flotilla.dev/v1","kind":"App","metadata":{"name":"x","lables":{}},"spec":{"containers":[]}}"#;
-        match parse_object(Kind::App, body) {
+        match parse_object(Kind::App, body, &key()) {
             Err(ApiError::Invalid(e)) => {
                 assert_eq!(e.0[0].field, "metadata.lables");
                 assert!(e.0[0].message.contains("unknown field"), "{}", e.0[0].message);
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_object(Kind::Site, b"not json"), Err(ApiError::Invalid(_))));
+        assert!(matches!(parse_object(Kind::Site, b"not json", &key()), Err(ApiError::Invalid(_))));
     }
 
     #[test]

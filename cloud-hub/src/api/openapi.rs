@@ -36,7 +36,8 @@ fn crud(kind: &str, plural: &str, appliable: bool) -> (Value, Value) {
             "200": { "description": kind, "content": { "application/json": { "schema": item } } },
             "404": { "$ref": "#/components/responses/Error" } } },
         "delete": { "summary": format!("Delete one {kind}"), "responses": {
-            "200": { "description": "Deleted" }, "404": { "$ref": "#/components/responses/Error" } } },
+            "200": { "description": "Deleted" }, "404": { "$ref": "#/components/responses/Error" },
+            "409": { "$ref": "#/components/responses/Error" } } },
     });
     if appliable {
         one["put"] = json!({
@@ -54,13 +55,31 @@ fn crud(kind: &str, plural: &str, appliable: bool) -> (Value, Value) {
     (collection, one)
 }
 
+/// `Config` and `Secret` data: keys are file names; at most 64 keys and 256 KiB.
+fn config_schemas() -> (Value, Value) {
+    let key = json!({ "type": "string", "pattern": "^[-._a-zA-Z0-9]{1,253}$" });
+    let spec = json!({ "type": "object", "properties": {
+        "data": { "type": "object", "maxProperties": 64, "propertyNames": key.clone(),
+            "additionalProperties": { "type": "string" } },
+        "binaryData": { "type": "object", "maxProperties": 64, "propertyNames": key,
+            "additionalProperties": { "type": "string", "contentEncoding": "base64" } } },
+        "description": "A Secret's data is write-only: reads return its keys and digest, never its values" });
+    let status = json!({ "readOnly": true, "type": "object", "properties": {
+        "keys": { "type": "array", "items": { "type": "string" } },
+        "digest": { "type": "string" } } });
+    (spec, status)
+}
+
 pub fn document() -> Value {
+    let (config_spec, config_status) = config_schemas();
     let mut paths = serde_json::Map::new();
     for (kind, plural, appliable) in [
         ("Site", "sites", true),
         ("Device", "devices", true),
         ("App", "apps", true),
         ("Image", "images", false),
+        ("Config", "configs", true),
+        ("Secret", "secrets", true),
     ] {
         let (collection, one) = crud(kind, plural, appliable);
         paths.insert(format!("/api/v1/{plural}"), collection);
@@ -329,6 +348,8 @@ pub fn document() -> Value {
                     json!({ "readOnly": true, "type": "object", "properties": {
                         "phase": { "enum": ["Pending", "Progressing", "Running", "Degraded"] } } })),
                 "Image": object_schema("Image", json!({ "readOnly": true }), json!({ "readOnly": true })),
+                "Config": object_schema("Config", config_spec.clone(), config_status.clone()),
+                "Secret": object_schema("Secret", config_spec, config_status),
             }
         }
     })
@@ -342,6 +363,8 @@ mod tests {
         for path in [
             "/api/v1/sites",
             "/api/v1/apps/{name}",
+            "/api/v1/secrets/{name}",
+            "/api/v1/configs",
             "/api/v1/devices/{name}/manifest",
             "/api/v1/devices/{name}/decommission",
             "/api/v1/devices/{name}/approve",

@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod client;
 pub mod compose;
+pub mod config;
 pub mod output;
 
 use anyhow::{Context, bail};
@@ -248,7 +249,9 @@ pub async fn apply(args: &HubArgs, file: &Path) -> anyhow::Result<()> {
             };
             let kind_str = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
             let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_str) else {
-                eprintln!("error: {where_}: kind: must be one of Site, Device, App, got {kind_str:?}");
+                eprintln!(
+                    "error: {where_}: kind: must be one of Site, Device, App, Config, Secret, got {kind_str:?}"
+                );
                 failed += 1;
                 continue;
             };
@@ -378,6 +381,22 @@ fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<
                         shared_proto::Bytes(size).to_string(),
                         s(i, &["spec", "digest"]).chars().take(19).collect(),
                         age(s(i, &["status", "importedAt"]), now),
+                    ]
+                })
+                .collect();
+            (h, rows)
+        }
+        Kind::Config | Kind::Secret => {
+            let h = vec!["NAME", "KEYS", "GENERATION", "AGE"];
+            let rows = items
+                .iter()
+                .map(|c| {
+                    let keys = c["status"]["keys"].as_array().cloned().unwrap_or_default();
+                    vec![
+                        s(c, &["metadata", "name"]).to_string(),
+                        keys.iter().filter_map(|k| k.as_str()).collect::<Vec<_>>().join(","),
+                        n(c, &["metadata", "generation"]).to_string(),
+                        age(s(c, &["metadata", "createdAt"]), now),
                     ]
                 })
                 .collect();

@@ -4,7 +4,7 @@
 
 use super::scheduler::Unit;
 use hub_store::ChangeBatch;
-use shared_proto::manifest::DesiredManifest;
+use shared_proto::manifest::{DesiredConfig, DesiredManifest};
 use shared_proto::store::{Object, StoreKind};
 use shared_proto::{App, Device, Image, LabelSelector, SelectorOperator, Site};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +16,9 @@ pub struct FleetCache {
     pub devices: BTreeMap<String, Device>,
     pub images: BTreeMap<String, Image>,
     pub manifests: BTreeMap<String, DesiredManifest>,
+    /// `Config`s (with their data) and `Secret`s (digest only: sealed data stays in the
+    /// store until a device's session sends it), by (is a secret, name).
+    pub configs: BTreeMap<(bool, String), (u64, DesiredConfig)>,
     /// site → its devices (devices with no site are not listed).
     site_members: BTreeMap<String, BTreeSet<String>>,
     /// (label key, value) → devices.
@@ -33,6 +36,8 @@ pub enum Changed {
     Device(Option<Device>, Option<Device>),
     Image(String),
     Manifest(String),
+    /// A `Config` (`false`) or `Secret` (`true`) came, changed or went.
+    Config(bool, String),
 }
 
 fn revision_of(o: &Object) -> u64 {
@@ -45,9 +50,15 @@ fn revision_of(o: &Object) -> u64 {
 impl FleetCache {
     pub fn load(store: &hub_store::Store) -> Result<FleetCache, hub_store::StoreError> {
         let mut cache = FleetCache::default();
-        for kind in
-            [StoreKind::Site, StoreKind::App, StoreKind::Device, StoreKind::Image, StoreKind::Manifest]
-        {
+        for kind in [
+            StoreKind::Site,
+            StoreKind::App,
+            StoreKind::Device,
+            StoreKind::Image,
+            StoreKind::Manifest,
+            StoreKind::Config,
+            StoreKind::Secret,
+        ] {
             for o in store.list_local(kind)? {
                 cache.put(o);
             }
@@ -108,6 +119,28 @@ impl FleetCache {
                 self.manifests.insert(name.clone(), m);
                 Some(Changed::Manifest(name))
             }
+            Object::Config(c) => {
+                let name = c.metadata.name.clone();
+                let desired = DesiredConfig {
+                    name: name.clone(),
+                    secret: false,
+                    digest: c.status.digest.clone(),
+                    data: c.spec.entries().unwrap_or_default(),
+                };
+                self.configs.insert((false, name.clone()), (c.metadata.revision, desired));
+                Some(Changed::Config(false, name))
+            }
+            Object::Secret(s) => {
+                let name = s.metadata.name.clone();
+                let desired = DesiredConfig {
+                    name: name.clone(),
+                    secret: true,
+                    digest: s.digest.clone(),
+                    data: vec![],
+                };
+                self.configs.insert((true, name.clone()), (s.metadata.revision, desired));
+                Some(Changed::Config(true, name))
+            }
             _ => None,
         }
     }
@@ -123,6 +156,12 @@ impl FleetCache {
             }
             StoreKind::Image => self.images.remove(name).map(|_| Changed::Image(name.to_string())),
             StoreKind::Manifest => self.manifests.remove(name).map(|_| Changed::Manifest(name.to_string())),
+            StoreKind::Config | StoreKind::Secret => {
+                let secret = kind == StoreKind::Secret;
+                self.configs
+                    .remove(&(secret, name.to_string()))
+                    .map(|_| Changed::Config(secret, name.to_string()))
+            }
             _ => None,
         }
     }
@@ -134,6 +173,9 @@ impl FleetCache {
             StoreKind::Device => self.devices.get(name).map(|d| d.metadata.revision),
             StoreKind::Image => self.images.get(name).map(|i| i.metadata.revision),
             StoreKind::Manifest => self.manifests.get(name).map(|m| m.revision),
+            StoreKind::Config | StoreKind::Secret => {
+                self.configs.get(&(kind == StoreKind::Secret, name.to_string())).map(|(r, _)| *r)
+            }
             _ => None,
         }
     }
@@ -210,6 +252,15 @@ impl FleetCache {
     }
 
     /// Apps that name `image` (a normalised reference) in one of their containers.
+    /// Apps that mount or read the `Config` (or `Secret`) `name`.
+    pub fn apps_using_config(&self, secret: bool, name: &str) -> Vec<String> {
+        self.apps
+            .values()
+            .filter(|a| a.spec.config_refs(secret).contains(name))
+            .map(|a| a.metadata.name.clone())
+            .collect()
+    }
+
     pub fn apps_using_image(&self, image: &str) -> Vec<String> {
         self.apps
             .values()

@@ -10,7 +10,7 @@
 //! and the problem is reported. A store that loses its link to the hub keeps working;
 //! a typo in an image tag must not stop it either.
 
-use shared_proto::manifest::{ContainerLimits, DesiredApp, DesiredContainer, DesiredManifest};
+use shared_proto::manifest::{ContainerLimits, DesiredApp, DesiredConfig, DesiredContainer, DesiredManifest};
 use shared_proto::store::{Object, Precondition, PreviousImagesRecord, StoreCommand, StoreKind};
 use shared_proto::{App, ContainerSpec, Device, Image};
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,6 +141,7 @@ pub fn plan_device_manifest(
     placed: &BTreeSet<String>,
     apps: &BTreeMap<String, App>,
     images: &BTreeMap<String, Image>,
+    configs: &BTreeMap<(bool, String), (u64, DesiredConfig)>,
     held: Option<&DesiredManifest>,
 ) -> (Option<StoreCommand>, BTreeMap<String, String>) {
     let name = &device.metadata.name;
@@ -148,7 +149,16 @@ pub fn plan_device_manifest(
     let mut desired = Vec::new();
     for app_name in placed {
         let Some(app) = apps.get(app_name) else { continue };
-        match desired_app(app, images, &device.status.arch) {
+        let missing = |d: &DesiredApp| {
+            d.config_refs().into_iter().find(|r| !configs.contains_key(r)).map(|(secret, n)| {
+                format!("{} {n:?} does not exist", if secret { "Secret" } else { "Config" })
+            })
+        };
+        let planned = desired_app(app, images, &device.status.arch).and_then(|d| match missing(&d) {
+            Some(problem) => Err(problem),
+            None => Ok(d),
+        });
+        match planned {
             Ok(d) => desired.push(d),
             Err(problem) => {
                 problems.insert(app_name.clone(), problem);
@@ -159,12 +169,19 @@ pub fn plan_device_manifest(
         }
     }
     desired.sort_by(|a, b| a.name.cmp(&b.name));
+    // The Configs and Secrets the apps use, as they are now (an app kept at its old
+    // version keeps its old references, which still exist: deleting one in use is
+    // refused).
+    let wanted: BTreeSet<(bool, String)> = desired.iter().flat_map(DesiredApp::config_refs).collect();
+    let desired_configs: Vec<DesiredConfig> =
+        wanted.iter().filter_map(|r| configs.get(r)).map(|(_, c)| c.clone()).collect();
     let precondition = match held {
-        Some(m) if m.apps == desired => return (None, problems),
+        Some(m) if m.apps == desired && m.configs == desired_configs => return (None, problems),
         Some(m) => Precondition::RevisionIs(m.revision),
         None => Precondition::MustNotExist,
     };
-    let manifest = DesiredManifest { device: name.clone(), revision: 0, apps: desired, ..Default::default() };
+    let manifest =
+        DesiredManifest { device: name.clone(), revision: 0, apps: desired, configs: desired_configs };
     // When the images change, those of the manifest being replaced stay fetchable.
     let previous = held.filter(|m| image_digests(m) != image_digests(&manifest)).map(|m| {
         PreviousImagesRecord { device: name.clone(), revision: m.revision, image_digests: image_digests(m) }
@@ -281,8 +298,14 @@ mod tests {
         let placed: BTreeSet<String> = apps_by_name.keys().cloned().collect();
         let mut plan = ManifestPlan { commands: vec![], problems: BTreeMap::new() };
         for d in devices {
-            let (cmd, problems) =
-                plan_device_manifest(d, &placed, &apps_by_name, &images, current.get(&d.metadata.name));
+            let (cmd, problems) = plan_device_manifest(
+                d,
+                &placed,
+                &apps_by_name,
+                &images,
+                &Default::default(),
+                current.get(&d.metadata.name),
+            );
             plan.commands.extend(cmd);
             for (app, p) in problems {
                 plan.problems.entry(app).or_default().insert(d.metadata.name.clone(), p);
@@ -415,5 +438,87 @@ mod tests {
                 }
             ])]
         );
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use shared_proto::{
+        AppSpec, ContainerSpec, EnvSource, EnvVar, ImagePlatform, ImageSpec, KeyRef, ObjectMeta,
+    };
+    use shared_proto::{ObjectRef, VolumeSpec};
+
+    fn config(secret: bool, name: &str, digest: &str) -> ((bool, String), (u64, DesiredConfig)) {
+        let data = if secret { vec![] } else { vec![("k".to_string(), b"v".to_vec())] };
+        ((secret, name.into()), (1, DesiredConfig { name: name.into(), secret, digest: digest.into(), data }))
+    }
+
+    #[test]
+    fn manifests_carry_the_configs_their_apps_use_and_wait_for_missing_ones() {
+        let image = Image::new(
+            ObjectMeta::named("img:1"),
+            ImageSpec {
+                digest: "sha256:i".into(),
+                platforms: vec![ImagePlatform {
+                    os: "linux".into(),
+                    architecture: "amd64".into(),
+                    variant: String::new(),
+                    manifest_digest: "sha256:m".into(),
+                    size: 1,
+                }],
+            },
+        );
+        let images: BTreeMap<String, Image> = [("img:1".to_string(), image)].into();
+        let mut device = Device::new(ObjectMeta::named("pi"), Default::default());
+        device.status.arch = "amd64".into();
+        let app = App::new(
+            ObjectMeta::named("pos"),
+            AppSpec {
+                containers: vec![ContainerSpec {
+                    name: "c".into(),
+                    image: "img:1".into(),
+                    env: vec![EnvVar {
+                        name: "PW".into(),
+                        value: String::new(),
+                        value_from: Some(EnvSource {
+                            secret: Some(KeyRef { name: "creds".into(), key: "pw".into() }),
+                            config: None,
+                        }),
+                    }],
+                    ..Default::default()
+                }],
+                volumes: vec![VolumeSpec {
+                    name: "conf".into(),
+                    config: Some(ObjectRef { name: "pos-conf".into() }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        let apps: BTreeMap<String, App> = [("pos".to_string(), app)].into();
+        let placed: BTreeSet<String> = ["pos".to_string()].into();
+        // The secret is missing: the app waits, with the reason.
+        let configs: BTreeMap<_, _> = [config(false, "pos-conf", "sha256:1")].into();
+        let (cmd, problems) = plan_device_manifest(&device, &placed, &apps, &images, &configs, None);
+        assert_eq!(problems["pos"], "Secret \"creds\" does not exist");
+        let Some(StoreCommand::Put { object, .. }) = cmd else { panic!("{cmd:?}") };
+        let Object::Manifest(empty) = *object else { panic!() };
+        assert!(empty.apps.is_empty() && empty.configs.is_empty());
+        // Both exist: the manifest names them, the secret without its data.
+        let mut configs = configs;
+        configs.extend([config(true, "creds", "hmac-sha256:a"), config(false, "unused", "sha256:9")]);
+        let (cmd, problems) = plan_device_manifest(&device, &placed, &apps, &images, &configs, None);
+        assert!(problems.is_empty());
+        let Some(StoreCommand::Put { object, .. }) = cmd else { panic!() };
+        let Object::Manifest(mut m) = *object else { panic!() };
+        let names: Vec<(&str, bool)> = m.configs.iter().map(|c| (c.name.as_str(), c.secret)).collect();
+        assert_eq!(names, vec![("pos-conf", false), ("creds", true)]);
+        assert!(m.configs[1].data.is_empty());
+        m.revision = 5;
+        // Unchanged: nothing to write. A new digest: a new manifest.
+        assert!(plan_device_manifest(&device, &placed, &apps, &images, &configs, Some(&m)).0.is_none());
+        configs.insert((true, "creds".into()), config(true, "creds", "hmac-sha256:b").1);
+        assert!(plan_device_manifest(&device, &placed, &apps, &images, &configs, Some(&m)).0.is_some());
     }
 }

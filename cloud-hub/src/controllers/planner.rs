@@ -229,6 +229,13 @@ impl Planner {
                     self.dirty.apps.insert(app);
                 }
             }
+            Changed::Config(secret, name) => {
+                for app in self.cache.apps_using_config(secret, &name) {
+                    let devices: Vec<String> = self.by_app.get(&app).into_iter().flatten().cloned().collect();
+                    self.dirty.manifests.extend(devices);
+                    self.dirty.apps.insert(app);
+                }
+            }
             Changed::Manifest(device) => {
                 // Deleted under us while the device exists: write it again.
                 if !self.cache.manifests.contains_key(&device) && self.cache.devices.contains_key(&device) {
@@ -344,6 +351,7 @@ impl Planner {
                 &placed,
                 &self.cache.apps,
                 &self.cache.images,
+                &self.cache.configs,
                 self.cache.manifests.get(&device),
             );
             for app in &placed {

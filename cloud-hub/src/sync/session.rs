@@ -22,9 +22,32 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn current_manifest(state: &HubState, device: &str) -> Result<Option<DesiredManifest>, SyncError> {
     match state.store.get_local(StoreKind::Manifest, device)? {
-        Some(Object::Manifest(m)) => Ok(Some(m)),
+        Some(Object::Manifest(m)) => Ok(Some(with_secrets(state, &m)?.into_owned())),
         _ => Ok(None),
     }
+}
+
+/// The manifest as the device gets it: the stored one names its `Secret`s without
+/// their data, which is unsealed here, for this device's authenticated session only.
+fn with_secrets<'a>(
+    state: &HubState,
+    m: &'a DesiredManifest,
+) -> Result<std::borrow::Cow<'a, DesiredManifest>, SyncError> {
+    if !m.configs.iter().any(|c| c.secret) {
+        return Ok(std::borrow::Cow::Borrowed(m));
+    }
+    let mut out = m.clone();
+    for c in out.configs.iter_mut().filter(|c| c.secret) {
+        let sealed = match state.store.get_local(StoreKind::Secret, &c.name)? {
+            Some(Object::Secret(s)) => s,
+            _ => return Err(SyncError::Protocol(format!("secret {:?} of the manifest is gone", c.name))),
+        };
+        // Changed since the manifest was planned (its digest differs), the newer data
+        // goes now; the manifest the planner writes next recreates the containers
+        // again, with the same data.
+        c.data = state.key.unseal(&sealed).map_err(|e| SyncError::Protocol(e.to_string()))?;
+    }
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// What the reader task hands over.
@@ -298,7 +321,9 @@ where
                 let news = changes.as_deref_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 match news {
                     ManifestNews::Changed(Some(object)) => match object.as_ref() {
-                        Object::Manifest(m) => session.handle_manifest(clock.monotonic(), Some(m)),
+                        Object::Manifest(m) => {
+                            session.handle_manifest(clock.monotonic(), Some(&*with_secrets(state, m)?))
+                        }
                         _ => session.handle_manifest(clock.monotonic(), current_manifest(state, &device)?.as_ref()),
                     },
                     ManifestNews::Changed(None) => session.handle_manifest(clock.monotonic(), None),

@@ -25,7 +25,7 @@
 pub mod probes;
 
 use shared_proto::manifest::{
-    ContainerPhase, DesiredApp, DesiredContainer, DesiredManifest, ObservedContainer,
+    ContainerPhase, DesiredApp, DesiredConfig, DesiredContainer, DesiredManifest, ObservedContainer,
 };
 use shared_proto::workload::Handler;
 use shared_proto::{RestartPolicy, Timestamp};
@@ -139,7 +139,14 @@ pub enum Action {
     /// Remove a pod none of whose containers exist any more.
     RemovePod { app: String },
     /// Create and start a container in its app's pod, then run its post-start hook.
-    Run { id: String, app: Box<DesiredApp>, container: Box<DesiredContainer>, init: bool },
+    /// `configs`: the Configs and Secrets it uses, with their data.
+    Run {
+        id: String,
+        app: Box<DesiredApp>,
+        container: Box<DesiredContainer>,
+        init: bool,
+        configs: Vec<DesiredConfig>,
+    },
     /// Start a created container.
     Start { id: String },
     /// Stop a container and keep it (its exit then counts as a restart): a failed
@@ -169,26 +176,60 @@ pub struct Plan {
 /// later version changes the id only of containers that set it: upgrading the hub or
 /// the agent never restarts a fleet's containers by itself. Fields are hashed under
 /// their JSON names, which therefore never change.
-pub fn container_id(app: &DesiredApp, c: &DesiredContainer) -> String {
+pub fn container_id(app: &DesiredApp, c: &DesiredContainer, configs: &[DesiredConfig]) -> String {
     let is_init = app.init_containers.iter().any(|i| i.name == c.name);
+    // And when a Config or Secret it uses changes (their digests).
+    let used: Vec<&str> = configs_of(app, c, configs).iter().map(|x| x.digest.as_str()).collect();
     // A container is recreated when what it runs in changes: the volumes it mounts,
     // the user namespace, and (for the app's containers) the init containers that
     // prepare it, as a Kubernetes pod is.
     let volumes: Vec<_> =
         app.volumes.iter().filter(|v| c.volume_mounts.iter().any(|m| m.name == v.name)).collect();
-    let init: Vec<String> =
-        if is_init { vec![] } else { app.init_containers.iter().map(|i| container_id(app, i)).collect() };
+    let init: Vec<String> = if is_init {
+        vec![]
+    } else {
+        app.init_containers.iter().map(|i| container_id(app, i, configs)).collect()
+    };
     let spec = serde_json::json!({
         "container": c,
         "network": app.network,
         "volumes": volumes,
         "userNamespace": app.user_namespace,
         "init": init,
+        "configs": used,
     });
     let mut canonical = String::new();
     write_canonical(&spec, &mut canonical);
     let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
     format!("{}_{}_{}", app.name, c.name, hex::encode(&digest.as_ref()[..6]))
+}
+
+/// The `Config`s and `Secret`s of the manifest that container `c` mounts or reads.
+pub fn configs_of<'a>(
+    app: &DesiredApp,
+    c: &DesiredContainer,
+    configs: &'a [DesiredConfig],
+) -> Vec<&'a DesiredConfig> {
+    let mut refs: BTreeSet<(bool, &str)> = BTreeSet::new();
+    for m in &c.volume_mounts {
+        if let Some(v) = app.volumes.iter().find(|v| v.name == m.name) {
+            if let Some(r) = &v.config {
+                refs.insert((false, r.name.as_str()));
+            }
+            if let Some(r) = &v.secret {
+                refs.insert((true, r.name.as_str()));
+            }
+        }
+    }
+    for (_, from) in &c.env_from {
+        if let Some(r) = &from.config {
+            refs.insert((false, r.name.as_str()));
+        }
+        if let Some(r) = &from.secret {
+            refs.insert((true, r.name.as_str()));
+        }
+    }
+    configs.iter().filter(|x| refs.contains(&(x.secret, x.name.as_str()))).collect()
 }
 
 /// The id first-light agents (0.1) gave the same container: a hash of its postcard
@@ -258,6 +299,7 @@ fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
 /// What one pass is building.
 struct Pass<'a> {
     obs: &'a Observed,
+    configs: &'a [DesiredConfig],
     now: Timestamp,
     plan: Plan,
     runs: Vec<Action>,
@@ -271,6 +313,7 @@ impl Pass<'_> {
             app: app_context(app),
             container: Box::new(c.clone()),
             init,
+            configs: configs_of(app, c, self.configs).into_iter().cloned().collect(),
         });
     }
 
@@ -431,13 +474,14 @@ impl Pass<'_> {
     }
 
     fn app(&mut self, app: &DesiredApp) -> BTreeSet<String> {
-        let obs = self.obs;
+        let (obs, configs) = (self.obs, self.configs);
         let resolve = |c: &DesiredContainer| {
-            let id = container_id(app, c);
+            let id = container_id(app, c, configs);
             let legacy = legacy_container_id(app, c);
             if !obs.runtime.contains_key(&id) && obs.runtime.contains_key(&legacy) { legacy } else { id }
         };
-        let init_ids: Vec<String> = app.init_containers.iter().map(|c| container_id(app, c)).collect();
+        let init_ids: Vec<String> =
+            app.init_containers.iter().map(|c| container_id(app, c, configs)).collect();
         let main_ids: Vec<String> = app.containers.iter().map(resolve).collect();
         let wanted: BTreeSet<String> = init_ids.iter().chain(&main_ids).cloned().collect();
         if !obs.pods.contains(&app.name) {
@@ -500,7 +544,14 @@ impl Pass<'_> {
 }
 
 pub fn reconcile(desired: &DesiredManifest, obs: &Observed, now: Timestamp) -> Plan {
-    let mut pass = Pass { obs, now, plan: Plan::default(), runs: vec![], pulls: BTreeSet::new() };
+    let mut pass = Pass {
+        obs,
+        configs: &desired.configs,
+        now,
+        plan: Plan::default(),
+        runs: vec![],
+        pulls: BTreeSet::new(),
+    };
     let mut wanted: BTreeSet<String> = BTreeSet::new();
     for app in &desired.apps {
         wanted.extend(pass.app(app));
@@ -568,7 +619,7 @@ mod tests {
     }
 
     fn id_of(m: &DesiredManifest, i: usize) -> String {
-        container_id(&m.apps[0], &m.apps[0].containers[i])
+        container_id(&m.apps[0], &m.apps[0].containers[i], &m.configs)
     }
 
     /// What a pass sees once the app's pod exists.
@@ -734,8 +785,8 @@ mod tests {
                 hex::encode(&ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref()[..6])
             )
         };
-        assert_eq!(next(vec![]), container_id(app, c), "an unset new field changes nothing");
-        assert_ne!(next(vec!["/data".into()]), container_id(app, c), "a set one does");
+        assert_eq!(next(vec![]), container_id(app, c, &[]), "an unset new field changes nothing");
+        assert_ne!(next(vec!["/data".into()]), container_id(app, c, &[]), "a set one does");
     }
 
     #[test]
@@ -774,7 +825,7 @@ mod tests {
     #[test]
     fn init_containers_are_done_once_they_exited_zero_or_the_app_runs() {
         let m = pod_app();
-        let init_id = container_id(&m.apps[0], &m.apps[0].init_containers[0]);
+        let init_id = container_id(&m.apps[0], &m.apps[0].init_containers[0], &[]);
         let mut obs = observed();
         obs.images.insert("sha256:x".into());
         let plan = reconcile(&m, &obs, Timestamp(0));
@@ -794,7 +845,7 @@ mod tests {
     fn a_failed_init_container_under_never_fails_the_app() {
         let mut m = pod_app();
         m.apps[0].restart_policy = RestartPolicy::Never;
-        let init_id = container_id(&m.apps[0], &m.apps[0].init_containers[0]);
+        let init_id = container_id(&m.apps[0], &m.apps[0].init_containers[0], &[]);
         let mut obs = observed();
         obs.images.insert("sha256:x".into());
         obs.runtime.insert(init_id, rt(RuntimeStatus::Stopped, Some(4)));

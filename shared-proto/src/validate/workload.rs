@@ -4,7 +4,7 @@
 //! an operator meant; what the device allows (host paths, devices) is the agent's
 //! own allow-list, checked there.
 
-use super::{FieldErrors, MAX_STRING, dns_label_problem};
+use super::{FieldErrors, MAX_STRING, config_key_problem, dns_label_problem};
 use crate::resource::{AppSpec, ContainerSpec, NetworkMode};
 use crate::workload::{Handler, HttpGetAction, Probe};
 use std::collections::BTreeMap;
@@ -126,11 +126,10 @@ pub(super) fn check_volumes(errs: &mut FieldErrors, spec: &AppSpec) -> BTreeMap<
             errs.push(format!("{f}.tmpfs.sizeBytes"), format!("must be between 4096 and {MAX_TMPFS_BYTES}"));
         }
         for (field, r) in [("config", &v.config), ("secret", &v.secret)] {
-            if r.is_some() {
-                errs.push(
-                    format!("{f}.{field}"),
-                    "Config and Secret objects are not served by this hub yet: use a persistent or hostPath volume",
-                );
+            if let Some(r) = r
+                && let Some(p) = dns_label_problem(&r.name)
+            {
+                errs.push(format!("{f}.{field}.name"), p);
             }
         }
         seen.insert(v.name.clone(), v.config.is_some() || v.secret.is_some());
@@ -234,10 +233,15 @@ pub(super) fn check_container_extras(
         if from.config.is_some() == from.secret.is_some() {
             errs.push(format!("{ef}.valueFrom"), "set exactly one of config and secret");
         }
-        errs.push(
-            format!("{ef}.valueFrom"),
-            "Config and Secret objects are not served by this hub yet: set value",
-        );
+        for (field, r) in [("config", &from.config), ("secret", &from.secret)] {
+            let Some(r) = r else { continue };
+            if let Some(p) = dns_label_problem(&r.name) {
+                errs.push(format!("{ef}.valueFrom.{field}.name"), p);
+            }
+            if let Some(p) = config_key_problem(&r.key) {
+                errs.push(format!("{ef}.valueFrom.{field}.key"), p);
+            }
+        }
     }
 }
 
@@ -417,6 +421,16 @@ mod tests {
                     host_path: Some(HostPathVolume { path: "/var/log/pos".into() }),
                     ..Default::default()
                 },
+                VolumeSpec {
+                    name: "conf".into(),
+                    config: Some(ObjectRef { name: "pos-conf".into() }),
+                    ..Default::default()
+                },
+                VolumeSpec {
+                    name: "creds".into(),
+                    secret: Some(ObjectRef { name: "pos-creds".into() }),
+                    ..Default::default()
+                },
             ];
             s.network_policy = Some(NetworkPolicy {
                 ingress_apps: Some(vec!["till".into()]),
@@ -451,6 +465,14 @@ mod tests {
                 Some(Handler { exec: Some(ExecAction { command: vec!["/drain".into()] }), http_get: None });
             c.security.add_capabilities = vec!["NET_RAW".into(), "cap_sys_time".into()];
             c.security.drop_capabilities = vec!["ALL".into()];
+            c.env = vec![EnvVar {
+                name: "DB_PASSWORD".into(),
+                value: String::new(),
+                value_from: Some(EnvSource {
+                    secret: Some(KeyRef { name: "pos-creds".into(), key: "db.password".into() }),
+                    config: None,
+                }),
+            }];
         });
         // Everything but what this hub does not serve yet.
         assert_eq!(errs.len(), 1, "{errs:?}");
@@ -498,8 +520,17 @@ mod tests {
             });
             c.lifecycle.post_start = Some(Handler::default());
             c.security.add_capabilities = vec!["FLY".into()];
-            c.env =
-                vec![EnvVar { name: "K".into(), value: "v".into(), value_from: Some(EnvSource::default()) }];
+            c.env = vec![
+                EnvVar { name: "K".into(), value: "v".into(), value_from: Some(EnvSource::default()) },
+                EnvVar {
+                    name: "L".into(),
+                    value: String::new(),
+                    value_from: Some(EnvSource {
+                        config: Some(KeyRef { name: "conf".into(), key: "a/b".into() }),
+                        secret: None,
+                    }),
+                },
+            ];
         });
         for field in [
             "spec.volumes[0]",
@@ -524,6 +555,7 @@ mod tests {
             "spec.containers[0].security.addCapabilities[0]",
             "spec.containers[0].env[0].value",
             "spec.containers[0].env[0].valueFrom",
+            "spec.containers[0].env[1].valueFrom.config.key",
         ] {
             assert!(has(&errs, field), "no error for {field}: {errs:#?}");
         }
