@@ -115,6 +115,9 @@ pub async fn reconcile_loop<R: ContainerRuntime + 'static, H: Host>(
             }
         };
         let plan = reconcile::reconcile(&manifest, &observed, now);
+        // Addresses, published ports and policies before any pod or container of
+        // this pass: a new pod needs its address, a new container its peers' names.
+        let network_ok = exec.sync_network(&manifest).await;
         exec.run_probes(&plan.running, now);
         let running: Vec<String> = plan.running.iter().map(|(id, _, _)| id.clone()).collect();
         let busy = !plan.actions.is_empty();
@@ -128,7 +131,7 @@ pub async fn reconcile_loop<R: ContainerRuntime + 'static, H: Host>(
             })
             .collect();
         // Removals first (they free host ports and resources), all at once.
-        let mut all_ok = list.is_empty() || exec.remove_many(&list).await;
+        let mut all_ok = (list.is_empty() || exec.remove_many(&list).await) && network_ok;
         for action in others {
             all_ok &= exec.execute(action, now).await;
         }
@@ -230,7 +233,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (pull_tx, pull_rx) = mpsc::unbounded_channel();
     let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let puller = Puller { blobs, images_dir: config.images_dir(), link: link_rx, clock: clock.clone() };
-    let host = Arc::new(DeviceHost::new(&config));
+    let host = Arc::new(DeviceHost::new(&config, Some(db.clone())));
     let exec = Executor::new(clock.clone(), runtime, host, db.clone(), Some(puller), pull_tx, probe_tx)?;
     tokio::spawn(crate::logs::run(config.logs_dir(), config.max_log_bytes));
     // Converge on what we have before (and whether or not) the hub answers.
@@ -291,10 +294,16 @@ pub async fn reset(config: AgentConfig) -> anyhow::Result<()> {
         let _ = nix::mount::umount2(&config.private_dir(), nix::mount::MntFlags::MNT_DETACH);
     }
     for app in agent_runtime::pod::list_pods(&config.pods_dir()) {
+        let _ = crate::net::link::detach(&crate::net::veth_name(&config.net.bridge, &app));
         if let Err(e) = agent_runtime::pod::remove_pod(&config.pods_dir(), &app) {
             eprintln!("warning: pod {app}: {e}");
             failed += 1;
         }
+    }
+    // The device network goes with the pods; the next start makes it again.
+    if let Err(e) = crate::net::link::remove_all(&config.net) {
+        eprintln!("warning: device network: {e}");
+        failed += 1;
     }
     if let Ok(db) = StateDb::open(&config.db_path()) {
         for c in db.containers().unwrap_or_default() {

@@ -31,6 +31,20 @@ pub struct HostFacts {
     /// The agent's directories, when a config was given.
     pub state_dir: Option<DirFacts>,
     pub runtime_dir: Option<DirFacts>,
+    /// What isolated networking needs.
+    pub network: NetFacts,
+}
+
+/// What `network: Isolated` needs of the host.
+#[derive(Debug, Clone, Default)]
+pub struct NetFacts {
+    /// The `nft` and `ip` binaries were found.
+    pub nft: bool,
+    pub ip: bool,
+    /// `/proc/sys/net/bridge` exists: bridges, and bridged traffic through netfilter.
+    pub bridge_netfilter: bool,
+    /// `/proc/sys/net/ipv4/ip_forward`.
+    pub ip_forward: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +237,8 @@ pub fn assess(facts: &HostFacts) -> Vec<Finding> {
         )
     });
 
+    assess_network(&facts.network, &mut out);
+
     if let Some(d) = &facts.state_dir {
         out.push(match d.free {
             None => Finding::ok(format!("state_dir {}", d.path.display())),
@@ -247,6 +263,38 @@ pub fn assess(facts: &HostFacts) -> Vec<Finding> {
         });
     }
     out
+}
+
+/// Isolated apps (`network: Isolated`) need these; host and none apps do not, so a
+/// missing piece is a warning.
+fn assess_network(n: &NetFacts, out: &mut Vec<Finding>) {
+    let isolated = "apps with network Isolated cannot run";
+    for (have, tool, package) in [(n.nft, "nft", "nftables"), (n.ip, "ip", "iproute2")] {
+        out.push(if have {
+            Finding::ok(format!("{tool} ({package})"))
+        } else {
+            Finding::warn(format!("{tool} is missing: {isolated}"), format!("apt-get install -y {package}"))
+        });
+    }
+    out.push(if n.bridge_netfilter {
+        Finding::ok("bridges, with bridged traffic through netfilter")
+    } else {
+        Finding::warn(
+            format!("no bridge netfilter (/proc/sys/net/bridge): {isolated}, or their network policies cannot hold"),
+            "`modprobe bridge br_netfilter veth`, and add them to /etc/modules-load.d/flotilla.conf so they load at boot",
+        )
+    });
+    out.push(match n.ip_forward {
+        Some(true) => Finding::ok("IPv4 forwarding"),
+        Some(false) => Finding::warn(
+            "IPv4 forwarding is off: the agent turns it on when the first isolated app arrives",
+            "`sysctl -w net.ipv4.ip_forward=1` and put it in /etc/sysctl.d/ so the device forwards from boot",
+        ),
+        None => Finding::warn(
+            format!("no /proc/sys/net/ipv4/ip_forward: {isolated}"),
+            "use a kernel built with IPv4 networking (CONFIG_INET)",
+        ),
+    });
 }
 
 /// Reads what [`assess`] needs, with `/proc` and `/sys` under `root` (`/` normally).
@@ -300,7 +348,19 @@ pub fn read_host(root: &Path, dirs: Option<(&Path, &Path)>) -> HostFacts {
         boot_cmdline,
         state_dir: dirs.map(|(s, _)| dir(s)),
         runtime_dir: dirs.map(|(_, r)| dir(r)),
+        network: NetFacts {
+            nft: has_tool("nft"),
+            ip: has_tool("ip"),
+            bridge_netfilter: root.join("proc/sys/net/bridge").is_dir(),
+            ip_forward: read("/proc/sys/net/ipv4/ip_forward").map(|v| v.trim() == "1"),
+        },
     }
+}
+
+/// Whether `name` is on the agent's `PATH` (where the agent will look for it).
+fn has_tool(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).any(|d| d.join(name).is_file())
 }
 
 /// Prints the findings; returns how many must be fixed.
@@ -348,7 +408,22 @@ mod tests {
             boot_cmdline: None,
             state_dir: None,
             runtime_dir: None,
+            network: NetFacts { nft: true, ip: true, bridge_netfilter: true, ip_forward: Some(true) },
         }
+    }
+
+    #[test]
+    fn what_isolated_networking_lacks_is_a_warning_with_its_fix() {
+        let mut facts = healthy();
+        facts.network = NetFacts { nft: false, ip: true, bridge_netfilter: false, ip_forward: Some(false) };
+        let f = assess(&facts);
+        assert!(fails(&f).is_empty(), "host and none apps still run: {f:?}");
+        let warned: Vec<&Finding> = f.iter().filter(|f| f.level == Level::Warn).collect();
+        assert_eq!(warned.len(), 3, "{warned:?}");
+        assert!(warned.iter().any(|w| w.what.starts_with("nft is missing")
+            && w.fix.as_deref() == Some("apt-get install -y nftables")));
+        assert!(warned.iter().any(|w| w.fix.as_deref().is_some_and(|x| x.contains("br_netfilter"))));
+        assert!(warned.iter().any(|w| w.fix.as_deref().is_some_and(|x| x.contains("net.ipv4.ip_forward=1"))));
     }
 
     fn fails(f: &[Finding]) -> Vec<&Finding> {

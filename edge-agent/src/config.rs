@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub allowed_host_paths: Vec<PathBuf>,
     /// Device nodes apps may use (exact, or a prefix ending in `*`).
     pub allowed_devices: Vec<String>,
+    /// Bridge, network and nftables table of isolated apps.
+    pub net: crate::net::NetConfig,
 }
 
 impl AgentConfig {
@@ -41,6 +43,7 @@ impl AgentConfig {
 
     pub fn parse(text: &str) -> anyhow::Result<AgentConfig> {
         let file: AgentConfigFile = toml::from_str(text)?;
+        let net = net_config(&file)?;
         let name = match file.name {
             Some(n) => n,
             None => crate::facts::hostname().to_ascii_lowercase(),
@@ -94,6 +97,7 @@ impl AgentConfig {
             max_log_bytes,
             allowed_host_paths: file.allowed_host_paths.iter().map(PathBuf::from).collect(),
             allowed_devices: file.allowed_devices,
+            net,
         })
     }
 
@@ -146,6 +150,25 @@ impl AgentConfig {
     }
 }
 
+fn net_config(file: &AgentConfigFile) -> anyhow::Result<crate::net::NetConfig> {
+    let bridge = file.bridge.clone().unwrap_or_else(|| crate::net::DEFAULT_BRIDGE.into());
+    let ifname_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+    if bridge.is_empty() || bridge.len() > 15 || !bridge.bytes().all(ifname_char) {
+        bail!("bridge: {bridge:?} must be an interface name of 1 to 15 letters, digits, '-', '_' or '.'");
+    }
+    let subnet =
+        crate::net::Subnet::parse(file.bridge_subnet.as_deref().unwrap_or(crate::net::DEFAULT_SUBNET))
+            .map_err(|e| anyhow::anyhow!("bridge_subnet: {e}"))?;
+    let table = file.nft_table.clone().unwrap_or_else(|| crate::net::DEFAULT_TABLE.into());
+    let ident = table.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && table.len() <= 32
+        && table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ident {
+        bail!("nft_table: {table:?} must start with a letter and hold at most 32 letters, digits or '_'");
+    }
+    Ok(crate::net::NetConfig { bridge, subnet, table })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +184,27 @@ mod tests {
         assert!(e.to_string().starts_with("hub:"), "{e}");
         let e = AgentConfig::parse("hub = \"h:1\"\nname = \"pi\"\nhbu = 1\n").unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+    }
+
+    #[test]
+    fn isolated_networking_has_defaults_and_may_be_moved() {
+        let c = AgentConfig::parse("hub = \"h:7441\"\nname = \"pi\"\n").unwrap();
+        assert_eq!(c.net, crate::net::NetConfig::default());
+        let c = AgentConfig::parse(
+            "hub = \"h:7441\"\nname = \"pi\"\nbridge = \"flt7\"\nbridge_subnet = \"172.31.0.0/24\"\nnft_table = \"flt_7\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.net.bridge.as_str(), c.net.subnet.to_string(), c.net.table.as_str()),
+            ("flt7", "172.31.0.0/24".into(), "flt_7")
+        );
+        for (line, field) in [
+            ("bridge = \"a-bridge-name-too-long\"", "bridge:"),
+            ("bridge_subnet = \"10.88.0.0/31\"", "bridge_subnet:"),
+            ("nft_table = \"1x\"", "nft_table:"),
+        ] {
+            let e = AgentConfig::parse(&format!("hub = \"h:7441\"\nname = \"pi\"\n{line}\n")).unwrap_err();
+            assert!(e.to_string().starts_with(field), "{e}");
+        }
     }
 }

@@ -51,6 +51,10 @@ pub trait Host: Send + Sync + 'static {
     fn pods(&self) -> Vec<String>;
     /// The app's network namespace, when it has one of its own.
     fn netns(&self, app: &str) -> Option<PathBuf>;
+    /// Brings the device's network (isolated apps' addresses, published ports,
+    /// policies, names in pods' `/etc/hosts`) in line with the desired apps. Called
+    /// every pass; cheap when nothing changed.
+    fn sync_network(&self, apps: &[DesiredApp]) -> Result<(), String>;
     /// The kernel killed `id` for its memory limit (asked right after it exited).
     fn oom_killed(&self, id: &str) -> bool;
     /// Ids that still have a root filesystem or a bundle here.
@@ -123,6 +127,8 @@ pub struct Executor<R: ContainerRuntime + 'static, H: Host> {
     pub exits: tokio::sync::broadcast::Receiver<agent_runtime::ContainerExit>,
     usage_prev: HashMap<String, (Timestamp, u64)>,
     usage_sent: Option<(shared_proto::wire::UsageReport, Timestamp)>,
+    /// The last network failure logged, so a lasting one is logged once.
+    network_error: Option<String>,
 }
 
 impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
@@ -157,6 +163,7 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
             exits,
             usage_prev: HashMap::new(),
             usage_sent: None,
+            network_error: None,
             clock,
             runtime,
             host,
@@ -297,6 +304,29 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
                 tracing::warn!(id = %run.id, why = %v.message, "container no longer ready")
             }
             _ => {}
+        }
+    }
+
+    /// [`Host::sync_network`] off the async threads; `false` when it failed (retried
+    /// on the next pass). A failure is logged when it first appears or changes.
+    pub async fn sync_network(&mut self, desired: &DesiredManifest) -> bool {
+        let host = self.host.clone();
+        let apps = desired.apps.clone();
+        let r = tokio::task::spawn_blocking(move || host.sync_network(&apps)).await;
+        match r.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(()) => {
+                if self.network_error.take().is_some() {
+                    tracing::info!("device network in line again");
+                }
+                true
+            }
+            Err(e) => {
+                if self.network_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "setting up the device network failed; will retry");
+                    self.network_error = Some(e);
+                }
+                false
+            }
         }
     }
 
@@ -631,6 +661,11 @@ mod tests {
         fn netns(&self, _app: &str) -> Option<PathBuf> {
             None
         }
+        fn sync_network(&self, apps: &[DesiredApp]) -> Result<(), String> {
+            let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+            self.calls.lock().unwrap().push(format!("network {}", names.join(",")));
+            Ok(())
+        }
         fn oom_killed(&self, id: &str) -> bool {
             self.oom.lock().unwrap().contains(id)
         }
@@ -700,6 +735,7 @@ mod tests {
             let now = self.clock.now();
             let obs = self.exec.observe().await.unwrap();
             let plan = reconcile::reconcile(m, &obs, now);
+            self.exec.sync_network(m).await;
             self.exec.run_probes(&plan.running, now);
             for a in plan.actions.clone() {
                 self.exec.execute(a, now).await;

@@ -1,7 +1,9 @@
-//! The real [`Host`]: overlay root filesystems, OCI bundles, pods, volumes and
-//! devices on this device.
+//! The real [`Host`]: overlay root filesystems, OCI bundles, pods (with their place
+//! on the device bridge, [`crate::net`]), volumes and devices on this device.
 
 use crate::executor::{Host, Prepare};
+use crate::net::device::DeviceNet;
+use crate::net::hosts::{hosts_file, write_in_place};
 use crate::volumes::{self, Allowed};
 use agent_runtime::bundle::{BundleSpec, PodNamespaces};
 use agent_runtime::pod::{self, PodPaths};
@@ -18,11 +20,14 @@ pub struct DeviceHost {
     pub volumes_dir: PathBuf,
     pub cgroup_parent: String,
     pub allowed: Allowed,
+    pub net: DeviceNet,
 }
 
 impl DeviceHost {
-    pub fn new(config: &crate::config::AgentConfig) -> DeviceHost {
+    /// `db` keeps isolated apps' addresses (see [`crate::net::ipam`]).
+    pub fn new(config: &crate::config::AgentConfig, db: Option<crate::state::StateDb>) -> DeviceHost {
         DeviceHost {
+            net: DeviceNet::new(config.net.clone(), db),
             rootfs: OverlayRootfs::new(config.containers_dir()),
             bundles_dir: config.bundles_dir(),
             configs_dir: config.configs_dir(),
@@ -42,6 +47,11 @@ impl DeviceHost {
 
     fn pod_paths(&self, app: &str) -> PodPaths {
         PodPaths::new(&self.pods_dir, app)
+    }
+
+    fn write_hosts(&self, path: &std::path::Path, app: &DesiredApp) -> std::io::Result<()> {
+        let device = std::fs::read_to_string("/etc/hosts").ok();
+        write_in_place(path, &hosts_file(app, device.as_deref(), &self.net.peers())).map(drop)
     }
 }
 
@@ -66,7 +76,7 @@ impl Host for DeviceHost {
         }
         let (net, ipc) = (pod.net(), pod.ipc());
         let hosts = pod.dir.join("hosts");
-        write_hosts(&hosts, &p.app).map_err(|e| format!("writing the pod's hosts file: {e}"))?;
+        self.write_hosts(&hosts, &p.app).map_err(|e| format!("writing the pod's hosts file: {e}"))?;
         let merged = self
             .rootfs
             .prepare(&p.id, std::path::Path::new(&p.image.rootfs))
@@ -102,11 +112,36 @@ impl Host for DeviceHost {
     }
 
     fn create_pod(&self, app: &DesiredApp) -> Result<(), String> {
-        pod::create_pod(&self.pods_dir, &app.name, private_net(app)).map(drop).map_err(|e| e.to_string())
+        let paths =
+            pod::create_pod(&self.pods_dir, &app.name, private_net(app)).map_err(|e| e.to_string())?;
+        if app.network == NetworkMode::Isolated
+            && let Err(e) = self.net.attach(&app.name, &paths.net())
+        {
+            // All or nothing: a pod is only listed once it is on the bridge, so the
+            // next pass makes it again.
+            let _ = self.net.detach(&app.name);
+            let _ = pod::remove_pod(&self.pods_dir, &app.name);
+            return Err(format!("putting the pod on the bridge: {e}"));
+        }
+        Ok(())
     }
 
     fn remove_pod(&self, app: &str) -> Result<(), String> {
+        self.net.detach(app)?;
         pod::remove_pod(&self.pods_dir, app).map_err(|e| e.to_string())
+    }
+
+    fn sync_network(&self, apps: &[DesiredApp]) -> Result<(), String> {
+        let pods = self.pods();
+        self.net.sync(apps, &pods)?;
+        // Names of isolated apps, in every pod that runs (rewritten in place).
+        for app in apps.iter().filter(|a| pods.contains(&a.name)) {
+            let hosts = self.pod_paths(&app.name).dir.join("hosts");
+            if hosts.exists() {
+                self.write_hosts(&hosts, app).map_err(|e| format!("rewriting {}: {e}", hosts.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn pods(&self) -> Vec<String> {
@@ -141,32 +176,6 @@ impl Host for DeviceHost {
         }
         ids.into_iter().collect()
     }
-}
-
-/// The pod's `/etc/hosts`: its containers reach each other by name at the pod's
-/// loopback (on the device's network, after the device's own entries).
-pub fn hosts_file(app: &DesiredApp, device_hosts: Option<&str>) -> String {
-    let names: Vec<&str> =
-        app.containers.iter().chain(&app.init_containers).map(|c| c.name.as_str()).collect();
-    let mut out = match device_hosts {
-        Some(h) if app.network == NetworkMode::Host => format!("{}\n", h.trim_end()),
-        _ => "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string(),
-    };
-    if !names.is_empty() {
-        out.push_str(&format!("127.0.0.1\t{}\n", names.join(" ")));
-    }
-    out
-}
-
-fn write_hosts(path: &std::path::Path, app: &DesiredApp) -> std::io::Result<()> {
-    let device = std::fs::read_to_string("/etc/hosts").ok();
-    let text = hosts_file(app, device.as_deref());
-    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
-        return Ok(());
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The container's memory cgroup counted an OOM kill (v2 `memory.events`, v1
@@ -218,30 +227,4 @@ pub fn usage(cgroup_parent: &str, id: &str) -> Option<(u64, u64)> {
     let inactive =
         read(format!("{mem_dir}/memory.stat")).and_then(|s| field(&s, "total_inactive_file")).unwrap_or(0);
     Some((cpu.trim().parse().ok()?, current.saturating_sub(inactive)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shared_proto::manifest::DesiredContainer;
-
-    #[test]
-    fn a_pod_s_containers_are_reachable_by_name() {
-        let mut app = DesiredApp {
-            name: "pos".into(),
-            containers: vec![
-                DesiredContainer { name: "web".into(), ..Default::default() },
-                DesiredContainer { name: "db".into(), ..Default::default() },
-            ],
-            network: NetworkMode::None,
-            ..Default::default()
-        };
-        let own = hosts_file(&app, Some("10.0.0.1 router"));
-        assert!(own.starts_with("127.0.0.1\tlocalhost\n"), "{own}");
-        assert!(own.ends_with("127.0.0.1\tweb db\n"), "{own}");
-        assert!(!own.contains("router"), "a pod of its own does not see the device's names");
-        app.network = NetworkMode::Host;
-        let host = hosts_file(&app, Some("127.0.0.1 localhost\n10.0.0.1 router\n"));
-        assert!(host.contains("10.0.0.1 router") && host.ends_with("127.0.0.1\tweb db\n"), "{host}");
-    }
 }

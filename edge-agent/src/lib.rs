@@ -16,6 +16,7 @@ pub mod executor;
 pub mod facts;
 pub mod host;
 pub mod logs;
+pub mod net;
 pub mod probes;
 pub mod pull;
 pub mod reconcile;

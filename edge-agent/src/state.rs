@@ -8,7 +8,7 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shared_proto::CodecError;
-use shared_proto::agent_state::{AgentIdentity, ContainerRecord, HeldDesired, ImageRecord};
+use shared_proto::agent_state::{AgentIdentity, BridgeAddresses, ContainerRecord, HeldDesired, ImageRecord};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ const SECRETS: Table = TableDefinition::new("secrets");
 
 const IDENTITY_KEY: &str = "identity";
 const DESIRED_KEY: &str = "desired";
+const ADDRESSES_KEY: &str = "bridge-addresses";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -155,6 +156,18 @@ impl StateDb {
         Ok(())
     }
 
+    /// Isolated apps' addresses on the device bridge.
+    pub fn bridge_addresses(&self) -> Result<Option<BridgeAddresses>, StateError> {
+        self.get(SINGLETONS, ADDRESSES_KEY)?
+            .map(|b| BridgeAddresses::decode(&b))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    pub fn set_bridge_addresses(&self, a: &BridgeAddresses) -> Result<(), StateError> {
+        self.put(SINGLETONS, ADDRESSES_KEY, &a.encode()?)
+    }
+
     pub fn images(&self) -> Result<Vec<ImageRecord>, StateError> {
         self.all(IMAGES)?.iter().map(|b| ImageRecord::decode(b).map_err(Into::into)).collect()
     }
@@ -228,6 +241,13 @@ mod tests {
         assert_eq!(db.desired().unwrap().unwrap().manifest.revision, 7);
         assert_eq!(db.identity().unwrap().unwrap().device, "pi");
         assert_eq!(db.containers().unwrap().len(), 1);
+        assert_eq!(db.bridge_addresses().unwrap(), None);
+        let book =
+            BridgeAddresses { subnet: "10.88.0.0/16".into(), apps: vec![("web".into(), [10, 88, 0, 2])] };
+        db.set_bridge_addresses(&book).unwrap();
+        drop(db);
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.bridge_addresses().unwrap(), Some(book));
         db.remove_container("web_a_1").unwrap();
         assert!(db.containers().unwrap().is_empty());
     }

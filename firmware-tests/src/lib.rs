@@ -349,6 +349,9 @@ pub struct Agent {
     cgroup_parent: String,
     /// Extra `key = value` lines for the agent's config.
     extra: Vec<String>,
+    /// The bridge and nftables table of its isolated apps, once [`Agent::own_bridge`]
+    /// gave it its own.
+    pub bridge: Option<(String, String)>,
 }
 
 impl Agent {
@@ -367,6 +370,7 @@ impl Agent {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             netns: None,
             extra: Vec::new(),
+            bridge: None,
             cgroup_parent: {
                 static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -411,6 +415,81 @@ impl Agent {
     pub fn set_config(&mut self, line: &str) {
         self.extra.push(line.to_string());
         self.write_config();
+    }
+
+    /// Gives the agent a bridge, network and nftables table of its own (tests run
+    /// side by side, and never on the device defaults). Returns the network.
+    pub fn own_bridge(&mut self) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let bridge = format!("fb{:x}x{n:x}", pid & 0xff_ffff);
+        let table = format!("flt_{pid}_{n}");
+        // 172.29.0.0/16, a /24 per agent: away from the netns module's 10.200+.
+        let subnet = format!("172.29.{}.0/24", (pid % 40) * 6 + n % 6);
+        self.set_config(&format!("bridge = \"{bridge}\""));
+        self.set_config(&format!("bridge_subnet = \"{subnet}\""));
+        self.set_config(&format!("nft_table = \"{table}\""));
+        self.bridge = Some((bridge, table));
+        subnet
+    }
+
+    /// What a power cycle leaves: no processes, no cgroups, no mounts, an empty
+    /// `/run`, no bridge, veths or nftables rules.
+    pub fn power_cycle(&mut self) {
+        self.kill();
+        for id in self.runtime_containers() {
+            if let Some(pid) = self.container_pid(&id) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                wait_until("a container process to die", Duration::from_secs(60), || {
+                    (!pid_alive(pid)).then_some(())
+                });
+            }
+        }
+        // Every mount under the agent's directories goes (overlay roots, pod
+        // namespaces), deepest first.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| {
+                m.starts_with(self.runtime_dir.to_str().unwrap_or("-"))
+                    || m.starts_with(self.state_dir.to_str().unwrap_or("-"))
+            })
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // Container cgroups, in every hierarchy.
+        if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
+            for root in roots.flatten() {
+                let parent = root.path().join(&self.cgroup_parent);
+                if let Ok(children) = std::fs::read_dir(&parent) {
+                    for c in children.flatten().filter(|c| c.path().is_dir()) {
+                        let _ = std::fs::remove_dir(c.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(&parent);
+            }
+        }
+        std::fs::remove_dir_all(&self.runtime_dir).expect("removing the runtime dir");
+        // Network devices and rules live in the kernel: a reboot takes them too.
+        if let Some((bridge, table)) = &self.bridge {
+            let ports = Command::new("ip").args(["-o", "link", "show", "master", bridge]).output();
+            for line in
+                ports.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().lines()
+            {
+                if let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) {
+                    let _ = Command::new("ip").args(["link", "del", name]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["link", "del", bridge]).status();
+            let _ = Command::new("nft").args(["delete", "table", "inet", table]).status();
+        }
     }
 
     /// Points the agent at another QUIC address (e.g. a link emulator); rewrites

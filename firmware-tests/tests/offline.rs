@@ -139,51 +139,11 @@ fn offline_a_sigkilled_agent_adopts_its_containers_without_duplicates() {
     assert_eq!(std::fs::read_to_string(s.ledger.join("days")).unwrap(), "open\n", "init did not run again");
 }
 
-/// What a power cycle leaves: no processes, no cgroups, no mounts, an empty `/run`.
-fn power_cycle(agent: &mut Agent) {
-    agent.kill();
-    for id in agent.runtime_containers() {
-        if let Some(pid) = agent.container_pid(&id) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            wait_until("a container process to die", LONG, || (!pid_alive(pid)).then_some(()));
-        }
-    }
-    // Every mount under the agent's directories goes (overlay roots, pod namespaces),
-    // deepest first.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut ours: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| {
-            m.starts_with(agent.runtime_dir.to_str().unwrap())
-                || m.starts_with(agent.state_dir.to_str().unwrap())
-        })
-        .collect();
-    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in ours {
-        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-    }
-    // Container cgroups, in every hierarchy.
-    if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
-        for root in roots.flatten() {
-            let parent = root.path().join(agent.cgroup_parent());
-            if let Ok(children) = std::fs::read_dir(&parent) {
-                for c in children.flatten().filter(|c| c.path().is_dir()) {
-                    let _ = std::fs::remove_dir(c.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&parent);
-        }
-    }
-    std::fs::remove_dir_all(&agent.runtime_dir).unwrap();
-}
-
 #[test]
 fn offline_a_rebooted_device_brings_its_store_back_alone() {
     require_root();
     let mut s = store_offline("pi-reboot");
-    power_cycle(&mut s.agent);
+    s.agent.power_cycle();
     assert!(s.agent.runtime_containers().is_empty());
     s.agent.start();
     wait_until("the init container to run again after the reboot", LONG, || {

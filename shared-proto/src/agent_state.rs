@@ -73,6 +73,17 @@ pub struct ContainerRecord {
     pub pre_stop: Option<crate::workload::Handler>,
 }
 
+/// The addresses isolated apps hold on the device bridge (`edge-agent`'s `net::ipam`),
+/// kept so that an app keeps its address across agent restarts and device reboots.
+/// A record of its own, added at version 2 (no earlier agent wrote one).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BridgeAddresses {
+    /// The network they were given from (`10.88.0.0/16`); a new one starts afresh.
+    pub subnet: String,
+    /// App name and its IPv4 address, sorted by name.
+    pub apps: Vec<(String, [u8; 4])>,
+}
+
 /// How a record written at an older version reads: through a frozen shape, or as
 /// it is when its shape did not change.
 trait OlderShapes: Sized + serde::de::DeserializeOwned {
@@ -127,6 +138,7 @@ impl OlderShapes for ContainerRecord {
 }
 impl OlderShapes for AgentIdentity {}
 impl OlderShapes for ImageRecord {}
+impl OlderShapes for BridgeAddresses {}
 
 macro_rules! record_codec {
     ($($t:ty => $what:literal),* $(,)?) => {$(
@@ -156,6 +168,7 @@ record_codec!(
     HeldDesired => "held desired manifest",
     ImageRecord => "image record",
     ContainerRecord => "container record",
+    BridgeAddresses => "bridge addresses",
 );
 
 #[cfg(test)]

@@ -61,6 +61,18 @@ pub struct AgentConfigFile {
     /// (`/dev/ttyUSB*`). Empty: none.
     #[serde(default)]
     pub allowed_devices: Vec<String>,
+    /// The bridge isolated apps are attached to. Default `flotilla0`; two agents on
+    /// one host need different ones.
+    #[serde(default)]
+    pub bridge: Option<String>,
+    /// The IPv4 network of the bridge, from which each isolated app gets an address
+    /// (the first one is the bridge's own). Default `10.88.0.0/16`.
+    #[serde(default)]
+    pub bridge_subnet: Option<String>,
+    /// The nftables table (family `inet`) holding isolated apps' NAT, published ports
+    /// and network policy. Default `flotilla`.
+    #[serde(default)]
+    pub nft_table: Option<String>,
 }
 
 fn default_state_dir() -> String {
@@ -86,6 +98,9 @@ impl std::fmt::Debug for AgentConfigFile {
             .field("max_log_bytes", &self.max_log_bytes)
             .field("allowed_host_paths", &self.allowed_host_paths)
             .field("allowed_devices", &self.allowed_devices)
+            .field("bridge", &self.bridge)
+            .field("bridge_subnet", &self.bridge_subnet)
+            .field("nft_table", &self.nft_table)
             .finish()
     }
 }

@@ -87,10 +87,13 @@ fn demand(app: &App) -> Demand {
         let r = c.resources.reserved();
         d.reserved.cpu.0 += r.cpu.0;
         d.reserved.memory.0 += r.memory.0;
-        d.host_ports.extend(c.ports.iter().map(|p: &PortSpec| (p.effective_host_port(), p.protocol)));
-    }
-    if app.spec.network == shared_proto::NetworkMode::None {
-        d.host_ports.clear();
+        // Host: the container binds the device's port. Isolated: only a `hostPort`
+        // is published on the device. None: nothing is.
+        d.host_ports.extend(c.ports.iter().filter_map(|p: &PortSpec| match app.spec.network {
+            shared_proto::NetworkMode::Host => Some((p.effective_host_port(), p.protocol)),
+            shared_proto::NetworkMode::Isolated => Some((p.host_port?, p.protocol)),
+            shared_proto::NetworkMode::None => None,
+        }));
     }
     d
 }
@@ -431,6 +434,22 @@ mod tests {
         );
         assert_eq!(p["x"], set(&["a"]));
         assert!(reason(&why, "y", "a").contains("host port 80"));
+        // Isolated apps publish only a hostPort: containerPort 80 twice is no clash,
+        // hostPort 8080 twice is.
+        let isolated = |name: &str, rev, host_port: Option<u16>| {
+            let mut a = app(name, rev, None, 10, 1 << 20, Some(80));
+            a.spec.network = shared_proto::NetworkMode::Isolated;
+            a.spec.containers[0].ports[0].host_port = host_port;
+            a
+        };
+        let (p, _) = schedule(&[isolated("x", 1, None), isolated("y", 2, None)], &devices, &BTreeMap::new());
+        assert_eq!((p["x"].clone(), p["y"].clone()), (set(&["a"]), set(&["a"])));
+        let (p, why) = schedule(
+            &[isolated("x", 1, Some(8080)), isolated("y", 2, Some(8080))],
+            &devices,
+            &BTreeMap::new(),
+        );
+        assert!(p["y"].is_empty() && reason(&why, "y", "a").contains("host port 8080"), "{p:?}");
     }
 
     #[test]

@@ -332,12 +332,6 @@ pub(super) fn check_app_extras(errs: &mut FieldErrors, spec: &AppSpec) {
     if spec.user_namespace {
         errs.push("spec.userNamespace", "user namespaces are not supported by this hub yet");
     }
-    if spec.network == NetworkMode::Isolated {
-        errs.push(
-            "spec.network",
-            "network Isolated (the device bridge) is not supported by this hub yet: use Host or None",
-        );
-    }
     let Some(policy) = &spec.network_policy else { return };
     if spec.network != NetworkMode::Isolated {
         errs.push("spec.networkPolicy", "applies to network Isolated only: set spec.network to Isolated");
@@ -474,9 +468,7 @@ mod tests {
                 }),
             }];
         });
-        // Everything but what this hub does not serve yet.
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(has(&errs, "spec.network"), "{errs:?}");
+        assert!(errs.is_empty(), "{errs:?}");
     }
 
     #[test]
