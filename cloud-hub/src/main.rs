@@ -46,6 +46,10 @@ enum Command {
         #[command(subcommand)]
         command: cli::config::CreateCommand,
     },
+    /// Print a container's log (through the hub).
+    Logs(cli::attach::LogsArgs),
+    /// Run a command in a container and exit with its code (through the hub).
+    Exec(cli::attach::ExecArgs),
     /// Show one object in detail.
     Describe { kind: String, name: String },
     /// Delete one object.
@@ -112,6 +116,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apply { file } => cli::apply(h, &file).await,
         Command::Convert { command } => cli::convert(&command),
         Command::Get { kind, name, output } => cli::get(h, &kind, name.as_deref(), output).await,
+        Command::Logs(a) => cli::attach::logs(h, &a).await,
+        Command::Exec(a) => {
+            let code = cli::attach::exec(h, &a).await?;
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::exit(code);
+        }
         Command::Create { command } => cli::config::create(h, &command).await,
         Command::Describe { kind, name } => cli::describe(h, &kind, &name).await,
         Command::Delete { kind, name } => cli::delete(h, &kind, &name).await,

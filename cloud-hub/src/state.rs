@@ -42,6 +42,8 @@ pub struct HubState {
     pub admission: Mutex<AdmissionControl>,
     /// Seals `Secret`s in the store and opens them for devices.
     pub key: Arc<crate::sealing::HubKey>,
+    /// Pairs logs and exec calls with the streams devices open for them.
+    pub attach: Arc<crate::sync::attach::AttachBroker>,
 }
 
 impl HubState {

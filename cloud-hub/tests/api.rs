@@ -68,6 +68,7 @@ async fn setup() -> Api {
         clock,
         admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
         key: Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32])),
+        attach: Default::default(),
     });
     Api { router: api::router(state), store, _dir: dir }
 }

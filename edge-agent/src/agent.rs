@@ -234,8 +234,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let puller = Puller { blobs, images_dir: config.images_dir(), link: link_rx, clock: clock.clone() };
     let host = Arc::new(DeviceHost::new(&config, Some(db.clone())));
+    let log_clock = std::sync::Arc::new(std::sync::Mutex::new(crate::logs::LogClock::default()));
+    tokio::spawn(crate::logs::run(config.logs_dir(), config.max_log_bytes, log_clock.clone()));
+    let attach = crate::exec::AttachContext {
+        db: db.clone(),
+        logs_dir: config.logs_dir(),
+        scratch_dir: config.private_dir().join("attach"),
+        runtime: runtime.clone(),
+        clock: log_clock,
+    };
     let exec = Executor::new(clock.clone(), runtime, host, db.clone(), Some(puller), pull_tx, probe_tx)?;
-    tokio::spawn(crate::logs::run(config.logs_dir(), config.max_log_bytes));
     // Converge on what we have before (and whether or not) the hub answers.
     let mut reconciler = tokio::spawn(reconcile_loop(
         exec,
@@ -252,8 +260,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         id = crate::enrol::ensure_identity(&config, &db, &endpoint, &clock) => id?,
         r = &mut reconciler => return r?.context("the reconcile loop stopped"),
     };
-    let channels =
-        crate::sync::SyncChannels { desired: desired_tx, report: report_rx, link: link_tx, usage: usage_rx };
+    let channels = crate::sync::SyncChannels {
+        desired: desired_tx,
+        report: report_rx,
+        link: link_tx,
+        usage: usage_rx,
+        attach: Some(attach),
+    };
     tokio::select! {
         r = crate::sync::run(&config, identity, endpoint, db, clock, channels) => r,
         r = reconciler => r?.context("the reconcile loop stopped"),

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod check;
 pub mod config;
 pub mod enrol;
+pub mod exec;
 pub mod executor;
 pub mod facts;
 pub mod host;

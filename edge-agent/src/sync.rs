@@ -42,6 +42,8 @@ pub struct SyncChannels {
     pub link: watch::Sender<Option<HubLink>>,
     /// What the containers use, published by the reconcile loop when worth sending.
     pub usage: watch::Receiver<Option<shared_proto::wire::UsageReport>>,
+    /// Serves the hub's logs and exec requests (`None`: refuse them).
+    pub attach: Option<crate::exec::AttachContext>,
 }
 
 /// Tracks how long the hub has been out of reach, to warn when it matters.
@@ -347,6 +349,12 @@ async fn drive(
                     Ok(Some(cas)) => outcome.trusted = Some(cas),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot store the CAs the hub named"),
+                },
+                AgentEvent::Attach(req) => match &ch.attach {
+                    Some(ctx) => {
+                        tokio::spawn(crate::exec::serve(ctx.clone(), link.clone(), req));
+                    }
+                    None => tracing::warn!("the hub asked for logs or exec, which this agent does not serve"),
                 },
                 AgentEvent::Ended(end) => {
                     let _ = writer.shutdown().await;

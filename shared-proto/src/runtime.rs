@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version of the agent↔helper frames.
-pub const RUNTIME_PROTOCOL_VERSION: u32 = 2;
+pub const RUNTIME_PROTOCOL_VERSION: u32 = 3;
 
 /// Encodes one agent↔helper frame, length header included.
 pub fn encode_runtime_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
@@ -81,6 +81,32 @@ pub enum RuntimeOp {
     KillExec {
         exec_id: u64,
     },
+    /// Like `Exec`, with the operator's stdio (`flotilla exec`, version 3): stdin from a
+    /// FIFO the agent holds open, or a terminal whose master end libcontainer hands to
+    /// the agent over a console socket.
+    ExecWith {
+        id: String,
+        exec_id: u64,
+        args: Vec<String>,
+        io: ExecIo,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecIo {
+    /// stdout and stderr (without a terminal), truncated first.
+    pub output_path: String,
+    /// A FIFO for stdin; `None`: `/dev/null`.
+    pub stdin_path: Option<String>,
+    pub tty: Option<TtyIo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyIo {
+    /// A Unix socket the agent listens on; the terminal's master end arrives on it.
+    pub console_socket: String,
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// Helper → agent.
@@ -175,17 +201,36 @@ mod tests {
             op: RuntimeOp::Create { id: "c1".into(), bundle: "/b".into(), log_path: "/l".into() },
         };
         let frame = encode_frame(&req);
-        assert_eq!(frame, [12, 0, 0, 0, 2, 7, 0, 2, b'c', b'1', 2, b'/', b'b', 2, b'/', b'l']);
+        assert_eq!(frame, [12, 0, 0, 0, 3, 7, 0, 2, b'c', b'1', 2, b'/', b'b', 2, b'/', b'l']);
         assert_eq!(decode_frame::<RuntimeRequest>(&frame).unwrap(), req);
 
         let exit = RuntimeMessage::Exited { id: "c1".into(), pid: 300, exit_code: Some(3) };
         let frame = encode_frame(&exit);
-        assert_eq!(frame, [9, 0, 0, 0, 2, 1, 2, b'c', b'1', 0xd8, 0x04, 1, 6]);
+        assert_eq!(frame, [9, 0, 0, 0, 3, 1, 2, b'c', b'1', 0xd8, 0x04, 1, 6]);
         assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), exit);
         let done = RuntimeMessage::ExecExited { exec_id: 5, exit_code: 3 };
         let frame = encode_frame(&done);
-        assert_eq!(frame, [4, 0, 0, 0, 2, 2, 5, 6]);
+        assert_eq!(frame, [4, 0, 0, 0, 3, 2, 5, 6]);
         assert_eq!(decode_frame::<RuntimeMessage>(&frame).unwrap(), done);
+        let with = RuntimeRequest {
+            request_id: 1,
+            op: RuntimeOp::ExecWith {
+                id: "c".into(),
+                exec_id: 2,
+                args: vec!["sh".into()],
+                io: ExecIo {
+                    output_path: "/o".into(),
+                    stdin_path: None,
+                    tty: Some(TtyIo { console_socket: "/s".into(), cols: 80, rows: 24 }),
+                },
+            },
+        };
+        let frame = encode_frame(&with);
+        assert_eq!(
+            frame,
+            [20, 0, 0, 0, 3, 1, 8, 1, b'c', 2, 1, 2, b's', b'h', 2, b'/', b'o', 0, 1, 2, b'/', b's', 80, 24]
+        );
+        assert_eq!(decode_frame::<RuntimeRequest>(&frame).unwrap(), with);
     }
 
     #[test]

@@ -34,13 +34,15 @@ use std::collections::BTreeMap;
 mod v3;
 
 /// Version of the frame bodies this build writes.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Oldest version this build still reads and can answer in: a hub and an agent one
 /// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`]; version 3
 /// certificate renewal ([`HubFrame::Renew`], [`StreamOpen::Renew`], [`RenewReply`]),
 /// which the hub never asks of an older agent; version 4 moved manifests and reports
 /// to manifest shape 2 (probes, volumes, init containers…), which an older peer
-/// receives in shape 1, without what it cannot express.
+/// receives in shape 1, without what it cannot express; version 5 added logs and exec
+/// through the hub ([`HubFrame::Attach`], [`StreamOpen::Attach`]), which the hub never
+/// asks of an older agent.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Most CA certificates a renewal hands a device (the fleet CA and the ones being
 /// rotated in or out).
@@ -185,6 +187,111 @@ pub enum StreamOpen {
     Blob(BlobRequest),
     /// Version 3.
     Renew(RenewRequest),
+    /// Version 5: the stream the hub asked for with [`HubFrame::Attach`]. The agent
+    /// then writes [`AttachFrame`]s, the hub [`AttachInput`]s.
+    Attach(AttachOpen),
+}
+
+/// Opens the stream of attach request `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachOpen {
+    pub id: u64,
+}
+
+/// An operator's request to read a container's log or run a command in it, carried
+/// to the device on its sync stream. The device answers by opening a `StreamOpen::
+/// Attach` stream with the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// The hub's, unique among its pending requests.
+    pub id: u64,
+    pub app: String,
+    /// Empty: the app's only (or first) container.
+    pub container: String,
+    pub what: AttachKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttachKind {
+    Logs(LogsRequest),
+    Exec(ExecRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogsRequest {
+    /// Keep sending what the container writes until the stream is closed.
+    pub follow: bool,
+    /// Only the last lines.
+    pub tail_lines: Option<u32>,
+    /// Only what was written since (Unix milliseconds).
+    pub since_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// Run on a terminal (stdout and stderr are one stream then).
+    pub tty: bool,
+    /// The operator's input follows as [`AttachInput::Stdin`].
+    pub stdin: bool,
+    /// Terminal size (0 when not a terminal).
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// Most arguments of an exec command, and the longest one.
+pub const MAX_EXEC_ARGS: usize = 256;
+pub const MAX_EXEC_ARG_BYTES: usize = 4096;
+/// Largest chunk of output or input one attach frame carries.
+pub const MAX_ATTACH_CHUNK: usize = 64 << 10;
+
+impl AttachRequest {
+    /// What is wrong with this request, if anything: the agent bounds what it runs.
+    pub fn problem(&self) -> Option<String> {
+        too_long("app", &self.app, MAX_FRAME_NAME)
+            .or_else(|| too_long("container", &self.container, MAX_FRAME_NAME))
+            .or_else(|| match &self.what {
+                AttachKind::Logs(_) => None,
+                AttachKind::Exec(e) => {
+                    if e.command.is_empty() || e.command.len() > MAX_EXEC_ARGS {
+                        return Some(format!("a command of {} arguments", e.command.len()));
+                    }
+                    e.command.iter().enumerate().find_map(|(i, a)| {
+                        too_long(&format!("command[{i}]"), a, MAX_EXEC_ARG_BYTES)
+                            .or_else(|| a.contains('\0').then(|| format!("command[{i}] contains NUL")))
+                    })
+                }
+            })
+    }
+}
+
+/// What the device sends on an attach stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttachFrame {
+    /// The log is being read or the command runs.
+    Started,
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The command ended (exec only); the stream ends after it.
+    Exit {
+        code: i32,
+    },
+    /// It could not be done; the stream ends after it.
+    Error {
+        message: String,
+    },
+}
+
+/// What the hub sends on an attach stream (exec only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttachInput {
+    Stdin(Vec<u8>),
+    /// The operator closed their input.
+    StdinEof,
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
 }
 
 /// A certificate for a new key, on a connection authenticated with the current (or an
@@ -375,6 +482,9 @@ pub enum HubFrame {
     Trust {
         ca_der: Vec<Vec<u8>>,
     },
+    /// Open an attach stream for this request (version 5; never sent to an older
+    /// agent).
+    Attach(AttachRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -465,6 +575,8 @@ impl WireFrame for AgentFrame {
     }
 }
 impl WireFrame for EnrolReply {}
+impl WireFrame for AttachFrame {}
+impl WireFrame for AttachInput {}
 impl WireFrame for BlobReply {}
 impl WireFrame for RenewReply {}
 

@@ -106,12 +106,51 @@ fn hello() -> StreamOpen {
     })
 }
 
+/// A frame's hex with its version byte (the fifth) replaced.
+fn at_version(hex: &str, version: u8) -> String {
+    format!("{}{version:02x}{}", &hex[..8], &hex[10..])
+}
+
+#[test]
+fn golden_attach_frames() {
+    let ask = HubFrame::Attach(wire::AttachRequest {
+        id: 7,
+        app: "a".into(),
+        container: "c".into(),
+        what: wire::AttachKind::Exec(wire::ExecRequest {
+            command: vec!["ls".into()],
+            tty: true,
+            stdin: false,
+            cols: 80,
+            rows: 24,
+        }),
+    });
+    let frame = wire::encode_frame(&ask).unwrap();
+    assert_eq!(hex::encode(&frame), "1000000005 07 07 0161 0163 01 01 026c73 01 00 50 18".replace(' ', ""));
+    assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), ask);
+    let open = StreamOpen::Attach(wire::AttachOpen { id: 7 });
+    assert_eq!(hex::encode(wire::encode_frame(&open).unwrap()), "0300000005 04 07".replace(' ', ""));
+    let out = wire::AttachFrame::Exit { code: -1 };
+    assert_eq!(hex::encode(wire::encode_frame(&out).unwrap()), "0300000005 03 01".replace(' ', ""));
+    // Bounds the agent checks before it runs anything.
+    let HubFrame::Attach(mut req) = ask else { panic!() };
+    assert_eq!(req.problem(), None);
+    let wire::AttachKind::Exec(e) = &mut req.what else { panic!() };
+    e.command = vec![];
+    assert!(req.problem().is_some());
+    let wire::AttachKind::Exec(e) = &mut req.what else { panic!() };
+    e.command = vec!["a\0b".into()];
+    assert!(req.problem().unwrap().contains("NUL"));
+}
+
 #[test]
 fn golden_sync_hello_frame() {
     let open = hello();
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(hex::encode(&frame), HELLO_V4);
+    assert_eq!(hex::encode(&frame), at_version(HELLO_V4, 5), "version 5 only appended variants");
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
+    assert_eq!(wire::decode_frame::<StreamOpen>(&hex::decode(HELLO_V4).unwrap()).unwrap(), open);
+    assert_eq!(hex::encode(wire::encode_frame_for(4, &open).unwrap()), HELLO_V4);
     // Older agents' hellos still decode, and are answered in their version.
     for (version, golden) in [(2, HELLO_V2), (3, HELLO_V3)] {
         assert_eq!(wire::decode_frame::<StreamOpen>(&hex::decode(golden).unwrap()).unwrap(), open);
@@ -123,20 +162,20 @@ fn golden_sync_hello_frame() {
 fn golden_renewal_frames() {
     let ask = HubFrame::Renew { reason: "due".into() };
     let frame = wire::encode_frame(&ask).unwrap();
-    assert_eq!(hex::encode(&frame), "0600000004 05 03647565".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0600000005 05 03647565".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), ask);
     let open = StreamOpen::Renew(wire::RenewRequest { csr_der: vec![0xaa, 0xbb] });
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(hex::encode(&frame), "0500000004 03 02aabb".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0500000005 03 02aabb".replace(' ', ""));
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
     let reply =
         wire::RenewReply::Renewed { cert_chain_der: vec![vec![1]], trusted_ca_der: vec![vec![2], vec![3]] };
     let frame = wire::encode_frame(&reply).unwrap();
-    assert_eq!(hex::encode(&frame), "0a00000004 00 010101 02010201 03".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0a00000005 00 010101 02010201 03".replace(' ', ""));
     assert_eq!(wire::decode_frame::<wire::RenewReply>(&frame).unwrap(), reply);
     let pending = wire::RenewReply::Pending { retry_after_ms: 1000, message: "wait".into() };
     let frame = wire::encode_frame(&pending).unwrap();
-    assert_eq!(hex::encode(&frame), "0900000004 01 e807 0477616974".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0900000005 01 e807 0477616974".replace(' ', ""));
 }
 
 #[test]
@@ -148,18 +187,18 @@ fn golden_frames_of_the_previous_version_still_decode_and_are_answered_in_kind()
     let desired = HubFrame::Desired(manifest());
     assert_eq!(hex::encode(wire::encode_frame_for(1, &desired).unwrap()), DESIRED_V1);
     assert_eq!(wire::decode_frame::<HubFrame>(&hex::decode(DESIRED_V1).unwrap()).unwrap(), desired);
-    // Version 5 is from the future: a clear error, not garbage.
-    let mut v5 = v1.clone();
-    v5[4] = 5;
-    let err = wire::decode_frame::<StreamOpen>(&v5).unwrap_err().to_string();
-    assert!(err.contains("unsupported format version 5"), "{err}");
+    // Version 6 is from the future: a clear error, not garbage.
+    let mut v6 = v1.clone();
+    v6[4] = 6;
+    let err = wire::decode_frame::<StreamOpen>(&v6).unwrap_err().to_string();
+    assert!(err.contains("unsupported format version 6"), "{err}");
 }
 
 #[test]
 fn golden_retry_after_frame() {
     let f = HubFrame::RetryAfter { after_ms: 1500, message: "busy".into() };
     let frame = wire::encode_frame(&f).unwrap();
-    assert_eq!(hex::encode(&frame), "0900000004 04 dc0b 0462757379".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0900000005 04 dc0b 0462757379".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), f);
 }
 
@@ -167,8 +206,9 @@ fn golden_retry_after_frame() {
 fn golden_desired_manifest_frame() {
     let rich = HubFrame::Desired(rich_manifest());
     let frame = wire::encode_frame(&rich).unwrap();
-    assert_eq!(hex::encode(&frame), DESIRED_V4);
+    assert_eq!(hex::encode(&frame), at_version(DESIRED_V4, 5));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), rich);
+    assert_eq!(hex::encode(wire::encode_frame_for(4, &rich).unwrap()), DESIRED_V4);
     // An older agent gets shape 1: what it can run of the app, byte for byte what an
     // older hub sent.
     assert_eq!(hex::encode(wire::encode_frame_for(3, &rich).unwrap()), DESIRED_V3);
@@ -514,7 +554,7 @@ fn golden_usage_frame() {
         }],
     });
     let frame = wire::encode_frame(&usage).unwrap();
-    assert_eq!(hex::encode(&frame), "0b00000004 02 01 0161 0162 fa01 8008".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0b00000005 02 01 0161 0162 fa01 8008".replace(' ', ""));
     assert_eq!(wire::decode_frame::<AgentFrame>(&frame).unwrap(), usage);
     // An older hub would read it as proof of life (the agent sends it none).
     assert_eq!(usage.for_version(3), AgentFrame::Heartbeat { seq: 0 });

@@ -45,7 +45,10 @@ pub fn entry_id(at: Timestamp) -> String {
 
 /// Middleware: answers the request, then records it if it could change anything.
 pub async fn record(State(state): State<Arc<HubState>>, mut req: Request, next: Next) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    // Exec is a GET (a WebSocket upgrade) that can change anything: recorded too.
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && !req.uri().path().ends_with("/exec")
+    {
         return next.run(req).await;
     }
     let caller = authenticate(&state, req.headers());

@@ -2,6 +2,7 @@
 //! OpenAPI document. Every `/api/` route needs a bearer token (only the `/healthz`
 //! liveness probe does not); bodies are size-limited; errors name the field at fault.
 
+pub mod attach;
 pub mod audit;
 pub mod auth;
 pub mod ca;
@@ -55,6 +56,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/ca/activate", post(ca::activate))
         .route("/api/v1/ca/retire", post(ca::retire))
         .route("/api/v1/apps/{name}/placement", get(objects::get_placement))
+        .route("/api/v1/apps/{name}/logs", get(attach::logs))
+        .route("/api/v1/apps/{name}/exec", get(attach::exec))
         .route("/api/v1/{kind}", get(objects::list))
         .route("/api/v1/{kind}/{name}", get(objects::get).put(objects::apply).delete(objects::delete))
         .fallback(|| async { error::ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
@@ -147,7 +150,9 @@ pub async fn serve_tls(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
+                .serve_connection(TokioIo::new(tls), service)
+                // WebSockets (exec).
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "api connection ended with an error");
             }

@@ -185,6 +185,38 @@ pub fn document() -> Value {
                     "selected": { "type": "boolean" }, "reason": { "type": "string" } } } } } } } } },
                 "404": { "$ref": "#/components/responses/Error" } } } }),
     );
+    let name = json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    let q = |n: &str, t: Value, d: &str| json!({ "name": n, "in": "query", "schema": t, "description": d });
+    let errors = json!({
+        "400": { "$ref": "#/components/responses/Error" }, "404": { "$ref": "#/components/responses/Error" },
+        "409": { "$ref": "#/components/responses/Error" }, "503": { "$ref": "#/components/responses/Error" } });
+    let device = q("device", json!({ "type": "string" }), "Needed when the app runs on several devices");
+    let container = q("container", json!({ "type": "string" }), "Needed when the app has several containers");
+    let mut logs_responses = json!({ "200": { "description": "The log (stdout and stderr as written), streamed",
+        "content": { "text/plain": { "schema": { "type": "string" } } } } });
+    logs_responses.as_object_mut().expect("object").extend(errors.as_object().expect("object").clone());
+    paths.insert(
+        "/api/v1/apps/{name}/logs".into(),
+        json!({ "get": { "summary": "A container's log, from the device through its connection to the hub",
+            "parameters": [name.clone(), device.clone(), container.clone(),
+                q("follow", json!({ "type": "boolean" }), "Keep streaming what the container writes"),
+                q("tailLines", json!({ "type": "integer", "minimum": 0 }), "Only the last lines"),
+                q("sinceSeconds", json!({ "type": "integer", "minimum": 1 }), "Only what was written in this last while (to within 2 s)")],
+            "responses": logs_responses } }),
+    );
+    let mut exec_responses = json!({ "101": { "description": "WebSocket: binary messages carry a channel byte (0 stdin, 1 stdout, 2 stderr); text messages are JSON: resize and stdinEof from the client, exitCode or error last from the hub" } });
+    exec_responses.as_object_mut().expect("object").extend(errors.as_object().expect("object").clone());
+    paths.insert(
+        "/api/v1/apps/{name}/exec".into(),
+        json!({ "get": { "summary": "Run a command in a container (WebSocket; operators; audited)",
+            "parameters": [name, device, container,
+                q("command", json!({ "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 256 }), "Repeat for each argument"),
+                q("stdin", json!({ "type": "boolean" }), "Pass the client's input"),
+                q("tty", json!({ "type": "boolean" }), "Run on a terminal"),
+                q("cols", json!({ "type": "integer", "minimum": 0, "maximum": 65535 }), "Terminal width"),
+                q("rows", json!({ "type": "integer", "minimum": 0, "maximum": 65535 }), "Terminal height")],
+            "responses": exec_responses } }),
+    );
     paths.insert(
         "/api/v1/enrolment-tokens".into(),
         json!({
@@ -376,6 +408,8 @@ mod tests {
             "/api/v1/ca/retire",
             "/api/v1/audit",
             "/api/v1/apps/{name}/placement",
+            "/api/v1/apps/{name}/logs",
+            "/api/v1/apps/{name}/exec",
             "/api/v1/images",
             "/api/v1/enrolment-tokens",
             "/api/v1/enrolment-tokens/{id}",

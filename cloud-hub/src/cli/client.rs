@@ -36,6 +36,7 @@ pub struct HubClient {
     pub quic: String,
     ca: rustls_pki_types::CertificateDer<'static>,
     http: reqwest::Client,
+    tls: std::sync::Arc<rustls::ClientConfig>,
     token: String,
     /// The context file in use, if any.
     context_path: Option<std::path::PathBuf>,
@@ -84,6 +85,8 @@ impl HubClient {
             cas.into_iter().next().ok_or_else(|| anyhow!("the CA certificate file holds no certificate"))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
+            // Long enough for `logs -f`: a followed log may be quiet for hours.
+            .tcp_keepalive(std::time::Duration::from_secs(30))
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;
         let base = base.trim_end_matches('/').to_string();
@@ -95,6 +98,7 @@ impl HubClient {
             quic: ctx.map(|c| c.quic).unwrap_or_default(),
             ca,
             http,
+            tls,
             token,
             context_path: path,
         })
@@ -154,6 +158,62 @@ impl HubClient {
             return Err(HubError { status, message: error_text(&value) }.into());
         }
         Ok((status, headers, value))
+    }
+
+    /// A GET whose body is read as it comes (a followed log).
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+            return Err(HubError { status, message: error_text(&value) }.into());
+        }
+        Ok(resp)
+    }
+
+    /// A WebSocket to `path` (with its query), over the same TLS trust as every call.
+    pub async fn websocket(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let authority = self.base.trim_start_matches("https://");
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:443") };
+        let tcp =
+            tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(&addr))
+                .await
+                .map_err(|_| anyhow!("connecting to {addr} timed out"))?
+                .with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let name = rustls_pki_types::ServerName::try_from(
+            host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        )
+        .with_context(|| format!("{host:?} is not a server name"))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await?;
+        let mut req = format!("wss://{authority}{path}").into_client_request()?;
+        req.headers_mut().insert("authorization", format!("Bearer {}", self.token).parse()?);
+        match tokio_tungstenite::client_async(req, tls).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let body = resp.body().clone().unwrap_or_default();
+                let value = serde_json::from_slice(&body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+                Err(HubError { status, message: error_text(&value) }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {

@@ -1,6 +1,7 @@
 //! The operator CLI: `flotilla apply | get | describe | delete | token | api-token |
 //! image`. A thin client of the HTTPS API; everything it can do, the API can do.
 
+pub mod attach;
 pub mod ca;
 pub mod client;
 pub mod compose;

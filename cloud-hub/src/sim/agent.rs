@@ -295,6 +295,28 @@ async fn drive(
                 // Simulated devices hold year-long certificates and keep the CA they
                 // enrolled with: they never renew.
                 AgentEvent::UpToDate { .. } | AgentEvent::Renew { .. } | AgentEvent::Trust { .. } => {}
+                // Simulated devices run nothing to read or enter: they say so at once.
+                AgentEvent::Attach(req) => {
+                    let conn = conn.clone();
+                    tokio::spawn(async move {
+                        let Ok((mut send, _recv)) = conn.open_bi().await else { return };
+                        let open = shared_proto::wire::StreamOpen::Attach(shared_proto::wire::AttachOpen {
+                            id: req.id,
+                        });
+                        let no = shared_proto::wire::AttachFrame::Error {
+                            message: "a simulated device runs no containers".into(),
+                        };
+                        for frame in
+                            [shared_proto::wire::encode_frame(&open), shared_proto::wire::encode_frame(&no)]
+                        {
+                            let Ok(bytes) = frame else { return };
+                            if send.write_all(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = send.finish();
+                    });
+                }
                 AgentEvent::Ended(end) => {
                     let _ = send.shutdown().await;
                     return Ok(end);

@@ -6,6 +6,7 @@
 //! loses its connection, and nothing else.
 
 pub mod admission;
+pub mod attach;
 pub mod blobs;
 pub mod clones;
 pub mod enrol;
@@ -326,6 +327,10 @@ where
         }
         (Some((version, StreamOpen::Blob(req))), Some(cert)) => {
             Ok(blobs::serve(state, &cert.name, version, req, writer).await?)
+        }
+        (Some((version, StreamOpen::Attach(open))), Some(cert)) => {
+            Ok(attach::serve_stream(&state.attach, &cert.name, version, open.id, decoder, reads, writer)
+                .await?)
         }
         (Some(_), None) => Err(StreamError::NeedsCertificate),
     }

@@ -158,15 +158,19 @@ where
             tokio::spawn(async move { drop_superseded(&state, &cert).await });
         }
     }
+    // Logs and exec requests for this device come through its open session.
+    let mut attach = registration.is_some().then(|| state.attach.register(&device));
     let result = drive(
         &state,
         &cert,
         &mut session,
         registration.as_mut().map(|(r, _)| &mut r.changes),
+        attach.as_mut().map(|(q, _)| q),
         &mut reads,
         &mut writer,
     )
     .await;
+    drop(attach);
     if let Some((reg, live)) = registration {
         state.fanout.unregister(&device, reg.id);
         state.live.disconnected(&device, live, clock.now());
@@ -268,6 +272,7 @@ async fn drive<W>(
     cert: &provisioning::identity::DeviceCert,
     session: &mut HubSession,
     mut changes: Option<&mut tokio::sync::watch::Receiver<ManifestNews>>,
+    mut asks: Option<&mut mpsc::Receiver<super::attach::SessionAsk>>,
     reads: &mut mpsc::Receiver<Read>,
     writer: &mut W,
 ) -> Result<(), SyncError>
@@ -307,7 +312,16 @@ where
                 None => std::future::pending().await,
             }
         };
+        let ask = async {
+            match asks.as_deref_mut() {
+                Some(q) => q.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            Some((req, sent)) = ask => {
+                let _ = sent.send(session.attach(req));
+            }
             read = reads.recv() => match read {
                 Some(Read::Bytes(b)) => session.handle_bytes(clock.monotonic(), &b),
                 Some(Read::Eof) | None => session.handle_eof(clock.monotonic()),

@@ -466,6 +466,29 @@ impl ContainerRuntime for HelperRuntime {
         })
     }
 
+    fn exec_with<'a>(
+        &'a self,
+        id: &'a str,
+        args: &'a [String],
+        io: shared_proto::runtime::ExecIo,
+    ) -> RuntimeFuture<'a, crate::AttachedExec> {
+        Box::pin(async move {
+            let exec_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            self.shared.execs.lock().unwrap_or_else(|e| e.into_inner()).insert(exec_id, tx);
+            let op = RuntimeOp::ExecWith { id: id.to_string(), exec_id, args: args.to_vec(), io };
+            if let Err(e) = self.request(Some(id), op).await {
+                self.shared.execs.lock().unwrap_or_else(|e| e.into_inner()).remove(&exec_id);
+                return Err(e);
+            }
+            Ok(crate::AttachedExec { exec_id, exited: rx })
+        })
+    }
+
+    fn kill_exec(&self, exec_id: u64) -> RuntimeFuture<'_, ()> {
+        Box::pin(async move { self.request(None, RuntimeOp::KillExec { exec_id }).await.map(drop) })
+    }
+
     fn subscribe_exits(&self) -> broadcast::Receiver<ContainerExit> {
         self.shared.exits.subscribe()
     }

@@ -64,6 +64,25 @@ pub trait ContainerRuntime: Send + Sync {
         args: &'a [String],
         timeout: Duration,
     ) -> RuntimeFuture<'a, ExecOutput>;
+    /// Starts `args` in running container `id` with the operator's stdio (`io`) and
+    /// returns at once: `exited` yields its status. It runs until it ends or
+    /// [`ContainerRuntime::kill_exec`]. Runtimes without it refuse.
+    fn exec_with<'a>(
+        &'a self,
+        id: &'a str,
+        args: &'a [String],
+        io: shared_proto::runtime::ExecIo,
+    ) -> RuntimeFuture<'a, AttachedExec> {
+        let _ = (id, args, io);
+        Box::pin(async {
+            Err(RuntimeError::InvalidRequest("this runtime cannot attach to a process".into()))
+        })
+    }
+    /// SIGKILLs a process started by `exec_with` that still runs.
+    fn kill_exec(&self, exec_id: u64) -> RuntimeFuture<'_, ()> {
+        let _ = exec_id;
+        Box::pin(async { Ok(()) })
+    }
     /// Exit notifications. Exits of containers that are not the helper's children
     /// (adopted after an agent restart) are still reported, with `None` for the code.
     fn subscribe_exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit>;
@@ -98,6 +117,14 @@ pub struct ExecOutput {
     pub exit_code: Option<i32>,
     /// The last [`MAX_EXEC_OUTPUT`] bytes of its stdout and stderr, interleaved.
     pub output: Vec<u8>,
+}
+
+/// A process started with [`ContainerRuntime::exec_with`].
+#[derive(Debug)]
+pub struct AttachedExec {
+    pub exec_id: u64,
+    /// Its exit status, or 128 + signal; closed if the helper went away.
+    pub exited: tokio::sync::oneshot::Receiver<i32>,
 }
 
 /// A container's init process ended.

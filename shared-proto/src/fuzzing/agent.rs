@@ -138,11 +138,13 @@ impl AgentWatch {
                 {
                     AgentEvent::Trust { ca_der }
                 }
+                HubFrame::Attach(req) if welcomed && req.problem().is_none() => AgentEvent::Attach(req),
                 HubFrame::Welcome(_)
                 | HubFrame::Desired(_)
                 | HubFrame::UpToDate { .. }
                 | HubFrame::Renew { .. }
-                | HubFrame::Trust { .. } => protocol_error(),
+                | HubFrame::Trust { .. }
+                | HubFrame::Attach(_) => protocol_error(),
             };
             let ends = matches!(event, AgentEvent::Ended(_));
             want.push(event);

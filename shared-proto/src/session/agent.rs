@@ -10,7 +10,7 @@
 use super::SessionEnd;
 use crate::manifest::DesiredManifest;
 use crate::wire::{
-    self, AgentFrame, AgentHello, AgentReport, FrameDecoder, HubFrame, MIN_PROTOCOL_VERSION,
+    self, AgentFrame, AgentHello, AgentReport, AttachRequest, FrameDecoder, HubFrame, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION, StreamOpen,
 };
 use std::collections::VecDeque;
@@ -48,6 +48,9 @@ pub enum AgentEvent {
     Renew { reason: String },
     /// The CAs to trust for the hub from the next connection on: store them.
     Trust { ca_der: Vec<Vec<u8>> },
+    /// The hub asks for a container's log or a command run in it: open an attach
+    /// stream for it (version 5).
+    Attach(AttachRequest),
     /// The session is over; the shell closes the stream.
     Ended(SessionEnd),
 }
@@ -192,6 +195,12 @@ impl AgentSession {
                 }
                 self.events.push_back(AgentEvent::Trust { ca_der })
             }
+            (State::Established { .. }, HubFrame::Attach(req)) => {
+                if let Some(p) = req.problem() {
+                    return self.end(SessionEnd::Protocol(format!("an attach request with {p}")));
+                }
+                self.events.push_back(AgentEvent::Attach(req))
+            }
             (State::Ended, _) => {}
         }
     }
@@ -285,5 +294,6 @@ fn frame_name(f: &HubFrame) -> &'static str {
         HubFrame::RetryAfter { .. } => "retry-after",
         HubFrame::Renew { .. } => "a renewal request",
         HubFrame::Trust { .. } => "the CAs to trust",
+        HubFrame::Attach(_) => "an attach request",
     }
 }

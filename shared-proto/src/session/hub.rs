@@ -10,7 +10,9 @@
 
 use super::SessionEnd;
 use crate::manifest::DesiredManifest;
-use crate::wire::{self, AgentFrame, AgentHello, AgentReport, FrameDecoder, HubFrame, HubWelcome};
+use crate::wire::{
+    self, AgentFrame, AgentHello, AgentReport, AttachRequest, FrameDecoder, HubFrame, HubWelcome,
+};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -179,6 +181,22 @@ impl HubSession {
         if self.state == State::Open && self.version >= 3 {
             self.queue(&HubFrame::Trust { ca_der });
         }
+    }
+
+    /// Asks the device to open an attach stream for `req` (a log or an exec). Devices
+    /// older than protocol version 5 cannot, and are not asked: the error says so.
+    pub fn attach(&mut self, req: AttachRequest) -> Result<(), String> {
+        if self.state != State::Open {
+            return Err(format!("device {} is not connected", self.device));
+        }
+        if self.version < 5 {
+            return Err(format!(
+                "the agent on {} speaks protocol {}: logs and exec need version 5 (upgrade the agent)",
+                self.device, self.version
+            ));
+        }
+        self.queue(&HubFrame::Attach(req));
+        Ok(())
     }
 
     /// Refuses the device: it is not (or no longer) enrolled here.

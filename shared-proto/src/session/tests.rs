@@ -148,7 +148,8 @@ impl World {
                 AgentEvent::Welcomed { .. }
                 | AgentEvent::UpToDate { .. }
                 | AgentEvent::Renew { .. }
-                | AgentEvent::Trust { .. } => {}
+                | AgentEvent::Trust { .. }
+                | AgentEvent::Attach(_) => {}
             }
         }
         while let Some(b) = c.agent.poll_transmit() {
@@ -582,4 +583,43 @@ fn usage_reaches_a_hub_of_version_4_and_never_an_older_one() {
     let huge = wire::UsageReport { containers: vec![Default::default(); wire::MAX_REPORT_CONTAINERS + 1] };
     hub.handle_bytes(t0, &wire::encode_frame(&wire::AgentFrame::Usage(huge)).unwrap());
     assert!(hub.is_ended());
+}
+
+#[test]
+fn attach_requests_reach_agents_of_version_5_only_and_malformed_ones_end_the_session() {
+    let t0 = Instant::now();
+    let req = wire::AttachRequest {
+        id: 3,
+        app: "web".into(),
+        container: String::new(),
+        what: wire::AttachKind::Exec(wire::ExecRequest { command: vec!["ls".into()], ..Default::default() }),
+    };
+    let mut old = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), 4, FrameDecoder::new());
+    old.welcome(t0, None);
+    while old.poll_transmit().is_some() {}
+    assert!(old.attach(req.clone()).unwrap_err().contains("version 5"));
+    assert!(old.poll_transmit().is_none(), "nothing sent to an agent that cannot read it");
+
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    let mut agent = AgentSession::new(
+        t0,
+        hello(0),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    hub.welcome(t0, None);
+    hub.attach(req.clone()).unwrap();
+    while let Some(b) = hub.poll_transmit() {
+        agent.handle_bytes(t0, &b);
+    }
+    let events: Vec<AgentEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
+    assert!(events.contains(&AgentEvent::Attach(req.clone())), "{events:?}");
+
+    let mut bad = req;
+    bad.app = "x".repeat(300);
+    let frame = wire::encode_frame(&HubFrame::Attach(bad)).unwrap();
+    agent.handle_bytes(t0, &frame);
+    let events: Vec<AgentEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
+    assert!(matches!(events.last(), Some(AgentEvent::Ended(SessionEnd::Protocol(_)))), "{events:?}");
 }

@@ -52,6 +52,10 @@ impl From<&super::HubFrame> for HubFrame {
             super::HubFrame::RetryAfter { after_ms, message } => HubFrame::RetryAfter { after_ms, message },
             super::HubFrame::Renew { reason } => HubFrame::Renew { reason },
             super::HubFrame::Trust { ca_der } => HubFrame::Trust { ca_der },
+            // The hub never asks an agent older than version 5 (`HubSession::attach`).
+            super::HubFrame::Attach(_) => {
+                HubFrame::Refused { message: "logs and exec need an agent of protocol version 5".into() }
+            }
         }
     }
 }

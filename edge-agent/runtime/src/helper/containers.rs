@@ -223,6 +223,7 @@ impl Containers {
             RuntimeOp::Exec { id, exec_id, args, output_path } => {
                 self.exec(&id, exec_id, args, Path::new(&output_path))
             }
+            RuntimeOp::ExecWith { id, exec_id, args, io } => self.exec_with(&id, exec_id, args, &io),
             RuntimeOp::KillExec { exec_id } => {
                 if let Some(fd) = self.exec_fds.get(&exec_id) {
                     let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
@@ -455,6 +456,75 @@ impl Containers {
             .and_then(|b| b.as_tenant().with_container_args(args).with_detach(true).build())
             .map_err(|e| lc_failure(&format!("running a process in container {id}"), &e))?
             .as_raw();
+        self.execs.insert(pid, exec_id);
+        if let Ok(fd) = sys::pidfd_open(pid) {
+            self.exec_fds.insert(exec_id, fd);
+        }
+        Ok(RuntimeReply::Done)
+    }
+
+    /// `exec` with the operator's stdio: stdin from a FIFO (the agent holds it open for
+    /// writing, so opening it here does not block), and on a terminal the container's
+    /// own process settings (environment, user, capabilities, directory) with these
+    /// arguments, the terminal's master end going to the agent's console socket.
+    fn exec_with(
+        &mut self,
+        id: &str,
+        exec_id: u64,
+        args: Vec<String>,
+        io: &shared_proto::runtime::ExecIo,
+    ) -> OpResult {
+        let container = self.load(id)?;
+        if !self.tracked.get(id).is_some_and(Tracked::alive) {
+            return Err(invalid(format!("container {id} is not running")));
+        }
+        if args.first().is_none_or(|a| a.is_empty()) {
+            return Err(invalid("exec needs a program"));
+        }
+        let output_path = Path::new(&io.output_path);
+        let out = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(output_path)
+            .map_err(|e| failed(format!("opening {}: {e}", output_path.display())))?;
+        let err = out.try_clone().map_err(|e| failed(format!("duplicating the output: {e}")))?;
+        let stdin = match &io.stdin_path {
+            Some(p) => OpenOptions::new().read(true).open(p),
+            None => File::open("/dev/null"),
+        }
+        .map_err(|e| failed(format!("opening the exec's input: {e}")))?;
+        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.root)
+            .map(|b| b.with_stdin(stdin).with_stdout(out).with_stderr(err))
+            .map_err(|e| lc_failure(&format!("running a process in container {id}"), &e))?;
+        let tenant = match &io.tty {
+            Some(tty) => {
+                builder = builder.with_console_socket(Some(&tty.console_socket));
+                let config = container.bundle().join("config.json");
+                let spec = oci_spec::runtime::Spec::load(&config)
+                    .map_err(|e| failed(format!("reading {}: {e}", config.display())))?;
+                let mut process = spec.process().clone().unwrap_or_default();
+                process.set_args(Some(args));
+                process.set_terminal(Some(true));
+                let size = oci_spec::runtime::BoxBuilder::default()
+                    .width(u64::from(tty.cols.max(1)))
+                    .height(u64::from(tty.rows.max(1)))
+                    .build()
+                    .map_err(|e| failed(format!("terminal size: {e}")))?;
+                process.set_console_size(Some(size));
+                let path = self.root.join(format!(".exec-{exec_id}.process.json"));
+                let json = serde_json::to_vec(&process).map_err(|e| failed(format!("process.json: {e}")))?;
+                fs::write(&path, json).map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
+                let built = builder.as_tenant().with_process(Some(&path)).with_detach(true).build();
+                let _ = fs::remove_file(&path);
+                built
+            }
+            None => builder.as_tenant().with_container_args(args).with_detach(true).build(),
+        };
+        let pid =
+            tenant.map_err(|e| lc_failure(&format!("running a process in container {id}"), &e))?.as_raw();
         self.execs.insert(pid, exec_id);
         if let Ok(fd) = sys::pidfd_open(pid) {
             self.exec_fds.insert(exec_id, fd);
