@@ -29,6 +29,10 @@ pub struct Args {
     /// time the cold start until all are ready.
     #[arg(long)]
     probes: bool,
+    /// Apply-latency repetitions: one container's spec changed, from the agent
+    /// receiving the manifest to the new container's process running.
+    #[arg(long, default_value_t = 20)]
+    applies: usize,
     #[command(flatten)]
     fleet: crate::bench_fleet::FleetArgs,
 }
@@ -118,6 +122,16 @@ pub fn run_task(args: Args) -> anyhow::Result<()> {
     result
 }
 
+/// Seconds into the day of a log line's leading RFC 3339 UTC time
+/// (`2026-12-03T02:09:51.982539Z`).
+fn log_seconds(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split_once('T')?.1.strip_suffix('Z')?;
+    let mut parts = t.split(':');
+    let (h, m, s): (f64, f64, f64) =
+        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("flotilla-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -191,7 +205,8 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
         containers.join("\n")
     );
     let app_path = dir.join("app.yaml");
-    std::fs::write(&app_path, app)?;
+    std::fs::write(&app_path, &app)?;
+    let app_text = app;
     cli(&["apply", "-f", app_path.to_str().context("path")?])?;
     let n = args.containers;
     wait("containers running", Duration::from_secs(120), || {
@@ -212,12 +227,45 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
     println!("METRIC agent_helper_pss_kib {helper_pss} KiB");
     println!("METRIC agent_total_pss_kib {} KiB", agent_pss + helper_pss);
 
+    // Apply latency: the agent's own log says when the manifest arrived ("new desired
+    // state", after it is stored) and when the replacement container runs ("container
+    // started", after libcontainer's start returned).
+    let log = dir.join("agent.log");
+    let mut applied = Vec::new();
+    for i in 0..args.applies {
+        let from = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+        let changed = app_text.replacen(
+            "name: c0, image: \"bench:1\"",
+            &format!("name: c0, image: \"bench:1\", env: [{{name: STEP, value: \"{i}\"}}]"),
+            1,
+        );
+        std::fs::write(&app_path, changed)?;
+        cli(&["apply", "-f", app_path.to_str().context("path")?])?;
+        let ms = wait("the changed container to run", Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = &text[from.min(text.len())..];
+            let received = text.lines().find(|l| l.contains("new desired state")).and_then(log_seconds);
+            let started = text
+                .lines()
+                .find(|l| l.contains("container started") && l.contains("id=bench_c0_"))
+                .and_then(log_seconds);
+            Ok(received.zip(started).map(|(a, b)| ((b - a).rem_euclid(86_400.0)) * 1000.0))
+        })?;
+        println!("# apply {i}: {ms:.1} ms");
+        applied.push(ms);
+    }
+    if !applied.is_empty() {
+        applied.sort_by(f64::total_cmp);
+        let pct = |p: f64| applied[((p * applied.len() as f64).ceil() as usize).clamp(1, applied.len()) - 1];
+        println!("METRIC agent_apply_ms_p50 {:.1} ms", pct(0.5));
+        println!("METRIC agent_apply_ms_p99 {:.1} ms", pct(0.99));
+    }
+
     // Cold start, hub unreachable, after a simulated reboot.
     let _ = procs.0[0].kill();
     let _ = procs.0[0].wait();
     let mut times = Vec::new();
     let mut ready_times = Vec::new();
-    let log = dir.join("agent.log");
     let readied = |from: usize| -> usize {
         std::fs::read_to_string(&log)
             .map(|t| t[from.min(t.len())..].matches("container ready").count())

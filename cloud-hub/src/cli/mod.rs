@@ -499,6 +499,16 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
     for line in serde_yaml_ng::to_string(&v["spec"])?.lines() {
         println!("  {line}");
     }
+    if kind == Kind::App
+        && let Ok(spec) = serde_json::from_value::<shared_proto::AppSpec>(v["spec"].clone())
+    {
+        for (what, secrets) in [("Configs:", false), ("Secrets:", true)] {
+            let names = spec.config_refs(secrets);
+            if !names.is_empty() {
+                println!("{what:<13}{}", names.into_iter().collect::<Vec<_>>().join(", "));
+            }
+        }
+    }
     if kind == Kind::App {
         let sandbox = sandbox_lines(&v["spec"]);
         if !sandbox.is_empty() {

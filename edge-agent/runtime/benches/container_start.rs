@@ -1,4 +1,5 @@
-//! Cold container run latency: Flotilla's `HelperRuntime` against `crun run`.
+//! Cold container run latency: Flotilla's `HelperRuntime` against `crun run` and
+//! `runc run`.
 //!
 //! `cargo bench -p agent-runtime --bench container_start [-- N]` (root; N=100 default,
 //! 5 warm-ups; `BENCH_WARMUP` overrides).
@@ -6,7 +7,8 @@
 //! One iteration of ours = create → start → wait for the exit notification → delete of
 //! a container running `/bin/busybox true`, through `HelperRuntime` exactly as the agent
 //! drives it (helper process, frames over pipes, libcontainer). One iteration of crun =
-//! the whole `crun --root S run --bundle B id` child process, timed from outside, as in
+//! the whole `crun --root S run --bundle B id` child process (likewise runc), timed
+//! from outside, as in
 //! `/work/shared/anchors/oci-runtime.sh`. Both use the same `config.json` from
 //! `crun spec` (pid, network, ipc, uts, mount namespaces; terminal off, rootfs writable),
 //! differing only in `linux.cgroupsPath`. Both keep their runtime state on tmpfs
@@ -57,13 +59,18 @@ fn run_cmd(cmd: &mut Command) -> BenchResult<std::process::Output> {
     Ok(out)
 }
 
-fn ensure_crun() -> BenchResult<()> {
-    if Command::new("crun").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
-        return Ok(());
+/// The OCI runtimes we stand beside.
+const OTHERS: [&str; 2] = ["crun", "runc"];
+
+fn ensure_runtimes() -> BenchResult<()> {
+    for rt in OTHERS {
+        if Command::new(rt).arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+            continue;
+        }
+        eprintln!("# installing {rt}");
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        run_cmd(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", rt]))?;
     }
-    eprintln!("# installing crun");
-    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-    run_cmd(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", "crun"]))?;
     Ok(())
 }
 
@@ -71,7 +78,7 @@ fn orchestrate(n: usize) -> BenchResult<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err("needs root (namespaces, cgroups)".into());
     }
-    ensure_crun()?;
+    ensure_runtimes()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // Phase 1: plain v1 in a private mount namespace; nothing on the host changes.
     let status = Command::new("unshare")
@@ -154,15 +161,17 @@ impl Work {
 
 impl Drop for Work {
     fn drop(&mut self) {
-        let state = self.state.join("crun");
-        if let Ok(out) = Command::new("crun").arg("--root").arg(&state).args(["list", "-q"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("crun").arg("--root").arg(&state).args(["delete", "-f", id]).output();
+        for rt in OTHERS {
+            let state = self.state.join(rt);
+            if let Ok(out) = Command::new(rt).arg("--root").arg(&state).args(["list", "-q"]).output() {
+                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new(rt).arg("--root").arg(&state).args(["delete", "-f", id]).output();
+                }
             }
         }
         for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let bench = controller.path().join("bench");
-            for rt in ["crun", "flotilla"] {
+            for rt in ["crun", "runc", "flotilla"] {
                 let _ = std::fs::remove_dir(bench.join(format!("{rt}-{}", self.tag)));
             }
             let _ = std::fs::remove_dir(&bench);
@@ -172,10 +181,10 @@ impl Drop for Work {
     }
 }
 
-fn crun_run(work: &Work, bundle: &Path, id: &str) -> BenchResult<(f64, String)> {
-    let state = work.state.join("crun");
+fn oci_run(rt: &str, work: &Work, bundle: &Path, id: &str) -> BenchResult<(f64, String)> {
+    let state = work.state.join(rt);
     let t0 = Instant::now();
-    let out = Command::new("crun")
+    let out = Command::new(rt)
         .arg("--root")
         .arg(&state)
         .arg("run")
@@ -184,12 +193,12 @@ fn crun_run(work: &Work, bundle: &Path, id: &str) -> BenchResult<(f64, String)> 
         .arg(id)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("crun: {e}"))?;
+        .map_err(|e| format!("{rt}: {e}"))?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
-        let _ = Command::new("crun").arg("--root").arg(&state).args(["delete", "-f", id]).output();
+        let _ = Command::new(rt).arg("--root").arg(&state).args(["delete", "-f", id]).output();
         return Err(format!(
-            "crun run {id}: {}: {}",
+            "{rt} run {id}: {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -260,8 +269,16 @@ fn phase(n: usize, warmup: usize, with_crun: bool) -> BenchResult<()> {
     let work = Work::new()?;
     let ours = work.bundle("bundle", "flotilla", &["/bin/busybox", "true"])?;
     let ours_check = work.bundle("check", "flotilla", &["/bin/busybox", "echo", "oci-run-ok"])?;
-    let crun = work.bundle("bundle", "crun", &["/bin/busybox", "true"])?;
-    let crun_check = work.bundle("check", "crun", &["/bin/busybox", "echo", "oci-run-ok"])?;
+    let others: Vec<(&str, PathBuf, PathBuf)> = OTHERS
+        .iter()
+        .map(|rt| {
+            Ok((
+                *rt,
+                work.bundle("bundle", rt, &["/bin/busybox", "true"])?,
+                work.bundle("check", rt, &["/bin/busybox", "echo", "oci-run-ok"])?,
+            ))
+        })
+        .collect::<BenchResult<_>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -282,18 +299,24 @@ fn phase(n: usize, warmup: usize, with_crun: bool) -> BenchResult<()> {
             return Err(format!("our check container logged {log:?}"));
         }
         if with_crun {
-            let (_, out) = crun_run(&work, &crun_check, &format!("check-crun-{}", work.tag))?;
-            if !out.contains("oci-run-ok") {
-                return Err(format!("crun check container printed {out:?}"));
+            for (rt, _, check) in &others {
+                let (_, out) = oci_run(rt, &work, check, &format!("check-{rt}-{}", work.tag))?;
+                if !out.contains("oci-run-ok") {
+                    return Err(format!("{rt} check container printed {out:?}"));
+                }
             }
         }
 
-        let (mut ours_steps, mut crun_ms) = (Vec::new(), Vec::new());
+        let mut ours_steps = Vec::new();
+        let mut other_ms: Vec<Vec<f64>> = vec![Vec::new(); others.len()];
         for i in 0..warmup + n {
             if with_crun {
-                let (ms, _) = crun_run(&work, &crun, &format!("crun-{}-{i}", work.tag))?;
-                if i >= warmup {
-                    crun_ms.push(ms);
+                // Interleaved, so drift in the machine's state hits every runtime alike.
+                for ((rt, bundle, _), times) in others.iter().zip(&mut other_ms) {
+                    let (ms, _) = oci_run(rt, &work, bundle, &format!("{rt}-{}-{i}", work.tag))?;
+                    if i >= warmup {
+                        times.push(ms);
+                    }
                 }
             }
             let steps = flotilla_run(&rt, &ours, &format!("fl-{}-{i}", work.tag)).await?;
@@ -326,10 +349,12 @@ fn phase(n: usize, warmup: usize, with_crun: bool) -> BenchResult<()> {
         println!("METRIC {name}_run_ms_median {:.2} ms", median(&total));
         println!("METRIC {name}_run_ms_p99 {:.2} ms", pct(&total, 99.0));
         if with_crun {
-            println!("# crun: min={:.2} max={:.2} ms", pct(&crun_ms, 0.0), pct(&crun_ms, 100.0));
-            println!("METRIC crun_run_ms_median {:.2} ms", median(&crun_ms));
-            println!("METRIC crun_run_ms_p99 {:.2} ms", pct(&crun_ms, 99.0));
-            println!("METRIC flotilla_vs_crun_median_ratio {:.3}", median(&total) / median(&crun_ms));
+            for ((rt, _, _), ms) in others.iter().zip(&other_ms) {
+                println!("# {rt}: min={:.2} max={:.2} ms", pct(ms, 0.0), pct(ms, 100.0));
+                println!("METRIC {rt}_run_ms_median {:.2} ms", median(ms));
+                println!("METRIC {rt}_run_ms_p99 {:.2} ms", pct(ms, 99.0));
+                println!("METRIC flotilla_vs_{rt}_median_ratio {:.3}", median(&total) / median(ms));
+            }
         }
         Ok(())
     })
