@@ -285,6 +285,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         admission: std::sync::Mutex::new(crate::sync::admission::AdmissionControl::new(admission)),
         key: Arc::new(crate::sealing::HubKey::load_or_create(&data_dir)?),
         attach: Default::default(),
+        peers: Default::default(),
     };
     let endpoint = crate::sync::endpoint(&state, quic_tls.clone(), args.quic_listen)
         .with_context(|| format!("binding QUIC to {}", args.quic_listen))?;

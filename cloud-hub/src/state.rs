@@ -44,6 +44,8 @@ pub struct HubState {
     pub key: Arc<crate::sealing::HubKey>,
     /// Pairs logs and exec calls with the streams devices open for them.
     pub attach: Arc<crate::sync::attach::AttachBroker>,
+    /// Which devices of each site run which apps, where: for site load balancing.
+    pub peers: Arc<crate::sync::peers::PeerDirectory>,
 }
 
 impl HubState {

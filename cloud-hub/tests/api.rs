@@ -69,6 +69,7 @@ async fn setup() -> Api {
         admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
         key: Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32])),
         attach: Default::default(),
+        peers: Default::default(),
     });
     Api { router: api::router(state), store, _dir: dir }
 }

@@ -234,6 +234,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let puller = Puller { blobs, images_dir: config.images_dir(), link: link_rx, clock: clock.clone() };
     let host = Arc::new(DeviceHost::new(&config, Some(db.clone())));
+    let net = host.net.clone();
     let log_clock = std::sync::Arc::new(std::sync::Mutex::new(crate::logs::LogClock::default()));
     tokio::spawn(crate::logs::run(config.logs_dir(), config.max_log_bytes, log_clock.clone()));
     let attach = crate::exec::AttachContext {
@@ -266,6 +267,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         link: link_tx,
         usage: usage_rx,
         attach: Some(attach),
+        net: Some(net),
     };
     tokio::select! {
         r = crate::sync::run(&config, identity, endpoint, db, clock, channels) => r,

@@ -20,14 +20,14 @@ pub struct DeviceHost {
     pub volumes_dir: PathBuf,
     pub cgroup_parent: String,
     pub allowed: Allowed,
-    pub net: DeviceNet,
+    pub net: std::sync::Arc<DeviceNet>,
 }
 
 impl DeviceHost {
     /// `db` keeps isolated apps' addresses (see [`crate::net::ipam`]).
     pub fn new(config: &crate::config::AgentConfig, db: Option<crate::state::StateDb>) -> DeviceHost {
         DeviceHost {
-            net: DeviceNet::new(config.net.clone(), db),
+            net: std::sync::Arc::new(DeviceNet::new(config.net.clone(), db)),
             rootfs: OverlayRootfs::new(config.containers_dir()),
             bundles_dir: config.bundles_dir(),
             configs_dir: config.configs_dir(),

@@ -8,7 +8,9 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shared_proto::CodecError;
-use shared_proto::agent_state::{AgentIdentity, BridgeAddresses, ContainerRecord, HeldDesired, ImageRecord};
+use shared_proto::agent_state::{
+    AgentIdentity, BridgeAddresses, ContainerRecord, HeldDesired, ImageRecord, SitePeers,
+};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ const SECRETS: Table = TableDefinition::new("secrets");
 
 const IDENTITY_KEY: &str = "identity";
 const DESIRED_KEY: &str = "desired";
+const PEERS_KEY: &str = "site-peers";
 const ADDRESSES_KEY: &str = "bridge-addresses";
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,15 @@ impl StateDb {
 
     pub fn set_bridge_addresses(&self, a: &BridgeAddresses) -> Result<(), StateError> {
         self.put(SINGLETONS, ADDRESSES_KEY, &a.encode()?)
+    }
+
+    /// The site peers the hub last named.
+    pub fn site_peers(&self) -> Result<Option<SitePeers>, StateError> {
+        self.get(SINGLETONS, PEERS_KEY)?.map(|b| SitePeers::decode(&b)).transpose().map_err(Into::into)
+    }
+
+    pub fn set_site_peers(&self, p: &SitePeers) -> Result<(), StateError> {
+        self.put(SINGLETONS, PEERS_KEY, &p.encode()?)
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>, StateError> {

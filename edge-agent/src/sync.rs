@@ -44,6 +44,8 @@ pub struct SyncChannels {
     pub usage: watch::Receiver<Option<shared_proto::wire::UsageReport>>,
     /// Serves the hub's logs and exec requests (`None`: refuse them).
     pub attach: Option<crate::exec::AttachContext>,
+    /// The device network: its site peers go there (`None`: not kept).
+    pub net: Option<std::sync::Arc<crate::net::device::DeviceNet>>,
 }
 
 /// Tracks how long the hub has been out of reach, to warn when it matters.
@@ -317,6 +319,10 @@ async fn drive(
     let report = ch.report.borrow_and_update().clone();
     let cfg = AgentSessionConfig { heartbeat_spread: crate::transport::random_unit(), ..Default::default() };
     let mut s = AgentSession::new(clock.monotonic(), hello, version, report, &cfg);
+    // The addresses last sent, and when to look again.
+    let mut addresses: Vec<String> = vec![];
+    let mut address_check = tokio::time::interval(crate::net::ADDRESS_CHECK);
+    address_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A renewal the hub asked for, under way beside the session.
     let mut renewing: Option<
         std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Renewal>> + Send + '_>>,
@@ -336,6 +342,11 @@ async fn drive(
                     if let Some(u) = usage {
                         s.send_usage(clock.monotonic(), u);
                     }
+                    if let Some(net) = &ch.net {
+                        let now = crate::net::site_addresses(&net.cfg);
+                        s.send_addresses(clock.monotonic(), now.clone());
+                        addresses = now;
+                    }
                 }
                 AgentEvent::Desired(m) => accept_desired(db, clock, ch, m).await?,
                 AgentEvent::UpToDate { revision } => tracing::debug!(revision, "desired state up to date"),
@@ -350,6 +361,16 @@ async fn drive(
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot store the CAs the hub named"),
                 },
+                AgentEvent::Peers(peers) => {
+                    if let Some(net) = &ch.net {
+                        match net.set_site_peers(peers) {
+                            // Wake the reconcile loop: the ruleset changes.
+                            Ok(true) => ch.desired.send_modify(|_| {}),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot keep the site's peers"),
+                        }
+                    }
+                }
                 AgentEvent::Attach(req) => match &ch.attach {
                     Some(ctx) => {
                         tokio::spawn(crate::exec::serve(ctx.clone(), link.clone(), req));
@@ -373,6 +394,14 @@ async fn drive(
                 changed.map_err(|_| anyhow!("the reconcile loop stopped"))?;
                 let report = ch.report.borrow_and_update().clone();
                 s.set_report(clock.monotonic(), report);
+            }
+            _ = address_check.tick() => {
+                if let Some(net) = &ch.net {
+                    let now = crate::net::site_addresses(&net.cfg);
+                    if now != addresses && s.send_addresses(clock.monotonic(), now.clone()) {
+                        addresses = now;
+                    }
+                }
             }
             changed = ch.usage.changed() => {
                 changed.map_err(|_| anyhow!("the reconcile loop stopped"))?;

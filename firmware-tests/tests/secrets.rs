@@ -103,7 +103,10 @@ fn a_secret_reaches_its_container_and_nothing_else_and_a_change_rolls_it() {
     let listed = hub.cli_ok(&["get", "secrets"]);
     assert!(listed.contains("pay-creds") && listed.contains("password"), "{listed}");
     let described = hub.cli_ok(&["describe", "app", "pay"]);
-    assert!(described.contains("Secrets:     pay-creds") && described.contains("Configs:     pay-conf"), "{described}");
+    assert!(
+        described.contains("Secrets:     pay-creds") && described.contains("Configs:     pay-conf"),
+        "{described}"
+    );
     let shown = hub.cli_ok(&["get", "secret", "pay-creds", "-o", "yaml"]);
     assert!(!shown.contains(&password), "{shown}");
 

@@ -84,6 +84,13 @@ pub struct BridgeAddresses {
     pub apps: Vec<(String, [u8; 4])>,
 }
 
+/// The site peers the hub last named, per app: kept so that a device balances its
+/// published ports across the store's devices with the hub out of reach.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SitePeers {
+    pub apps: Vec<crate::wire::AppPeers>,
+}
+
 /// How a record written at an older version reads: through a frozen shape, or as
 /// it is when its shape did not change.
 trait OlderShapes: Sized + serde::de::DeserializeOwned {
@@ -139,6 +146,7 @@ impl OlderShapes for ContainerRecord {
 impl OlderShapes for AgentIdentity {}
 impl OlderShapes for ImageRecord {}
 impl OlderShapes for BridgeAddresses {}
+impl OlderShapes for SitePeers {}
 
 macro_rules! record_codec {
     ($($t:ty => $what:literal),* $(,)?) => {$(
@@ -169,6 +177,7 @@ record_codec!(
     ImageRecord => "image record",
     ContainerRecord => "container record",
     BridgeAddresses => "bridge addresses",
+    SitePeers => "site peers",
 );
 
 #[cfg(test)]

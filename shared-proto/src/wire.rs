@@ -409,6 +409,45 @@ pub enum AgentFrame {
     /// What each running container uses (version 4; sent only to hubs that speak it).
     /// Kept in the hub's memory, never written to the store.
     Usage(UsageReport),
+    /// The device's own addresses on its site's network (version 5), which its site
+    /// peers balance published ports to. Sent after the welcome and when they change.
+    Addresses(Vec<String>),
+}
+
+/// Most addresses a device reports, and most peers or apps the hub names.
+pub const MAX_ADDRESSES: usize = 16;
+pub const MAX_PEER_APPS: usize = 64;
+pub const MAX_PEERS: usize = 64;
+
+/// The other devices of the site that run `app` and have it ready: where a published
+/// port of it is balanced to (version 5).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPeers {
+    pub app: String,
+    /// One address per peer device.
+    pub addresses: Vec<String>,
+}
+
+/// What is wrong with a list of addresses, if anything: bounded and each an IP.
+pub fn addresses_problem(addresses: &[String], max: usize) -> Option<String> {
+    if addresses.len() > max {
+        return Some(format!("{} addresses, more than {max}", addresses.len()));
+    }
+    addresses
+        .iter()
+        .find(|a| a.len() > 45 || a.parse::<std::net::IpAddr>().is_err())
+        .map(|a| format!("{a:?} is not an IP address"))
+}
+
+/// What is wrong with the peers the hub names, if anything.
+pub fn peers_problem(peers: &[AppPeers]) -> Option<String> {
+    if peers.len() > MAX_PEER_APPS {
+        return Some(format!("peers of {} apps, more than {MAX_PEER_APPS}", peers.len()));
+    }
+    peers.iter().find_map(|p| {
+        too_long("app", &p.app, MAX_FRAME_NAME).or_else(|| addresses_problem(&p.addresses, MAX_PEERS))
+    })
 }
 
 /// Resource use of the running containers, sampled by the agent from their cgroups.
@@ -485,6 +524,10 @@ pub enum HubFrame {
     /// Open an attach stream for this request (version 5; never sent to an older
     /// agent).
     Attach(AttachRequest),
+    /// Where the device's published ports are balanced to, besides its own pods
+    /// (version 5): sent when it changes, and kept by the device for when the hub is
+    /// out of reach.
+    Peers(Vec<AppPeers>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -294,7 +294,10 @@ async fn drive(
                 }
                 // Simulated devices hold year-long certificates and keep the CA they
                 // enrolled with: they never renew.
-                AgentEvent::UpToDate { .. } | AgentEvent::Renew { .. } | AgentEvent::Trust { .. } => {}
+                AgentEvent::UpToDate { .. }
+                | AgentEvent::Renew { .. }
+                | AgentEvent::Trust { .. }
+                | AgentEvent::Peers(_) => {}
                 // Simulated devices run nothing to read or enter: they say so at once.
                 AgentEvent::Attach(req) => {
                     let conn = conn.clone();

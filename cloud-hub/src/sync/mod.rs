@@ -13,6 +13,7 @@ pub mod enrol;
 pub mod fanout;
 pub mod identity;
 pub mod liveness;
+pub mod peers;
 pub mod pki;
 pub mod renew;
 pub mod session;

@@ -160,17 +160,31 @@ where
     }
     // Logs and exec requests for this device come through its open session.
     let mut attach = registration.is_some().then(|| state.attach.register(&device));
+    // Its site's peers, for the published ports of its isolated apps.
+    let mut site = None;
+    if registration.is_some()
+        && let Some(Object::Device(d)) = state.store.get_local(StoreKind::Device, &device)?
+        && !d.spec.site.is_empty()
+    {
+        let (membership, watch) = state.peers.join(&d.spec.site, &device);
+        tell_peers(&state, &mut session, &membership);
+        site = Some((membership, watch));
+    }
     let result = drive(
         &state,
         &cert,
         &mut session,
         registration.as_mut().map(|(r, _)| &mut r.changes),
         attach.as_mut().map(|(q, _)| q),
+        site.as_mut().map(|(m, w)| (&*m, w)),
         &mut reads,
         &mut writer,
     )
     .await;
     drop(attach);
+    if let Some((m, _)) = &site {
+        state.peers.leave(m);
+    }
     if let Some((reg, live)) = registration {
         state.fanout.unregister(&device, reg.id);
         state.live.disconnected(&device, live, clock.now());
@@ -267,12 +281,16 @@ async fn drop_superseded(state: &HubState, cert: &provisioning::identity::Device
     }
 }
 
+// What a session follows besides its stream: the manifest fan-out, logs and exec
+// requests, its site's peers; each optional (a refused session follows none).
+#[allow(clippy::too_many_arguments)]
 async fn drive<W>(
     state: &HubState,
     cert: &provisioning::identity::DeviceCert,
     session: &mut HubSession,
     mut changes: Option<&mut tokio::sync::watch::Receiver<ManifestNews>>,
     mut asks: Option<&mut mpsc::Receiver<super::attach::SessionAsk>>,
+    mut site: Option<(&super::peers::Membership, &mut tokio::sync::watch::Receiver<u64>)>,
     reads: &mut mpsc::Receiver<Read>,
     writer: &mut W,
 ) -> Result<(), SyncError>
@@ -292,7 +310,17 @@ where
             match event {
                 HubEvent::Heartbeat => state.live.heartbeat(&device, clock.now()),
                 HubEvent::Usage(u) => state.live.usage(&device, u, clock.now()),
-                HubEvent::Report(r) => state.live.report(&device, r.held_revision, r.containers, clock.now()),
+                HubEvent::Report(r) => {
+                    if let Some((m, _)) = &site {
+                        state.peers.set_report(m, &r.containers);
+                    }
+                    state.live.report(&device, r.held_revision, r.containers, clock.now())
+                }
+                HubEvent::Addresses(a) => {
+                    if let Some((m, _)) = &site {
+                        state.peers.set_address(m, &a);
+                    }
+                }
                 HubEvent::Ended(end) => {
                     let _ = writer.flush().await;
                     return match end {
@@ -318,7 +346,18 @@ where
                 None => std::future::pending().await,
             }
         };
+        let site_moved = async {
+            match site.as_mut() {
+                Some((_, w)) => w.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            true = site_moved => {
+                if let Some((m, _)) = &site {
+                    tell_peers(state, session, m);
+                }
+            }
             Some((req, sent)) = ask => {
                 let _ = sent.send(session.attach(req));
             }
@@ -345,11 +384,25 @@ where
                         session.handle_manifest(clock.monotonic(), current_manifest(state, &device)?.as_ref())
                     }
                 }
+                // Its apps may have changed: so may the peers it needs.
+                if let Some((m, _)) = &site {
+                    tell_peers(state, session, m);
+                }
             }
             _ = sleep_until(deadline) => session.handle_timeout(clock.monotonic()),
             Ok(()) = cas.changed() => certificates_follow(state, cert, session),
         }
     }
+}
+
+/// Tells the device the site peers of its isolated apps with published ports (the
+/// session sends only a change).
+fn tell_peers(state: &HubState, session: &mut HubSession, m: &super::peers::Membership) {
+    let apps = match state.store.get_local(StoreKind::Manifest, &m.device) {
+        Ok(Some(Object::Manifest(manifest))) => super::peers::published_apps(&manifest),
+        _ => vec![],
+    };
+    session.send_peers(state.peers.peers_of(&m.site, &m.device, &apps));
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

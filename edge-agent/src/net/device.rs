@@ -21,6 +21,8 @@ struct Inner {
     /// The ruleset last applied by this process; `None` until the first sync.
     applied: Option<String>,
     peers: Vec<(String, Ipv4Addr)>,
+    /// Where the hub last said the site's replicas are (kept in the state database).
+    site_peers: Vec<shared_proto::wire::AppPeers>,
 }
 
 impl DeviceNet {
@@ -34,7 +36,24 @@ impl DeviceNet {
             }
         });
         let book = AddressBook::from_record(cfg.subnet, record.as_ref());
-        DeviceNet { cfg, db, inner: Mutex::new(Inner { book, applied: None, peers: vec![] }) }
+        let site_peers =
+            db.as_ref().and_then(|d| d.site_peers().ok().flatten()).map(|p| p.apps).unwrap_or_default();
+        DeviceNet { cfg, db, inner: Mutex::new(Inner { book, applied: None, peers: vec![], site_peers }) }
+    }
+
+    /// The hub named the site's replicas: kept durably, applied at the next sync.
+    /// `false` when nothing changed.
+    pub fn set_site_peers(&self, apps: Vec<shared_proto::wire::AppPeers>) -> Result<bool, String> {
+        let mut inner = self.lock();
+        if inner.site_peers == apps {
+            return Ok(false);
+        }
+        if let Some(db) = &self.db {
+            db.set_site_peers(&shared_proto::agent_state::SitePeers { apps: apps.clone() })
+                .map_err(|e| e.to_string())?;
+        }
+        inner.site_peers = apps;
+        Ok(true)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -57,7 +76,7 @@ impl DeviceNet {
         if changed && let Some(db) = &self.db {
             db.set_bridge_addresses(&inner.book.to_record()).map_err(|e| e.to_string())?;
         }
-        let plan = super::plan(&self.cfg, apps, &inner.book);
+        let plan = super::plan(&self.cfg, apps, &inner.book, &inner.site_peers);
         inner.peers = plan.peers();
         if inner.applied.as_deref() != Some(plan.ruleset.as_str()) {
             if plan.ruleset.is_empty() {

@@ -43,8 +43,10 @@ fn ip(args: &[&str]) -> Result<String, String> {
     run("ip", args, None)
 }
 
+/// Whether the calling thread's network namespace has a link `name` (asked of the
+/// kernel, not of `/sys/class/net`, which shows the namespace sysfs was mounted in).
 pub fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    nix::net::if_::if_nametoindex(name).is_ok()
 }
 
 /// Writes a sysctl under `/proc/sys` unless it already holds `value`.

@@ -124,6 +124,9 @@ pub struct IsolatedApp {
     pub address: Ipv4Addr,
     pub published: Vec<Published>,
     pub policy: Option<NetworkPolicy>,
+    /// The other devices of the site that run it, ready: its published ports are
+    /// balanced across them and this device's own pod.
+    pub site_peers: Vec<Ipv4Addr>,
 }
 
 /// Everything the device's network should be, for one desired state.
@@ -149,7 +152,12 @@ pub fn isolated(apps: &[DesiredApp]) -> impl Iterator<Item = &DesiredApp> {
 
 /// Desired apps and their addresses in, the device's network out. Apps without an
 /// address yet are left out (the shell allocates before it plans).
-pub fn plan(cfg: &NetConfig, apps: &[DesiredApp], book: &ipam::AddressBook) -> NetPlan {
+pub fn plan(
+    cfg: &NetConfig,
+    apps: &[DesiredApp],
+    book: &ipam::AddressBook,
+    site_peers: &[shared_proto::wire::AppPeers],
+) -> NetPlan {
     let mut out: Vec<IsolatedApp> = isolated(apps)
         .filter_map(|a| {
             let address = book.get(&a.name)?;
@@ -167,12 +175,49 @@ pub fn plan(cfg: &NetConfig, apps: &[DesiredApp], book: &ipam::AddressBook) -> N
                 .collect();
             published.sort();
             published.dedup();
-            Some(IsolatedApp { name: a.name.clone(), address, published, policy: a.network_policy.clone() })
+            let mut peers: Vec<Ipv4Addr> = site_peers
+                .iter()
+                .filter(|p| p.app == a.name)
+                .flat_map(|p| &p.addresses)
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            peers.sort();
+            peers.dedup();
+            let site_peers = if published.is_empty() { vec![] } else { peers };
+            Some(IsolatedApp {
+                name: a.name.clone(),
+                address,
+                published,
+                policy: a.network_policy.clone(),
+                site_peers,
+            })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     let ruleset = if out.is_empty() { String::new() } else { rules::ruleset(cfg, &out) };
     NetPlan { apps: out, ruleset }
+}
+
+/// How often the agent looks whether its addresses changed (DHCP renewals are rare).
+pub const ADDRESS_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The device's IPv4 addresses on its site's network, for its site peers to balance
+/// published ports to: every address of an interface that is up, but loopback and
+/// the isolated apps' own network. Sorted; at most [`shared_proto::wire::MAX_ADDRESSES`].
+pub fn site_addresses(cfg: &NetConfig) -> Vec<String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return vec![] };
+    let mut out: Vec<Ipv4Addr> = addrs
+        .filter(|i| {
+            i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+                && !i.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        })
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .filter(|a| !a.is_loopback() && !a.is_link_local() && !cfg.subnet.contains(*a))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(shared_proto::wire::MAX_ADDRESSES);
+    out.into_iter().map(|a| a.to_string()).collect()
 }
 
 /// 32-bit FNV-1a: a hash that never changes between builds (names and first-choice
@@ -225,9 +270,9 @@ mod tests {
         ];
         let cfg = NetConfig::default();
         let mut book = ipam::AddressBook::new(cfg.subnet);
-        assert_eq!(plan(&cfg, &apps, &book), NetPlan { apps: vec![], ruleset: String::new() });
+        assert_eq!(plan(&cfg, &apps, &book, &[]), NetPlan { apps: vec![], ruleset: String::new() });
         book.update(&["web"], &[]).unwrap();
-        let p = plan(&cfg, &apps, &book);
+        let p = plan(&cfg, &apps, &book, &[]);
         assert_eq!(p.apps.len(), 1, "only web has an address");
         assert_eq!(
             p.apps[0].published,

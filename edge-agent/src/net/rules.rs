@@ -70,15 +70,42 @@ pub fn ruleset(cfg: &NetConfig, apps: &[IsolatedApp]) -> String {
 
     s.push_str("\tchain published {\n");
     for a in apps {
+        let peers: Vec<String> = a.site_peers.iter().map(Ipv4Addr::to_string).collect();
         for p in &a.published {
             let proto = match p.protocol {
                 Protocol::TCP => "tcp",
                 Protocol::UDP => "udp",
             };
+            if peers.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\t\t{proto} dport {} dnat ip to {}:{} comment \"{}\"",
+                    p.host_port, a.address, p.container_port, a.name
+                );
+                continue;
+            }
+            // What a peer sent on is served here: a connection is balanced once.
             let _ = writeln!(
                 s,
-                "\t\t{proto} dport {} dnat ip to {}:{} comment \"{}\"",
-                p.host_port, a.address, p.container_port, a.name
+                "\t\tip saddr {} {proto} dport {} dnat ip to {}:{} comment \"{}\"",
+                set(&peers),
+                p.host_port,
+                a.address,
+                p.container_port,
+                a.name
+            );
+            // Anything else: this pod or a peer's published port, at random.
+            let mut targets = vec![format!("0 : {} . {}", a.address, p.container_port)];
+            for (i, peer) in peers.iter().enumerate() {
+                targets.push(format!("{} : {peer} . {}", i + 1, p.host_port));
+            }
+            let _ = writeln!(
+                s,
+                "\t\t{proto} dport {} dnat ip to numgen random mod {} map {{ {} }} comment \"{}\"",
+                p.host_port,
+                targets.len(),
+                targets.join(", "),
+                a.name
             );
         }
     }
@@ -90,12 +117,25 @@ pub fn ruleset(cfg: &NetConfig, apps: &[IsolatedApp]) -> String {
             "\tchain {hook} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\t\tfib daddr type local jump published\n\t}}"
         );
     }
+    // Sent on to a site peer: from this device's address, so the reply comes back
+    // here to be translated back for the client.
+    let all_peers: Vec<String> = {
+        let mut v: Vec<String> = apps.iter().flat_map(|a| &a.site_peers).map(Ipv4Addr::to_string).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let to_peers = if all_peers.is_empty() {
+        String::new()
+    } else {
+        format!("\t\tct status dnat ip daddr {} masquerade\n", set(&all_peers))
+    };
     let _ = writeln!(
         s,
         "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {net} ip daddr != {net} masquerade\n\
          \t\tip saddr 127.0.0.0/8 ip daddr {net} masquerade\n\
-         \t\tip saddr {net} ip daddr {net} ct status dnat masquerade\n\t}}"
+         \t\tip saddr {net} ip daddr {net} ct status dnat masquerade\n{to_peers}\t}}"
     );
 
     let _ = writeln!(
@@ -156,7 +196,13 @@ mod tests {
     use shared_proto::workload::NetworkPolicy;
 
     fn app(name: &str, last: u8, policy: Option<NetworkPolicy>) -> IsolatedApp {
-        IsolatedApp { name: name.into(), address: Ipv4Addr::new(10, 88, 0, last), published: vec![], policy }
+        IsolatedApp {
+            name: name.into(),
+            address: Ipv4Addr::new(10, 88, 0, last),
+            published: vec![],
+            policy,
+            site_peers: vec![],
+        }
     }
 
     fn lines(s: &str) -> Vec<&str> {
@@ -206,6 +252,37 @@ mod tests {
             "no policy: nothing filtered"
         );
         assert!(!s.contains("egress_") && !s.contains("ingress_"));
+    }
+
+    #[test]
+    fn published_ports_are_balanced_across_the_site_and_a_peers_connection_stays_here() {
+        let mut web = app("web", 2, None);
+        web.published = vec![Published { protocol: Protocol::TCP, host_port: 8080, container_port: 80 }];
+        web.site_peers = vec![Ipv4Addr::new(192, 168, 1, 11), Ipv4Addr::new(192, 168, 1, 12)];
+        let s = ruleset(&NetConfig::default(), &[web]);
+        assert_eq!(
+            chain_body(&s, "published"),
+            [
+                "ip saddr { 192.168.1.11, 192.168.1.12 } tcp dport 8080 dnat ip to 10.88.0.2:80 comment \"web\"",
+                "tcp dport 8080 dnat ip to numgen random mod 3 map { 0 : 10.88.0.2 . 80, 1 : 192.168.1.11 . 8080, 2 : 192.168.1.12 . 8080 } comment \"web\""
+            ]
+        );
+        assert!(
+            chain_body(&s, "postrouting")
+                .contains(&"ct status dnat ip daddr { 192.168.1.11, 192.168.1.12 } masquerade"),
+            "{s}"
+        );
+        // The script is one nftables accepts (the test command installs nft).
+        let mut nft = std::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft is installed (apt-get install nftables)");
+        std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), s.as_bytes()).unwrap();
+        let out = nft.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}\n{s}", String::from_utf8_lossy(&out.stderr));
     }
 
     #[test]

@@ -139,12 +139,14 @@ impl AgentWatch {
                     AgentEvent::Trust { ca_der }
                 }
                 HubFrame::Attach(req) if welcomed && req.problem().is_none() => AgentEvent::Attach(req),
+                HubFrame::Peers(p) if welcomed && wire::peers_problem(&p).is_none() => AgentEvent::Peers(p),
                 HubFrame::Welcome(_)
                 | HubFrame::Desired(_)
                 | HubFrame::UpToDate { .. }
                 | HubFrame::Renew { .. }
                 | HubFrame::Trust { .. }
-                | HubFrame::Attach(_) => protocol_error(),
+                | HubFrame::Attach(_)
+                | HubFrame::Peers(_) => protocol_error(),
             };
             let ends = matches!(event, AgentEvent::Ended(_));
             want.push(event);
@@ -191,6 +193,7 @@ impl AgentWatch {
                     self.heartbeat_seq = seq;
                 }
                 AgentFrame::Usage(_) => panic!("S4: usage the shell never gave"),
+                AgentFrame::Addresses(_) => panic!("S4: addresses the shell never gave"),
             }
             self.last_sent = self.now;
         }

@@ -200,7 +200,15 @@ impl HubWatch {
                     want.push(HubEvent::Report(r))
                 }
                 Ok(AgentFrame::Usage(u)) if u.problem().is_none() => want.push(HubEvent::Usage(u)),
-                Ok(AgentFrame::Report(_)) | Ok(AgentFrame::Usage(_)) | Err(_) => {
+                Ok(AgentFrame::Addresses(a))
+                    if wire::addresses_problem(&a, wire::MAX_ADDRESSES).is_none() =>
+                {
+                    want.push(HubEvent::Addresses(a))
+                }
+                Ok(AgentFrame::Report(_))
+                | Ok(AgentFrame::Usage(_))
+                | Ok(AgentFrame::Addresses(_))
+                | Err(_) => {
                     want.push(protocol_error());
                     return want;
                 }

@@ -10,8 +10,8 @@
 use super::SessionEnd;
 use crate::manifest::DesiredManifest;
 use crate::wire::{
-    self, AgentFrame, AgentHello, AgentReport, AttachRequest, FrameDecoder, HubFrame, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, StreamOpen,
+    self, AgentFrame, AgentHello, AgentReport, AppPeers, AttachRequest, FrameDecoder, HubFrame,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, StreamOpen,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ pub enum AgentEvent {
     /// The hub asks for a container's log or a command run in it: open an attach
     /// stream for it (version 5).
     Attach(AttachRequest),
+    /// Where the device's published ports are balanced to: store it, apply it.
+    Peers(Vec<AppPeers>),
     /// The session is over; the shell closes the stream.
     Ended(SessionEnd),
 }
@@ -195,6 +197,12 @@ impl AgentSession {
                 }
                 self.events.push_back(AgentEvent::Trust { ca_der })
             }
+            (State::Established { .. }, HubFrame::Peers(peers)) => {
+                if let Some(p) = wire::peers_problem(&peers) {
+                    return self.end(SessionEnd::Protocol(format!("peers with {p}")));
+                }
+                self.events.push_back(AgentEvent::Peers(peers))
+            }
             (State::Established { .. }, HubFrame::Attach(req)) => {
                 if let Some(p) = req.problem() {
                     return self.end(SessionEnd::Protocol(format!("an attach request with {p}")));
@@ -218,6 +226,12 @@ impl AgentSession {
     /// nothing is kept: the shell sends the next sample.
     pub fn send_usage(&mut self, now: Instant, usage: crate::wire::UsageReport) -> bool {
         self.is_established() && self.version >= 4 && self.queue(now, &AgentFrame::Usage(usage))
+    }
+
+    /// Sends the device's addresses on its site's network (hubs of protocol 5 and up
+    /// only); `false` when not sent.
+    pub fn send_addresses(&mut self, now: Instant, addresses: Vec<String>) -> bool {
+        self.is_established() && self.version >= 5 && self.queue(now, &AgentFrame::Addresses(addresses))
     }
 
     fn send_report(&mut self, now: Instant) {
@@ -295,5 +309,6 @@ fn frame_name(f: &HubFrame) -> &'static str {
         HubFrame::Renew { .. } => "a renewal request",
         HubFrame::Trust { .. } => "the CAs to trust",
         HubFrame::Attach(_) => "an attach request",
+        HubFrame::Peers(_) => "the site's peers",
     }
 }

@@ -11,7 +11,7 @@
 use super::SessionEnd;
 use crate::manifest::DesiredManifest;
 use crate::wire::{
-    self, AgentFrame, AgentHello, AgentReport, AttachRequest, FrameDecoder, HubFrame, HubWelcome,
+    self, AgentFrame, AgentHello, AgentReport, AppPeers, AttachRequest, FrameDecoder, HubFrame, HubWelcome,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -52,6 +52,8 @@ pub enum HubEvent {
     Heartbeat,
     /// What its containers use: keep it in memory only.
     Usage(crate::wire::UsageReport),
+    /// Its addresses on the site's network (memory only).
+    Addresses(Vec<String>),
     /// The session is over; the shell closes the stream.
     Ended(SessionEnd),
 }
@@ -79,6 +81,8 @@ pub struct HubSession {
     last_heard: Instant,
     /// When to ask the device for a new certificate, if ever.
     renew_at: Option<Instant>,
+    /// The peers last sent (repeats are not sent).
+    peers_sent: Option<Vec<AppPeers>>,
     cfg: HubSessionConfig,
 }
 
@@ -126,6 +130,7 @@ impl HubSession {
             agent_holds: hello.held_revision,
             last_heard: now,
             renew_at: None,
+            peers_sent: None,
             cfg,
         };
         if let Some(p) = hello.problem() {
@@ -197,6 +202,16 @@ impl HubSession {
         }
         self.queue(&HubFrame::Attach(req));
         Ok(())
+    }
+
+    /// Tells the device where its published ports are balanced to, when that changed
+    /// since it was last told (devices older than protocol version 5 are not told).
+    pub fn send_peers(&mut self, peers: Vec<AppPeers>) {
+        if self.state != State::Open || self.version < 5 || self.peers_sent.as_ref() == Some(&peers) {
+            return;
+        }
+        self.queue(&HubFrame::Peers(peers.clone()));
+        self.peers_sent = Some(peers);
     }
 
     /// Refuses the device: it is not (or no longer) enrolled here.
@@ -273,6 +288,10 @@ impl HubSession {
                 Ok(AgentFrame::Usage(u)) => match u.problem() {
                     Some(p) => return self.end(SessionEnd::Protocol(format!("bad usage report: {p}"))),
                     None => self.events.push_back(HubEvent::Usage(u)),
+                },
+                Ok(AgentFrame::Addresses(a)) => match wire::addresses_problem(&a, wire::MAX_ADDRESSES) {
+                    Some(p) => return self.end(SessionEnd::Protocol(format!("bad addresses: {p}"))),
+                    None => self.events.push_back(HubEvent::Addresses(a)),
                 },
                 Err(e) => return self.end(SessionEnd::Protocol(format!("bad frame from the device: {e}"))),
             }

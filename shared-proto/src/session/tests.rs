@@ -149,7 +149,8 @@ impl World {
                 | AgentEvent::UpToDate { .. }
                 | AgentEvent::Renew { .. }
                 | AgentEvent::Trust { .. }
-                | AgentEvent::Attach(_) => {}
+                | AgentEvent::Attach(_)
+                | AgentEvent::Peers(_) => {}
             }
         }
         while let Some(b) = c.agent.poll_transmit() {
@@ -162,7 +163,7 @@ impl World {
             while let Some(ev) = hub.poll_event() {
                 match ev {
                     HubEvent::Report(r) => self.hub_saw = Some(r),
-                    HubEvent::Heartbeat | HubEvent::Usage(_) => {}
+                    HubEvent::Heartbeat | HubEvent::Usage(_) | HubEvent::Addresses(_) => {}
                     HubEvent::Ended(_) => ended = true,
                 }
             }
@@ -622,4 +623,45 @@ fn attach_requests_reach_agents_of_version_5_only_and_malformed_ones_end_the_ses
     agent.handle_bytes(t0, &frame);
     let events: Vec<AgentEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
     assert!(matches!(events.last(), Some(AgentEvent::Ended(SessionEnd::Protocol(_)))), "{events:?}");
+}
+
+#[test]
+fn addresses_and_peers_travel_between_version_5_peers_only_and_repeats_are_not_sent() {
+    let t0 = Instant::now();
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    let mut agent = AgentSession::new(
+        t0,
+        hello(0),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    hub.welcome(t0, None);
+    while let Some(b) = hub.poll_transmit() {
+        agent.handle_bytes(t0, &b);
+    }
+    while agent.poll_event().is_some() {}
+    // Its hello and first report went before; the hub built from the hello above.
+    while agent.poll_transmit().is_some() {}
+    assert!(agent.send_addresses(t0, vec!["192.168.1.20".into()]));
+    while let Some(b) = agent.poll_transmit() {
+        hub.handle_bytes(t0, &b);
+    }
+    let events: Vec<HubEvent> = std::iter::from_fn(|| hub.poll_event()).collect();
+    assert!(events.contains(&HubEvent::Addresses(vec!["192.168.1.20".into()])), "{events:?}");
+    let peers = vec![wire::AppPeers { app: "pos".into(), addresses: vec!["192.168.1.21".into()] }];
+    hub.send_peers(peers.clone());
+    hub.send_peers(peers.clone());
+    let frames: Vec<Vec<u8>> = std::iter::from_fn(|| hub.poll_transmit()).collect();
+    assert_eq!(frames.len(), 1, "a repeat is not sent");
+    agent.handle_bytes(t0, &frames[0]);
+    assert_eq!(agent.poll_event(), Some(AgentEvent::Peers(peers)));
+    // A bad address from the device ends the session.
+    let frame = wire::encode_frame(&wire::AgentFrame::Addresses(vec!["not-an-ip".into()])).unwrap();
+    hub.handle_bytes(t0, &frame);
+    let events: Vec<HubEvent> = std::iter::from_fn(|| hub.poll_event()).collect();
+    assert!(matches!(events.last(), Some(HubEvent::Ended(SessionEnd::Protocol(_)))), "{events:?}");
+    // A version-4 hub is not sent addresses.
+    let mut old = AgentSession::new(t0, hello(0), 4, AgentReport::default(), &AgentSessionConfig::default());
+    assert!(!old.send_addresses(t0, vec!["192.168.1.20".into()]));
 }

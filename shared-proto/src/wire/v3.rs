@@ -53,7 +53,7 @@ impl From<&super::HubFrame> for HubFrame {
             super::HubFrame::Renew { reason } => HubFrame::Renew { reason },
             super::HubFrame::Trust { ca_der } => HubFrame::Trust { ca_der },
             // The hub never asks an agent older than version 5 (`HubSession::attach`).
-            super::HubFrame::Attach(_) => {
+            super::HubFrame::Attach(_) | super::HubFrame::Peers(_) => {
                 HubFrame::Refused { message: "logs and exec need an agent of protocol version 5".into() }
             }
         }
@@ -82,7 +82,7 @@ impl From<&super::AgentFrame> for AgentFrame {
             super::AgentFrame::Heartbeat { seq } => AgentFrame::Heartbeat { seq: *seq },
             // An older hub has no place for usage; the agent sends none to it, and
             // were one written it would read as what it costs: proof of life.
-            super::AgentFrame::Usage(_) => AgentFrame::Heartbeat { seq: 0 },
+            super::AgentFrame::Usage(_) | super::AgentFrame::Addresses(_) => AgentFrame::Heartbeat { seq: 0 },
         }
     }
 }
