@@ -132,6 +132,7 @@ fn attach_error(e: AttachError) -> ApiError {
         )),
         AttachError::Refused(m) => ApiError::Conflict(m),
         AttachError::TimedOut(..) => ApiError::Unavailable(e.to_string()),
+        AttachError::Busy(_) => ApiError::Conflict(e.to_string()),
     }
 }
 
@@ -164,9 +165,10 @@ pub async fn logs(
     let since_unix_ms =
         p.since_seconds.map(|s| state.clock.now().millis().saturating_sub(s.saturating_mul(1000)));
     let what = AttachKind::Logs(LogsRequest { follow: p.follow, tail_lines: p.tail_lines, since_unix_ms });
-    let Attached { frames, input } = start(&state, &device, &app, &p.container, what).await?;
-    // `input` lives as long as the body: dropping it would end the stream.
-    let body = futures::stream::unfold((frames, input), |(mut frames, input)| async move {
+    let Attached { frames, input, slot } = start(&state, &device, &app, &p.container, what).await?;
+    // `input` and the slot live as long as the body: dropping the input would end the
+    // stream.
+    let body = futures::stream::unfold((frames, (input, slot)), |(mut frames, input)| async move {
         loop {
             match frames.recv().await? {
                 AttachFrame::Stdout(b) | AttachFrame::Stderr(b) => {
@@ -236,7 +238,7 @@ struct Resize {
 }
 
 async fn relay(mut socket: WebSocket, attached: Attached) {
-    let Attached { mut frames, input } = attached;
+    let Attached { mut frames, input, slot: _slot } = attached;
     let mut input = Some(input);
     loop {
         tokio::select! {

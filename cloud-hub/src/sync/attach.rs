@@ -14,6 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long the device has to open the stream it was asked for.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most logs and exec streams open at once to one device: they share its QUIC
+/// connection's streams with image downloads.
+pub const MAX_PER_DEVICE: usize = 4;
 /// Frames buffered each way: past it the slower side holds the other back (QUIC flow
 /// control carries that to the device).
 const BUFFER: usize = 16;
@@ -26,6 +29,26 @@ pub type SessionAsk = (AttachRequest, oneshot::Sender<Result<(), String>>);
 pub struct Attached {
     pub frames: mpsc::Receiver<AttachFrame>,
     pub input: mpsc::Sender<AttachInput>,
+    /// Holds the device's slot while the call lasts.
+    pub slot: Slot,
+}
+
+/// One of a device's [`MAX_PER_DEVICE`] slots, freed when dropped.
+pub struct Slot {
+    active: std::sync::Arc<Mutex<HashMap<String, usize>>>,
+    device: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = active.get_mut(&self.device) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(&self.device);
+            }
+        }
+    }
 }
 
 /// The device stream's side, handed to the task serving it.
@@ -47,6 +70,7 @@ pub struct AttachBroker {
     /// device → (session token, the session's request queue).
     sessions: Mutex<HashMap<String, (u64, mpsc::Sender<SessionAsk>)>>,
     pending: Mutex<HashMap<u64, Pending>>,
+    active: std::sync::Arc<Mutex<HashMap<String, usize>>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -57,6 +81,8 @@ pub enum AttachError {
     Refused(String),
     #[error("device {0} did not open the stream within {1:?}")]
     TimedOut(String, Duration),
+    #[error("device {0} already serves {MAX_PER_DEVICE} logs or exec streams: end one first")]
+    Busy(String),
 }
 
 /// Unregisters a session's queue when the session ends (unless a newer session of the
@@ -104,6 +130,15 @@ impl AttachBroker {
             .get(device)
             .map(|(_, q)| q.clone())
             .ok_or_else(|| AttachError::NotConnected(device.to_string()))?;
+        let slot = {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let n = active.entry(device.to_string()).or_default();
+            if *n >= MAX_PER_DEVICE {
+                return Err(AttachError::Busy(device.to_string()));
+            }
+            *n += 1;
+            Slot { active: self.active.clone(), device: device.to_string() }
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (frames_tx, frames_rx) = mpsc::channel(BUFFER);
         let (input_tx, input_rx) = mpsc::channel(BUFFER);
@@ -135,7 +170,7 @@ impl AttachBroker {
             }
         }
         match tokio::time::timeout(OPEN_TIMEOUT, opened_rx).await {
-            Ok(Ok(())) => Ok(Attached { frames: frames_rx, input: input_tx }),
+            Ok(Ok(())) => Ok(Attached { frames: frames_rx, input: input_tx, slot }),
             _ => {
                 forget();
                 Err(AttachError::TimedOut(device.to_string(), OPEN_TIMEOUT))
@@ -269,5 +304,29 @@ mod tests {
         drop(reg);
         assert!(broker.is_connected("pi"));
         assert!(broker.pending.lock().unwrap().is_empty());
+        assert!(broker.active.lock().unwrap().is_empty(), "slots freed with their calls");
+    }
+
+    #[tokio::test]
+    async fn a_device_serves_a_bounded_number_of_streams_at_once() {
+        let broker = std::sync::Arc::new(AttachBroker::default());
+        let (mut queue, _reg) = broker.register("pi");
+        let b = broker.clone();
+        tokio::spawn(async move {
+            while let Some((req, sent)) = queue.recv().await {
+                sent.send(Ok(())).unwrap();
+                b.arrived("pi", req.id).map(std::mem::forget);
+            }
+        });
+        let mut calls = Vec::new();
+        for _ in 0..MAX_PER_DEVICE {
+            calls.push(
+                broker.request("pi", "web", "", AttachKind::Logs(Default::default())).await.ok().unwrap(),
+            );
+        }
+        let busy = broker.request("pi", "web", "", AttachKind::Logs(Default::default())).await;
+        assert_eq!(busy.err(), Some(AttachError::Busy("pi".into())));
+        calls.pop();
+        assert!(broker.request("pi", "web", "", AttachKind::Logs(Default::default())).await.is_ok());
     }
 }
