@@ -313,9 +313,11 @@ mod tests {
         let (mut queue, _reg) = broker.register("pi");
         let b = broker.clone();
         tokio::spawn(async move {
+            // The device's sides, kept open.
+            let mut sides = Vec::new();
             while let Some((req, sent)) = queue.recv().await {
                 sent.send(Ok(())).unwrap();
-                b.arrived("pi", req.id).map(std::mem::forget);
+                sides.extend(b.arrived("pi", req.id));
             }
         });
         let mut calls = Vec::new();
