@@ -24,6 +24,8 @@ use shared_proto::NetworkMode;
 use shared_proto::agent_state::ImageRunConfig;
 use shared_proto::manifest::DesiredContainer;
 
+use crate::seccomp::{self, KernelVersion, SeccompArch};
+
 /// Used when neither the image nor the container sets `PATH` (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period; a quota of `millis * 100` µs per period is `millis` thousandths of a CPU.
@@ -72,6 +74,9 @@ pub struct PodNamespaces<'a> {
     /// `None`: the host's network (or a namespace of its own without a pod).
     pub net: Option<&'a Path>,
     pub ipc: Option<&'a Path>,
+    /// The pod's user namespace (an app with `userNamespace`), which owns its network
+    /// and IPC namespaces; `None`: the device's.
+    pub user: Option<&'a Path>,
 }
 
 /// A volume as the container sees it, resolved to the device by the agent.
@@ -166,11 +171,13 @@ pub struct ResolvedUser {
     pub home: String,
 }
 
-/// Host files that host-network containers get bind-mounted read-only, if present.
+/// What the bundle needs to know of the device: the files host-network containers get
+/// bind-mounted read-only, if present, and the kernel (for the seccomp profile).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HostFiles {
+pub struct HostFacts {
     pub resolv_conf: bool,
     pub hosts: bool,
+    pub kernel: KernelVersion,
 }
 
 /// Kubernetes' rule (Docker's too): `command` replaces the image's entrypoint and
@@ -329,7 +336,7 @@ fn volume_mounts(list: &[ContainerMount]) -> Result<Vec<Mount>, OciSpecError> {
         .collect()
 }
 
-fn mounts(network: NetworkMode, host_files: HostFiles) -> Result<Vec<Mount>, OciSpecError> {
+fn mounts(network: NetworkMode, host_files: HostFacts) -> Result<Vec<Mount>, OciSpecError> {
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -438,7 +445,7 @@ const ALL_CAPABILITIES: &[&str] = shared_proto::validate::CAPABILITIES;
 pub fn build_spec(
     spec: &BundleSpec<'_>,
     user: &ResolvedUser,
-    host_files: HostFiles,
+    host_files: HostFacts,
 ) -> Result<Spec, BundleError> {
     let c = spec.container;
     if !spec.rootfs.is_absolute() {
@@ -452,6 +459,12 @@ pub fn build_spec(
     let hostname = if spec.hostname.is_empty() { c.name.as_str() } else { spec.hostname };
     let caps = capabilities(c)?;
     let sec = &c.security;
+    // Docker's profile, folded by what this container may do; none when privileged.
+    let seccomp = if sec.privileged {
+        None
+    } else {
+        Some(seccomp::default_profile(&caps, SeccompArch::native(), host_files.kernel)?)
+    };
     let uid = sec.run_as_user.unwrap_or(user.uid);
     let gid = sec.run_as_group.unwrap_or(user.gid);
     let process = ProcessBuilder::default()
@@ -470,11 +483,17 @@ pub fn build_spec(
         .no_new_privileges(!sec.privileged)
         .build()?;
 
-    let mut namespaces = vec![
+    let mut namespaces = Vec::new();
+    if let Some(user) = spec.pod.user {
+        // Joined first by libcontainer (whatever the order here): the pod's network and
+        // IPC namespaces belong to it, and the container's new ones will too.
+        namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).path(user).build()?);
+    }
+    namespaces.extend([
         LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).build()?,
         LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Uts).build()?,
         LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build()?,
-    ];
+    ]);
     let mut ipc = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Ipc);
     if let Some(path) = spec.pod.ipc {
         ipc = ipc.path(path);
@@ -498,8 +517,11 @@ pub fn build_spec(
             .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
             .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
     };
+    if let Some(profile) = seccomp {
+        linux = linux.seccomp(profile);
+    }
     let host_files =
-        if spec.etc_hosts.is_some() { HostFiles { hosts: false, ..host_files } } else { host_files };
+        if spec.etc_hosts.is_some() { HostFacts { hosts: false, ..host_files } } else { host_files };
     let mut all_mounts = mounts(spec.network, host_files)?;
     if let Some(hosts) = spec.etc_hosts {
         all_mounts.push(mount(
@@ -581,9 +603,10 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
     let user = resolve_user(user_str, passwd.as_deref(), group.as_deref()).map_err(|reason| {
         BundleError::User { container: spec.container.name.clone(), user: user_str.to_string(), reason }
     })?;
-    let host_files = HostFiles {
+    let host_files = HostFacts {
         resolv_conf: Path::new("/etc/resolv.conf").is_file(),
         hosts: Path::new("/etc/hosts").is_file(),
+        kernel: KernelVersion::running(),
     };
     let oci = build_spec(spec, &user, host_files)?;
     let json = serde_json::to_vec_pretty(&oci).map_err(|e| BundleError::Spec(OciSpecError::SerDe(e)))?;
@@ -632,7 +655,7 @@ mod tests {
         ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() }
     }
 
-    fn spec_for(c: &DesiredContainer, img: &ImageRunConfig, network: NetworkMode, hf: HostFiles) -> Spec {
+    fn spec_for(c: &DesiredContainer, img: &ImageRunConfig, network: NetworkMode, hf: HostFacts) -> Spec {
         let bs = BundleSpec {
             cgroup_parent: "flotilla",
             id: "web-1",
@@ -651,7 +674,7 @@ mod tests {
 
     #[test]
     fn the_sandbox_by_default_and_what_an_app_gives_up_of_it() {
-        let spec = spec_for(&container(), &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&container(), &image(), NetworkMode::None, HostFacts::default());
         let process = spec.process().as_ref().unwrap();
         let caps = process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
         assert!(!caps.contains(&Capability::NetRaw), "no raw sockets unless asked");
@@ -661,23 +684,34 @@ mod tests {
         let pids = linux.resources().as_ref().unwrap().pids().as_ref().unwrap();
         assert_eq!(pids.limit(), DEFAULT_PIDS_LIMIT as i64, "a default pids limit");
         assert!(linux.masked_paths().as_ref().is_some_and(|m| m.contains(&"/proc/kcore".to_string())));
+        let allowed = |spec: &Spec, name: &str| {
+            let seccomp = spec.linux().as_ref().unwrap().seccomp().as_ref().expect("a seccomp profile");
+            seccomp.syscalls().as_ref().unwrap().iter().any(|s| {
+                s.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+                    && s.args().is_none()
+                    && s.names().iter().any(|n| n == name)
+            })
+        };
+        assert!(allowed(&spec, "read") && !allowed(&spec, "unshare") && !allowed(&spec, "keyctl"));
 
         let mut c = container();
         c.security.add_capabilities = vec!["NET_RAW".into(), "cap_sys_time".into()];
         c.security.drop_capabilities = vec!["CHOWN".into()];
         c.security.run_as_user = Some(1000);
         c.security.read_only_root_filesystem = true;
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let process = spec.process().as_ref().unwrap();
         let caps = process.capabilities().as_ref().unwrap().effective().as_ref().unwrap();
         assert!(caps.contains(&Capability::NetRaw) && caps.contains(&Capability::SysTime));
         assert!(!caps.contains(&Capability::Chown));
+        assert!(!allowed(&spec, "clock_settime") || caps.contains(&Capability::SysTime));
+        assert!(allowed(&spec, "clock_settime"), "SYS_TIME brings its calls with it");
         assert_eq!(process.user().uid(), 1000);
         assert!(spec.root().as_ref().unwrap().readonly().unwrap());
 
         c.security = Default::default();
         c.security.drop_capabilities = vec!["ALL".into()];
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         assert!(
             spec.process()
                 .as_ref()
@@ -693,7 +727,7 @@ mod tests {
 
         c.security = Default::default();
         c.security.privileged = true;
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let process = spec.process().as_ref().unwrap();
         assert!(
             process
@@ -708,6 +742,7 @@ mod tests {
         assert_eq!(process.no_new_privileges(), Some(false));
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.masked_paths().as_ref().is_none_or(|m| m.is_empty()), "privileged: nothing masked");
+        assert!(linux.seccomp().is_none(), "privileged: unconfined");
         let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
         assert!(rules[0].allow(), "privileged: every device");
         for name in ALL_CAPABILITIES {
@@ -750,18 +785,20 @@ mod tests {
             pod: PodNamespaces {
                 net: Some(Path::new("/run/pods/pos/net")),
                 ipc: Some(Path::new("/run/pods/pos/ipc")),
+                user: Some(Path::new("/run/pods/pos/user")),
             },
             etc_hosts: Some(Path::new("/run/pods/pos/hosts")),
             mounts: &mounts,
             devices: &devices,
         };
-        let spec = build_spec(&bs, &root(), HostFiles::default()).unwrap();
+        let spec = build_spec(&bs, &root(), HostFacts::default()).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let ns = linux.namespaces().as_ref().unwrap();
         let path_of = |t: Ns| ns.iter().find(|n| n.typ() == t).and_then(|n| n.path().clone());
         assert_eq!(path_of(Ns::Network).unwrap(), Path::new("/run/pods/pos/net"));
         assert_eq!(path_of(Ns::Ipc).unwrap(), Path::new("/run/pods/pos/ipc"));
         assert_eq!(path_of(Ns::Pid), None, "each container its own pid namespace");
+        assert_eq!(path_of(Ns::User).unwrap(), Path::new("/run/pods/pos/user"), "the pod's user namespace");
         let m = spec.mounts().as_ref().unwrap();
         let data = m.iter().find(|m| m.destination() == Path::new("/data")).unwrap();
         assert_eq!(data.source().as_deref(), Some(Path::new("/var/lib/flotilla/volumes/pos/db")));
@@ -847,7 +884,7 @@ mod tests {
             pids: Some(50),
             ..Default::default()
         };
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/flotilla/web-1")));
         let res = linux.resources().as_ref().unwrap();
@@ -859,7 +896,7 @@ mod tests {
         assert_eq!((devices[0].allow(), devices[0].access().as_deref()), (false, Some("rwm")));
 
         c.limits = ContainerLimits { cpu_millis: Some(5), ..Default::default() };
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let res = spec.linux().as_ref().unwrap().resources().clone().unwrap();
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(1000), "kernel minimum");
         assert!(res.memory().is_none());
@@ -869,7 +906,7 @@ mod tests {
     #[test]
     fn namespaces_mounts_and_process_follow_network_mode() {
         let c = container();
-        let hf = HostFiles { resolv_conf: true, hosts: false };
+        let hf = HostFacts { resolv_conf: true, hosts: false, ..Default::default() };
         let none = spec_for(&c, &image(), NetworkMode::None, hf);
         let host = spec_for(&c, &image(), NetworkMode::Host, hf);
         let types = |s: &Spec| -> Vec<Ns> {
@@ -938,13 +975,13 @@ mod tests {
             devices: &[],
         };
         assert!(matches!(
-            build_spec(&bs, &root(), HostFiles::default()),
+            build_spec(&bs, &root(), HostFacts::default()),
             Err(BundleError::RelativeWorkingDir { .. })
         ));
         let c = container();
         let bs = BundleSpec { rootfs: Path::new("rel"), container: &c, ..bs };
         assert!(matches!(
-            build_spec(&bs, &root(), HostFiles::default()),
+            build_spec(&bs, &root(), HostFacts::default()),
             Err(BundleError::RelativeRootfs(_))
         ));
     }
