@@ -38,7 +38,8 @@ fn running(agent: &Agent, app: &str, container: &str) -> (String, i32) {
 /// A field of `/proc/<pid>/status`, as the kernel prints it (tabs between values).
 fn status_field(pid: i32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field}"));
+    let line =
+        status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field}"));
     line[field.len() + 1..].trim().to_string()
 }
 

@@ -454,7 +454,10 @@ pub fn sandbox_lines(spec: &serde_json::Value) -> Vec<String> {
         let sec = &c["security"];
         let mut given = Vec::new();
         if sec["privileged"] == true {
-            given.push("PRIVILEGED (every capability and device, no masked paths)".to_string());
+            given.push(
+                "PRIVILEGED (every capability the agent holds, every device, no masked paths, writable /sys)"
+                    .to_string(),
+            );
             given.push("seccomp: unconfined".to_string());
         }
         let caps = |k: &str| -> Vec<String> {
@@ -896,7 +899,7 @@ mod tests {
         assert_eq!(
             sandbox_lines(&spec),
             vec![
-                "root: PRIVILEGED (every capability and device, no masked paths); seccomp: unconfined"
+                "root: PRIVILEGED (every capability the agent holds, every device, no masked paths, writable /sys); seccomp: unconfined"
                     .to_string(),
                 "pos: adds NET_RAW; runs as uid 1000; host path /var/spool at /spool; device /dev/ttyUSB0"
                     .to_string(),

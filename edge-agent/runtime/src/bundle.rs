@@ -8,7 +8,6 @@
 //! hostile image cannot point them at the host, and whether the host has
 //! `/etc/resolv.conf` and `/etc/hosts`) and writes the file atomically.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -16,38 +15,21 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use shared_proto::NetworkMode;
 use shared_proto::agent_state::ImageRunConfig;
 use shared_proto::manifest::DesiredContainer;
 
+use crate::capabilities::{self, CapabilityMask};
 use crate::seccomp::{self, KernelVersion, SeccompArch};
 
 /// Used when neither the image nor the container sets `PATH` (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period; a quota of `millis * 100` µs per period is `millis` thousandths of a CPU.
 pub const CPU_PERIOD_US: u64 = 100_000;
-
-/// Docker's default capability set without `CAP_NET_RAW` (raw sockets let a
-/// container forge packets on a shared network; an app that needs ping asks for it).
-pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
 
 /// runc's default spec: kernel interfaces a container has no business reading.
 const MASKED_PATHS: [&str; 10] = [
@@ -152,6 +134,11 @@ pub enum BundleError {
     Spec(#[from] OciSpecError),
     #[error("container {container}: unknown capability {name:?}")]
     Capability { container: String, name: String },
+    #[error(
+        "container {container}: capability {name:?} is asked for, but the agent does not hold it on this \
+         device (run the agent with it in its bounding set, or drop it from addCapabilities)"
+    )]
+    CapabilityNotHeld { container: String, name: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -172,12 +159,27 @@ pub struct ResolvedUser {
 }
 
 /// What the bundle needs to know of the device: the files host-network containers get
-/// bind-mounted read-only, if present, and the kernel (for the seccomp profile).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// bind-mounted read-only, if present, the kernel (for the seccomp profile) and the
+/// capabilities the agent holds (a container gets no more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostFacts {
     pub resolv_conf: bool,
     pub hosts: bool,
     pub kernel: KernelVersion,
+    pub capabilities: CapabilityMask,
+}
+
+impl Default for HostFacts {
+    /// A device with neither file, an unknown kernel, and an agent holding every
+    /// capability.
+    fn default() -> HostFacts {
+        HostFacts {
+            resolv_conf: false,
+            hosts: false,
+            kernel: KernelVersion::default(),
+            capabilities: CapabilityMask::ALL,
+        }
+    }
 }
 
 /// Kubernetes' rule (Docker's too): `command` replaces the image's entrypoint and
@@ -336,7 +338,11 @@ fn volume_mounts(list: &[ContainerMount]) -> Result<Vec<Mount>, OciSpecError> {
         .collect()
 }
 
-fn mounts(network: NetworkMode, host_files: HostFacts) -> Result<Vec<Mount>, OciSpecError> {
+/// runc's default mounts; `/sys` is read-write for a privileged container, as Docker's
+/// `--privileged` makes it.
+fn mounts(network: NetworkMode, privileged: bool, host_files: HostFacts) -> Result<Vec<Mount>, OciSpecError> {
+    let sys: &[&str] =
+        if privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -348,7 +354,7 @@ fn mounts(network: NetworkMode, host_files: HostFacts) -> Result<Vec<Mount>, Oci
         )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount("/sys", "sysfs", "sysfs", sys)?,
     ];
     if network == NetworkMode::Host {
         // Sharing the host's network means sharing its name resolution too.
@@ -407,40 +413,6 @@ fn resources(
     r.build()
 }
 
-/// The capability set: the default one, minus what is dropped, plus what is added;
-/// every capability for a privileged container.
-pub fn capabilities(c: &DesiredContainer) -> Result<HashSet<Capability>, BundleError> {
-    let parse = |name: &str| -> Result<Capability, BundleError> {
-        let bare = name.to_ascii_uppercase();
-        let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_string();
-        bare.parse::<Capability>()
-            .map_err(|_| BundleError::Capability { container: c.name.clone(), name: name.to_string() })
-    };
-    let s = &c.security;
-    if s.privileged {
-        return Ok(ALL_CAPABILITIES.iter().filter_map(|n| n.parse().ok()).collect());
-    }
-    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
-    for d in &s.drop_capabilities {
-        if d.eq_ignore_ascii_case("ALL") {
-            caps.clear();
-        } else {
-            caps.remove(&parse(d)?);
-        }
-    }
-    for a in &s.add_capabilities {
-        if a.eq_ignore_ascii_case("ALL") {
-            caps.extend(ALL_CAPABILITIES.iter().filter_map(|n| n.parse::<Capability>().ok()));
-        } else {
-            caps.insert(parse(a)?);
-        }
-    }
-    Ok(caps)
-}
-
-/// Every capability name, as the API spells them.
-const ALL_CAPABILITIES: &[&str] = shared_proto::validate::CAPABILITIES;
-
 /// The container's OCI runtime spec. Pure: every input is an argument.
 pub fn build_spec(
     spec: &BundleSpec<'_>,
@@ -457,7 +429,7 @@ pub fn build_spec(
         return Err(BundleError::RelativeWorkingDir { container: c.name.clone(), dir: cwd.to_string() });
     }
     let hostname = if spec.hostname.is_empty() { c.name.as_str() } else { spec.hostname };
-    let caps = capabilities(c)?;
+    let caps = capabilities::for_container(c, host_files.capabilities)?;
     let sec = &c.security;
     // Docker's profile, folded by what this container may do; none when privileged.
     let seccomp = if sec.privileged {
@@ -522,7 +494,7 @@ pub fn build_spec(
     }
     let host_files =
         if spec.etc_hosts.is_some() { HostFacts { hosts: false, ..host_files } } else { host_files };
-    let mut all_mounts = mounts(spec.network, host_files)?;
+    let mut all_mounts = mounts(spec.network, sec.privileged, host_files)?;
     if let Some(hosts) = spec.etc_hosts {
         all_mounts.push(mount(
             "/etc/hosts",
@@ -607,6 +579,7 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
         resolv_conf: Path::new("/etc/resolv.conf").is_file(),
         hosts: Path::new("/etc/hosts").is_file(),
         kernel: KernelVersion::running(),
+        capabilities: CapabilityMask::held(),
     };
     let oci = build_spec(spec, &user, host_files)?;
     let json = serde_json::to_vec_pretty(&oci).map_err(|e| BundleError::Spec(OciSpecError::SerDe(e)))?;
@@ -623,6 +596,7 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_spec::runtime::Capability;
     use oci_spec::runtime::LinuxNamespaceType as Ns;
     use shared_proto::manifest::ContainerLimits;
 
@@ -745,8 +719,19 @@ mod tests {
         assert!(linux.seccomp().is_none(), "privileged: unconfined");
         let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
         assert!(rules[0].allow(), "privileged: every device");
-        for name in ALL_CAPABILITIES {
-            assert!(name.parse::<Capability>().is_ok(), "{name} is a capability libcontainer knows");
+        let sys =
+            spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/sys")).unwrap();
+        assert!(!sys.options().as_ref().unwrap().contains(&"ro".to_string()), "privileged: /sys writable");
+        assert_eq!(process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().len(), 41);
+        // Never more than the agent holds: this one lacks SYS_RESOURCE.
+        let held = CapabilityMask(CapabilityMask::ALL.0 & !(1 << 24));
+        let spec =
+            spec_for(&c, &image(), NetworkMode::None, HostFacts { capabilities: held, ..Default::default() });
+        let process = spec.process().as_ref().unwrap();
+        let caps = process.capabilities().as_ref().unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.as_ref().unwrap();
+            assert!(set.len() == 40 && !set.contains(&Capability::SysResource), "{set:?}");
         }
     }
 

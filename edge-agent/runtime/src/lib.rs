@@ -13,13 +13,15 @@
 //! - [`bundle`] writes a container's OCI bundle (`config.json`) from the desired state,
 //!   [`rootfs`] gives each container a writable overlay over its image's read-only
 //!   root, and [`stop`] is the SIGTERM → grace → SIGKILL → delete sequence;
-//!   [`seccomp`] is the default seccomp profile every unprivileged container gets.
+//!   [`seccomp`] is the default seccomp profile every unprivileged container gets;
+//!   [`capabilities`] decides a container's capabilities, never more than the agent holds.
 //!
 //! Container output goes to one log file per container, `<log_dir>/<id>.log`
 //! ([`HelperConfig::log_dir`]); the runtime appends and never removes it, so an exited
 //! container's output outlives `delete`. Removing or rotating logs is the caller's job.
 
 pub mod bundle;
+pub mod capabilities;
 mod client;
 mod fake;
 mod helper;

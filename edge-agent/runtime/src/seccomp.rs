@@ -303,7 +303,7 @@ pub fn default_profile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::DEFAULT_CAPABILITIES;
+    use crate::capabilities::DEFAULT_CAPABILITIES;
 
     /// What the profile does with `name` called with first argument `a0`: the action
     /// of the first rule that matches (libseccomp lets an allow win over a conditional
