@@ -8,6 +8,7 @@ use crate::volumes::{self, Allowed};
 use agent_runtime::bundle::{BundleSpec, PodNamespaces};
 use agent_runtime::pod::{self, PodPaths, UserPod};
 use agent_runtime::rootfs::OverlayRootfs;
+use agent_runtime::userns::restrict_dir;
 use shared_proto::NetworkMode;
 use shared_proto::manifest::DesiredApp;
 use std::path::PathBuf;
@@ -95,10 +96,25 @@ impl Host for DeviceHost {
             with_env.env.push((name.clone(), crate::secrets::env_value(&p.configs, from)?));
         }
         let c = &with_env;
+        let app_root = id_range(&p.app).map(|r| r.host_first);
+        // Restricted before anything is written in them: the parents are passages.
         let configs_dir = self.configs_dir.join(&p.id);
+        let app_volumes = self.volumes_dir.join(&p.app.name);
+        let volume = |name: &str| p.app.volumes.iter().find(|v| v.name == name);
+        let has_files = c
+            .volume_mounts
+            .iter()
+            .any(|m| volume(&m.name).is_some_and(|v| v.config.is_some() || v.secret.is_some()));
+        let has_persistent =
+            c.volume_mounts.iter().any(|m| volume(&m.name).is_some_and(|v| v.persistent.is_some()));
+        let dirs = [(has_files, &configs_dir), (has_persistent, &app_volumes)];
+        for (_, dir) in dirs.into_iter().filter(|(needed, _)| *needed) {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| restrict_dir(dir, app_root))
+                .map_err(|e| format!("restricting {}: {e}", dir.display()))?;
+        }
         let mounts = volumes::mounts(&p.app, c, &self.volumes_dir, &self.allowed, &configs_dir, &p.configs)?;
         let devices = volumes::devices(c, &self.allowed)?;
-        let app_volumes = self.volumes_dir.join(&p.app.name);
         for m in &mounts {
             if let agent_runtime::bundle::VolumeSource::Bind(dir) = &m.source
                 && dir.starts_with(&app_volumes)

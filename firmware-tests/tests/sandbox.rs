@@ -117,11 +117,13 @@ spec:
   volumes:
     - name: data
       persistent: {}
+    - name: creds
+      secret: {name: shifted-creds}
   containers:
     - name: main
       image: box:1
-      command: ["/bin/sh", "-c", "id -u > /data/uid && echo served > /data/page && touch /etc/written && exec httpd -f -p 127.0.0.1:80 -h /data"]
-      volumeMounts: [{name: data, mountPath: /data}]
+      command: ["/bin/sh", "-c", "id -u > /data/uid && cat /creds/token > /data/token && echo served > /data/page && touch /etc/written && exec httpd -f -p 127.0.0.1:80 -h /data"]
+      volumeMounts: [{name: data, mountPath: /data}, {name: creds, mountPath: /creds}]
     - name: sidecar
       image: box:1
       command: ["/bin/sh", "-c", "while true; do wget -q -O /data/fetched http://127.0.0.1:80/page; sleep 1; done"]
@@ -133,6 +135,7 @@ fn a_user_namespace_app_is_root_inside_and_an_unprivileged_id_on_the_device() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let (hub, agent) = start(dir.path(), "pi-userns");
+    hub.cli_ok(&["create", "secret", "shifted-creds", "--from-literal", "token=s3cret"]);
     apply(&hub, dir.path(), SHIFTED);
 
     // The sidecar fetched from main over the pod's loopback (port 80: the pod's network
@@ -142,6 +145,11 @@ fn a_user_namespace_app_is_root_inside_and_an_unprivileged_id_on_the_device() {
         (std::fs::read_to_string(volume.join("fetched")).ok()? == "served\n").then_some(())
     });
     assert_eq!(std::fs::read_to_string(volume.join("uid")).unwrap(), "0\n", "root inside");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("token")).unwrap(),
+        "s3cret",
+        "its Secret's files readable"
+    );
 
     let (_, pid) = running(&agent, "shifted", "main");
     let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
@@ -173,4 +181,29 @@ fn a_user_namespace_app_is_root_inside_and_an_unprivileged_id_on_the_device() {
         hub.cli_ok(&["describe", "app", "shifted"]).contains("user namespace"),
         "describe app shows the user namespace"
     );
+
+    // The way there is open to the app's root and to no one else: the agent's
+    // directories can be searched, not listed; what is the app's is its group's; the
+    // device's keys stay the device root's.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    let run = &agent.runtime_dir;
+    for passage in
+        [agent.state_dir.clone(), agent.state_dir.join("containers"), run.clone(), run.join("private")]
+    {
+        assert_eq!(mode(&passage), 0o701, "{}", passage.display());
+    }
+    assert_eq!(mode(&agent.state_dir.join("secrets.key")), 0o600);
+    assert_eq!(mode(&agent.state_dir.join("images")), 0o700);
+    let (main_id, _) = running(&agent, "shifted", "main");
+    for own in [agent.state_dir.join("containers").join(&main_id), run.join("private/configs").join(&main_id)]
+    {
+        let meta = std::fs::metadata(&own).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), u64::from(meta.gid())),
+            (0o710, 0, host_first),
+            "{}",
+            own.display()
+        );
+    }
+    assert_eq!(mode(&run.join("private/bundles")), 0o700, "bundles carry secret values");
 }

@@ -94,6 +94,7 @@ pub fn list_pods(pods_root: &Path) -> Vec<String> {
 /// namespace file also unmounts the copies containers hold.
 fn ensure_shared_root(pods_root: &Path) -> io::Result<()> {
     fs::create_dir_all(pods_root)?;
+    crate::userns::set_mode(pods_root, crate::userns::PASS_THROUGH_MODE)?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     let root = fs::canonicalize(pods_root)?;
     let is_mount = mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap_or("")));
@@ -124,6 +125,7 @@ pub fn create_pod(
                 if paths.has_user() { "with" } else { "without" }
             )));
         }
+        crate::userns::restrict_dir(&paths.dir, user.map(|u| u.range.host_first))?;
         return Ok(paths);
     }
     if let Some(user) = user {
@@ -135,6 +137,8 @@ pub fn create_pod(
         }
         ensure_shared_root(pods_root)?;
         fs::create_dir_all(&paths.dir)?;
+        // Containers join the namespaces and bind the hosts file as the app's root.
+        crate::userns::restrict_dir(&paths.dir, Some(user.range.host_first))?;
         let made = create_user_pod(&paths, user);
         if made.is_err() {
             let _ = remove_pod(pods_root, app);
@@ -143,6 +147,7 @@ pub fn create_pod(
     }
     ensure_shared_root(pods_root)?;
     fs::create_dir_all(&paths.dir)?;
+    crate::userns::restrict_dir(&paths.dir, None)?;
     let mut wanted = vec![(CloneFlags::CLONE_NEWIPC, "ipc", paths.ipc())];
     if private_net {
         wanted.push((CloneFlags::CLONE_NEWNET, "net", paths.net()));

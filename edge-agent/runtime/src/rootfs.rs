@@ -3,7 +3,9 @@
 //! directories, so containers never write to a shared image.
 //!
 //! Layout under the agent's state directory: `<state_dir>/<id>/{upper,work,merged}`;
-//! `merged` is what the container's bundle uses as its root.
+//! `merged` is what the container's bundle uses as its root. `<state_dir>` is 0701 and
+//! `<id>` 0700, or 0710 with the app's root group for a user-namespace container, whose
+//! init must reach `merged` as that unprivileged id.
 //!
 //! A container in a user namespace ([`crate::userns`]) gets its image through an
 //! idmapped mount (`<state_dir>/<id>/lower`, the image's root with its ids shifted into
@@ -111,6 +113,12 @@ impl OverlayRootfs {
                 .create(path)
                 .map_err(io_err("creating", path))?;
         }
+        // The container's init opens its root after it became the app's root: it passes
+        // through here, and into its own directory only (see `crate::userns`).
+        crate::userns::set_mode(&self.state_dir, crate::userns::PASS_THROUGH_MODE)
+            .map_err(io_err("opening for passage", &self.state_dir))?;
+        crate::userns::restrict_dir(&dir, mapped.map(|(_, root)| root))
+            .map_err(io_err("restricting", &dir))?;
         if let Some((userns, root)) = mapped {
             let idmapped = dir.join("lower");
             fs::DirBuilder::new()

@@ -11,8 +11,18 @@
 //! names hash alike (with 20 such apps on a device, about 1 % of devices would hold
 //! one such pair), and then they are no worse off than apps sharing one range for the
 //! whole device, as Docker's `userns-remap` does.
+//!
+//! The app's root is an unprivileged id on the device, so it must be let through the
+//! directories on the way to what its containers use (their roots, the pod's files,
+//! persistent volumes, Config and Secret files) — and no further. The agent's state and
+//! runtime directories and the parents of per-app and per-container directories are
+//! [`PASS_THROUGH_MODE`] (search only, as Docker's 0701 root: a name must be known, and
+//! the agent keeps its own entries private); each per-app or per-container directory is
+//! [`restrict_dir`]ed to the device's root and that one app's root group.
 
 use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// Ids per app: a whole 16-bit id space, as Kubernetes gives each pod.
@@ -51,6 +61,30 @@ pub fn range_for(app: &str) -> IdRange {
     }
     let slot = (h % u64::from(SLOTS)) as u32;
     IdRange { host_first: FIRST_HOST_ID + slot * ID_RANGE_LEN, len: ID_RANGE_LEN }
+}
+
+/// Mode of a directory every app's root passes through: others may search it, not list it.
+pub const PASS_THROUGH_MODE: u32 = 0o701;
+
+/// Gives the existing `dir` mode `mode` (owner and group untouched).
+pub fn set_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    if std::fs::metadata(dir)?.mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Makes the existing `dir` reachable by the device's root and, with `app_root` (the
+/// first id of an app's range), by that app's root through its group: `root:root 0700`
+/// or `root:<app_root> 0710`. Idempotent; turning the option off takes the access back.
+pub fn restrict_dir(dir: &Path, app_root: Option<u32>) -> io::Result<()> {
+    let gid = app_root.unwrap_or(0);
+    let mode = if app_root.is_some() { 0o710 } else { 0o700 };
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() != 0 || meta.gid() != gid {
+        nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(gid)))?;
+    }
+    set_mode(dir, mode)
 }
 
 /// The argument that makes the agent binary a pod holder ([`pod_holder_main`]).

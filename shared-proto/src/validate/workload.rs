@@ -366,9 +366,6 @@ pub(super) fn check_app_extras(errs: &mut FieldErrors, spec: &AppSpec) {
         errs.push("spec.terminationGracePeriodSeconds", format!("must be at most {MAX_SECONDS}"));
     }
     if spec.user_namespace {
-        // The agent's side is built but not yet proved end to end (its containers cannot
-        // reach a root filesystem under a 0700 state directory): refused until it is.
-        errs.push("spec.userNamespace", "user namespaces are not supported by this hub yet");
         check_user_namespace(errs, spec);
     }
     let Some(policy) = &spec.network_policy else { return };
@@ -437,18 +434,29 @@ mod tests {
         errs.iter().any(|e| e.starts_with(&format!("{field}: ")))
     }
 
-    const NOT_YET: &str = "spec.userNamespace: user namespaces are not supported by this hub yet";
-
     #[test]
     fn user_namespaces_are_refused_only_where_they_cannot_work() {
-        let errs = app(|s| {
-            s.user_namespace = true;
-            s.network = NetworkMode::Isolated;
-            s.containers[0].security.run_as_user = Some(1000);
-        });
-        assert_eq!(errs, [NOT_YET]);
+        assert!(
+            app(|s| {
+                s.user_namespace = true;
+                s.network = NetworkMode::Isolated;
+                s.containers[0].security.run_as_user = Some(1000);
+            })
+            .is_empty()
+        );
+        assert!(
+            app(|s| {
+                s.user_namespace = true;
+                s.network = NetworkMode::None;
+                s.containers[0].security.run_as_user = Some(65535);
+            })
+            .is_empty()
+        );
         let errs = app(|s| s.user_namespace = true);
-        assert!(errs.len() == 2 && errs[1].contains("spec.network"), "{errs:?}");
+        assert!(
+            errs.len() == 1 && has(&errs, "spec.userNamespace") && errs[0].contains("spec.network"),
+            "{errs:?}"
+        );
         let errs = app(|s| {
             s.user_namespace = true;
             s.network = NetworkMode::None;
@@ -461,7 +469,7 @@ mod tests {
         assert!(has(&errs, "spec.containers[0].security.privileged"), "{errs:?}");
         assert!(has(&errs, "spec.containers[0].security.runAsGroup"), "{errs:?}");
         assert!(has(&errs, "spec.initContainers[0].security.runAsUser"), "{errs:?}");
-        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert_eq!(errs.len(), 3, "{errs:?}");
         // Without a user namespace, none of it matters.
         assert!(app(|s| s.containers[0].security.run_as_user = Some(70000)).is_empty());
     }
