@@ -206,9 +206,12 @@ fn ensure_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
 /// `flotilla-agent run`.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let clock = shared_proto::clock::SystemClock::shared();
-    ensure_dir(&config.state_dir, 0o700)?;
-    ensure_dir(&config.runtime_dir, 0o700)?;
+    // Search-only for others: apps' roots in user namespaces pass through (crate::dirs).
+    ensure_dir(&config.state_dir, agent_runtime::userns::PASS_THROUGH_MODE)?;
+    ensure_dir(&config.runtime_dir, agent_runtime::userns::PASS_THROUGH_MODE)?;
     crate::secrets::ensure_private_tmpfs(&config.private_dir())?;
+    crate::dirs::make_private_but_passable(&config)
+        .context("setting who may enter the agent's directories")?;
     // Bundles of an agent before 0.2 sat on the disk: they are written again.
     let _ = std::fs::remove_dir_all(config.state_dir.join("bundles"));
     let db = StateDb::open(&config.db_path())?;

@@ -6,8 +6,9 @@ use crate::net::device::DeviceNet;
 use crate::net::hosts::{hosts_file, write_in_place};
 use crate::volumes::{self, Allowed};
 use agent_runtime::bundle::{BundleSpec, PodNamespaces};
-use agent_runtime::pod::{self, PodPaths};
+use agent_runtime::pod::{self, PodPaths, UserPod};
 use agent_runtime::rootfs::OverlayRootfs;
+use agent_runtime::userns::restrict_dir;
 use shared_proto::NetworkMode;
 use shared_proto::manifest::DesiredApp;
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ pub struct DeviceHost {
     pub cgroup_parent: String,
     pub allowed: Allowed,
     pub net: std::sync::Arc<DeviceNet>,
+    /// The agent's own binary: started as the pod holder of apps with a user namespace.
+    pub holder_exe: PathBuf,
 }
 
 impl DeviceHost {
@@ -34,6 +37,7 @@ impl DeviceHost {
             pods_dir: config.pods_dir(),
             volumes_dir: config.volumes_dir(),
             cgroup_parent: config.cgroup_parent.clone(),
+            holder_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             allowed: Allowed {
                 host_paths: config
                     .allowed_host_paths
@@ -59,6 +63,31 @@ fn private_net(app: &DesiredApp) -> bool {
     app.network != NetworkMode::Host
 }
 
+/// The app's ids on the device when it runs in a user namespace.
+fn id_range(app: &DesiredApp) -> Option<agent_runtime::userns::IdRange> {
+    app.user_namespace.then(|| agent_runtime::userns::range_for(&app.name))
+}
+
+/// A persistent volume belongs to the app's root: its range's first id with a user
+/// namespace, the device's root without (turning the option off hands it back).
+/// Only the directory itself: what the app wrote inside is the app's business.
+fn own_volume(dir: &std::path::Path, app: &DesiredApp) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let range = agent_runtime::userns::range_for(&app.name);
+    let meta = std::fs::metadata(dir).map_err(|e| format!("volume {}: {e}", dir.display()))?;
+    let owner = match id_range(app) {
+        Some(r) => r.host_first,
+        None if meta.uid() == range.host_first => 0,
+        None => return Ok(()),
+    };
+    if meta.uid() != owner || meta.gid() != owner {
+        let id = Some(nix::unistd::Uid::from_raw(owner));
+        nix::unistd::chown(dir, id, Some(nix::unistd::Gid::from_raw(owner)))
+            .map_err(|e| format!("handing volume {} to the app's root: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 impl Host for DeviceHost {
     fn prepare(&self, p: &Prepare) -> Result<PathBuf, String> {
         // Variables from Configs and Secrets become plain ones of this container.
@@ -67,20 +96,45 @@ impl Host for DeviceHost {
             with_env.env.push((name.clone(), crate::secrets::env_value(&p.configs, from)?));
         }
         let c = &with_env;
+        let app_root = id_range(&p.app).map(|r| r.host_first);
+        // Restricted before anything is written in them: the parents are passages.
         let configs_dir = self.configs_dir.join(&p.id);
+        let app_volumes = self.volumes_dir.join(&p.app.name);
+        let volume = |name: &str| p.app.volumes.iter().find(|v| v.name == name);
+        let has_files = c
+            .volume_mounts
+            .iter()
+            .any(|m| volume(&m.name).is_some_and(|v| v.config.is_some() || v.secret.is_some()));
+        let has_persistent =
+            c.volume_mounts.iter().any(|m| volume(&m.name).is_some_and(|v| v.persistent.is_some()));
+        let dirs = [(has_files, &configs_dir), (has_persistent, &app_volumes)];
+        for (_, dir) in dirs.into_iter().filter(|(needed, _)| *needed) {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| restrict_dir(dir, app_root))
+                .map_err(|e| format!("restricting {}: {e}", dir.display()))?;
+        }
         let mounts = volumes::mounts(&p.app, c, &self.volumes_dir, &self.allowed, &configs_dir, &p.configs)?;
         let devices = volumes::devices(c, &self.allowed)?;
+        for m in &mounts {
+            if let agent_runtime::bundle::VolumeSource::Bind(dir) = &m.source
+                && dir.starts_with(&app_volumes)
+            {
+                own_volume(dir, &p.app)?;
+            }
+        }
         let pod = self.pod_paths(&p.app.name);
-        if !pod.exists(private_net(&p.app)) {
+        if !pod.exists(private_net(&p.app)) || pod.has_user() != p.app.user_namespace {
             return Err(format!("the pod of app {} is missing", p.app.name));
         }
-        let (net, ipc) = (pod.net(), pod.ipc());
+        let (net, ipc, user) = (pod.net(), pod.ipc(), pod.user());
         let hosts = pod.dir.join("hosts");
         self.write_hosts(&hosts, &p.app).map_err(|e| format!("writing the pod's hosts file: {e}"))?;
-        let merged = self
-            .rootfs
-            .prepare(&p.id, std::path::Path::new(&p.image.rootfs))
-            .map_err(|e| format!("preparing the root filesystem: {e}"))?;
+        let image_root = std::path::Path::new(&p.image.rootfs);
+        let merged = match id_range(&p.app) {
+            Some(range) => self.rootfs.prepare_mapped(&p.id, image_root, &user, range.host_first),
+            None => self.rootfs.prepare(&p.id, image_root),
+        }
+        .map_err(|e| format!("preparing the root filesystem: {e}"))?;
         let spec = BundleSpec {
             id: &p.id,
             cgroup_parent: &self.cgroup_parent,
@@ -92,6 +146,7 @@ impl Host for DeviceHost {
             pod: PodNamespaces {
                 net: private_net(&p.app).then_some(net.as_path()),
                 ipc: Some(ipc.as_path()),
+                user: p.app.user_namespace.then_some(user.as_path()),
             },
             etc_hosts: Some(hosts.as_path()),
             mounts: &mounts,
@@ -112,8 +167,9 @@ impl Host for DeviceHost {
     }
 
     fn create_pod(&self, app: &DesiredApp) -> Result<(), String> {
+        let user = id_range(app).map(|range| UserPod { range, holder: &self.holder_exe });
         let paths =
-            pod::create_pod(&self.pods_dir, &app.name, private_net(app)).map_err(|e| e.to_string())?;
+            pod::create_pod(&self.pods_dir, &app.name, private_net(app), user).map_err(|e| e.to_string())?;
         if app.network == NetworkMode::Isolated
             && let Err(e) = self.net.attach(&app.name, &paths.net())
         {
@@ -132,6 +188,16 @@ impl Host for DeviceHost {
     }
 
     fn sync_network(&self, apps: &[DesiredApp]) -> Result<(), String> {
+        // An app that turned its user namespace on or off needs a pod of the other kind.
+        // Its containers are all being replaced (their ids hash the option), so the old
+        // pod goes now and the next pass makes the new one.
+        for app in apps {
+            let pod = self.pod_paths(&app.name);
+            if pod.exists(private_net(app)) && pod.has_user() != app.user_namespace {
+                tracing::info!(app = %app.name, "user namespace changed: replacing the app's pod");
+                self.remove_pod(&app.name)?;
+            }
+        }
         let pods = self.pods();
         self.net.sync(apps, &pods)?;
         // Names of isolated apps, in every pod that runs (rewritten in place).

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod check;
 pub mod config;
+pub mod dirs;
 pub mod enrol;
 pub mod exec;
 pub mod executor;

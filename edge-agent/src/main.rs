@@ -60,6 +60,10 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(agent_runtime::HELPER_SUBCOMMAND) {
         return agent_runtime::helper_main(args.into_iter().skip(2));
     }
+    // Started by the agent inside a new pod's user namespace (agent_runtime::pod).
+    if args.get(1).map(String::as_str) == Some(agent_runtime::POD_HOLDER_SUBCOMMAND) {
+        return agent_runtime::pod_holder_main();
+    }
     let cli = Cli::parse();
     if let Command::Check { config, root } = &cli.command {
         return check(config.as_deref(), root);

@@ -100,14 +100,16 @@ fn aad(c: &DesiredConfig) -> Aad<Vec<u8>> {
     Aad::from(format!("flotilla/Secret/{}/{}", c.name, c.digest).into_bytes())
 }
 
-/// Makes `dir` a private tmpfs (mode 0700) unless it is on one already.
+/// Makes `dir` a private tmpfs unless it is on one already: mode 0701, so that apps'
+/// roots in user namespaces pass through to their own Config and Secret files, whose
+/// directories are theirs alone (see `crate::dirs`); nothing in it can be listed.
 pub fn ensure_private_tmpfs(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o701))?;
     if is_tmpfs(dir) {
         return Ok(());
     }
-    let opts = format!("size={PRIVATE_TMPFS_BYTES},mode=0700");
+    let opts = format!("size={PRIVATE_TMPFS_BYTES},mode=0701");
     nix::mount::mount(
         Some("tmpfs"),
         dir,

@@ -23,6 +23,10 @@ pub fn build(target: &str) -> anyhow::Result<PathBuf> {
     run(cargo()
         .current_dir(&root)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // libcontainer's seccomp support links libseccomp (Debian's `libseccomp-dev`
+        // ships the archive); a static agent must carry it rather than look for the .so.
+        .env("LIBSECCOMP_LINK_TYPE", "static")
+        .env("LIBSECCOMP_LIB_PATH", libseccomp_dir(target))
         .args(["build", "--locked", "--profile", "agent", "-p", "edge-agent", "--bin", "flotilla-agent"])
         .args(["--target", target])
         .arg("--target-dir")
@@ -32,6 +36,20 @@ pub fn build(target: &str) -> anyhow::Result<PathBuf> {
         bail!("{} was not produced", bin.display());
     }
     Ok(bin)
+}
+
+/// Where the target's `libseccomp.a` lives: `$LIBSECCOMP_LIB_PATH` when set, else
+/// Debian's multiarch directory for the target.
+fn libseccomp_dir(target: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("LIBSECCOMP_LIB_PATH") {
+        return dir.into();
+    }
+    let multiarch = match target.split('-').next() {
+        Some("aarch64") => "aarch64-linux-gnu",
+        Some(arch) if arch.starts_with("armv7") => "arm-linux-gnueabihf",
+        _ => "x86_64-linux-gnu",
+    };
+    PathBuf::from("/usr/lib").join(multiarch)
 }
 
 pub fn run_task(args: Args) -> anyhow::Result<()> {

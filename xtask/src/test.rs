@@ -8,7 +8,16 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 /// What the suite needs from Debian.
-const PACKAGES: &[&str] = &["busybox-static", "crun", "iproute2", "nftables", "util-linux", "python3"];
+const PACKAGES: &[&str] = &[
+    "busybox-static",
+    "crun",
+    "iproute2",
+    "nftables",
+    "util-linux",
+    "python3",
+    "libseccomp-dev",
+    "pkg-config",
+];
 
 /// Crates the agent must never link (STYLE.md: keep the agent lean).
 const AGENT_FORBIDDEN: &[&str] = &["openraft", "axum", "hyper", "reqwest", "openssl", "aws-lc-rs"];

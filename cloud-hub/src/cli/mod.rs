@@ -445,13 +445,21 @@ pub fn sandbox_lines(spec: &serde_json::Value) -> Vec<String> {
         .flatten()
         .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["hostPath"]["path"].as_str()?.to_string())))
         .collect();
+    if spec["userNamespace"] == true {
+        // Gains rather than gives up, but it is what an operator reading this looks for.
+        out.push("user namespace: root in every container is an unprivileged user on the device".to_string());
+    }
     let lists = ["initContainers", "containers"];
     for c in lists.iter().flat_map(|l| spec[*l].as_array().into_iter().flatten()) {
         let name = c["name"].as_str().unwrap_or("?");
         let sec = &c["security"];
         let mut given = Vec::new();
         if sec["privileged"] == true {
-            given.push("PRIVILEGED (every capability and device, no masked paths)".to_string());
+            given.push(
+                "PRIVILEGED (every capability the agent holds, every device, no masked paths, writable /sys)"
+                    .to_string(),
+            );
+            given.push("seccomp: unconfined".to_string());
         }
         let caps = |k: &str| -> Vec<String> {
             sec[k].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
@@ -512,7 +520,7 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
     if kind == Kind::App {
         let sandbox = sandbox_lines(&v["spec"]);
         if !sandbox.is_empty() {
-            println!("Sandbox given up:");
+            println!("Sandbox (given up, or a user namespace):");
             for l in sandbox {
                 println!("  {l}");
             }
@@ -902,10 +910,17 @@ mod tests {
         assert_eq!(
             sandbox_lines(&spec),
             vec![
-                "root: PRIVILEGED (every capability and device, no masked paths)".to_string(),
+                "root: PRIVILEGED (every capability the agent holds, every device, no masked paths, writable /sys); seccomp: unconfined"
+                    .to_string(),
                 "pos: adds NET_RAW; runs as uid 1000; host path /var/spool at /spool; device /dev/ttyUSB0"
                     .to_string(),
             ]
+        );
+        let userns =
+            serde_json::json!({"userNamespace": true, "containers": [{"name": "plain", "security": {}}]});
+        assert_eq!(
+            sandbox_lines(&userns),
+            vec!["user namespace: root in every container is an unprivileged user on the device".to_string()]
         );
     }
 

@@ -8,7 +8,6 @@
 //! hostile image cannot point them at the host, and whether the host has
 //! `/etc/resolv.conf` and `/etc/hosts`) and writes the file atomically.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -16,36 +15,21 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use shared_proto::NetworkMode;
 use shared_proto::agent_state::ImageRunConfig;
 use shared_proto::manifest::DesiredContainer;
 
+use crate::capabilities::{self, CapabilityMask};
+use crate::seccomp::{self, KernelVersion, SeccompArch};
+
 /// Used when neither the image nor the container sets `PATH` (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period; a quota of `millis * 100` µs per period is `millis` thousandths of a CPU.
 pub const CPU_PERIOD_US: u64 = 100_000;
-
-/// Docker's default capability set without `CAP_NET_RAW` (raw sockets let a
-/// container forge packets on a shared network; an app that needs ping asks for it).
-pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
 
 /// runc's default spec: kernel interfaces a container has no business reading.
 const MASKED_PATHS: [&str; 10] = [
@@ -72,6 +56,9 @@ pub struct PodNamespaces<'a> {
     /// `None`: the host's network (or a namespace of its own without a pod).
     pub net: Option<&'a Path>,
     pub ipc: Option<&'a Path>,
+    /// The pod's user namespace (an app with `userNamespace`), which owns its network
+    /// and IPC namespaces; `None`: the device's.
+    pub user: Option<&'a Path>,
 }
 
 /// A volume as the container sees it, resolved to the device by the agent.
@@ -147,6 +134,11 @@ pub enum BundleError {
     Spec(#[from] OciSpecError),
     #[error("container {container}: unknown capability {name:?}")]
     Capability { container: String, name: String },
+    #[error(
+        "container {container}: capability {name:?} is asked for, but the agent does not hold it on this \
+         device (run the agent with it in its bounding set, or drop it from addCapabilities)"
+    )]
+    CapabilityNotHeld { container: String, name: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -166,11 +158,28 @@ pub struct ResolvedUser {
     pub home: String,
 }
 
-/// Host files that host-network containers get bind-mounted read-only, if present.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HostFiles {
+/// What the bundle needs to know of the device: the files host-network containers get
+/// bind-mounted read-only, if present, the kernel (for the seccomp profile) and the
+/// capabilities the agent holds (a container gets no more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFacts {
     pub resolv_conf: bool,
     pub hosts: bool,
+    pub kernel: KernelVersion,
+    pub capabilities: CapabilityMask,
+}
+
+impl Default for HostFacts {
+    /// A device with neither file, an unknown kernel, and an agent holding every
+    /// capability.
+    fn default() -> HostFacts {
+        HostFacts {
+            resolv_conf: false,
+            hosts: false,
+            kernel: KernelVersion::default(),
+            capabilities: CapabilityMask::ALL,
+        }
+    }
 }
 
 /// Kubernetes' rule (Docker's too): `command` replaces the image's entrypoint and
@@ -329,7 +338,11 @@ fn volume_mounts(list: &[ContainerMount]) -> Result<Vec<Mount>, OciSpecError> {
         .collect()
 }
 
-fn mounts(network: NetworkMode, host_files: HostFiles) -> Result<Vec<Mount>, OciSpecError> {
+/// runc's default mounts; `/sys` is read-write for a privileged container, as Docker's
+/// `--privileged` makes it.
+fn mounts(network: NetworkMode, privileged: bool, host_files: HostFacts) -> Result<Vec<Mount>, OciSpecError> {
+    let sys: &[&str] =
+        if privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -341,7 +354,7 @@ fn mounts(network: NetworkMode, host_files: HostFiles) -> Result<Vec<Mount>, Oci
         )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount("/sys", "sysfs", "sysfs", sys)?,
     ];
     if network == NetworkMode::Host {
         // Sharing the host's network means sharing its name resolution too.
@@ -400,45 +413,11 @@ fn resources(
     r.build()
 }
 
-/// The capability set: the default one, minus what is dropped, plus what is added;
-/// every capability for a privileged container.
-pub fn capabilities(c: &DesiredContainer) -> Result<HashSet<Capability>, BundleError> {
-    let parse = |name: &str| -> Result<Capability, BundleError> {
-        let bare = name.to_ascii_uppercase();
-        let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_string();
-        bare.parse::<Capability>()
-            .map_err(|_| BundleError::Capability { container: c.name.clone(), name: name.to_string() })
-    };
-    let s = &c.security;
-    if s.privileged {
-        return Ok(ALL_CAPABILITIES.iter().filter_map(|n| n.parse().ok()).collect());
-    }
-    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
-    for d in &s.drop_capabilities {
-        if d.eq_ignore_ascii_case("ALL") {
-            caps.clear();
-        } else {
-            caps.remove(&parse(d)?);
-        }
-    }
-    for a in &s.add_capabilities {
-        if a.eq_ignore_ascii_case("ALL") {
-            caps.extend(ALL_CAPABILITIES.iter().filter_map(|n| n.parse::<Capability>().ok()));
-        } else {
-            caps.insert(parse(a)?);
-        }
-    }
-    Ok(caps)
-}
-
-/// Every capability name, as the API spells them.
-const ALL_CAPABILITIES: &[&str] = shared_proto::validate::CAPABILITIES;
-
 /// The container's OCI runtime spec. Pure: every input is an argument.
 pub fn build_spec(
     spec: &BundleSpec<'_>,
     user: &ResolvedUser,
-    host_files: HostFiles,
+    host_files: HostFacts,
 ) -> Result<Spec, BundleError> {
     let c = spec.container;
     if !spec.rootfs.is_absolute() {
@@ -450,8 +429,14 @@ pub fn build_spec(
         return Err(BundleError::RelativeWorkingDir { container: c.name.clone(), dir: cwd.to_string() });
     }
     let hostname = if spec.hostname.is_empty() { c.name.as_str() } else { spec.hostname };
-    let caps = capabilities(c)?;
+    let caps = capabilities::for_container(c, host_files.capabilities)?;
     let sec = &c.security;
+    // Docker's profile, folded by what this container may do; none when privileged.
+    let seccomp = if sec.privileged {
+        None
+    } else {
+        Some(seccomp::default_profile(&caps, SeccompArch::native(), host_files.kernel)?)
+    };
     let uid = sec.run_as_user.unwrap_or(user.uid);
     let gid = sec.run_as_group.unwrap_or(user.gid);
     let process = ProcessBuilder::default()
@@ -470,11 +455,17 @@ pub fn build_spec(
         .no_new_privileges(!sec.privileged)
         .build()?;
 
-    let mut namespaces = vec![
+    let mut namespaces = Vec::new();
+    if let Some(user) = spec.pod.user {
+        // Joined first by libcontainer (whatever the order here): the pod's network and
+        // IPC namespaces belong to it, and the container's new ones will too.
+        namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).path(user).build()?);
+    }
+    namespaces.extend([
         LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).build()?,
         LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Uts).build()?,
         LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build()?,
-    ];
+    ]);
     let mut ipc = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Ipc);
     if let Some(path) = spec.pod.ipc {
         ipc = ipc.path(path);
@@ -498,9 +489,12 @@ pub fn build_spec(
             .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
             .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
     };
+    if let Some(profile) = seccomp {
+        linux = linux.seccomp(profile);
+    }
     let host_files =
-        if spec.etc_hosts.is_some() { HostFiles { hosts: false, ..host_files } } else { host_files };
-    let mut all_mounts = mounts(spec.network, host_files)?;
+        if spec.etc_hosts.is_some() { HostFacts { hosts: false, ..host_files } } else { host_files };
+    let mut all_mounts = mounts(spec.network, sec.privileged, host_files)?;
     if let Some(hosts) = spec.etc_hosts {
         all_mounts.push(mount(
             "/etc/hosts",
@@ -581,9 +575,11 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
     let user = resolve_user(user_str, passwd.as_deref(), group.as_deref()).map_err(|reason| {
         BundleError::User { container: spec.container.name.clone(), user: user_str.to_string(), reason }
     })?;
-    let host_files = HostFiles {
+    let host_files = HostFacts {
         resolv_conf: Path::new("/etc/resolv.conf").is_file(),
         hosts: Path::new("/etc/hosts").is_file(),
+        kernel: KernelVersion::running(),
+        capabilities: CapabilityMask::held(),
     };
     let oci = build_spec(spec, &user, host_files)?;
     let json = serde_json::to_vec_pretty(&oci).map_err(|e| BundleError::Spec(OciSpecError::SerDe(e)))?;
@@ -600,6 +596,7 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_spec::runtime::Capability;
     use oci_spec::runtime::LinuxNamespaceType as Ns;
     use shared_proto::manifest::ContainerLimits;
 
@@ -632,7 +629,7 @@ mod tests {
         ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() }
     }
 
-    fn spec_for(c: &DesiredContainer, img: &ImageRunConfig, network: NetworkMode, hf: HostFiles) -> Spec {
+    fn spec_for(c: &DesiredContainer, img: &ImageRunConfig, network: NetworkMode, hf: HostFacts) -> Spec {
         let bs = BundleSpec {
             cgroup_parent: "flotilla",
             id: "web-1",
@@ -651,7 +648,7 @@ mod tests {
 
     #[test]
     fn the_sandbox_by_default_and_what_an_app_gives_up_of_it() {
-        let spec = spec_for(&container(), &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&container(), &image(), NetworkMode::None, HostFacts::default());
         let process = spec.process().as_ref().unwrap();
         let caps = process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
         assert!(!caps.contains(&Capability::NetRaw), "no raw sockets unless asked");
@@ -661,23 +658,34 @@ mod tests {
         let pids = linux.resources().as_ref().unwrap().pids().as_ref().unwrap();
         assert_eq!(pids.limit(), DEFAULT_PIDS_LIMIT as i64, "a default pids limit");
         assert!(linux.masked_paths().as_ref().is_some_and(|m| m.contains(&"/proc/kcore".to_string())));
+        let allowed = |spec: &Spec, name: &str| {
+            let seccomp = spec.linux().as_ref().unwrap().seccomp().as_ref().expect("a seccomp profile");
+            seccomp.syscalls().as_ref().unwrap().iter().any(|s| {
+                s.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+                    && s.args().is_none()
+                    && s.names().iter().any(|n| n == name)
+            })
+        };
+        assert!(allowed(&spec, "read") && !allowed(&spec, "unshare") && !allowed(&spec, "keyctl"));
 
         let mut c = container();
         c.security.add_capabilities = vec!["NET_RAW".into(), "cap_sys_time".into()];
         c.security.drop_capabilities = vec!["CHOWN".into()];
         c.security.run_as_user = Some(1000);
         c.security.read_only_root_filesystem = true;
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let process = spec.process().as_ref().unwrap();
         let caps = process.capabilities().as_ref().unwrap().effective().as_ref().unwrap();
         assert!(caps.contains(&Capability::NetRaw) && caps.contains(&Capability::SysTime));
         assert!(!caps.contains(&Capability::Chown));
+        assert!(!allowed(&spec, "clock_settime") || caps.contains(&Capability::SysTime));
+        assert!(allowed(&spec, "clock_settime"), "SYS_TIME brings its calls with it");
         assert_eq!(process.user().uid(), 1000);
         assert!(spec.root().as_ref().unwrap().readonly().unwrap());
 
         c.security = Default::default();
         c.security.drop_capabilities = vec!["ALL".into()];
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         assert!(
             spec.process()
                 .as_ref()
@@ -693,7 +701,7 @@ mod tests {
 
         c.security = Default::default();
         c.security.privileged = true;
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let process = spec.process().as_ref().unwrap();
         assert!(
             process
@@ -708,10 +716,22 @@ mod tests {
         assert_eq!(process.no_new_privileges(), Some(false));
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.masked_paths().as_ref().is_none_or(|m| m.is_empty()), "privileged: nothing masked");
+        assert!(linux.seccomp().is_none(), "privileged: unconfined");
         let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
         assert!(rules[0].allow(), "privileged: every device");
-        for name in ALL_CAPABILITIES {
-            assert!(name.parse::<Capability>().is_ok(), "{name} is a capability libcontainer knows");
+        let sys =
+            spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/sys")).unwrap();
+        assert!(!sys.options().as_ref().unwrap().contains(&"ro".to_string()), "privileged: /sys writable");
+        assert_eq!(process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().len(), 41);
+        // Never more than the agent holds: this one lacks SYS_RESOURCE.
+        let held = CapabilityMask(CapabilityMask::ALL.0 & !(1 << 24));
+        let spec =
+            spec_for(&c, &image(), NetworkMode::None, HostFacts { capabilities: held, ..Default::default() });
+        let process = spec.process().as_ref().unwrap();
+        let caps = process.capabilities().as_ref().unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.as_ref().unwrap();
+            assert!(set.len() == 40 && !set.contains(&Capability::SysResource), "{set:?}");
         }
     }
 
@@ -750,18 +770,20 @@ mod tests {
             pod: PodNamespaces {
                 net: Some(Path::new("/run/pods/pos/net")),
                 ipc: Some(Path::new("/run/pods/pos/ipc")),
+                user: Some(Path::new("/run/pods/pos/user")),
             },
             etc_hosts: Some(Path::new("/run/pods/pos/hosts")),
             mounts: &mounts,
             devices: &devices,
         };
-        let spec = build_spec(&bs, &root(), HostFiles::default()).unwrap();
+        let spec = build_spec(&bs, &root(), HostFacts::default()).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let ns = linux.namespaces().as_ref().unwrap();
         let path_of = |t: Ns| ns.iter().find(|n| n.typ() == t).and_then(|n| n.path().clone());
         assert_eq!(path_of(Ns::Network).unwrap(), Path::new("/run/pods/pos/net"));
         assert_eq!(path_of(Ns::Ipc).unwrap(), Path::new("/run/pods/pos/ipc"));
         assert_eq!(path_of(Ns::Pid), None, "each container its own pid namespace");
+        assert_eq!(path_of(Ns::User).unwrap(), Path::new("/run/pods/pos/user"), "the pod's user namespace");
         let m = spec.mounts().as_ref().unwrap();
         let data = m.iter().find(|m| m.destination() == Path::new("/data")).unwrap();
         assert_eq!(data.source().as_deref(), Some(Path::new("/var/lib/flotilla/volumes/pos/db")));
@@ -847,7 +869,7 @@ mod tests {
             pids: Some(50),
             ..Default::default()
         };
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/flotilla/web-1")));
         let res = linux.resources().as_ref().unwrap();
@@ -859,7 +881,7 @@ mod tests {
         assert_eq!((devices[0].allow(), devices[0].access().as_deref()), (false, Some("rwm")));
 
         c.limits = ContainerLimits { cpu_millis: Some(5), ..Default::default() };
-        let spec = spec_for(&c, &image(), NetworkMode::None, HostFiles::default());
+        let spec = spec_for(&c, &image(), NetworkMode::None, HostFacts::default());
         let res = spec.linux().as_ref().unwrap().resources().clone().unwrap();
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(1000), "kernel minimum");
         assert!(res.memory().is_none());
@@ -869,7 +891,7 @@ mod tests {
     #[test]
     fn namespaces_mounts_and_process_follow_network_mode() {
         let c = container();
-        let hf = HostFiles { resolv_conf: true, hosts: false };
+        let hf = HostFacts { resolv_conf: true, hosts: false, ..Default::default() };
         let none = spec_for(&c, &image(), NetworkMode::None, hf);
         let host = spec_for(&c, &image(), NetworkMode::Host, hf);
         let types = |s: &Spec| -> Vec<Ns> {
@@ -938,13 +960,13 @@ mod tests {
             devices: &[],
         };
         assert!(matches!(
-            build_spec(&bs, &root(), HostFiles::default()),
+            build_spec(&bs, &root(), HostFacts::default()),
             Err(BundleError::RelativeWorkingDir { .. })
         ));
         let c = container();
         let bs = BundleSpec { rootfs: Path::new("rel"), container: &c, ..bs };
         assert!(matches!(
-            build_spec(&bs, &root(), HostFiles::default()),
+            build_spec(&bs, &root(), HostFacts::default()),
             Err(BundleError::RelativeRootfs(_))
         ));
     }

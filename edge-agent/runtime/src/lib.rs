@@ -12,19 +12,24 @@
 //!   EOF and exits, leaving containers running; the next helper adopts them.
 //! - [`bundle`] writes a container's OCI bundle (`config.json`) from the desired state,
 //!   [`rootfs`] gives each container a writable overlay over its image's read-only
-//!   root, and [`stop`] is the SIGTERM → grace → SIGKILL → delete sequence.
+//!   root, and [`stop`] is the SIGTERM → grace → SIGKILL → delete sequence;
+//!   [`seccomp`] is the default seccomp profile every unprivileged container gets;
+//!   [`capabilities`] decides a container's capabilities, never more than the agent holds.
 //!
 //! Container output goes to one log file per container, `<log_dir>/<id>.log`
 //! ([`HelperConfig::log_dir`]); the runtime appends and never removes it, so an exited
 //! container's output outlives `delete`. Removing or rotating logs is the caller's job.
 
 pub mod bundle;
+pub mod capabilities;
 mod client;
 mod fake;
 mod helper;
 pub mod pod;
 pub mod rootfs;
+pub mod seccomp;
 mod stop;
+pub mod userns;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -38,6 +43,7 @@ pub use client::{HelperConfig, HelperRuntime};
 pub use fake::{FakeCall, FakeOp, FakeRuntime};
 pub use helper::{HELPER_SUBCOMMAND, helper_main};
 pub use stop::{stop, terminate};
+pub use userns::{POD_HOLDER_SUBCOMMAND, pod_holder_main};
 
 /// What every [`ContainerRuntime`] method returns: a boxed future, so the trait stays
 /// object-safe (`Arc<dyn ContainerRuntime>`) without an async-trait macro.

@@ -4,6 +4,15 @@
 //! without taking its sidecars' network with it. Containers join them by path in
 //! their OCI spec ([`crate::bundle`]).
 //!
+//! An app with `userNamespace` also gets a user namespace in its pod, and its network
+//! and IPC namespaces are made inside it, so that they belong to it: root in the
+//! containers may then mount `/sys`, `/dev/mqueue` and `/proc` for them, bind low ports
+//! and configure its own loopback, none of which a user namespace may do in namespaces
+//! of the device's. A process must make a user namespace (a thread of a multi-threaded
+//! one may not), so a short-lived holder (the agent binary again,
+//! [`crate::userns::pod_holder_main`]) is started inside the new namespaces while the
+//! agent writes its id maps and binds the three namespaces to files.
+//!
 //! The pods directory lives in the agent's runtime directory (tmpfs): a reboot takes
 //! the namespaces away, and the agent makes them again before it starts the app.
 //! The directory is made a shared mount of its own, so that when a pod is removed
@@ -40,10 +49,27 @@ impl PodPaths {
         self.dir.join("ipc")
     }
 
+    pub fn user(&self) -> PathBuf {
+        self.dir.join("user")
+    }
+
     /// Both namespaces it needs are held (`net` only when the app has its own).
     pub fn exists(&self, private_net: bool) -> bool {
         is_nsfs(&self.ipc()) && (!private_net || is_nsfs(&self.net()))
     }
+
+    /// The pod holds a user namespace of its own.
+    pub fn has_user(&self) -> bool {
+        is_nsfs(&self.user())
+    }
+}
+
+/// What a pod with a user namespace needs: the app's ids, and the program to hold the
+/// namespaces while they are bound (run as `<holder> pod-holder`).
+#[derive(Debug, Clone, Copy)]
+pub struct UserPod<'a> {
+    pub range: crate::userns::IdRange,
+    pub holder: &'a Path,
 }
 
 // The field is a C long: 32 bits on armv7, where the cast is needed.
@@ -68,6 +94,7 @@ pub fn list_pods(pods_root: &Path) -> Vec<String> {
 /// namespace file also unmounts the copies containers hold.
 fn ensure_shared_root(pods_root: &Path) -> io::Result<()> {
     fs::create_dir_all(pods_root)?;
+    crate::userns::set_mode(pods_root, crate::userns::PASS_THROUGH_MODE)?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     let root = fs::canonicalize(pods_root)?;
     let is_mount = mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap_or("")));
@@ -81,14 +108,46 @@ fn ensure_shared_root(pods_root: &Path) -> io::Result<()> {
 }
 
 /// Creates the pod's namespaces: always IPC, and a network namespace with `lo` up
-/// when `private_net`. Idempotent: what exists is kept.
-pub fn create_pod(pods_root: &Path, app: &str, private_net: bool) -> io::Result<PodPaths> {
+/// when `private_net`; with `user`, a user namespace owning both (which needs
+/// `private_net`). Idempotent: what exists is kept, but a pod of the other kind (with
+/// or without a user namespace) is an error: remove it first.
+pub fn create_pod(
+    pods_root: &Path,
+    app: &str,
+    private_net: bool,
+    user: Option<UserPod<'_>>,
+) -> io::Result<PodPaths> {
     let paths = PodPaths::new(pods_root, app);
     if paths.exists(private_net) {
+        if paths.has_user() != user.is_some() {
+            return Err(io::Error::other(format!(
+                "the pod of app {app} exists {} a user namespace: remove it first",
+                if paths.has_user() { "with" } else { "without" }
+            )));
+        }
+        crate::userns::restrict_dir(&paths.dir, user.map(|u| u.range.host_first))?;
         return Ok(paths);
+    }
+    if let Some(user) = user {
+        if !private_net {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a pod with a user namespace needs a network namespace of its own",
+            ));
+        }
+        ensure_shared_root(pods_root)?;
+        fs::create_dir_all(&paths.dir)?;
+        // Containers join the namespaces and bind the hosts file as the app's root.
+        crate::userns::restrict_dir(&paths.dir, Some(user.range.host_first))?;
+        let made = create_user_pod(&paths, user);
+        if made.is_err() {
+            let _ = remove_pod(pods_root, app);
+        }
+        return made.map(|()| paths);
     }
     ensure_shared_root(pods_root)?;
     fs::create_dir_all(&paths.dir)?;
+    crate::userns::restrict_dir(&paths.dir, None)?;
     let mut wanted = vec![(CloneFlags::CLONE_NEWIPC, "ipc", paths.ipc())];
     if private_net {
         wanted.push((CloneFlags::CLONE_NEWNET, "net", paths.net()));
@@ -116,11 +175,68 @@ pub fn create_pod(pods_root: &Path, app: &str, private_net: bool) -> io::Result<
     Ok(paths)
 }
 
+/// Starts a holder in new user, network and IPC namespaces (one `unshare`: the user
+/// namespace is made first and owns the others), maps the app's ids, binds the three
+/// namespaces under the pod directory, brings `lo` up, and lets the holder go.
+fn create_user_pod(paths: &PodPaths, user: UserPod<'_>) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(user.holder);
+    command
+        .arg(crate::userns::POD_HOLDER_SUBCOMMAND)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // system call (async-signal-safe).
+    unsafe {
+        command.pre_exec(|| {
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC)
+                .map_err(io::Error::from)
+        });
+    }
+    let mut holder = command
+        .spawn()
+        .map_err(|e| io::Error::other(format!("starting the pod holder {}: {e}", user.holder.display())))?;
+    let pid = holder.id();
+    let bound = (|| -> io::Result<()> {
+        // A process of the parent namespace with CAP_SETUID/CAP_SETGID may write any
+        // map, without denying setgroups first.
+        fs::write(format!("/proc/{pid}/uid_map"), user.range.map_line())?;
+        fs::write(format!("/proc/{pid}/gid_map"), user.range.map_line())?;
+        for (name, target) in [("user", paths.user()), ("net", paths.net()), ("ipc", paths.ipc())] {
+            File::create(&target)?;
+            let source = format!("/proc/{pid}/ns/{name}");
+            mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(
+                |e| io::Error::other(format!("binding {name} namespace to {}: {e}", target.display())),
+            )?;
+        }
+        in_netns(&paths.net(), loopback_up)
+    })();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    bound
+}
+
+/// Runs `f` on a thread of its own that joined the network namespace at `net` (the
+/// thread ends right after, so nothing else ever runs there).
+fn in_netns<T: Send + 'static>(
+    net: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let ns = File::open(net)?;
+    std::thread::spawn(move || -> io::Result<T> {
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        f()
+    })
+    .join()
+    .map_err(|_| io::Error::other("the network namespace thread panicked"))?
+}
+
 /// Releases the pod's namespaces (they end once no process is left in them) and its
 /// directory.
 pub fn remove_pod(pods_root: &Path, app: &str) -> io::Result<()> {
     let paths = PodPaths::new(pods_root, app);
-    for p in [paths.net(), paths.ipc()] {
+    for p in [paths.net(), paths.ipc(), paths.user()] {
         if is_nsfs(&p) {
             umount2(&p, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
         }
@@ -161,10 +277,7 @@ pub(crate) fn loopback_up() -> io::Result<()> {
 /// A non-blocking TCP socket created inside the network namespace at `net` (a socket
 /// stays in the namespace it was made in), for probing a pod's ports from the agent.
 pub fn tcp_socket_in(net: &Path, ipv6: bool) -> io::Result<OwnedFd> {
-    let ns = File::open(net)?;
-    std::thread::spawn(move || -> io::Result<OwnedFd> {
-        // This thread alone moves, and ends right after.
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    in_netns(net, move || {
         let family =
             if ipv6 { nix::sys::socket::AddressFamily::Inet6 } else { nix::sys::socket::AddressFamily::Inet };
         nix::sys::socket::socket(
@@ -175,8 +288,6 @@ pub fn tcp_socket_in(net: &Path, ipv6: bool) -> io::Result<OwnedFd> {
         )
         .map_err(io::Error::from)
     })
-    .join()
-    .map_err(|_| io::Error::other("the probe thread panicked"))?
 }
 
 #[cfg(test)]
@@ -187,7 +298,7 @@ mod tests {
     fn a_pod_holds_its_namespaces_until_removed() {
         let dir = tempfile::tempdir().unwrap();
         let pods = dir.path().join("pods");
-        let p = create_pod(&pods, "web", true).unwrap();
+        let p = create_pod(&pods, "web", true, None).unwrap();
         assert!(p.exists(true));
         assert_eq!(list_pods(&pods), vec!["web".to_string()]);
         let ours = fs::metadata("/proc/self/ns/net").unwrap();
@@ -195,7 +306,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_ne!(ours.ino(), theirs.ino(), "a network namespace of its own");
         // Idempotent.
-        let again = create_pod(&pods, "web", true).unwrap();
+        let again = create_pod(&pods, "web", true, None).unwrap();
         assert_eq!(fs::metadata(again.net()).unwrap().ino(), theirs.ino());
         // A socket made in it belongs to it: bound to a port there, the same port is
         // still free on the host.
@@ -205,7 +316,7 @@ mod tests {
         let bound: nix::sys::socket::SockaddrIn = nix::sys::socket::getsockname(fd.as_raw_fd()).unwrap();
         std::net::TcpListener::bind(("127.0.0.1", bound.port())).expect("the port is free outside the pod");
         // Host-network apps get IPC only.
-        let host = create_pod(&pods, "host-app", false).unwrap();
+        let host = create_pod(&pods, "host-app", false, None).unwrap();
         assert!(host.exists(false) && !host.exists(true));
         remove_pod(&pods, "web").unwrap();
         remove_pod(&pods, "host-app").unwrap();

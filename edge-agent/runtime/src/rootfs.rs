@@ -3,7 +3,16 @@
 //! directories, so containers never write to a shared image.
 //!
 //! Layout under the agent's state directory: `<state_dir>/<id>/{upper,work,merged}`;
-//! `merged` is what the container's bundle uses as its root.
+//! `merged` is what the container's bundle uses as its root. `<state_dir>` is 0701 and
+//! `<id>` 0700, or 0710 with the app's root group for a user-namespace container, whose
+//! init must reach `merged` as that unprivileged id.
+//!
+//! A container in a user namespace ([`crate::userns`]) gets its image through an
+//! idmapped mount (`<state_dir>/<id>/lower`, the image's root with its ids shifted into
+//! the app's range, Linux 5.19+ for overlayfs on top of it), and an upper directory
+//! owned by the app's root: the image's files are root's inside, copy-up keeps their
+//! owners, and nothing is copied or chowned in the shared image. The idmapped mount
+//! is made with the pod's user namespace.
 //!
 //! The calls are synchronous (mount(2) does not fork, so calling them from the agent's
 //! process is fine); async callers use `spawn_blocking`.
@@ -69,8 +78,29 @@ impl OverlayRootfs {
     /// Mounts container `id`'s root over `image_rootfs` and returns its path. Already
     /// mounted over the same image (an agent restart) is fine and returns the same path.
     pub fn prepare(&self, id: &str, image_rootfs: &Path) -> Result<PathBuf, RootfsError> {
+        self.prepare_in(id, image_rootfs, None)
+    }
+
+    /// [`Self::prepare`] for a container in the user namespace at `userns` whose
+    /// root is `root_host_id` on the device (see the module docs).
+    pub fn prepare_mapped(
+        &self,
+        id: &str,
+        image_rootfs: &Path,
+        userns: &Path,
+        root_host_id: u32,
+    ) -> Result<PathBuf, RootfsError> {
+        self.prepare_in(id, image_rootfs, Some((userns, root_host_id)))
+    }
+
+    fn prepare_in(
+        &self,
+        id: &str,
+        image_rootfs: &Path,
+        mapped: Option<(&Path, u32)>,
+    ) -> Result<PathBuf, RootfsError> {
         crate::validate_container_id(id)?;
-        let lower = image_rootfs.canonicalize().map_err(io_err("resolving", image_rootfs))?;
+        let mut lower = image_rootfs.canonicalize().map_err(io_err("resolving", image_rootfs))?;
         if !lower.is_dir() {
             return Err(RootfsError::InvalidLower { path: lower, reason: "not a directory".into() });
         }
@@ -82,6 +112,31 @@ impl OverlayRootfs {
                 .mode(mode)
                 .create(path)
                 .map_err(io_err("creating", path))?;
+        }
+        // The container's init opens its root after it became the app's root: it passes
+        // through here, and into its own directory only (see `crate::userns`).
+        crate::userns::set_mode(&self.state_dir, crate::userns::PASS_THROUGH_MODE)
+            .map_err(io_err("opening for passage", &self.state_dir))?;
+        crate::userns::restrict_dir(&dir, mapped.map(|(_, root)| root))
+            .map_err(io_err("restricting", &dir))?;
+        if let Some((userns, root)) = mapped {
+            let idmapped = dir.join("lower");
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&idmapped)
+                .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .map_err(io_err("creating", &idmapped))?;
+            if mount_options(&idmapped)?.is_none() {
+                idmapped_bind(&lower, &idmapped, userns)
+                    .map_err(io_err("idmapping the image onto", &idmapped))?;
+            }
+            nix::unistd::chown(
+                &upper,
+                Some(nix::unistd::Uid::from_raw(root)),
+                Some(nix::unistd::Gid::from_raw(root)),
+            )
+            .map_err(|e| io_err("handing to the app's root", &upper)(e.into()))?;
+            lower = idmapped;
         }
         let mut paths = Vec::new();
         for p in [&lower, &upper, &work] {
@@ -112,25 +167,95 @@ impl OverlayRootfs {
         if !dir.exists() {
             return Ok(());
         }
-        let merged = dir.join("merged");
-        // Bounded: a mount point may carry a few stacked mounts, never many.
-        for _ in 0..8 {
-            if mount_options(&merged)?.is_none() {
-                break;
+        // The overlay first, then the idmapped image under it.
+        for mount_point in [dir.join("merged"), dir.join("lower")] {
+            // Bounded: a mount point may carry a few stacked mounts, never many.
+            for _ in 0..8 {
+                if mount_options(&mount_point)?.is_none() {
+                    break;
+                }
+                match umount2(&mount_point, MntFlags::empty()) {
+                    Ok(()) => {}
+                    Err(nix::errno::Errno::EBUSY) => umount2(&mount_point, MntFlags::MNT_DETACH)
+                        .map_err(|e| io_err("unmounting", &mount_point)(e.into()))?,
+                    Err(e) => return Err(io_err("unmounting", &mount_point)(e.into())),
+                }
             }
-            match umount2(&merged, MntFlags::empty()) {
-                Ok(()) => {}
-                Err(nix::errno::Errno::EBUSY) => umount2(&merged, MntFlags::MNT_DETACH)
-                    .map_err(|e| io_err("unmounting", &merged)(e.into()))?,
-                Err(e) => return Err(io_err("unmounting", &merged)(e.into())),
+            // Never recurse into a live mount: that would delete through it (and through
+            // `lower`, into the shared image).
+            if mount_options(&mount_point)?.is_some() {
+                return Err(RootfsError::StillMounted { path: mount_point });
             }
-        }
-        // Never recurse into a live mount: that would delete through it.
-        if mount_options(&merged)?.is_some() {
-            return Err(RootfsError::StillMounted { path: merged });
         }
         fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))
     }
+}
+
+/// Mounts a copy of `source` at `target` with its ids shifted by the maps of the user
+/// namespace at `userns` (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)` +
+/// `move_mount`), read-only: it is only ever an overlay's lower layer.
+fn idmapped_bind(source: &Path, target: &Path, userns: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let (source_c, target_c, empty) = (c(source)?, c(target)?, CString::default());
+    let ns = fs::File::open(userns)?;
+    // SAFETY: a valid, NUL-terminated path; the returned fd is checked and owned below.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source_c.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a fresh fd.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: ns.as_raw_fd() as u64,
+    };
+    // SAFETY: valid fds, an empty path with AT_EMPTY_PATH, and `attr` with its true size.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if set < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("idmapped mounts (Linux 5.12+, and the image's filesystem must allow them): {e}"),
+        ));
+    }
+    // SAFETY: valid fds and NUL-terminated paths.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// overlayfs splits its options on ',' and ':' (lowerdir lists): refuse paths with them.

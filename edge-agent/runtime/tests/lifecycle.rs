@@ -175,3 +175,49 @@ async fn network_host_sees_host_interfaces_and_resolv_conf() {
     }
     env.finish().await;
 }
+
+/// `privileged` is what Docker's `--privileged` is: every capability the agent holds
+/// (this host's bounding set may lack some), no seccomp filter, a writable `/sys`; a
+/// default container runs under the seccomp profile, which refuses
+/// `unshare(CLONE_NEWUSER)` (a call that needs no capability) with EPERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_is_unconfined_and_the_default_is_confined() {
+    let env = TestEnv::new();
+    let script = "unshare -U true 2>&1; echo rc=$?; \
+                  grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; grep ' /sys ' /proc/self/mounts";
+    let run = |id: &str, privileged: bool| {
+        let bundle = env.bundle_with(id, &["/bin/sh", "-c", script], NetworkMode::None, |c| {
+            c.security.privileged = privileged;
+        });
+        let env = &env;
+        let id = id.to_string();
+        async move {
+            let mut exits = env.runtime.subscribe_exits();
+            env.runtime.create(&id, &bundle).await.unwrap();
+            env.runtime.start(&id).await.unwrap();
+            assert_eq!(wait_exit(&mut exits, &id).await.exit_code, Some(0), "log: {}", env.log(&id));
+            env.runtime.delete(&id, false).await.unwrap();
+            env.rootfs.release(&id).unwrap();
+            env.log(&id)
+        }
+    };
+    let confined = run(&unique_id("confined"), false).await;
+    assert!(confined.contains("Operation not permitted") && confined.contains("rc=1"), "{confined:?}");
+    assert!(confined.contains("Seccomp:\t2") && confined.contains("NoNewPrivs:\t1"), "{confined:?}");
+    let privileged = run(&unique_id("privileged"), true).await;
+    assert!(privileged.contains("rc=0"), "{privileged:?}");
+    assert!(privileged.contains("Seccomp:\t0") && privileged.contains("NoNewPrivs:\t0"), "{privileged:?}");
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_caps = own.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(
+        privileged.contains(own_caps),
+        "every capability this process holds: {own_caps:?} in {privileged:?}"
+    );
+    assert!(privileged.contains("sysfs /sys sysfs rw,"), "{privileged:?}");
+    assert!(
+        // Docker's default set without NET_RAW.
+        confined.contains("sysfs /sys sysfs ro,") && confined.contains("CapEff:\t00000000a80405fb"),
+        "{confined:?}"
+    );
+    env.finish().await;
+}

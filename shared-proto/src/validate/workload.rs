@@ -323,6 +323,42 @@ fn check_http(errs: &mut FieldErrors, f: &str, h: &HttpGetAction) {
     }
 }
 
+/// Most ids a container in a user namespace can use: the agent maps 65536 per app.
+pub const USER_NAMESPACE_IDS: u32 = 65536;
+
+/// What cannot work inside a user namespace, by the field that asks for it.
+fn check_user_namespace(errs: &mut FieldErrors, spec: &AppSpec) {
+    if spec.network == NetworkMode::Host {
+        errs.push(
+            "spec.userNamespace",
+            "needs the app's own network (a user namespace cannot mount /sys for the device's): \
+             set spec.network to None or Isolated",
+        );
+    }
+    let lists = [("initContainers", &spec.init_containers), ("containers", &spec.containers)];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let f = format!("spec.{list}[{i}].security");
+            if c.security.privileged {
+                errs.push(
+                    format!("{f}.privileged"),
+                    "cannot be combined with spec.userNamespace: a privileged container needs the device's root",
+                );
+            }
+            for (field, id) in
+                [("runAsUser", c.security.run_as_user), ("runAsGroup", c.security.run_as_group)]
+            {
+                if id.is_some_and(|id| id >= USER_NAMESPACE_IDS) {
+                    errs.push(
+                        format!("{f}.{field}"),
+                        format!("with spec.userNamespace, must be below {USER_NAMESPACE_IDS} (the ids the app gets)"),
+                    );
+                }
+            }
+        }
+    }
+}
+
 pub(super) fn check_app_extras(errs: &mut FieldErrors, spec: &AppSpec) {
     if let Some(g) = spec.termination_grace_period_seconds
         && g > MAX_SECONDS
@@ -330,7 +366,7 @@ pub(super) fn check_app_extras(errs: &mut FieldErrors, spec: &AppSpec) {
         errs.push("spec.terminationGracePeriodSeconds", format!("must be at most {MAX_SECONDS}"));
     }
     if spec.user_namespace {
-        errs.push("spec.userNamespace", "user namespaces are not supported by this hub yet");
+        check_user_namespace(errs, spec);
     }
     let Some(policy) = &spec.network_policy else { return };
     if spec.network != NetworkMode::Isolated {
@@ -396,6 +432,46 @@ mod tests {
 
     fn has(errs: &[String], field: &str) -> bool {
         errs.iter().any(|e| e.starts_with(&format!("{field}: ")))
+    }
+
+    #[test]
+    fn user_namespaces_are_refused_only_where_they_cannot_work() {
+        assert!(
+            app(|s| {
+                s.user_namespace = true;
+                s.network = NetworkMode::Isolated;
+                s.containers[0].security.run_as_user = Some(1000);
+            })
+            .is_empty()
+        );
+        assert!(
+            app(|s| {
+                s.user_namespace = true;
+                s.network = NetworkMode::None;
+                s.containers[0].security.run_as_user = Some(65535);
+            })
+            .is_empty()
+        );
+        let errs = app(|s| s.user_namespace = true);
+        assert!(
+            errs.len() == 1 && has(&errs, "spec.userNamespace") && errs[0].contains("spec.network"),
+            "{errs:?}"
+        );
+        let errs = app(|s| {
+            s.user_namespace = true;
+            s.network = NetworkMode::None;
+            s.containers[0].security.privileged = true;
+            s.containers[0].security.run_as_group = Some(70000);
+            s.init_containers = vec![s.containers[0].clone()];
+            s.init_containers[0].name = "init".into();
+            s.init_containers[0].security = SecuritySpec { run_as_user: Some(65536), ..Default::default() };
+        });
+        assert!(has(&errs, "spec.containers[0].security.privileged"), "{errs:?}");
+        assert!(has(&errs, "spec.containers[0].security.runAsGroup"), "{errs:?}");
+        assert!(has(&errs, "spec.initContainers[0].security.runAsUser"), "{errs:?}");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        // Without a user namespace, none of it matters.
+        assert!(app(|s| s.containers[0].security.run_as_user = Some(70000)).is_empty());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 
 pub const HELPER_BIN: &str = env!("CARGO_BIN_EXE_flotilla-runtime-helper");
 pub const DEADLINE: Duration = Duration::from_secs(20);
-const APPLETS: [&str; 9] = ["sh", "echo", "sleep", "cat", "ls", "true", "ip", "test", "["];
+const APPLETS: [&str; 11] =
+    ["sh", "echo", "sleep", "cat", "ls", "true", "ip", "test", "[", "unshare", "grep"];
 
 /// Cgroup v1 hierarchies the tests look into.
 pub const CGROUP_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
@@ -87,9 +88,20 @@ impl TestEnv {
         network: NetworkMode,
         limits: ContainerLimits,
     ) -> PathBuf {
+        self.bundle_with(id, command, network, |c| c.limits = limits)
+    }
+
+    /// [`TestEnv::bundle`] with the container adjusted by `adjust` (security settings).
+    pub fn bundle_with(
+        &self,
+        id: &str,
+        command: &[&str],
+        network: NetworkMode,
+        adjust: impl FnOnce(&mut DesiredContainer),
+    ) -> PathBuf {
         self.ids.lock().unwrap().push(id.to_string());
         let rootfs = self.rootfs.prepare(id, &self.image_rootfs).unwrap();
-        let container = DesiredContainer {
+        let mut container = DesiredContainer {
             name: "test".into(),
             image: "busybox".into(),
             image_digest: "sha256:00".into(),
@@ -97,10 +109,10 @@ impl TestEnv {
             args: vec![],
             env: vec![("GREETING".into(), "hello-from-container".into())],
             ports: vec![],
-            limits,
             working_dir: String::new(),
             ..Default::default()
         };
+        adjust(&mut container);
         let image = ImageRunConfig::default();
         let spec = BundleSpec {
             id,
