@@ -7,8 +7,18 @@ use crate::util::{cargo, ensure_packages, is_root, run};
 use anyhow::{Context, bail};
 use clap::Parser;
 
-/// What the suite needs from Debian.
-const PACKAGES: &[&str] = &["busybox-static", "crun", "iproute2", "nftables", "util-linux", "python3"];
+/// What the suite needs from Debian. QEMU and a Debian kernel boot the cgroup v2
+/// guest of `firmware-tests/tests/cgroup_v2.rs`.
+const PACKAGES: &[&str] = &[
+    "busybox-static",
+    "crun",
+    "iproute2",
+    "nftables",
+    "util-linux",
+    "python3",
+    "qemu-system-x86",
+    "linux-image-amd64",
+];
 
 /// Crates the agent must never link (STYLE.md: keep the agent lean).
 const AGENT_FORBIDDEN: &[&str] = &["openraft", "axum", "hyper", "reqwest", "openssl", "aws-lc-rs"];
