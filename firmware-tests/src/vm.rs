@@ -13,10 +13,12 @@
 //! The guest boots Debian's own kernel (`linux-image-amd64`) under QEMU
 //! (`qemu-system-x86`) with a small initramfs made here: busybox, the modules for
 //! 9p and overlayfs, and an `/init` that mounts the host's root file system read-only
-//! over virtio-9p, mounts cgroup2 at `/sys/fs/cgroup` (and no v1 hierarchy), tmpfs on
-//! `/tmp` and `/run`, then runs one shell command in it. The workspace's binaries
-//! and test binaries therefore run in the guest from where cargo built them.
-//! Everything the guest writes is in its memory and goes with it.
+//! over virtio-9p, mounts cgroup2 at `/sys/fs/cgroup` (and no v1 hierarchy) and a
+//! tmpfs on `/run`, then runs one shell command in it, in the caller's working
+//! directory, with `TMPDIR=/run/tmp`. The workspace's binaries and test binaries
+//! therefore run in the guest from where cargo built them (even in a clone under
+//! `/tmp`, which stays the host's, read-only). Everything the guest writes is in its
+//! memory and goes with it.
 //!
 //! Acceleration is TCG (emulation) by default: KVM inside the CI machine (itself a
 //! virtual machine) accepts a guest and then never gets it past the kernel's first
@@ -174,8 +176,8 @@ $B mount --move /dev dev || fail "move dev"
 $B mkdir -p dev/pts dev/shm
 $B mount -t devpts -o newinstance,ptmxmode=0666 devpts dev/pts || fail devpts
 $B mount -t tmpfs shm dev/shm || fail shm
-$B mount -t tmpfs tmp tmp || fail tmp
 $B mount -t tmpfs run run || fail run
+$B mkdir -m 1777 run/tmp || fail "run/tmp"
 $B ip link set lo up || fail loopback
 $B hostname flotilla-guest || fail hostname
 STAGE2="$($B cat /stage2)"
@@ -294,7 +296,8 @@ fn write_initramfs(kernel: &GuestKernel, command: &str, env: &[(&str, String)], 
         load_order(&dep, GUEST_MODULES).unwrap_or_else(|e| panic!("guest kernel {}: {e}", kernel.release));
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox (static) is missing: apt-get install -y busybox-static");
-    let mut stage2 = String::new();
+    let cwd = std::env::current_dir().expect("the working directory");
+    let mut stage2 = format!("cd {}\nexport TMPDIR=/run/tmp\n", shell_quote(&cwd.to_string_lossy()));
     for (k, v) in env {
         stage2.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }

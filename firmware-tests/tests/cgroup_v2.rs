@@ -60,7 +60,7 @@ fn limits_usage_and_oom_kills_on_a_cgroup_v2_device() {
     let mut env = vec![
         (GUEST_ENV, "1".to_string()),
         ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
-        ("HOME", "/tmp".to_string()),
+        ("HOME", "/run/tmp".to_string()),
         ("RUST_BACKTRACE", "1".to_string()),
     ];
     // The guest finds the binaries where the host's harness would.
