@@ -1,6 +1,6 @@
 //! The agent on a cgroup v2 device, for real: a guest whose only cgroup hierarchy is
 //! v2 (see `firmware_tests::vm` for why a guest), a hub and an agent inside it, real
-//! containers. Limits land in the v2 files and hold, the agent's usage reader sees
+//! containers. Limits land in the v2 files and hold (pids, CPU), the agent's usage reader sees
 //! what a container uses, an OOM kill is reported as `OOMKilled`, and a removed
 //! container's cgroup goes.
 //!
@@ -29,7 +29,7 @@ spec:
   containers:
     - name: burn
       image: v2:1
-      command: ["/bin/sh", "-c", "while :; do :; done"]
+      command: ["/bin/sh", "-c", "i=0; while [ $i -lt 40 ]; do sleep 600 & i=$((i+1)); done; while :; do :; done"]
       resources:
         limits: {memory: 64Mi, cpu: 250m, pids: 32}
 ---
@@ -126,7 +126,13 @@ fn scenario() {
     assert_eq!(read(&cgroup, "pids.max"), "32");
     step(&format!("{id}: memory.max, cpu.max and pids.max set"));
 
-    // The quota holds: a busy loop at 250m is throttled.
+    // The limits hold: the shell's 40 background sleeps stop at 32 tasks, and the busy
+    // loop at 250m is throttled.
+    wait_until("forks over pids.max to be refused", IN_GUEST, || {
+        (stat_field(&read(&cgroup, "pids.events"), "max")? > 0).then_some(())
+    });
+    let tasks: u64 = read(&cgroup, "pids.current").parse().unwrap();
+    assert!(tasks <= 32, "pids.current {tasks} over pids.max");
     wait_until("the busy loop to be throttled", IN_GUEST, || {
         (stat_field(&read(&cgroup, "cpu.stat"), "nr_throttled")? > 0).then_some(())
     });
