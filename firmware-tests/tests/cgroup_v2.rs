@@ -1,8 +1,8 @@
 //! The agent on a cgroup v2 device, for real: a guest whose only cgroup hierarchy is
 //! v2 (see `firmware_tests::vm` for why a guest), a hub and an agent inside it, real
-//! containers. Limits land in the v2 files and hold (pids, CPU), the agent's usage reader sees
-//! what a container uses, an OOM kill is reported as `OOMKilled`, and a removed
-//! container's cgroup goes.
+//! containers. The agent's preflight sees v2, limits land in the v2 files and hold
+//! (pids, CPU), the agent's usage reader sees what a container uses, an OOM kill is
+//! reported as `OOMKilled`, and a removed container's cgroup goes.
 //!
 //! The same test function runs twice: on the host it boots the guest and runs this
 //! test binary in it (with `FLOTILLA_CGROUP_V2_GUEST` set); in the guest it is the
@@ -99,6 +99,13 @@ fn scenario() {
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let controllers = assert_pure_v2();
     step(&format!("cgroup v2 at /sys/fs/cgroup, controllers: {controllers}"));
+    // The agent's preflight reads the same host as v2, with what it needs.
+    let check =
+        std::process::Command::new(firmware_tests::bin("flotilla-agent")).arg("check").output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    for line in ["ok    cgroups: v2 (unified)", "ok    cgroup controllers: cpu, memory, pids"] {
+        assert!(said.lines().any(|l| l == line), "flotilla-agent check did not say {line:?}:\n{said}");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
