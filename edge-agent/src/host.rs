@@ -11,7 +11,7 @@ use agent_runtime::rootfs::OverlayRootfs;
 use agent_runtime::userns::restrict_dir;
 use shared_proto::NetworkMode;
 use shared_proto::manifest::DesiredApp;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct DeviceHost {
     pub rootfs: OverlayRootfs,
@@ -247,50 +247,100 @@ impl Host for DeviceHost {
 /// The container's memory cgroup counted an OOM kill (v2 `memory.events`, v1
 /// `memory.oom_control`). Read right after the exit, before the cgroup goes.
 pub fn oom_killed(cgroup_parent: &str, id: &str) -> bool {
-    let candidates = [
-        format!("/sys/fs/cgroup/{cgroup_parent}/{id}/memory.events"),
-        format!("/sys/fs/cgroup/unified/{cgroup_parent}/{id}/memory.events"),
-        format!("/sys/fs/cgroup/memory/{cgroup_parent}/{id}/memory.oom_control"),
-    ];
-    candidates.iter().any(|path| {
-        std::fs::read_to_string(path).is_ok_and(|text| {
-            text.lines().any(|l| {
-                let mut f = l.split_whitespace();
-                f.next() == Some("oom_kill")
-                    && f.next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0)
-            })
-        })
-    })
+    oom_killed_under(Path::new(CGROUP_ROOT), cgroup_parent, id)
 }
 
 /// CPU time (ns) and working-set memory (bytes) of a container's cgroup: v2
 /// (`cpu.stat` usage_usec, `memory.current` minus `inactive_file`) or v1
 /// (`cpuacct.usage`, `memory.usage_in_bytes` minus `total_inactive_file`).
 pub fn usage(cgroup_parent: &str, id: &str) -> Option<(u64, u64)> {
-    let read = |p: String| std::fs::read_to_string(p).ok();
-    let field = |text: &str, key: &str| {
-        text.lines().find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(key)).then(|| f.next()?.parse::<u64>().ok()).flatten()
-        })
-    };
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        let dir = format!("{root}/{cgroup_parent}/{id}");
-        if let (Some(cpu), Some(mem)) =
-            (read(format!("{dir}/cpu.stat")), read(format!("{dir}/memory.current")))
-        {
-            let usec = field(&cpu, "usage_usec")?;
+    usage_under(Path::new(CGROUP_ROOT), cgroup_parent, id)
+}
+
+/// Where cgroup file systems are mounted: the v2 hierarchy itself on a v2 host, the
+/// v1 hierarchies (and hybrid's `unified`) below it otherwise.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// [`oom_killed`] with the cgroup mounts under `root`.
+fn oom_killed_under(root: &Path, cgroup_parent: &str, id: &str) -> bool {
+    let candidates = [
+        root.join(cgroup_parent).join(id).join("memory.events"),
+        root.join("unified").join(cgroup_parent).join(id).join("memory.events"),
+        root.join("memory").join(cgroup_parent).join(id).join("memory.oom_control"),
+    ];
+    candidates.iter().any(|path| {
+        std::fs::read_to_string(path).is_ok_and(|text| stat_field(&text, "oom_kill").is_some_and(|n| n > 0))
+    })
+}
+
+/// The number after `key` in a flat-keyed cgroup file (`key value` lines).
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(key)).then(|| f.next()?.parse::<u64>().ok()).flatten()
+    })
+}
+
+/// [`usage`] with the cgroup mounts under `root`.
+fn usage_under(root: &Path, cgroup_parent: &str, id: &str) -> Option<(u64, u64)> {
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    // v2, or hybrid's unified hierarchy when it holds the memory controller.
+    for v2 in [root.to_path_buf(), root.join("unified")] {
+        let dir = v2.join(cgroup_parent).join(id);
+        if let (Some(cpu), Some(mem)) = (read(dir.join("cpu.stat")), read(dir.join("memory.current"))) {
+            let usec = stat_field(&cpu, "usage_usec")?;
             let current: u64 = mem.trim().parse().ok()?;
             let inactive =
-                read(format!("{dir}/memory.stat")).and_then(|s| field(&s, "inactive_file")).unwrap_or(0);
+                read(dir.join("memory.stat")).and_then(|s| stat_field(&s, "inactive_file")).unwrap_or(0);
             return Some((usec * 1000, current.saturating_sub(inactive)));
         }
     }
-    let cpu = read(format!("/sys/fs/cgroup/cpuacct/{cgroup_parent}/{id}/cpuacct.usage"))
-        .or_else(|| read(format!("/sys/fs/cgroup/cpu,cpuacct/{cgroup_parent}/{id}/cpuacct.usage")))?;
-    let mem_dir = format!("/sys/fs/cgroup/memory/{cgroup_parent}/{id}");
-    let current: u64 = read(format!("{mem_dir}/memory.usage_in_bytes"))?.trim().parse().ok()?;
+    let cpu = read(root.join("cpuacct").join(cgroup_parent).join(id).join("cpuacct.usage"))
+        .or_else(|| read(root.join("cpu,cpuacct").join(cgroup_parent).join(id).join("cpuacct.usage")))?;
+    let mem_dir = root.join("memory").join(cgroup_parent).join(id);
+    let current: u64 = read(mem_dir.join("memory.usage_in_bytes"))?.trim().parse().ok()?;
     let inactive =
-        read(format!("{mem_dir}/memory.stat")).and_then(|s| field(&s, "total_inactive_file")).unwrap_or(0);
+        read(mem_dir.join("memory.stat")).and_then(|s| stat_field(&s, "total_inactive_file")).unwrap_or(0);
     Some((cpu.trim().parse().ok()?, current.saturating_sub(inactive)))
+}
+
+#[cfg(test)]
+mod cgroup_reader_tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn v2_usage_and_oom_come_from_the_unified_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write(r, "flotilla/a/cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n");
+        write(r, "flotilla/a/memory.current", "10485760\n");
+        write(r, "flotilla/a/memory.stat", "anon 8388608\nfile 2097152\ninactive_file 1048576\n");
+        assert_eq!(usage_under(r, "flotilla", "a"), Some((1_500_000, 9_437_184)));
+        write(r, "flotilla/a/memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n");
+        assert!(!oom_killed_under(r, "flotilla", "a"), "oom without a kill is not OOMKilled");
+        write(r, "flotilla/a/memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
+        assert!(oom_killed_under(r, "flotilla", "a"));
+        assert_eq!(usage_under(r, "flotilla", "b"), None);
+    }
+
+    #[test]
+    fn v1_usage_and_oom_come_from_the_controllers_and_hybrid_unified_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        // Hybrid: the unified hierarchy has cpu.stat (always there) but no memory
+        // controller, so the figures come from v1.
+        write(r, "unified/flotilla/a/cpu.stat", "usage_usec 1\n");
+        write(r, "cpu,cpuacct/flotilla/a/cpuacct.usage", "2000000\n");
+        write(r, "memory/flotilla/a/memory.usage_in_bytes", "4194304\n");
+        write(r, "memory/flotilla/a/memory.stat", "inactive_file 7\ntotal_inactive_file 1048576\n");
+        assert_eq!(usage_under(r, "flotilla", "a"), Some((2_000_000, 3_145_728)));
+        write(r, "memory/flotilla/a/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
+        assert!(oom_killed_under(r, "flotilla", "a"));
+    }
 }

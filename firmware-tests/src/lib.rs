@@ -8,10 +8,14 @@
 //! For faulty links, [`netns`] gives the hub and agents network namespaces of their
 //! own and [`link`] puts an emulated link (delay, loss, partitions, NAT rebinding)
 //! between them: [`Hub::start_with`] and [`Agent::start_in`] run them there.
+//!
+//! For cgroup v2, [`vm`] boots a guest whose only cgroup hierarchy is v2, and runs a
+//! test binary inside it.
 
 pub mod link;
 pub mod netns;
 pub mod prng;
+pub mod vm;
 
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -465,16 +469,14 @@ impl Agent {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
         // Container cgroups, in every hierarchy.
-        if let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") {
-            for root in roots.flatten() {
-                let parent = root.path().join(&self.cgroup_parent);
-                if let Ok(children) = std::fs::read_dir(&parent) {
-                    for c in children.flatten().filter(|c| c.path().is_dir()) {
-                        let _ = std::fs::remove_dir(c.path());
-                    }
+        for root in cgroup_roots() {
+            let parent = root.join(&self.cgroup_parent);
+            if let Ok(children) = std::fs::read_dir(&parent) {
+                for c in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(c.path());
                 }
-                let _ = std::fs::remove_dir(&parent);
             }
+            let _ = std::fs::remove_dir(&parent);
         }
         std::fs::remove_dir_all(&self.runtime_dir).expect("removing the runtime dir");
         // Network devices and rules live in the kernel: a reboot takes them too.
@@ -611,12 +613,20 @@ impl Drop for Agent {
         let _ = Command::new(bin("flotilla-agent")).args(["reset", "--config"]).arg(&self.config).output();
         // The agent leaves its (now empty) cgroup parent behind, as it should on a
         // device; a test run removes it.
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join(&self.cgroup_parent));
-            }
+        for root in cgroup_roots() {
+            let _ = std::fs::remove_dir(root.join(&self.cgroup_parent));
         }
     }
+}
+
+/// Where a cgroup path can live: `/sys/fs/cgroup` itself (cgroup v2) and each
+/// hierarchy mounted under it (v1, and hybrid's `unified`).
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    roots
 }
 
 /// Whether a process with this pid exists (and is not a zombie).

@@ -7,7 +7,8 @@ use crate::util::{cargo, ensure_packages, is_root, run};
 use anyhow::{Context, bail};
 use clap::Parser;
 
-/// What the suite needs from Debian.
+/// What the suite needs from Debian. QEMU and a Debian kernel boot the cgroup v2
+/// guest of `firmware-tests/tests/cgroup_v2.rs`.
 const PACKAGES: &[&str] = &[
     "busybox-static",
     "crun",
@@ -17,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "python3",
     "libseccomp-dev",
     "pkg-config",
+    "qemu-system-x86",
+    "linux-image-amd64",
 ];
 
 /// Crates the agent must never link (STYLE.md: keep the agent lean).

@@ -63,8 +63,17 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     if lists_empty {
         run(Command::new("apt-get").args(["update", "-qq"]))?;
     }
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
+    let install = || {
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing))
+    };
+    // Lists older than a security update name versions the mirror no longer has
+    // (the kernel package moves often): refresh them once and try again.
+    install().or_else(|e| {
+        eprintln!("{e:#}; refreshing the package lists");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        install()
+    })
 }

@@ -167,6 +167,10 @@ pub struct HostFacts {
     pub hosts: bool,
     pub kernel: KernelVersion,
     pub capabilities: CapabilityMask,
+    /// The kernel enforces a container's device rules: cgroup v1's `devices`
+    /// controller. On cgroup v2 libcontainer would need an eBPF program it is not
+    /// built with, so there `CAP_MKNOD` is left out of the default set.
+    pub device_rules: bool,
 }
 
 impl Default for HostFacts {
@@ -178,8 +182,16 @@ impl Default for HostFacts {
             hosts: false,
             kernel: KernelVersion::default(),
             capabilities: CapabilityMask::ALL,
+            device_rules: true,
         }
     }
+}
+
+/// Whether `/sys/fs/cgroup` is the cgroup v2 hierarchy (`CGROUP2_SUPER_MAGIC`).
+// The field is a C long: 32 bits on armv7, where the cast is needed.
+#[allow(clippy::unnecessary_cast)]
+pub fn unified_cgroups() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6367_7270)
 }
 
 /// Kubernetes' rule (Docker's too): `command` replaces the image's entrypoint and
@@ -429,8 +441,16 @@ pub fn build_spec(
         return Err(BundleError::RelativeWorkingDir { container: c.name.clone(), dir: cwd.to_string() });
     }
     let hostname = if spec.hostname.is_empty() { c.name.as_str() } else { spec.hostname };
-    let caps = capabilities::for_container(c, host_files.capabilities)?;
+    let mut caps = capabilities::for_container(c, host_files.capabilities)?;
     let sec = &c.security;
+    let asked_mknod = sec.add_capabilities.iter().any(|a| {
+        let a = a.to_ascii_uppercase();
+        a == "ALL" || a.trim_start_matches("CAP_") == "MKNOD"
+    });
+    if !host_files.device_rules && !sec.privileged && !asked_mknod {
+        // Nothing stops a device node once made: make none.
+        caps.remove(&oci_spec::runtime::Capability::Mknod);
+    }
     // Docker's profile, folded by what this container may do; none when privileged.
     let seccomp = if sec.privileged {
         None
@@ -580,6 +600,7 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
         hosts: Path::new("/etc/hosts").is_file(),
         kernel: KernelVersion::running(),
         capabilities: CapabilityMask::held(),
+        device_rules: !unified_cgroups(),
     };
     let oci = build_spec(spec, &user, host_files)?;
     let json = serde_json::to_vec_pretty(&oci).map_err(|e| BundleError::Spec(OciSpecError::SerDe(e)))?;
@@ -733,6 +754,25 @@ mod tests {
             let set = set.as_ref().unwrap();
             assert!(set.len() == 40 && !set.contains(&Capability::SysResource), "{set:?}");
         }
+        // Without device rules (cgroup v2), a privileged container keeps MKNOD…
+        let v2 = HostFacts { device_rules: false, ..Default::default() };
+        let spec = spec_for(&c, &image(), NetworkMode::None, v2);
+        let caps =
+            spec.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        assert!(caps.contains(&Capability::Mknod));
+        // …a default one loses it, unless it asks.
+        let mut plain = container();
+        let bounding = |c: &DesiredContainer| {
+            let spec = spec_for(c, &image(), NetworkMode::None, v2);
+            spec.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap()
+        };
+        assert!(!bounding(&plain).contains(&Capability::Mknod));
+        plain.security.add_capabilities = vec!["CAP_MKNOD".into()];
+        assert!(bounding(&plain).contains(&Capability::Mknod));
+        let on_v1 = spec_for(&container(), &image(), NetworkMode::None, HostFacts::default());
+        let caps =
+            on_v1.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        assert!(caps.contains(&Capability::Mknod), "v1 keeps Docker's set");
     }
 
     #[test]
