@@ -64,6 +64,10 @@ pub trait Host: Send + Sync + 'static {
     fn usage(&self, id: &str) -> Option<(u64, u64)>;
 }
 
+/// Containers removed on purpose whose exit may still be reported (bounded: an exit
+/// that never comes must not pile up).
+const MAX_REMOVED: usize = 256;
+
 /// Usage is sent at most this often…
 pub const USAGE_MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// …unless a container came or went, then after this long…
@@ -117,6 +121,8 @@ pub struct Executor<R: ContainerRuntime + 'static, H: Host> {
     started_at: HashMap<String, Timestamp>,
     /// Why a container was stopped on purpose (a failed probe), for its exit.
     stopping: HashMap<String, String>,
+    /// Removed on purpose: their exits are not restarts.
+    removed: std::collections::HashSet<String>,
     stop_policies: BTreeMap<String, StopPolicy>,
     pull_done: mpsc::UnboundedSender<(String, Result<ImageRecord, String>)>,
     pub probes: ProbeTracker,
@@ -176,6 +182,7 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
             exit_codes: HashMap::new(),
             started_at: HashMap::new(),
             stopping: HashMap::new(),
+            removed: Default::default(),
             stop_policies,
             pull_done,
             probes: ProbeTracker::default(),
@@ -237,14 +244,18 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
 
     /// Records a container's exit and schedules its restart back-off.
     pub fn on_exit(&mut self, id: &str, exit_code: Option<i32>, now: Timestamp) {
+        // Stopped because it is no longer wanted (an update, a removal): not a crash.
+        if self.removed.remove(id) {
+            return;
+        }
         self.exit_codes.insert(id.to_string(), exit_code);
         let oom = exit_code == Some(137) && self.host.oom_killed(id);
         let stopped_for = self.stopping.remove(id);
         if let Some((app, name)) = reconcile::parse_container_id(id) {
             let rs = self.restarts.entry((app.to_string(), name.to_string())).or_default();
             let ran_for = self.started_at.get(id).map(|s| now.since(*s)).unwrap_or_default();
-            if ran_for >= reconcile::BACKOFF_RESET_AFTER {
-                rs.n_restarts = 0;
+            if ran_for >= reconcile::BACKOFF_RESET_AFTER || rs.id != id {
+                *rs = reconcile::RestartState { id: id.to_string(), ..Default::default() };
             }
             rs.n_restarts += 1;
             rs.not_before = now.saturating_add(reconcile::backoff(rs.n_restarts));
@@ -390,6 +401,9 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
                         tracing::warn!(%id, error = %reason, "container did not start");
                         self.remove(&id, &StopPolicy { grace: Duration::ZERO, pre_stop: None }).await.ok();
                         let rs = self.restarts.entry(key).or_default();
+                        if rs.id != id {
+                            *rs = reconcile::RestartState { id: id.clone(), ..Default::default() };
+                        }
                         rs.n_restarts += 1;
                         rs.not_before = now.saturating_add(reconcile::backoff(rs.n_restarts));
                         rs.last_error = Some(reason);
@@ -438,6 +452,8 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
             .get(&container.image_digest)
             .ok_or_else(|| format!("image {} is not unpacked", container.image))?
             .clone();
+        // Made again (a retry of the same version): its exits count again.
+        self.removed.remove(id);
         let prepare =
             Prepare { id: id.to_string(), app: app.clone(), container: container.clone(), image, configs };
         let host = self.host.clone();
@@ -498,6 +514,13 @@ impl<R: ContainerRuntime + 'static, H: Host> Executor<R, H> {
     /// Removes several containers, stopping them all at once: each may take its
     /// whole grace period, and an app's containers should not wait for each other.
     pub async fn remove_many(&mut self, list: &[(String, StopPolicy)]) -> bool {
+        for (id, _) in list {
+            // Its exit, if it still comes, is not a restart.
+            if self.removed.len() >= MAX_REMOVED {
+                self.removed.clear();
+            }
+            self.removed.insert(id.clone());
+        }
         let this = &*self;
         let stops = list.iter().map(|(id, stop)| async move {
             this.pre_stop(id, stop).await;
@@ -767,6 +790,28 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn an_update_starts_the_new_version_without_the_old_ones_back_off() {
+        let mut w = world();
+        let app = DesiredApp { name: "pos".into(), containers: vec![container("main")], ..Default::default() };
+        let m1 = manifest(app.clone());
+        let id1 = w.settle(&m1).await.report[0].id.clone();
+        // It crashed: the next start waits out a back-off.
+        w.exit(&id1, 1);
+        let plan = w.pass(&m1).await;
+        assert!(plan.report[0].reason.contains("back"), "{:?}", plan.report[0]);
+        // A new version does not wait for it, nor does the old one's removal count.
+        let mut next = app;
+        next.containers[0].args = vec!["--v2".into()];
+        let m2 = manifest(next);
+        let plan = w.settle(&m2).await;
+        let id2 = plan.report[0].id.clone();
+        assert_ne!(id1, id2);
+        assert_eq!(plan.report[0].phase, shared_proto::manifest::ContainerPhase::Running, "{:?}", plan.report[0]);
+        assert_eq!(plan.report[0].restarts, 0);
+        assert!(created(&w.runtime.calls()).len() >= 2);
     }
 
     #[tokio::test]

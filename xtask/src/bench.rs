@@ -117,6 +117,14 @@ pub fn run_task(args: Args) -> anyhow::Result<()> {
     let flotilla = root.join("target/release/flotilla");
     let dir = tempfile_dir()?;
     let result = bench(&args, &flotilla, &agent, &dir);
+    if result.is_err() {
+        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!("---- agent log (tail) ----");
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+    }
     let _ = Command::new(&agent).args(["reset", "--config"]).arg(dir.join("agent.toml")).output();
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -201,7 +209,9 @@ fn bench(args: &Args, flotilla: &Path, agent: &Path, dir: &Path) -> anyhow::Resu
         })
         .collect();
     let app = format!(
-        "apiVersion: flotilla.dev/v1\nkind: App\nmetadata: {{name: bench}}\nspec:\n  containers:\n{}\n",
+        // `sleep` as a container's first process ignores SIGTERM: without a grace period
+        // the apply latency measures the agent, not the old container's grace.
+        "apiVersion: flotilla.dev/v1\nkind: App\nmetadata: {{name: bench}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n{}\n",
         containers.join("\n")
     );
     let app_path = dir.join("app.yaml");

@@ -66,6 +66,9 @@ pub enum PullState {
 /// Restart bookkeeping for one (app, container).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestartState {
+    /// The container (version) these failures are of: a new version starts afresh,
+    /// as a new pod does.
+    pub id: String,
     pub n_restarts: u32,
     /// No new attempt before this time.
     pub not_before: Timestamp,
@@ -320,7 +323,10 @@ impl Pass<'_> {
     /// The report of one desired container, and what it needs done.
     fn step(&mut self, app: &DesiredApp, c: &DesiredContainer, id: &str, init: bool) -> ObservedContainer {
         let (obs, now) = (self.obs, self.now);
-        let restart = obs.restarts.get(&(app.name.clone(), c.name.clone())).cloned().unwrap_or_default();
+        let restart = match obs.restarts.get(&(app.name.clone(), c.name.clone())) {
+            Some(r) if r.id.is_empty() || r.id == id => r.clone(),
+            _ => RestartState::default(),
+        };
         let mut report = ObservedContainer {
             app: app.name.clone(),
             generation: app.generation,
