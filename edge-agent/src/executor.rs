@@ -795,7 +795,8 @@ mod tests {
     #[tokio::test]
     async fn an_update_starts_the_new_version_without_the_old_ones_back_off() {
         let mut w = world();
-        let app = DesiredApp { name: "pos".into(), containers: vec![container("main")], ..Default::default() };
+        let app =
+            DesiredApp { name: "pos".into(), containers: vec![container("main")], ..Default::default() };
         let m1 = manifest(app.clone());
         let id1 = w.settle(&m1).await.report[0].id.clone();
         // It crashed: the next start waits out a back-off.
@@ -809,7 +810,12 @@ mod tests {
         let plan = w.settle(&m2).await;
         let id2 = plan.report[0].id.clone();
         assert_ne!(id1, id2);
-        assert_eq!(plan.report[0].phase, shared_proto::manifest::ContainerPhase::Running, "{:?}", plan.report[0]);
+        assert_eq!(
+            plan.report[0].phase,
+            shared_proto::manifest::ContainerPhase::Running,
+            "{:?}",
+            plan.report[0]
+        );
         assert_eq!(plan.report[0].restarts, 0);
         assert!(created(&w.runtime.calls()).len() >= 2);
     }
