@@ -433,34 +433,15 @@ impl Containers {
     /// Starts a process in a running container (libcontainer's tenant: the container's
     /// namespaces, cgroup, user, capabilities and seccomp) and returns at once; the
     /// helper, as subreaper, reaps it and reports `ExecExited`.
+    /// Runs `args` in the container with stdout and stderr to `output_path` and stdin
+    /// from `/dev/null` (probes, hooks): `exec_with` without the operator's stdio.
     fn exec(&mut self, id: &str, exec_id: u64, args: Vec<String>, output_path: &Path) -> OpResult {
-        self.load(id)?;
-        if !self.tracked.get(id).is_some_and(Tracked::alive) {
-            return Err(invalid(format!("container {id} is not running")));
-        }
-        if args.first().is_none_or(|a| a.is_empty()) {
-            return Err(invalid("exec needs a program"));
-        }
-        let out = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(output_path)
-            .map_err(|e| failed(format!("opening {}: {e}", output_path.display())))?;
-        let err = out.try_clone().map_err(|e| failed(format!("duplicating the output: {e}")))?;
-        let stdin = File::open("/dev/null").map_err(|e| failed(format!("opening /dev/null: {e}")))?;
-        let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(&self.root)
-            .map(|b| b.with_stdin(stdin).with_stdout(out).with_stderr(err))
-            .and_then(|b| b.as_tenant().with_container_args(args).with_detach(true).build())
-            .map_err(|e| lc_failure(&format!("running a process in container {id}"), &e))?
-            .as_raw();
-        self.execs.insert(pid, exec_id);
-        if let Ok(fd) = sys::pidfd_open(pid) {
-            self.exec_fds.insert(exec_id, fd);
-        }
-        Ok(RuntimeReply::Done)
+        let io = shared_proto::runtime::ExecIo {
+            output_path: output_path.to_string_lossy().into_owned(),
+            stdin_path: None,
+            tty: None,
+        };
+        self.exec_with(id, exec_id, args, &io)
     }
 
     /// `exec` with the operator's stdio: stdin from a FIFO (the agent holds it open for
