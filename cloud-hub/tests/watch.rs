@@ -573,3 +573,44 @@ async fn lists_and_watches_filter_by_labels_site_and_fields() {
     let want = [("ADDED", "pos-canary"), ("MODIFIED", "pos"), ("DELETED", "pos"), ("DELETED", "pos-canary")];
     assert_eq!(got, want.map(|(k, n)| (k.to_string(), n.to_string())));
 }
+
+#[tokio::test]
+async fn a_quiet_filtered_watch_gets_bookmarks_and_heartbeats() {
+    let api = setup(HistoryLimits::default()).await;
+    let op = token(&api.store, Role::Operator).await;
+    let start = api.store.revision();
+    let (_, w, _) = api
+        .watch(&format!("/api/v1/apps?watch=true&sinceRevision={start}&labelSelector=app%3Dpos"), &op, None)
+        .await;
+    let mut w = w.unwrap();
+    let mut last = 0;
+    for i in 0..3 {
+        let name = format!("other-{i}");
+        let v = api
+            .ok("PUT", &format!("/api/v1/apps/{name}"), &op, Some(&app(&name, "img:1", json!({}), &[])))
+            .await;
+        last = v["metadata"]["revision"].as_u64().unwrap();
+    }
+    // Nothing matches, but the resume point moves past what went by.
+    let started = Instant::now();
+    let e = w.next().await.unwrap();
+    assert_eq!(e.event, "BOOKMARK", "{e:?}");
+    let id: u64 = e.id.unwrap().parse().unwrap();
+    assert!(id >= last, "the bookmark covers the writes: {id} < {last}");
+    assert!(started.elapsed() >= api::watch::BOOKMARK_EVERY - Duration::from_secs(1));
+    // With nothing more to say, the stream still shows it is alive.
+    let chunk =
+        tokio::time::timeout(api::watch::HEARTBEAT * 2, w.body.next()).await.unwrap().unwrap().unwrap();
+    assert!(chunk.starts_with(b":"), "a comment: {:?}", String::from_utf8_lossy(&chunk));
+    // Resuming from the bookmark shows the next matching change and nothing before it.
+    let v =
+        api.ok("PUT", "/api/v1/apps/pos", &op, Some(&app("pos", "img:1", json!({"app": "pos"}), &[]))).await;
+    let revision = v["metadata"]["revision"].as_u64().unwrap();
+    let (_, resumed, _) =
+        api.watch("/api/v1/apps?watch=true&labelSelector=app%3Dpos", &op, Some(&id.to_string())).await;
+    let got = resumed.unwrap().until(revision).await;
+    assert_eq!(
+        got.iter().map(|s| (s.kind.as_str(), s.name.as_str())).collect::<Vec<_>>(),
+        [("ADDED", "pos")]
+    );
+}
