@@ -572,6 +572,23 @@ async fn lists_and_watches_filter_by_labels_site_and_fields() {
     let got: Vec<(String, String)> = w.until(last).await.into_iter().map(|s| (s.kind, s.name)).collect();
     let want = [("ADDED", "pos-canary"), ("MODIFIED", "pos"), ("DELETED", "pos"), ("DELETED", "pos-canary")];
     assert_eq!(got, want.map(|(k, n)| (k.to_string(), n.to_string())));
+
+    // A token limited to site s1 lists and watches only what it may see there.
+    let (secret, mut record) =
+        api::tokens::new_api_token(Role::Viewer, String::new(), shared_proto::Timestamp(1)).unwrap();
+    record.sites = vec!["s1".into()];
+    api.store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await.unwrap();
+    assert_eq!(names(&api.ok("GET", "/api/v1/devices", &secret, None).await), ["d1", "d2"]);
+    let start = api.store.revision();
+    let (_, w, _) = api.watch(&format!("/api/v1/apps?watch=true&sinceRevision={start}"), &secret, None).await;
+    let mut w = w.unwrap();
+    api.ok("PUT", "/api/v1/apps/db", &op, Some(&app("db", "img:3", json!({"app": "db"}), &["s2"]))).await;
+    let last = api.ok("PUT", "/api/v1/apps/pos", &op, Some(&app("pos", "img:3", json!({}), &["s1"]))).await;
+    let got = w.until(last["metadata"]["revision"].as_u64().unwrap()).await;
+    assert_eq!(
+        got.iter().map(|s| (s.kind.as_str(), s.name.as_str())).collect::<Vec<_>>(),
+        [("MODIFIED", "pos")]
+    );
 }
 
 #[tokio::test]
