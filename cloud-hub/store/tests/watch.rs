@@ -57,16 +57,38 @@ fn replay(seen: &[Arc<RevisionEvents>]) -> BTreeMap<String, Object> {
 async fn a_watch_moved_to_another_hub_after_the_leader_dies_sees_every_change_once() {
     init_logging();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let members: BTreeMap<NodeId, String> = (1..=3).zip(addrs.iter().map(|a| a.to_string())).collect();
-    let open = |i: usize| {
-        Store::open_with_tuning(
-            node_config(dirs[i].path(), i as NodeId + 1, addrs[i], &members),
-            test_tuning(),
-        )
+    // `free_addr` can race another process for a port: try again with new ones.
+    let mut attempt = 0;
+    let stores = loop {
+        attempt += 1;
+        let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let members: BTreeMap<NodeId, String> = (1..=3).zip(addrs.iter().map(|a| a.to_string())).collect();
+        let open = |i: usize| {
+            Store::open_with_tuning(
+                node_config(dirs[i].path(), i as NodeId + 1, addrs[i], &members),
+                test_tuning(),
+            )
+        };
+        match tokio::join!(open(0), open(1), open(2)) {
+            (Ok(s1), Ok(s2), Ok(s3)) => break [s1, s2, s3],
+            (r1, r2, r3) => {
+                for r in [r1, r2, r3] {
+                    match r {
+                        Ok(s) => s.shutdown().await.unwrap(),
+                        Err(e) => {
+                            assert!(
+                                attempt < 3 && e.to_string().contains("binding"),
+                                "opening the cluster: {e}"
+                            )
+                        }
+                    }
+                }
+                for d in &dirs {
+                    let _ = std::fs::remove_dir_all(d.path().join(hub_store::DB_FILE_NAME));
+                }
+            }
+        }
     };
-    let (s1, s2, s3) = tokio::join!(open(0), open(1), open(2));
-    let stores = [s1.unwrap(), s2.unwrap(), s3.unwrap()];
     let leader_id = agreed_leader(&stores.iter().collect::<Vec<_>>()).await;
     let leader = stores.iter().find(|s| s.node_id() == leader_id).unwrap().clone();
     let start = leader.revision();
