@@ -11,7 +11,7 @@
 //! `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
 //! pure state-machine semantics; `snapshot.rs` the snapshot blob; `rpc.rs`, `network.rs` and
 //! `server.rs` the hub-to-hub Raft RPCs over HTTP; `history.rs` the window of recent changes that
-//! watches and list pages at a past revision read; `store.rs` the [`Store`] facade tying them
+//! watches and list pages at a past revision read; `paging.rs` those pages; `store.rs` the [`Store`] facade tying them
 //! together.
 
 mod apply;
@@ -20,6 +20,7 @@ mod db;
 mod history;
 mod log_store;
 mod network;
+mod paging;
 mod rpc;
 mod server;
 mod snapshot;
