@@ -1,7 +1,7 @@
 //! `flotilla get -l/--site/--field-selector` and `flotilla get -w` against a real hub
-//! process (`flotilla hub serve` on loopback): filtered lists, a watch that prints each change
-//! as it comes, and keeps going through a hub restart (its resume point is then older than
-//! the restarted hub's history, so it lists again and follows on).
+//! process (`flotilla hub serve` on loopback, with a two-revision history window): filtered
+//! lists, and a watch that prints each change once as it comes, resumes through a hub restart
+//! (SIGKILL), and lists again (after a 410) when it was away while the window moved past it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ impl Hub {
             .args(["hub", "serve", "--data-dir"])
             .arg(&self.data_dir)
             .args(["--api-listen", &self.api, "--quic-listen", &self.quic, "--tcp-listen", "off"])
+            // A tiny history window, so that a watcher that misses a few changes must list again.
+            .args(["--watch-history", "2"])
             .env("FLOTILLA_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -241,6 +243,7 @@ fn get_filters_and_follows_changes_through_a_hub_restart() {
     let listed_after = [ev("ADDED", "cache", "img:1"), ev("ADDED", "web", "img:3")];
     let listed_before =
         [ev("ADDED", "cache", "img:1"), ev("ADDED", "web", "img:2"), ev("MODIFIED", "web", "img:3")];
+    eprintln!("after the restart the watch showed {relisted:?}");
     let last = relisted.pop().unwrap();
     relisted.sort();
     relisted.push(last);
@@ -250,4 +253,20 @@ fn get_filters_and_follows_changes_through_a_hub_restart() {
     );
     hub.apply(dir.path(), &app("cache", "tier: web", "img:2"));
     assert_eq!(watcher.next(), ev("MODIFIED", "cache", "img:2"));
+
+    // The watcher is away (stopped) while the hub restarts and changes move its history
+    // window past the watcher's resume point: it is told 410, lists again and follows on.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(watcher.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    hub.kill();
+    hub.spawn();
+    for i in 0..3 {
+        hub.apply(dir.path(), &app("db", "tier: db", &format!("img:{}", 10 + i)));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let mut relisted = vec![watcher.next(), watcher.next()];
+    relisted.sort();
+    assert_eq!(relisted, [ev("ADDED", "cache", "img:2"), ev("ADDED", "web", "img:3")]);
+    hub.apply(dir.path(), &app("web", "tier: web", "img:4"));
+    assert_eq!(watcher.next(), ev("MODIFIED", "web", "img:4"));
 }
