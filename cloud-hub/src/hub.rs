@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// slow or idle or hostile, cannot take every slot).
     #[arg(long, default_value_t = crate::api::conn::Limits::default().per_client)]
     pub api_max_connections_per_client: usize,
+    /// How many revisions of recent changes the hub keeps in memory (also bounded to
+    /// 64 MiB): a watch or list page older than that is answered 410 and lists again.
+    #[arg(long, default_value_t = hub_store::HistoryLimits::default().max_revisions)]
+    pub watch_history: usize,
 }
 
 /// Lifts the soft limit on open files to the hard one: every API connection and every
@@ -220,12 +224,22 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let store = Store::open(StoreConfig {
-        data_dir: data_dir.join("store"),
-        node_id: 1,
-        raft_addr: None,
-        initial_members: Default::default(),
-    })
+    let tuning = hub_store::RaftTuning {
+        watch_history: hub_store::HistoryLimits {
+            max_revisions: args.watch_history,
+            ..hub_store::HistoryLimits::default()
+        },
+        ..hub_store::RaftTuning::default()
+    };
+    let store = Store::open_with_tuning(
+        StoreConfig {
+            data_dir: data_dir.join("store"),
+            node_id: 1,
+            raft_addr: None,
+            initial_members: Default::default(),
+        },
+        tuning,
+    )
     .await
     .context("opening the store")?;
     wait_for_leader(&store).await?;

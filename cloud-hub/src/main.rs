@@ -40,6 +40,19 @@ enum Command {
         name: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
+        /// Only objects whose labels match, e.g. `app=pos,tier!=db,env in (a,b),!canary`.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// Only the site's own object, its devices, and the apps placed there.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only objects whose fields match, e.g. `status.phase=Online,spec.site=s1`.
+        #[arg(long)]
+        field_selector: Option<String>,
+        /// After the list, print changes as they come (resuming where it left off when the
+        /// connection drops).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Create or replace a Config or a Secret from values and files.
     Create {
@@ -115,7 +128,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => cloud_hub::demo::run(args).await,
         Command::Apply { file } => cli::apply(h, &file).await,
         Command::Convert { command } => cli::convert(&command),
-        Command::Get { kind, name, output } => cli::get(h, &kind, name.as_deref(), output).await,
+        Command::Get { kind, name, output, selector, site, field_selector, watch } => {
+            let filters = cli::watch::Filters { selector, site, field_selector };
+            cli::get(h, &kind, name.as_deref(), output, &filters, watch).await
+        }
         Command::Logs(a) => cli::attach::logs(h, &a).await,
         Command::Exec(a) => {
             let code = cli::attach::exec(h, &a).await?;

@@ -12,8 +12,10 @@ pub mod error;
 pub mod images;
 pub mod objects;
 pub mod openapi;
+pub mod query;
 pub mod scope;
 pub mod tokens;
+pub mod watch;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};

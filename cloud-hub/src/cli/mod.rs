@@ -7,6 +7,7 @@ pub mod client;
 pub mod compose;
 pub mod config;
 pub mod output;
+pub mod watch;
 
 use anyhow::{Context, bail};
 use client::{HubArgs, HubClient};
@@ -290,7 +291,7 @@ fn now() -> shared_proto::Timestamp {
     shared_proto::clock::SystemClock.now()
 }
 
-fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
+pub(crate) fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let now = now();
     match kind {
         Kind::Device => {
@@ -406,17 +407,40 @@ fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<
     }
 }
 
-pub async fn get(args: &HubArgs, kind: &str, name: Option<&str>, format: Format) -> anyhow::Result<()> {
+/// `flotilla get`: one object, or the filtered list (every page), or with `watch` the list
+/// and then its changes as they come.
+pub async fn get(
+    args: &HubArgs,
+    kind: &str,
+    name: Option<&str>,
+    format: Format,
+    filters: &watch::Filters,
+    follow: bool,
+) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let client = HubClient::connect(args)?;
+    if follow {
+        if name.is_some() {
+            bail!(
+                "-w follows a list: leave out the name and select with -l or --field-selector metadata.name=NAME"
+            );
+        }
+        return watch::get_and_watch(&client, kind, filters, format).await;
+    }
     let (value, items) = match name {
         Some(n) => {
             let v = client.get(&format!("/api/v1/{}/{n}", kind.plural())).await?;
             (v.clone(), vec![v])
         }
         None => {
-            let v = client.get(&format!("/api/v1/{}", kind.plural())).await?;
-            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let (revision, items) = watch::list_all(&client, kind, filters).await?;
+            let v = json!({
+                "apiVersion": shared_proto::API_VERSION,
+                "kind": format!("{}List", kind.as_str()),
+                "metadata": { "revision": revision },
+                "revision": revision,
+                "items": items,
+            });
             (v, items)
         }
     };
@@ -879,7 +903,7 @@ pub async fn image(args: &HubArgs, cmd: &ImageCommand) -> anyhow::Result<()> {
             println!("image/{} imported ({})", s(&v, &["metadata", "name"]), s(&v, &["spec", "digest"]));
             Ok(())
         }
-        ImageCommand::List => get(args, "images", None, Format::Table).await,
+        ImageCommand::List => get(args, "images", None, Format::Table, &Default::default(), false).await,
     }
 }
 
