@@ -11,13 +11,14 @@
 //! `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
 //! pure state-machine semantics; `snapshot.rs` the snapshot blob; `rpc.rs`, `network.rs` and
 //! `server.rs` the hub-to-hub Raft RPCs over HTTP; `store.rs` the [`Store`] facade tying them
-//! together.
+//! together; `progress.rs` Raft's progress for metrics and the liveness probe.
 
 mod apply;
 mod config;
 mod db;
 mod log_store;
 mod network;
+mod progress;
 mod rpc;
 mod server;
 mod snapshot;
@@ -26,6 +27,7 @@ mod store;
 mod types;
 
 pub use config::{MAX_PAYLOAD_ENTRIES, RaftTuning, StoreConfig};
+pub use progress::RaftProgress;
 pub use store::Store;
 pub use types::NodeId;
 
