@@ -560,3 +560,30 @@ fn token_create_gives_devices_an_address_they_can_reach() {
     let port = hub.context().quic.rsplit_once(':').unwrap().1.to_string();
     assert!(out.contains(&format!("hub = \"hub.example.test:{port}\"")), "{out}");
 }
+
+#[test]
+fn a_frame_over_the_limit_is_counted_as_rejected() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[]);
+    let tcp = [("transport", "tcp")];
+    assert_eq!(hub.scrape().value("flotilla_sync_frames_rejected_total", &tcp), Some(0.0));
+
+    // An enrolling device (no certificate) on the TCP fallback, whose first frame
+    // announces 4 GiB: the hub gives up on that stream and counts it.
+    let ctx = hub.context();
+    let ca = pem::decode_certs(&ctx.ca_cert_pem).unwrap().remove(0);
+    let tls = provisioning::tls::enrolment_client_config(provisioning::sha256_fingerprint(&ca)).unwrap();
+    let rt = runtime();
+    let _conn = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&ctx.quic).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = tokio_rustls::TlsConnector::from(tls).connect(name, stream).await.unwrap();
+        conn.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        conn.flush().await.unwrap();
+        conn
+    });
+    wait_until("the rejected frame to be counted", Duration::from_secs(10), || {
+        (hub.scrape().value("flotilla_sync_frames_rejected_total", &tcp) == Some(1.0)).then_some(())
+    });
+}
