@@ -70,12 +70,14 @@ async fn setup(history: HistoryLimits) -> Api {
             quic_addr: "127.0.0.1:7441".parse().unwrap(),
             heartbeat_interval: Duration::from_secs(30),
             device_cert_validity: Duration::from_secs(3600),
+            agent_address: Ok("127.0.0.1:7441".into()),
         },
         clock,
         admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
         key: Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32])),
         attach: Default::default(),
         peers: Default::default(),
+        metrics: Default::default(),
     });
     Api { router: api::router(state), store, _dir: dir }
 }

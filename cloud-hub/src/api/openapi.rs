@@ -324,6 +324,14 @@ pub fn document() -> Value {
         json!({ "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } }),
     );
     paths.insert(
+        "/metrics".into(),
+        json!({ "get": { "summary": "Prometheus metrics, as OpenMetrics text (a viewer token for every site)",
+            "responses": { "200": { "description": "The hub's series",
+                "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } },
+                "401": { "description": "No valid token" },
+                "403": { "description": "The token is scoped to sites: metrics are fleet-wide" } } } }),
+    );
+    paths.insert(
         "/api/v1/openapi.json".into(),
         json!({ "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI" } } } }),
     );
@@ -476,6 +484,7 @@ mod tests {
             "/api/v1/api-tokens/{id}",
             "/api/v1/cluster",
             "/healthz",
+            "/metrics",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
         }

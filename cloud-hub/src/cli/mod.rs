@@ -705,10 +705,29 @@ pub async fn delete(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// The address the hub tells devices to dial (its `--advertise`, or an address of its
+/// machine that is not loopback); an error saying to pass `--advertise` when it has none.
+async fn agent_address(client: &HubClient) -> anyhow::Result<String> {
+    let cluster = client.get("/api/v1/cluster").await?;
+    if let Some(a) = cluster["agentAddress"].as_str() {
+        return Ok(a.to_string());
+    }
+    if let Some(problem) = cluster["agentAddressProblem"].as_str() {
+        bail!("{problem}");
+    }
+    // A hub from before the field: what the context file says, as before.
+    Ok(if client.quic.is_empty() { "<hub-address>:7441".to_string() } else { client.quic.clone() })
+}
+
 pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
     let client = HubClient::connect(args)?;
     match cmd {
         TokenCommand::Create { ttl, max_uses, labels, allow_labels, site, description, quiet } => {
+            // Asked first: a token is no use to a device that is told no address it can reach.
+            let hub = match quiet {
+                true => String::new(),
+                false => agent_address(&client).await?,
+            };
             let body = json!({
                 "ttl": ttl,
                 "maxUses": max_uses,
@@ -725,8 +744,6 @@ pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
             }
             println!("Enrolment token (shown once; expires {}):\n\n  {token}\n", s(&v, &["expiresAt"]));
             println!("Agent configuration (/etc/flotilla/agent.toml):\n");
-            let hub =
-                if client.quic.is_empty() { "<hub-address>:7441".to_string() } else { client.quic.clone() };
             println!("  hub = \"{hub}\"\n  enrolment_token = \"{token}\"");
         }
         TokenCommand::List => {

@@ -112,6 +112,7 @@ pub fn session_config(state: &HubState) -> HubSessionConfig {
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<W>(
     state: Arc<HubState>,
+    transport: crate::metrics::Transport,
     cert: provisioning::identity::DeviceCert,
     remote: std::net::SocketAddr,
     hello: AgentHello,
@@ -150,7 +151,7 @@ where
             // Register before reading the manifest, so no change can slip in between.
             let reg = state.fanout.register(&device);
             let live = state.live.connected(&device, hello.facts.clone(), hello.held_revision, clock.now());
-            registration = Some((reg, live));
+            registration = Some((reg, live, state.metrics.session_opened(transport)));
             session.welcome(clock.monotonic(), current_manifest(&state, &device)?.as_ref());
             certificates_follow(&state, &cert, &mut session);
             let state = state.clone();
@@ -174,7 +175,7 @@ where
         &state,
         &cert,
         &mut session,
-        registration.as_mut().map(|(r, _)| &mut r.changes),
+        registration.as_mut().map(|(r, _, _)| &mut r.changes),
         attach.as_mut().map(|(q, _)| q),
         site.as_mut().map(|(m, w)| (&*m, w)),
         &mut reads,
@@ -185,9 +186,10 @@ where
     if let Some((m, _)) = &site {
         state.peers.leave(m);
     }
-    if let Some((reg, live)) = registration {
+    if let Some((reg, live, connected)) = registration {
         state.fanout.unregister(&device, reg.id);
         state.live.disconnected(&device, live, clock.now());
+        drop(connected);
     }
     if booked {
         state.sessions.end(&cert.serial, book_id);

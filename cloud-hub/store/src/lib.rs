@@ -12,7 +12,7 @@
 //! pure state-machine semantics; `snapshot.rs` the snapshot blob; `rpc.rs`, `network.rs` and
 //! `server.rs` the hub-to-hub Raft RPCs over HTTP; `history.rs` the window of recent changes that
 //! watches and list pages at a past revision read; `paging.rs` those pages; `store.rs` the [`Store`] facade tying them
-//! together.
+//! together; `progress.rs` Raft's progress for metrics and the liveness probe.
 
 mod apply;
 mod config;
@@ -21,6 +21,7 @@ mod history;
 mod log_store;
 mod network;
 mod paging;
+mod progress;
 mod rpc;
 mod server;
 mod snapshot;
@@ -30,6 +31,7 @@ mod types;
 
 pub use config::{MAX_PAYLOAD_ENTRIES, RaftTuning, StoreConfig};
 pub use history::{HistoryLimits, HistoryPage, RevisionEvents, WatchEvent, is_watched_kind};
+pub use progress::RaftProgress;
 pub use store::Store;
 pub use types::NodeId;
 

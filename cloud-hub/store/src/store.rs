@@ -313,6 +313,11 @@ impl Store {
         self.inner.node_id
     }
 
+    /// This node's openraft member, for the crate's other views of it (`progress.rs`).
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
     pub fn status(&self) -> StoreStatus {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
