@@ -562,8 +562,8 @@ fn token_create_gives_devices_an_address_they_can_reach() {
 }
 
 #[test]
-fn a_frame_over_the_limit_is_counted_as_rejected() {
-    use tokio::io::AsyncWriteExt;
+fn a_frame_over_the_limit_is_counted_and_closes_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProcess::start(dir.path(), &[]);
     let tcp = [("transport", "tcp")];
@@ -575,7 +575,7 @@ fn a_frame_over_the_limit_is_counted_as_rejected() {
     let ca = pem::decode_certs(&ctx.ca_cert_pem).unwrap().remove(0);
     let tls = provisioning::tls::enrolment_client_config(provisioning::sha256_fingerprint(&ca)).unwrap();
     let rt = runtime();
-    let _conn = rt.block_on(async {
+    let mut conn = rt.block_on(async {
         let stream = tokio::net::TcpStream::connect(&ctx.quic).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let mut conn = tokio_rustls::TlsConnector::from(tls).connect(name, stream).await.unwrap();
@@ -586,4 +586,14 @@ fn a_frame_over_the_limit_is_counted_as_rejected() {
     wait_until("the rejected frame to be counted", Duration::from_secs(10), || {
         (hub.scrape().value("flotilla_sync_frames_rejected_total", &tcp) == Some(1.0)).then_some(())
     });
+    // The peer says nothing more; the hub still hangs up on it (before, the reader
+    // task kept the connection open until the peer wrote again or keep-alive ended it).
+    let closed = rt.block_on(async {
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await
+    });
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the hub kept the connection of a peer that sent a malformed frame open: {closed:?}"
+    );
 }

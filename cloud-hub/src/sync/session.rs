@@ -68,10 +68,16 @@ where
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4 * 1024];
         loop {
-            let msg = match reader.read(&mut buf).await {
-                Ok(0) => Read::Eof,
-                Ok(n) => Read::Bytes(buf[..n].to_vec()),
-                Err(e) => Read::Failed(e),
+            // When the session ends (a malformed frame, say), the receiver goes and so
+            // does this task with its half of the stream: the connection closes even
+            // if the peer never writes again.
+            let msg = tokio::select! {
+                read = reader.read(&mut buf) => match read {
+                    Ok(0) => Read::Eof,
+                    Ok(n) => Read::Bytes(buf[..n].to_vec()),
+                    Err(e) => Read::Failed(e),
+                },
+                () = tx.closed() => return,
             };
             let last = !matches!(msg, Read::Bytes(_));
             if tx.send(msg).await.is_err() || last {
@@ -89,10 +95,14 @@ pub fn spawn_quic_reader(mut recv: quinn::RecvStream) -> mpsc::Receiver<Read> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         loop {
-            let msg = match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => Read::Bytes(chunk.bytes.to_vec()),
-                Ok(None) => Read::Eof,
-                Err(e) => Read::Failed(e.into()),
+            // As in `spawn_reader`: the stream goes when its session does.
+            let msg = tokio::select! {
+                read = recv.read_chunk(64 * 1024, true) => match read {
+                    Ok(Some(chunk)) => Read::Bytes(chunk.bytes.to_vec()),
+                    Ok(None) => Read::Eof,
+                    Err(e) => Read::Failed(e.into()),
+                },
+                () = tx.closed() => return,
             };
             let last = !matches!(msg, Read::Bytes(_));
             if tx.send(msg).await.is_err() || last {
