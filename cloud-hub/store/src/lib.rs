@@ -9,11 +9,12 @@
 //!
 //! Map of the crate: `types.rs` declares openraft's type configuration; `db.rs` the redb layout;
 //! `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
-//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `rpc.rs`, `network.rs` and
+//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `backup.rs` backup files and the offline restore; `rpc.rs`, `network.rs` and
 //! `server.rs` the hub-to-hub Raft RPCs over HTTP; `store.rs` the [`Store`] facade tying them
 //! together.
 
 mod apply;
+mod backup;
 mod config;
 mod db;
 mod log_store;
@@ -25,6 +26,10 @@ mod state_machine;
 mod store;
 mod types;
 
+pub use backup::{
+    BACKUP_FORMAT_VERSION, BackupError, BackupHeader, RestoreError, RestoreTarget, VerifiedBackup,
+    decode_backup, read_backup_file, restore_store,
+};
 pub use config::{MAX_PAYLOAD_ENTRIES, RaftTuning, StoreConfig};
 pub use store::Store;
 pub use types::NodeId;
