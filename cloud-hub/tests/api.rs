@@ -409,6 +409,7 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
         ("GET", "/api/v1/openapi.json", None, [OK, OK, OK, OK]),
         ("GET", "/api/v1/cluster", None, [OK, OK, OK, OK]),
         ("GET", "/api/v1/audit", None, [NO, NO, NO, OK]),
+        ("GET", "/api/v1/backup", None, [NO, NO, NO, OK]),
         ("GET", "/api/v1/sites", None, [OK, OK, OK, OK]),
         ("GET", "/api/v1/sites/a", None, [OK, OK, OK, OK]),
         ("GET", "/api/v1/sites/c", None, [OK, NO, OK, OK]),

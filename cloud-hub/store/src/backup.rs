@@ -30,6 +30,7 @@ use crate::types::{LogId, NodeId, SnapshotMeta, StoredMembership, TypeConfig, Vo
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared_proto::Timestamp;
+use shared_proto::store::Object;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -120,11 +121,18 @@ pub struct VerifiedBackup {
     header: BackupHeader,
     /// The decompressed snapshot blob.
     blob: Vec<u8>,
+    /// Its objects, decoded, in key order.
+    objects: Vec<Object>,
 }
 
 impl VerifiedBackup {
     pub fn header(&self) -> &BackupHeader {
         &self.header
+    }
+
+    /// Every object in the backup, in key order.
+    pub fn objects(&self) -> &[Object] {
+        &self.objects
     }
 }
 
@@ -291,18 +299,23 @@ pub fn decode_backup(file: &[u8]) -> Result<VerifiedBackup, BackupError> {
     if header.revision == 0 {
         return Err(BackupError::Empty);
     }
-    Ok(VerifiedBackup { header, blob })
+    let objects = records.into_iter().map(|r| r.object).collect();
+    Ok(VerifiedBackup { header, blob, objects })
 }
 
 fn truncated(what: &'static str, needed: usize, found: usize) -> BackupError {
     BackupError::Truncated { what, needed: needed as u64, found: found as u64 }
 }
 
+/// The largest a backup file can be.
+pub const MAX_BACKUP_FILE_BYTES: u64 =
+    PREAMBLE_BYTES as u64 + MAX_HEADER_BYTES as u64 + HEADER_SUM_BYTES as u64 + MAX_PAYLOAD_BYTES;
+
 /// Reads and checks a backup file, refusing one larger than any backup can be before reading it.
 pub fn read_backup_file(path: &Path) -> Result<VerifiedBackup, RestoreError> {
     let io = |e: std::io::Error| RestoreError::Io(format!("reading {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(io)?;
-    let max = PREAMBLE_BYTES as u64 + u64::from(MAX_HEADER_BYTES) + MAX_PAYLOAD_BYTES;
+    let max = MAX_BACKUP_FILE_BYTES;
     let len = file.metadata().map_err(io)?.len();
     if len > max {
         return Err(BackupError::TooLarge { what: "file", claimed: len, max }.into());
@@ -414,7 +427,7 @@ mod tests {
     use super::*;
 
     fn sample_blob() -> (Vec<u8>, u64) {
-        use shared_proto::store::{FleetCaRecord, Object};
+        use shared_proto::store::FleetCaRecord;
         let object = Object::FleetCa(FleetCaRecord {
             cert_der: vec![0xc0; 40],
             key_pkcs8_der: vec![0x6b; 40],

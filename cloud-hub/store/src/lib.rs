@@ -27,8 +27,8 @@ mod store;
 mod types;
 
 pub use backup::{
-    BACKUP_FORMAT_VERSION, BackupError, BackupHeader, RestoreError, RestoreTarget, VerifiedBackup,
-    decode_backup, read_backup_file, restore_store,
+    BACKUP_FORMAT_VERSION, BackupError, BackupHeader, MAX_BACKUP_FILE_BYTES, RestoreError, RestoreTarget,
+    VerifiedBackup, decode_backup, read_backup_file, restore_store,
 };
 pub use config::{MAX_PAYLOAD_ENTRIES, RaftTuning, StoreConfig};
 pub use store::Store;
