@@ -36,10 +36,18 @@ pub struct ServeArgs {
     /// back, which spreads a reconnect storm after a restart.
     #[arg(long, default_value_t = 2000)]
     pub session_rate: u32,
-    /// Extra DNS names or IP addresses agents and the CLI use to reach this hub; they
-    /// go into the hub's certificate.
+    /// The DNS name or IP address devices (and other hubs) reach this hub at, without a
+    /// port; repeat it for more. Every one goes into the hub's certificate, and the
+    /// first is the address `flotilla token create` tells devices to use. Without it, a
+    /// hub bound to all interfaces tells them one of this machine's non-loopback
+    /// addresses.
     #[arg(long = "advertise")]
     pub advertise: Vec<String>,
+    /// Also serve `GET /metrics` over plain HTTP without a token, on this loopback
+    /// address (for a Prometheus or agent on the same machine). `/metrics` on the API
+    /// port needs a viewer token for every site.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How often agents send heartbeats.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -69,6 +77,10 @@ pub struct ServeArgs {
     /// slow or idle or hostile, cannot take every slot).
     #[arg(long, default_value_t = crate::api::conn::Limits::default().per_client)]
     pub api_max_connections_per_client: usize,
+    /// How many revisions of recent changes the hub keeps in memory (also bounded to
+    /// 64 MiB): a watch or list page older than that is answered 410 and lists again.
+    #[arg(long, default_value_t = hub_store::HistoryLimits::default().max_revisions)]
+    pub watch_history: usize,
 }
 
 /// Lifts the soft limit on open files to the hard one: every API connection and every
@@ -91,6 +103,9 @@ pub struct RunningHub {
     pub api_addr: SocketAddr,
     pub quic_addr: SocketAddr,
     pub tcp_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// What devices are told to dial, or why there is nothing to tell them.
+    pub agent_address: Result<String, crate::advertise::NoAddress>,
     pub context_path: PathBuf,
     shutdown: tokio::sync::watch::Sender<bool>,
     endpoint: quinn::Endpoint,
@@ -220,12 +235,22 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let store = Store::open(StoreConfig {
-        data_dir: data_dir.join("store"),
-        node_id: 1,
-        raft_addr: None,
-        initial_members: Default::default(),
-    })
+    let tuning = hub_store::RaftTuning {
+        watch_history: hub_store::HistoryLimits {
+            max_revisions: args.watch_history,
+            ..hub_store::HistoryLimits::default()
+        },
+        ..hub_store::RaftTuning::default()
+    };
+    let store = Store::open_with_tuning(
+        StoreConfig {
+            data_dir: data_dir.join("store"),
+            node_id: 1,
+            raft_addr: None,
+            initial_members: Default::default(),
+        },
+        tuning,
+    )
     .await
     .context("opening the store")?;
     wait_for_leader(&store).await?;
@@ -247,6 +272,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     let quic_tls = pki.tls().quic_server_config()?;
 
     let blobs = images::blobstore::BlobStore::open(data_dir.join("blobs"))?;
+    // Bound early: a bad or taken address fails the start, before anything serves.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(crate::metrics::http::bind(addr).await.context("binding --metrics-listen")?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding the API to {}", args.api_listen))?;
@@ -266,6 +297,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         quic_addr: args.quic_listen,
         heartbeat_interval: args.heartbeat_interval,
         device_cert_validity: args.device_cert_lifetime,
+        agent_address: Err(crate::advertise::NoAddress { bound: args.quic_listen }),
     };
     let admission = crate::sync::admission::AdmissionConfig {
         rate: args.session_rate,
@@ -286,11 +318,21 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         key: Arc::new(crate::sealing::HubKey::load_or_create(&data_dir)?),
         attach: Default::default(),
         peers: Default::default(),
+        metrics: Default::default(),
     };
     let endpoint = crate::sync::endpoint(&state, quic_tls.clone(), args.quic_listen)
         .with_context(|| format!("binding QUIC to {}", args.quic_listen))?;
     let quic_addr = endpoint.local_addr()?;
     state.config.quic_addr = quic_addr;
+    let agent_address =
+        crate::advertise::choose(&args.advertise, quic_addr, &crate::advertise::interface_addresses());
+    match &agent_address {
+        Ok(a) => {
+            tracing::info!(address = %a, "devices are told to reach this hub at this address (--advertise sets it)")
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
+    state.config.agent_address = agent_address.clone();
     // With the default, follow the QUIC port even when it was chosen by the system.
     let tcp_addr = tcp_addr.map(|a| if args.tcp_listen.is_none() { quic_addr } else { a });
     let tcp = match tcp_addr {
@@ -344,6 +386,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         live,
         clock,
         ControllerConfig { offline_grace: args.offline_grace, startup_grace: args.startup_grace },
+        state.metrics.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(crate::api::serve_tls(
@@ -354,14 +397,32 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
             total: args.api_max_connections,
             per_client: args.api_max_connections_per_client,
         },
-        shutdown_rx,
+        shutdown_rx.clone(),
     )));
+    if let Some(listener) = metrics_listener {
+        tasks.push(tokio::spawn(crate::metrics::http::serve_plain(
+            listener,
+            state.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     if let Some(listener) = tcp {
         tasks.push(tokio::spawn(crate::sync::tcp::serve(state.clone(), listener, quic_tls)));
     }
     tasks.push(tokio::spawn(crate::sync::serve(state, endpoint.clone())));
     tracing::info!(api = %api_addr, quic = %quic_addr, tcp = ?tcp_addr, context = %context_path.display(), "hub ready");
-    Ok(RunningHub { api_addr, quic_addr, tcp_addr, context_path, shutdown, endpoint, store, tasks })
+    Ok(RunningHub {
+        api_addr,
+        quic_addr,
+        tcp_addr,
+        metrics_addr,
+        agent_address,
+        context_path,
+        shutdown,
+        endpoint,
+        store,
+        tasks,
+    })
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -388,9 +449,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(tcp) = hub.tcp_addr {
         println!("  agents   {} (TCP fallback)", connect_host(tcp));
     }
+    match &hub.agent_address {
+        Ok(a) => println!("  devices  {a}"),
+        Err(_) => println!("  devices  (no address: pass --advertise)"),
+    }
+    if let Some(m) = hub.metrics_addr {
+        println!("  metrics  http://{m}/metrics");
+    }
     println!("  context  export FLOTILLA_CONTEXT={}", hub.context_path.display());
+    // Store open, API and agent endpoints bound and served: systemd may start what
+    // waits for the hub.
+    crate::notify::ready(&format!("serving the API on {} and agents on {}", hub.api_addr, hub.quic_addr));
+    let watchdog = crate::notify::watchdog_period().map(|period| {
+        tracing::info!(?period, "systemd watchdog on: pinging while the store answers");
+        tokio::spawn(crate::notify::watchdog(hub.store.clone(), period))
+    });
     wait_for_signal().await;
     tracing::info!("shutting down");
+    crate::notify::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     hub.stop().await;
     Ok(())
 }

@@ -10,6 +10,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     hub: HubArgs,
+    /// How the hub, the demo and the simulator write their logs to stderr: `text`
+    /// for people, `json` (one object a line) for log collectors.
+    #[arg(long, global = true, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +44,19 @@ enum Command {
         name: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
+        /// Only objects whose labels match, e.g. `app=pos,tier!=db,env in (a,b),!canary`.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// Only the site's own object, its devices, and the apps placed there.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only objects whose fields match, e.g. `status.phase=Online,spec.site=s1`.
+        #[arg(long)]
+        field_selector: Option<String>,
+        /// After the list, print changes as they come (resuming where it left off when the
+        /// connection drops).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Create or replace a Config or a Secret from values and files.
     Create {
@@ -105,12 +122,25 @@ enum HubCommand {
     Serve(cloud_hub::hub::ServeArgs),
 }
 
-fn init_tracing() {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr, filtered by `FLOTILLA_LOG`. `init` also installs tracing-log's
+/// `LogTracer`, so records of crates that log through `log` (rustls) arrive here too,
+/// under their own targets.
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    // Colour only on a terminal: logs that go to files and journals stay greppable.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // One JSON object per line, fields flattened beside the message.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+        // Colour only on a terminal: logs that go to files and journals stay greppable.
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -120,7 +150,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => cloud_hub::demo::run(args).await,
         Command::Apply { file } => cli::apply(h, &file).await,
         Command::Convert { command } => cli::convert(&command),
-        Command::Get { kind, name, output } => cli::get(h, &kind, name.as_deref(), output).await,
+        Command::Get { kind, name, output, selector, site, field_selector, watch } => {
+            let filters = cli::watch::Filters { selector, site, field_selector };
+            cli::get(h, &kind, name.as_deref(), output, &filters, watch).await
+        }
         Command::Logs(a) => cli::attach::logs(h, &a).await,
         Command::Exec(a) => {
             let code = cli::attach::exec(h, &a).await?;
@@ -146,7 +179,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Hub { .. } | Command::Demo(_) | Command::Sim(_));
     if serving {
-        init_tracing();
+        init_tracing(cli.log_format);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -23,6 +23,8 @@ pub struct HubConfig {
     pub heartbeat_interval: Duration,
     /// How long device certificates are valid; they are renewed at two thirds.
     pub device_cert_validity: Duration,
+    /// The `host:port` devices are told to dial (`crate::advertise`), or why there is none.
+    pub agent_address: Result<String, crate::advertise::NoAddress>,
 }
 
 pub struct HubState {
@@ -46,6 +48,8 @@ pub struct HubState {
     pub attach: Arc<crate::sync::attach::AttachBroker>,
     /// Which devices of each site run which apps, where: for site load balancing.
     pub peers: Arc<crate::sync::peers::PeerDirectory>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<crate::metrics::HubMetrics>,
 }
 
 impl HubState {

@@ -64,12 +64,14 @@ async fn setup() -> Api {
             quic_addr: "127.0.0.1:7441".parse().unwrap(),
             heartbeat_interval: Duration::from_secs(30),
             device_cert_validity: Duration::from_secs(3600),
+            agent_address: Ok("127.0.0.1:7441".into()),
         },
         clock,
         admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
         key: Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32])),
         attach: Default::default(),
         peers: Default::default(),
+        metrics: Default::default(),
     });
     Api { router: api::router(state), store, _dir: dir }
 }
@@ -408,6 +410,8 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
     let rows: Vec<(&str, &str, Option<Value>, [u16; 4])> = vec![
         ("GET", "/api/v1/openapi.json", None, [OK, OK, OK, OK]),
         ("GET", "/api/v1/cluster", None, [OK, OK, OK, OK]),
+        // Fleet-wide figures: a token scoped to sites sees none of them.
+        ("GET", "/metrics", None, [OK, NO, OK, OK]),
         ("GET", "/api/v1/audit", None, [NO, NO, NO, OK]),
         ("GET", "/api/v1/backup", None, [NO, NO, NO, OK]),
         ("GET", "/api/v1/sites", None, [OK, OK, OK, OK]),

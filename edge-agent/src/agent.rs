@@ -258,6 +258,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         probe_rx,
         config.volumes_dir(),
     ));
+    // systemd (Type=notify): the agent is up once it converges on its stored state,
+    // which it does whether or not the hub answers.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 
     let endpoint = crate::transport::client_endpoint()?;
     let identity = tokio::select! {

@@ -522,11 +522,17 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the agent with these environment variables besides the usual ones.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
         let child = command_in(self.netns.as_ref(), &bin("flotilla-agent"))
             .args(["run", "--config"])
             .arg(&self.config)
             .env("FLOTILLA_LOG", "info,edge_agent::sync=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)

@@ -23,7 +23,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Crates the agent must never link (STYLE.md: keep the agent lean).
-const AGENT_FORBIDDEN: &[&str] = &["openraft", "axum", "hyper", "reqwest", "openssl", "aws-lc-rs"];
+const AGENT_FORBIDDEN: &[&str] =
+    &["openraft", "axum", "hyper", "reqwest", "prometheus-client", "openssl", "aws-lc-rs"];
 
 #[derive(Parser)]
 pub struct Args {

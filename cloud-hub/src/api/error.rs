@@ -23,6 +23,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The revision a watch or list page asked for is no longer kept: list again.
+    #[error("{0}")]
+    Gone(String),
     #[error("request body exceeds the {0}-byte limit")]
     TooLarge(u64),
     #[error("this hub is not the leader; send writes to {}", leader.as_deref().unwrap_or("the leader (unknown yet, retry)"))]
@@ -41,6 +44,17 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// The JSON body this error is answered with (also sent as a watch's last event).
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code) = self.status_and_code();
+        let fields: &[FieldError] = match self {
+            ApiError::Invalid(errs) => &errs.0,
+            _ => &[],
+        };
+        serde_json::json!({ "error": code, "message": self.to_string(), "fields": fields,
+            "status": self.status_and_code().0.as_u16() })
+    }
+
     pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
         ApiError::Invalid(FieldErrors(vec![FieldError { field: field.to_string(), message: message.into() }]))
     }
@@ -54,6 +68,7 @@ impl ApiError {
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Gone(_) => (StatusCode::GONE, "expired"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -70,6 +85,7 @@ impl From<hub_store::StoreError> for ApiError {
             }
             hub_store::StoreError::Unavailable(m) => ApiError::Unavailable(m),
             hub_store::StoreError::Rejected(m) => ApiError::BadRequest(m),
+            e @ hub_store::StoreError::Compacted { .. } => ApiError::Gone(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -1,6 +1,6 @@
 //! The hub's HTTPS API (axum): resources, images, tokens, cluster status and the
-//! OpenAPI document. Every `/api/` route needs a bearer token (only the `/healthz`
-//! liveness probe does not); bodies are size-limited; errors name the field at fault.
+//! OpenAPI document. Every `/api/` route and `/metrics` need a bearer token (only the
+//! `/healthz` liveness probe does not); bodies are size-limited; errors name the field at fault.
 
 pub mod attach;
 pub mod audit;
@@ -13,8 +13,10 @@ pub mod error;
 pub mod images;
 pub mod objects;
 pub mod openapi;
+pub mod query;
 pub mod scope;
 pub mod tokens;
+pub mod watch;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
@@ -40,6 +42,7 @@ pub fn router(state: Arc<HubState>) -> Router {
     let image_limit = usize::try_from(state.config.max_image_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(crate::metrics::http::scrape))
         .route("/api/v1/openapi.json", get(openapi_document))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/audit", get(audit::list))
@@ -77,6 +80,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(axum::middleware::from_fn(error::json_errors))
+        // Outermost: it counts the status the client gets, under the route matched.
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::http::track))
         .with_state(state)
 }
 
@@ -94,6 +99,9 @@ async fn cluster(State(state): State<Arc<HubState>>, caller: auth::Caller) -> er
         "revision": state.store.revision(),
         "connectedDevices": state.live.n_connected(),
         "quicAddr": state.config.quic_addr.to_string(),
+        // What devices should dial (never loopback for a hub on every interface).
+        "agentAddress": state.config.agent_address.as_ref().ok(),
+        "agentAddressProblem": state.config.agent_address.as_ref().err().map(|e| e.to_string()),
         "version": env!("CARGO_PKG_VERSION"),
     })))
 }

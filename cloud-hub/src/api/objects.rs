@@ -9,10 +9,13 @@
 use super::HubState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::query::{ContinueToken, ListQuery};
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use hub_store::{PageRequest, StoreError};
 use serde_json::{Value, json};
 use shared_proto::store::{Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome};
 use shared_proto::{
@@ -117,7 +120,7 @@ pub fn to_json(o: &Object) -> Value {
 
 /// Fills in what only this hub's memory knows: when the device was last heard from,
 /// and the revision of its desired manifest.
-fn overlay(state: &HubState, o: &mut Object) {
+pub(crate) fn overlay(state: &HubState, o: &mut Object) {
     if let Object::Device(d) = o {
         if let Some(seen) = state.live.last_seen(&d.metadata.name) {
             d.status.last_seen_at = Some(seen);
@@ -128,29 +131,67 @@ fn overlay(state: &HubState, o: &mut Object) {
     }
 }
 
+/// `GET /api/v1/<kind>`: a list (filtered, optionally paged) or, with `watch=true`, a watch.
+/// See `query.rs` for the parameters and `watch.rs` for the stream.
 pub async fn list(
     State(state): State<Arc<HubState>>,
     caller: Caller,
     Path(plural): Path<String>,
-) -> ApiResult<Json<Value>> {
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let kind = kind_from_path(&plural)?;
-    let mut items = state.store.list(kind.into()).await?;
-    items.retain(|o| caller.scope.sees(o));
+    let query = ListQuery::parse(kind, raw.as_deref())?;
+    if query.watch {
+        let last_event_id = match headers.get("last-event-id") {
+            Some(v) => Some(v.to_str().map_err(|_| ApiError::invalid("Last-Event-ID", "not text"))?),
+            None => None,
+        };
+        return super::watch::serve(state, caller, kind, query, last_event_id);
+    }
+    let request = PageRequest {
+        after: query.continue_from.as_ref().map(|t| t.after.clone()),
+        at: query.continue_from.as_ref().map(|t| t.revision),
+        limit: query.limit,
+    };
+    let page = state
+        .store
+        .list_page(kind.into(), &request, |o| caller.scope.sees(o) && query.matches(o))
+        .await
+        .map_err(|e| match e {
+            StoreError::Compacted { .. } => ApiError::Gone(format!(
+                "the list this continue token pages through (revision {}) is too old for this hub: list again from the start",
+                request.at.unwrap_or_default()
+            )),
+            e => e.into(),
+        })?;
+    let mut items = page.items;
     for o in &mut items {
         overlay(&state, o);
+    }
+    let mut metadata = json!({ "revision": page.revision });
+    if let Some(after) = page.next_after {
+        metadata["continue"] = json!(ContinueToken::new(kind, page.revision, after).encode());
     }
     Ok(Json(json!({
         "apiVersion": shared_proto::API_VERSION,
         "kind": format!("{}List", kind.as_str()),
-        "revision": state.store.revision(),
+        "metadata": metadata,
+        "revision": page.revision,
         "items": items.iter().map(to_json).collect::<Vec<_>>(),
-    })))
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/images`: the images route also takes uploads, so it has its own handler.
-pub async fn list_images(state: State<Arc<HubState>>, caller: Caller) -> ApiResult<Json<Value>> {
-    list(state, caller, Path(Kind::Image.plural().to_string())).await
+pub async fn list_images(
+    state: State<Arc<HubState>>,
+    caller: Caller,
+    query: RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    list(state, caller, Path(Kind::Image.plural().to_string()), query, headers).await
 }
 
 pub async fn get(

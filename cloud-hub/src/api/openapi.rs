@@ -21,13 +21,71 @@ fn object_schema(kind: &str, spec: Value, status: Value) -> Value {
 
 fn crud(kind: &str, plural: &str, appliable: bool) -> (Value, Value) {
     let item = json!({ "$ref": format!("#/components/schemas/{kind}") });
+    let q = |name: &str, schema: Value, description: &str| json!({ "name": name, "in": "query", "schema": schema, "description": description });
+    let fields = super::query::FIELDS.iter().find(|(k, _)| k.plural() == plural).map_or(&[][..], |(_, f)| *f);
+    let mut parameters = vec![
+        q(
+            "labelSelector",
+            json!({ "type": "string", "maxLength": shared_proto::selector::MAX_SELECTOR_LEN }),
+            "Kubernetes label selector: `app=pos,tier!=db,env in (a,b),zone notin (x),gpu,!canary` (at most 64 requirements)",
+        ),
+        q(
+            "fieldSelector",
+            json!({ "type": "string" }),
+            &format!(
+                "`field=value`, `field==value` or `field!=value`, comma-separated (at most {}), on: {}",
+                super::query::MAX_FIELD_TERMS,
+                fields.join(", ")
+            ),
+        ),
+        q(
+            "limit",
+            json!({ "type": "integer", "minimum": 1, "maximum": super::query::MAX_LIST_LIMIT }),
+            "Most items in this page; `metadata.continue` then names the next. Without it, the whole list",
+        ),
+        q(
+            "continue",
+            json!({ "type": "string" }),
+            "The previous page's `metadata.continue`: the next page of the same list, read at the same revision. 410 when this hub no longer keeps that revision: list again",
+        ),
+        q(
+            "watch",
+            json!({ "type": "boolean" }),
+            "Stream the changes (Server-Sent Events) instead of listing; the filters apply",
+        ),
+        q(
+            "sinceRevision",
+            json!({ "type": "integer", "minimum": 0 }),
+            "With watch: the changes after this revision (a list's `metadata.revision`); default: from now on. 410 when this hub no longer keeps it",
+        ),
+        json!({ "name": "Last-Event-ID", "in": "header", "schema": { "type": "string", "pattern": "^[0-9]+(:[0-9]+)?$" },
+            "description": "With watch: resume after this event (the last `id:` received); wins over sinceRevision" }),
+    ];
+    if matches!(plural, "sites" | "devices" | "apps") {
+        parameters.push(q(
+            "site",
+            json!({ "type": "string" }),
+            "Only the site's own object, its devices, and the apps placed there (or placed fleet-wide)",
+        ));
+    }
     let collection = json!({
         "get": {
-            "summary": format!("List {plural}"),
-            "responses": { "200": { "description": format!("All {plural}"), "content": { "application/json": {
-                "schema": { "type": "object", "properties": {
-                    "revision": { "type": "integer" }, "items": { "type": "array", "items": item }
-                } } } } } }
+            "summary": format!("List or watch {plural}"),
+            "description": "A list is read at one revision (`metadata.revision`); watching from it (`watch=true&sinceRevision=`) misses nothing and repeats nothing. Watch events: `id:` the revision (`R:i` when more events of revision R follow), `event:` ADDED, MODIFIED, DELETED, BOOKMARK (nothing for you up to that revision) or ERROR (last, with an error body; 410 means list again); comments every 15 s. An object that stops matching the filters is DELETED, one that starts is ADDED. A client that reads slower than the hub changes is dropped with a 410 ERROR. Lists are linearizable (the leader answers; 503 elsewhere); watches are served by any hub.",
+            "parameters": parameters,
+            "responses": {
+                "200": { "description": format!("The {plural} that match, or their changes"), "content": {
+                    "application/json": { "schema": { "type": "object", "properties": {
+                        "metadata": { "type": "object", "properties": {
+                            "revision": { "type": "integer", "description": "The revision the whole list (every page) is read at" },
+                            "continue": { "type": "string", "description": "Present when more items follow: pass it as `continue`" } } },
+                        "revision": { "type": "integer", "description": "Same as metadata.revision" },
+                        "items": { "type": "array", "items": item } } } },
+                    "text/event-stream": { "schema": { "type": "string" } } } },
+                "410": { "description": "The revision asked for (sinceRevision, Last-Event-ID, continue) is older than this hub's history: list again", "$ref": "#/components/responses/Error" },
+                "422": { "description": "A parameter is malformed: the error names it", "$ref": "#/components/responses/Error" },
+                "503": { "$ref": "#/components/responses/Error" }
+            }
         }
     });
     let mut one = json!({
@@ -274,6 +332,14 @@ pub fn document() -> Value {
         json!({ "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } }),
     );
     paths.insert(
+        "/metrics".into(),
+        json!({ "get": { "summary": "Prometheus metrics, as OpenMetrics text (a viewer token for every site)",
+            "responses": { "200": { "description": "The hub's series",
+                "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } },
+                "401": { "description": "No valid token" },
+                "403": { "description": "The token is scoped to sites: metrics are fleet-wide" } } } }),
+    );
+    paths.insert(
         "/api/v1/openapi.json".into(),
         json!({ "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI" } } } }),
     );
@@ -348,6 +414,7 @@ pub fn document() -> Value {
                 "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } } },
             "schemas": {
                 "Error": { "type": "object", "properties": { "error": { "type": "string" }, "message": { "type": "string" },
+                    "status": { "type": "integer", "description": "The HTTP status, in a watch's ERROR event" },
                     "fields": { "type": "array", "items": { "type": "object", "properties": {
                         "field": { "type": "string" }, "message": { "type": "string" } } } } } },
                 "ObjectMeta": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
@@ -426,11 +493,34 @@ mod tests {
             "/api/v1/api-tokens/{id}",
             "/api/v1/cluster",
             "/healthz",
+            "/metrics",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
         }
         assert!(doc["paths"]["/api/v1/images"]["post"].is_object());
         assert!(doc["paths"]["/api/v1/apps/{name}"]["put"].is_object());
         assert!(doc["paths"]["/api/v1/images/{name}"].get("put").is_none());
+        // Lists and watches: every parameter the handler reads, and the answers it gives.
+        for plural in ["sites", "devices", "apps", "images", "configs", "secrets"] {
+            let get = &doc["paths"][format!("/api/v1/{plural}")]["get"];
+            let names: Vec<&str> =
+                get["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+            for p in [
+                "labelSelector",
+                "fieldSelector",
+                "limit",
+                "continue",
+                "watch",
+                "sinceRevision",
+                "Last-Event-ID",
+            ] {
+                assert!(names.contains(&p), "{plural}: {p} undocumented");
+            }
+            assert_eq!(names.contains(&"site"), matches!(plural, "sites" | "devices" | "apps"), "{plural}");
+            for code in ["200", "410", "422", "503"] {
+                assert!(get["responses"].get(code).is_some(), "{plural}: {code} undocumented");
+            }
+            assert!(get["responses"]["200"]["content"].get("text/event-stream").is_some());
+        }
     }
 }

@@ -162,14 +162,21 @@ impl HubClient {
 
     /// A GET whose body is read as it comes (a followed log).
     pub async fn get_stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.get_stream_with(path, &[]).await
+    }
+
+    /// [`HubClient::get_stream`] with extra request headers (a watch's `Last-Event-ID`).
+    pub async fn get_stream_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let mut req = self.http.get(&url).bearer_auth(&self.token);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
         let status = resp.status();
         if !status.is_success() {
             let bytes = resp.bytes().await.unwrap_or_default();

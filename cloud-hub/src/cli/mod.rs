@@ -9,6 +9,7 @@ pub mod client;
 pub mod compose;
 pub mod config;
 pub mod output;
+pub mod watch;
 
 use anyhow::{Context, bail};
 use client::{HubArgs, HubClient};
@@ -292,7 +293,7 @@ fn now() -> shared_proto::Timestamp {
     shared_proto::clock::SystemClock.now()
 }
 
-fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
+pub(crate) fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let now = now();
     match kind {
         Kind::Device => {
@@ -408,17 +409,40 @@ fn rows_for(kind: Kind, items: &[Value], wide: bool) -> (Vec<&'static str>, Vec<
     }
 }
 
-pub async fn get(args: &HubArgs, kind: &str, name: Option<&str>, format: Format) -> anyhow::Result<()> {
+/// `flotilla get`: one object, or the filtered list (every page), or with `watch` the list
+/// and then its changes as they come.
+pub async fn get(
+    args: &HubArgs,
+    kind: &str,
+    name: Option<&str>,
+    format: Format,
+    filters: &watch::Filters,
+    follow: bool,
+) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let client = HubClient::connect(args)?;
+    if follow {
+        if name.is_some() {
+            bail!(
+                "-w follows a list: leave out the name and select with -l or --field-selector metadata.name=NAME"
+            );
+        }
+        return watch::get_and_watch(&client, kind, filters, format).await;
+    }
     let (value, items) = match name {
         Some(n) => {
             let v = client.get(&format!("/api/v1/{}/{n}", kind.plural())).await?;
             (v.clone(), vec![v])
         }
         None => {
-            let v = client.get(&format!("/api/v1/{}", kind.plural())).await?;
-            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let (revision, items) = watch::list_all(&client, kind, filters).await?;
+            let v = json!({
+                "apiVersion": shared_proto::API_VERSION,
+                "kind": format!("{}List", kind.as_str()),
+                "metadata": { "revision": revision },
+                "revision": revision,
+                "items": items,
+            });
             (v, items)
         }
     };
@@ -683,10 +707,29 @@ pub async fn delete(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// The address the hub tells devices to dial (its `--advertise`, or an address of its
+/// machine that is not loopback); an error saying to pass `--advertise` when it has none.
+async fn agent_address(client: &HubClient) -> anyhow::Result<String> {
+    let cluster = client.get("/api/v1/cluster").await?;
+    if let Some(a) = cluster["agentAddress"].as_str() {
+        return Ok(a.to_string());
+    }
+    if let Some(problem) = cluster["agentAddressProblem"].as_str() {
+        bail!("{problem}");
+    }
+    // A hub from before the field: what the context file says, as before.
+    Ok(if client.quic.is_empty() { "<hub-address>:7441".to_string() } else { client.quic.clone() })
+}
+
 pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
     let client = HubClient::connect(args)?;
     match cmd {
         TokenCommand::Create { ttl, max_uses, labels, allow_labels, site, description, quiet } => {
+            // Asked first: a token is no use to a device that is told no address it can reach.
+            let hub = match quiet {
+                true => String::new(),
+                false => agent_address(&client).await?,
+            };
             let body = json!({
                 "ttl": ttl,
                 "maxUses": max_uses,
@@ -703,8 +746,6 @@ pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
             }
             println!("Enrolment token (shown once; expires {}):\n\n  {token}\n", s(&v, &["expiresAt"]));
             println!("Agent configuration (/etc/flotilla/agent.toml):\n");
-            let hub =
-                if client.quic.is_empty() { "<hub-address>:7441".to_string() } else { client.quic.clone() };
             println!("  hub = \"{hub}\"\n  enrolment_token = \"{token}\"");
         }
         TokenCommand::List => {
@@ -881,7 +922,7 @@ pub async fn image(args: &HubArgs, cmd: &ImageCommand) -> anyhow::Result<()> {
             println!("image/{} imported ({})", s(&v, &["metadata", "name"]), s(&v, &["spec", "digest"]));
             Ok(())
         }
-        ImageCommand::List => get(args, "images", None, Format::Table).await,
+        ImageCommand::List => get(args, "images", None, Format::Table, &Default::default(), false).await,
     }
 }
 

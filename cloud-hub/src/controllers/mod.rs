@@ -25,6 +25,7 @@ pub mod manifests;
 pub mod planner;
 pub mod scheduler;
 
+use crate::metrics::HubMetrics;
 use crate::sync::liveness::LivenessTable;
 use cache::FleetCache;
 use futures::StreamExt;
@@ -74,6 +75,7 @@ pub async fn run(
     live: Arc<LivenessTable>,
     clock: SharedClock,
     cfg: ControllerConfig,
+    metrics: Arc<HubMetrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let hub_started = clock.now().saturating_add(cfg.startup_grace);
@@ -100,7 +102,7 @@ pub async fn run(
         };
         tracing::info!(devices = cache.devices.len(), apps = cache.apps.len(), "controllers running");
         let mut planner = Planner::new(cache, cfg.clone(), hub_started);
-        match lead(&store, &live, &clock, &mut planner, &mut rx, &mut leader, &mut shutdown).await {
+        match lead(&store, &live, &clock, &metrics, &mut planner, &mut rx, &mut leader, &mut shutdown).await {
             Stop::Relist => continue,
             Stop::Done => return,
         }
@@ -118,10 +120,12 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn lead(
     store: &Store,
     live: &LivenessTable,
     clock: &SharedClock,
+    metrics: &HubMetrics,
     planner: &mut Planner,
     rx: &mut tokio::sync::broadcast::Receiver<Arc<hub_store::ChangeBatch>>,
     leader: &mut tokio::sync::watch::Receiver<Option<hub_store::NodeId>>,
@@ -129,7 +133,12 @@ async fn lead(
 ) -> Stop {
     while store.is_leader() && !*shutdown.borrow() {
         let (cpu0, wall0) = (thread_cpu_time(), std::time::Instant::now());
-        let plan = planner.plan(clock.now(), &|d| live.get(d), live.take_dirty());
+        let mut lap_start = std::time::Instant::now();
+        let plan = planner.plan_with_laps(clock.now(), &|d| live.get(d), live.take_dirty(), &mut |c| {
+            let now = std::time::Instant::now();
+            metrics.controller_pass(c, now.duration_since(lap_start));
+            lap_start = now;
+        });
         let s = planner.stats;
         if s != planner::PassStats::default() {
             tracing::debug!(

@@ -15,6 +15,7 @@ use super::cache::{Changed, FleetCache};
 use super::devices::{LiveDevice, device_status};
 use super::manifests::{delete_manifest, plan_device_manifest};
 use super::scheduler::{NotPlaced, Unit, placement_order, schedule_unit};
+use crate::metrics::Controller;
 use shared_proto::store::{Object, Precondition, StoreCommand, StoreKind, StoreOutcome};
 use shared_proto::{App, Device, DevicePhase, SiteStatus, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
@@ -259,6 +260,18 @@ impl Planner {
         live: &dyn Fn(&str) -> Option<LiveDevice>,
         liveness_changed: BTreeSet<String>,
     ) -> PassPlan {
+        self.plan_with_laps(now, live, liveness_changed, &mut |_| {})
+    }
+
+    /// [`Planner::plan`], calling `lap` as each planner finishes, so that the shell
+    /// can time them without the planner reading a clock.
+    pub fn plan_with_laps(
+        &mut self,
+        now: Timestamp,
+        live: &dyn Fn(&str) -> Option<LiveDevice>,
+        liveness_changed: BTreeSet<String>,
+        lap: &mut dyn FnMut(Controller),
+    ) -> PassPlan {
         let retry = std::mem::take(&mut self.retry);
         self.dirty.manifests.extend(retry.manifests);
         self.dirty.devices.extend(retry.devices);
@@ -275,10 +288,15 @@ impl Planner {
         self.stats = PassStats::default();
 
         self.schedule();
+        lap(Controller::Scheduler);
         let manifests = self.plan_manifests();
+        lap(Controller::Manifests);
         let devices = self.plan_devices(now, live);
+        lap(Controller::Devices);
         let apps = self.plan_apps();
+        lap(Controller::Apps);
         let sites = self.plan_sites();
+        lap(Controller::Sites);
         let mut writes = Vec::new();
         for group in [manifests, devices, apps, sites] {
             writes.extend(chunk(group));

@@ -398,3 +398,18 @@ fn a_deleted_device_loses_its_manifest_and_its_place() {
     let Some(Object::App(till)) = store.get(StoreKind::App, "till") else { panic!() };
     assert_eq!(till.status.n_desired, 999);
 }
+
+#[test]
+fn a_pass_reports_each_planner_as_it_finishes_and_plans_the_same_with_or_without_laps() {
+    let mut store = FakeStore::default();
+    store.put(device("pi", "", "web"));
+    store.put(image("web:1"));
+    store.put(app("web", "web", "web:1"));
+    let mut laps = Vec::new();
+    let timed =
+        planner(&store).plan_with_laps(Timestamp(10), &online, BTreeSet::new(), &mut |c| laps.push(c));
+    use crate::metrics::Controller::*;
+    assert_eq!(laps, [Scheduler, Manifests, Devices, Apps, Sites]);
+    let plain = planner(&store).plan(Timestamp(10), &online, BTreeSet::new());
+    assert_eq!(timed.writes, plain.writes);
+}

@@ -11,7 +11,7 @@ use images::oci::ImageManifest;
 use shared_proto::store::{Object, StoreKind};
 use shared_proto::wire::{self, BlobReply, BlobRequest};
 use std::io::SeekFrom;
-use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 /// Answers one blob request on `send`, written for a peer speaking `version`.
 pub async fn serve<W: AsyncWrite + Unpin>(
@@ -59,7 +59,17 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     }
     wire::write_frame_for(&mut send, version, &BlobReply::Found { size }).await?;
     file.seek(SeekFrom::Start(req.offset)).await?;
-    tokio::io::copy(&mut file, &mut send).await?;
+    // Counted as it goes: a transfer cut short is resumed from an offset, and what it
+    // sent before the cut was served all the same.
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        send.write_all(&buf[..n]).await?;
+        state.metrics.blob_bytes_served(n as u64);
+    }
     send.flush().await?;
     let _ = send.shutdown().await;
     Ok(())

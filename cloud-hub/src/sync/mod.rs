@@ -19,6 +19,7 @@ pub mod renew;
 pub mod session;
 pub mod tcp;
 
+use crate::metrics::Transport;
 use crate::state::HubState;
 use quinn::{Connection, Endpoint};
 use shared_proto::CodecError;
@@ -199,7 +200,8 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
         let device = device.clone();
         let cert = cert.clone();
         tokio::spawn(async move {
-            match handle_stream(&state, cert, remote, session::spawn_quic_reader(recv), send).await {
+            let reads = session::spawn_quic_reader(recv);
+            match handle_stream(&state, Transport::Quic, cert, remote, reads, send).await {
                 Ok(()) => {}
                 Err(StreamError::NeedsCertificate) => conn.close(
                     close_code::UNAUTHENTICATED.into(),
@@ -213,6 +215,7 @@ async fn handle_connection(state: Arc<HubState>, conn: Connection) {
                     )
                 }
                 Err(StreamError::Sync(e)) if e.is_protocol() => {
+                    state.metrics.frame_rejected(Transport::Quic);
                     tracing::info!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), error = %e, "closing connection");
                     let code = match e {
                         SyncError::UnsupportedVersion { .. } => close_code::UNSUPPORTED_VERSION,
@@ -290,11 +293,12 @@ async fn read_open(
     }
 }
 
-/// Serves one agent stream, from QUIC or TCP. `cert` is the peer's device
+/// Serves one agent stream, from QUIC or TCP (`transport`). `cert` is the peer's device
 /// certificate, `None` for a device that is enrolling; `reads` is the stream's reader
 /// task ([`session::spawn_reader`], [`session::spawn_quic_reader`]).
 pub async fn handle_stream<W>(
     state: &Arc<HubState>,
+    transport: Transport,
     cert: Option<provisioning::identity::DeviceCert>,
     remote: SocketAddr,
     mut reads: tokio::sync::mpsc::Receiver<session::Read>,
@@ -312,6 +316,10 @@ where
         (None, _) => Ok(()),
         (Some((version, StreamOpen::Enrol(req))), _) => {
             let reply = enrol::enrol(state, req).await;
+            state.metrics.enrolment(match reply {
+                wire::EnrolReply::Accepted { .. } => crate::metrics::EnrolOutcome::Accepted,
+                wire::EnrolReply::Refused { .. } => crate::metrics::EnrolOutcome::Refused,
+            });
             wire::write_frame_for(&mut writer, version, &reply).await?;
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
             Ok(())
@@ -324,7 +332,8 @@ where
         }
         (Some(_), Some(cert)) if cert.expired(state.clock.now()) => Err(StreamError::Expired),
         (Some((version, StreamOpen::Sync(hello))), Some(cert)) => {
-            Ok(session::serve(state.clone(), cert, remote, hello, version, decoder, reads, writer).await?)
+            Ok(session::serve(state.clone(), transport, cert, remote, hello, version, decoder, reads, writer)
+                .await?)
         }
         (Some((version, StreamOpen::Blob(req))), Some(cert)) => {
             Ok(blobs::serve(state, &cert.name, version, req, writer).await?)

@@ -68,10 +68,16 @@ where
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4 * 1024];
         loop {
-            let msg = match reader.read(&mut buf).await {
-                Ok(0) => Read::Eof,
-                Ok(n) => Read::Bytes(buf[..n].to_vec()),
-                Err(e) => Read::Failed(e),
+            // When the session ends (a malformed frame, say), the receiver goes and so
+            // does this task with its half of the stream: the connection closes even
+            // if the peer never writes again.
+            let msg = tokio::select! {
+                read = reader.read(&mut buf) => match read {
+                    Ok(0) => Read::Eof,
+                    Ok(n) => Read::Bytes(buf[..n].to_vec()),
+                    Err(e) => Read::Failed(e),
+                },
+                () = tx.closed() => return,
             };
             let last = !matches!(msg, Read::Bytes(_));
             if tx.send(msg).await.is_err() || last {
@@ -89,10 +95,14 @@ pub fn spawn_quic_reader(mut recv: quinn::RecvStream) -> mpsc::Receiver<Read> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         loop {
-            let msg = match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => Read::Bytes(chunk.bytes.to_vec()),
-                Ok(None) => Read::Eof,
-                Err(e) => Read::Failed(e.into()),
+            // As in `spawn_reader`: the stream goes when its session does.
+            let msg = tokio::select! {
+                read = recv.read_chunk(64 * 1024, true) => match read {
+                    Ok(Some(chunk)) => Read::Bytes(chunk.bytes.to_vec()),
+                    Ok(None) => Read::Eof,
+                    Err(e) => Read::Failed(e.into()),
+                },
+                () = tx.closed() => return,
             };
             let last = !matches!(msg, Read::Bytes(_));
             if tx.send(msg).await.is_err() || last {
@@ -112,6 +122,7 @@ pub fn session_config(state: &HubState) -> HubSessionConfig {
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<W>(
     state: Arc<HubState>,
+    transport: crate::metrics::Transport,
     cert: provisioning::identity::DeviceCert,
     remote: std::net::SocketAddr,
     hello: AgentHello,
@@ -150,7 +161,7 @@ where
             // Register before reading the manifest, so no change can slip in between.
             let reg = state.fanout.register(&device);
             let live = state.live.connected(&device, hello.facts.clone(), hello.held_revision, clock.now());
-            registration = Some((reg, live));
+            registration = Some((reg, live, state.metrics.session_opened(transport)));
             session.welcome(clock.monotonic(), current_manifest(&state, &device)?.as_ref());
             certificates_follow(&state, &cert, &mut session);
             let state = state.clone();
@@ -174,7 +185,7 @@ where
         &state,
         &cert,
         &mut session,
-        registration.as_mut().map(|(r, _)| &mut r.changes),
+        registration.as_mut().map(|(r, _, _)| &mut r.changes),
         attach.as_mut().map(|(q, _)| q),
         site.as_mut().map(|(m, w)| (&*m, w)),
         &mut reads,
@@ -185,9 +196,10 @@ where
     if let Some((m, _)) = &site {
         state.peers.leave(m);
     }
-    if let Some((reg, live)) = registration {
+    if let Some((reg, live, connected)) = registration {
         state.fanout.unregister(&device, reg.id);
         state.live.disconnected(&device, live, clock.now());
+        drop(connected);
     }
     if booked {
         state.sessions.end(&cert.serial, book_id);

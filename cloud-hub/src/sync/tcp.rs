@@ -9,6 +9,7 @@
 
 use super::identity;
 use super::{StreamError, handle_stream};
+use crate::metrics::Transport;
 use crate::state::HubState;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -83,7 +84,8 @@ pub async fn serve(state: Arc<HubState>, listener: TcpListener, tls: Arc<rustls:
             let revoked = identity::revoked(admitted.as_mut());
             let device = cert.as_ref().map(|c| c.name.clone());
             let (reader, writer) = tokio::io::split(tls);
-            let stream = handle_stream(&state, cert, remote, super::session::spawn_reader(reader), writer);
+            let reads = super::session::spawn_reader(reader);
+            let stream = handle_stream(&state, Transport::Tcp, cert, remote, reads, writer);
             let ended = tokio::select! {
                 ended = stream => ended,
                 refusal = revoked => {
@@ -99,6 +101,9 @@ pub async fn serve(state: Arc<HubState>, listener: TcpListener, tls: Arc<rustls:
                     tracing::info!(%remote, device = device.as_deref().unwrap_or_default(), "an expired certificate asked for more than a renewal")
                 }
                 Err(StreamError::Sync(e)) => {
+                    if e.is_protocol() {
+                        state.metrics.frame_rejected(Transport::Tcp);
+                    }
                     tracing::debug!(%remote, device = device.as_deref().unwrap_or("(enrolling)"), error = %e, "tcp stream ended")
                 }
             }

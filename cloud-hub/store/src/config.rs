@@ -1,6 +1,7 @@
 //! How a hub's store is started ([`StoreConfig`]) and tuned ([`RaftTuning`]), and the openraft
 //! configuration derived from them.
 
+use crate::history::HistoryLimits;
 use crate::types::NodeId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ pub struct RaftTuning {
     pub n_logs_kept_after_snapshot: u64,
     /// Most entries in one AppendEntries RPC, at most [`MAX_PAYLOAD_ENTRIES`].
     pub max_payload_entries: u64,
+    /// How much recent history this hub keeps in memory for watches and list pages that
+    /// start at a past revision (see `history.rs`).
+    pub watch_history: HistoryLimits,
 }
 
 impl Default for RaftTuning {
@@ -60,6 +64,7 @@ impl Default for RaftTuning {
             snapshot_every_n_logs: 10_000,
             n_logs_kept_after_snapshot: 1_000,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            watch_history: HistoryLimits::default(),
         }
     }
 }

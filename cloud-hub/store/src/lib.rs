@@ -9,16 +9,21 @@
 //!
 //! Map of the crate: `types.rs` declares openraft's type configuration; `db.rs` the redb layout;
 //! `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
-//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `backup.rs` backup files and the offline restore; `rpc.rs`, `network.rs` and
-//! `server.rs` the hub-to-hub Raft RPCs over HTTP; `store.rs` the [`Store`] facade tying them
-//! together.
+//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `backup.rs` backup
+//! files and the offline restore; `rpc.rs`, `network.rs` and
+//! `server.rs` the hub-to-hub Raft RPCs over HTTP; `history.rs` the window of recent changes that
+//! watches and list pages at a past revision read; `paging.rs` those pages; `store.rs` the [`Store`] facade tying them
+//! together; `progress.rs` Raft's progress for metrics and the liveness probe.
 
 mod apply;
 mod backup;
 mod config;
 mod db;
+mod history;
 mod log_store;
 mod network;
+mod paging;
+mod progress;
 mod rpc;
 mod server;
 mod snapshot;
@@ -31,6 +36,8 @@ pub use backup::{
     VerifiedBackup, decode_backup, read_backup_file, restore_store,
 };
 pub use config::{MAX_PAYLOAD_ENTRIES, RaftTuning, StoreConfig};
+pub use history::{HistoryLimits, HistoryPage, RevisionEvents, WatchEvent, is_watched_kind};
+pub use progress::RaftProgress;
 pub use store::Store;
 pub use types::NodeId;
 
@@ -61,6 +68,12 @@ pub enum StoreError {
     /// change): retrying it unchanged will fail again.
     #[error("request rejected: {0}")]
     Rejected(String),
+    /// The revision asked for is older than this hub's history window: list again, and
+    /// watch from the list's revision.
+    #[error(
+        "revision {requested} is too old: this hub keeps the changes after revision {oldest}; list again and watch from the list's revision"
+    )]
+    Compacted { requested: u64, oldest: u64 },
     /// Storage is broken: this node is broken and must be taken out of service.
     #[error("store failed: {0}")]
     Fatal(String),
@@ -101,6 +114,29 @@ pub struct Revisioned {
     /// Revision of the last write to the key: what `Precondition::RevisionIs` compares with.
     pub revision: u64,
     pub create_revision: u64,
+}
+
+/// Which page of a list to read (see [`Store::list_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Start after this name (the last one of the previous page).
+    pub after: Option<String>,
+    /// Read the list as it was at this revision (the first page's); `None` for the first
+    /// page: a linearizable read of the current state.
+    pub at: Option<u64>,
+    /// Most objects returned; `None` for all.
+    pub limit: Option<usize>,
+}
+
+/// One page of a list, as of one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    /// The revision the whole list is read at.
+    pub revision: u64,
+    /// Objects that passed the filter, sorted by name.
+    pub items: Vec<Object>,
+    /// Set when the page is full and more names follow: where the next page starts after.
+    pub next_after: Option<String>,
 }
 
 /// A point-in-time view of this node's Raft state, for health endpoints and tests.

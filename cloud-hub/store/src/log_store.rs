@@ -231,7 +231,7 @@ mod tests {
             let err = |e: io::Error| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e);
             let dir = tempfile::tempdir().map_err(err)?;
             let db = Arc::new(db::open_database(&dir.path().join("store.redb")).map_err(|e| err(e.into()))?);
-            let sm = StateMachineStore::new(db.clone(), Arc::new(Publisher::new(0)));
+            let sm = StateMachineStore::new(db.clone(), Arc::new(Publisher::new(0, Default::default())));
             Ok((dir, LogStore::new(db), sm))
         }
     }

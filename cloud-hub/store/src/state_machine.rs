@@ -11,6 +11,7 @@ use crate::db::{
     self, DbError, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_BLOB, KEY_SNAPSHOT_META, OBJECTS, SM_META,
     SNAPSHOT, begin_read, begin_write, begin_write_with, read_record, run_blocking,
 };
+use crate::history::{History, HistoryLimits, RevisionEvents, WatchEvent, is_watched_kind};
 use crate::snapshot;
 use crate::types::{
     ApplyResponse, CommandBytes, Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership,
@@ -26,24 +27,47 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// How many change batches a watcher may fall behind before it lags and must relist.
 const WATCH_CAPACITY: usize = 4096;
 
-/// Publishes applied changes to watchers and tracks the applied revision.
+/// Publishes applied changes to watchers, keeps the window of recent history, and tracks the
+/// applied revision.
 ///
 /// Publishing and subscribing take the same lock, so a subscriber either sees a batch in its
-/// receiver or its start revision already covers it: never both, never neither.
+/// receiver or its start revision already covers it: never both, never neither. The history
+/// is fed under the same lock, in the same order, so it can never lag behind or skip.
 pub(crate) struct Publisher {
-    tx: Mutex<broadcast::Sender<Arc<ChangeBatch>>>,
+    inner: Mutex<PublisherInner>,
     revision: AtomicU64,
+    /// The applied revision, for watchers to wait on.
+    applied: watch::Sender<u64>,
+}
+
+struct PublisherInner {
+    tx: broadcast::Sender<Arc<ChangeBatch>>,
+    history: History,
+}
+
+/// What one log entry changed, for watchers: the batch for subscribers, and the watched
+/// changes with what they replaced for the history window.
+pub(crate) struct AppliedChanges {
+    pub batch: ChangeBatch,
+    pub history: RevisionEvents,
+    /// Encoded size of the history's objects, before and after.
+    pub n_history_bytes: usize,
 }
 
 impl Publisher {
-    pub(crate) fn new(revision: u64) -> Self {
+    pub(crate) fn new(revision: u64, limits: HistoryLimits) -> Self {
         let (tx, _) = broadcast::channel(WATCH_CAPACITY);
-        Publisher { tx: Mutex::new(tx), revision: AtomicU64::new(revision) }
+        let (applied, _) = watch::channel(revision);
+        Publisher {
+            inner: Mutex::new(PublisherInner { tx, history: History::new(revision, limits) }),
+            revision: AtomicU64::new(revision),
+            applied,
+        }
     }
 
     pub(crate) fn revision(&self) -> u64 {
@@ -51,18 +75,54 @@ impl Publisher {
     }
 
     pub(crate) fn subscribe(&self) -> (u64, broadcast::Receiver<Arc<ChangeBatch>>) {
-        let tx = self.tx.lock().expect("publisher lock poisoned");
-        (self.revision(), tx.subscribe())
+        let inner = self.lock();
+        (self.revision(), inner.tx.subscribe())
     }
 
-    /// Called after the redb commit of `batches`, with the commit's last log index.
-    fn publish(&self, revision: u64, batches: Vec<ChangeBatch>) {
-        let tx = self.tx.lock().expect("publisher lock poisoned");
-        for batch in batches {
+    pub(crate) fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Runs `f` on the history window, under the publisher's lock (keep it short).
+    pub(crate) fn with_history<T>(&self, f: impl FnOnce(&History) -> T) -> T {
+        f(&self.lock().history)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PublisherInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called after the redb commit of `changes`, with the commit's last log index.
+    fn publish(&self, revision: u64, changes: Vec<AppliedChanges>) {
+        let mut inner = self.lock();
+        for c in changes {
             // An error only means nobody is watching right now.
-            let _ = tx.send(Arc::new(batch));
+            let _ = inner.tx.send(Arc::new(c.batch));
+            inner.history.push(c.history, c.n_history_bytes);
         }
+        inner.history.advance(revision);
         self.revision.fetch_max(revision, Ordering::AcqRel);
+        self.applied.send_if_modified(|r| {
+            let moved = revision > *r;
+            *r = (*r).max(revision);
+            moved
+        });
+    }
+
+    /// Called after a snapshot replaced the whole state at `revision`: subscribers get the net
+    /// difference as one batch; the history window starts again at `revision`.
+    fn publish_reset(&self, revision: u64, batch: Option<ChangeBatch>) {
+        let mut inner = self.lock();
+        if let Some(batch) = batch {
+            let _ = inner.tx.send(Arc::new(batch));
+        }
+        inner.history.reset(revision);
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+        self.applied.send_if_modified(|r| {
+            let moved = revision > *r;
+            *r = (*r).max(revision);
+            moved
+        });
     }
 }
 
@@ -98,7 +158,7 @@ pub(crate) fn read_applied_state_in(
 struct AppliedEntries {
     last_index: u64,
     responses: Vec<ApplyResponse>,
-    batches: Vec<ChangeBatch>,
+    batches: Vec<AppliedChanges>,
 }
 
 /// Durability of apply transactions: `None`, i.e. no fdatasync of its own. Recovery stays
@@ -172,7 +232,7 @@ fn apply_normal(
     objects: &mut Table<'_, &'static str, (u64, u64, &'static [u8])>,
     cmd: &CommandBytes,
     index: u64,
-    batches: &mut Vec<ChangeBatch>,
+    batches: &mut Vec<AppliedChanges>,
 ) -> Result<ApplyResponse, DbError> {
     let cmd = match StoreCommand::decode(&cmd.0) {
         Ok(cmd) => cmd,
@@ -203,27 +263,70 @@ fn apply_normal(
         prepared.push((write, bytes));
     }
     let mut changes = Vec::with_capacity(prepared.len());
+    let mut watched = Vec::new();
+    let mut n_history_bytes = 0;
     for (write, bytes) in prepared {
         match write {
             KeyWrite::Put { key, revisions, object } => {
-                objects.insert(
-                    key.as_str(),
-                    (revisions.mod_revision, revisions.create_revision, bytes.as_slice()),
-                )?;
-                changes.push(Change {
-                    kind: object.kind(),
-                    name: object.name().to_string(),
-                    object: Some(Arc::new(*object)),
-                });
+                let kind = object.kind();
+                let old = objects
+                    .insert(
+                        key.as_str(),
+                        (revisions.mod_revision, revisions.create_revision, bytes.as_slice()),
+                    )?
+                    .filter(|_| is_watched_kind(kind))
+                    .map(|guard| guard.value().2.to_vec());
+                let object = Arc::new(*object);
+                if is_watched_kind(kind) {
+                    n_history_bytes += bytes.len() + old.as_ref().map_or(0, Vec::len) + EVENT_OVERHEAD;
+                    watched.push(WatchEvent {
+                        kind,
+                        name: object.name().to_string(),
+                        object: Some(object.clone()),
+                        previous: old.and_then(|b| decode_previous(&key, &b)),
+                    });
+                }
+                changes.push(Change { kind, name: object.name().to_string(), object: Some(object) });
             }
             KeyWrite::Delete { key, kind, name } => {
-                objects.remove(key.as_str())?;
+                let old = objects
+                    .remove(key.as_str())?
+                    .filter(|_| is_watched_kind(kind))
+                    .map(|guard| guard.value().2.to_vec());
+                if is_watched_kind(kind) {
+                    n_history_bytes += old.as_ref().map_or(0, Vec::len) + EVENT_OVERHEAD;
+                    watched.push(WatchEvent {
+                        kind,
+                        name: name.clone(),
+                        object: None,
+                        previous: old.and_then(|b| decode_previous(&key, &b)),
+                    });
+                }
                 changes.push(Change { kind, name, object: None });
             }
         }
     }
-    batches.push(ChangeBatch { revision: index, changes });
+    batches.push(AppliedChanges {
+        batch: ChangeBatch { revision: index, changes },
+        history: RevisionEvents { revision: index, events: watched },
+        n_history_bytes,
+    });
     Ok(ApplyResponse::Outcome(applied.outcome))
+}
+
+/// What a history entry costs beyond its objects' bytes (names, pointers, the entry itself).
+const EVENT_OVERHEAD: usize = 128;
+
+/// The object a change replaced; an unreadable one (it was stored, so it was readable then)
+/// is left out of the history rather than failing the apply.
+fn decode_previous(key: &str, bytes: &[u8]) -> Option<Arc<Object>> {
+    match Object::decode(bytes) {
+        Ok(object) => Some(Arc::new(object)),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "the object a change replaced is unreadable");
+            None
+        }
+    }
 }
 
 /// Builds a snapshot from one read transaction and keeps it as the current snapshot, unless a
@@ -371,8 +474,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let changes = run_blocking(move || install_snapshot(&db, &owned_meta, &snapshot)).await?;
         let revision = meta.last_log_id.as_ref().map_or(0, |id| id.index);
         tracing::info!(revision, n_changes = changes.len(), "installed a snapshot");
-        let batches = if changes.is_empty() { Vec::new() } else { vec![ChangeBatch { revision, changes }] };
-        self.publisher.publish(revision, batches);
+        let batch = (!changes.is_empty()).then_some(ChangeBatch { revision, changes });
+        self.publisher.publish_reset(revision, batch);
         Ok(())
     }
 
@@ -442,7 +545,7 @@ mod tests {
         );
         assert_eq!(applied.responses[3], ApplyResponse::Outcome(StoreOutcome::Applied { revision: 4 }));
         // Only the readable command changed anything, and watchers hear only of it.
-        let revisions: Vec<u64> = applied.batches.iter().map(|b| b.revision).collect();
+        let revisions: Vec<u64> = applied.batches.iter().map(|b| b.batch.revision).collect();
         assert_eq!(revisions, vec![4]);
         let txn = begin_read(&db).unwrap();
         assert_eq!(txn.open_table(OBJECTS).unwrap().len().unwrap(), 1);

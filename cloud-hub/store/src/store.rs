@@ -3,6 +3,7 @@
 
 use crate::config::{RaftTuning, StoreConfig};
 use crate::db::{self, DbError, OBJECTS, begin_read, run_blocking};
+use crate::history::{Compacted, HistoryPage};
 use crate::log_store::LogStore;
 use crate::network::HttpNetworkFactory;
 use crate::server::RaftServer;
@@ -35,15 +36,15 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// A handle on this hub's store. Clones share one store.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     node_id: NodeId,
     raft: Raft,
     /// `None` once shut down, so that local reads fail instead of touching a closed store.
     db: RwLock<Option<Arc<Database>>>,
-    publisher: Arc<Publisher>,
+    pub(crate) publisher: Arc<Publisher>,
     leader_rx: watch::Receiver<Option<NodeId>>,
     leader_task: JoinHandle<()>,
     server: Mutex<Option<RaftServer>>,
@@ -79,7 +80,7 @@ impl Store {
             let db = db.clone();
             run_blocking(move || state_machine::read_applied_state(&db)).await?.0
         };
-        let publisher = Arc::new(Publisher::new(applied.map_or(0, |id| id.index)));
+        let publisher = Arc::new(Publisher::new(applied.map_or(0, |id| id.index), tuning.watch_history));
 
         // Bind before starting Raft: a taken port is an error of `open`, not a silent partition.
         let listener = match cfg.raft_addr {
@@ -309,6 +310,21 @@ impl Store {
         self.inner.publisher.subscribe()
     }
 
+    /// The watched changes (API kinds only) after revision `cursor`, at most `max` revisions of
+    /// them, from this hub's history window; [`StoreError::Compacted`] when the window no longer
+    /// reaches back to `cursor`. Every hub keeps the same changes at the same revisions, so a
+    /// watcher can resume on any hub whose window covers its cursor.
+    pub fn history_after(&self, cursor: u64, max: usize) -> Result<HistoryPage, StoreError> {
+        self.check_open()?;
+        self.inner.publisher.with_history(|h| h.read_after(cursor, max)).map_err(compacted)
+    }
+
+    /// The revision this hub has applied, changing as it applies more (for watchers to wait on
+    /// instead of polling). Its history window covers the value seen.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.inner.publisher.applied()
+    }
+
     pub fn is_leader(&self) -> bool {
         !self.inner.closed.load(Ordering::Acquire) && self.inner.raft.is_leader()
     }
@@ -320,6 +336,11 @@ impl Store {
 
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
+    }
+
+    /// This node's openraft member, for the crate's other views of it (`progress.rs`).
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -429,12 +450,12 @@ impl Store {
         Ok(())
     }
 
-    fn db(&self) -> Result<Arc<Database>, StoreError> {
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
         let guard = self.inner.db.read().unwrap_or_else(|p| p.into_inner());
         guard.clone().ok_or_else(|| StoreError::Unavailable("the store is shut down".to_string()))
     }
 
-    async fn read_barrier(&self) -> Result<(), StoreError> {
+    pub(crate) async fn read_barrier(&self) -> Result<(), StoreError> {
         self.check_open()?;
         match self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
@@ -463,6 +484,10 @@ impl Store {
     }
 }
 
+pub(crate) fn compacted(c: Compacted) -> StoreError {
+    StoreError::Compacted { requested: c.requested, oldest: c.floor }
+}
+
 fn not_leader(f: ForwardToLeader<TypeConfig>) -> StoreError {
     StoreError::NotLeader { leader: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
 }
@@ -475,7 +500,7 @@ fn fatal_to_error(f: Fatal<TypeConfig>) -> StoreError {
     }
 }
 
-fn decode_stored(key: &str, bytes: &[u8]) -> Result<Object, StoreError> {
+pub(crate) fn decode_stored(key: &str, bytes: &[u8]) -> Result<Object, StoreError> {
     Object::decode(bytes).map_err(|e| StoreError::Fatal(format!("stored object {key} is unreadable: {e}")))
 }
 

@@ -77,6 +77,12 @@ async fn hubs_catch_up_through_snapshots() {
     assert!(batch.changes.len() > 1, "the first change on the joiner is a whole snapshot: {batch:?}");
     assert!(batch.changes.iter().all(|c| c.object.is_some()), "an empty replica only gains objects");
     assert!(joiner.status().snapshot_revision.is_some());
+    // A snapshot carries no history: a watch from before it cannot be served there.
+    match joiner.history_after(0, 1) {
+        Err(hub_store::StoreError::Compacted { oldest, .. }) => assert_eq!(oldest, batch.revision),
+        other => panic!("a watch from before the snapshot: {other:?}"),
+    }
+    assert!(joiner.history_after(batch.revision, 1).is_ok());
     // Adding a voter twice is a no-op.
     leader.add_member(2, addrs[1].to_string()).await.unwrap();
 
@@ -106,6 +112,10 @@ async fn hubs_catch_up_through_snapshots() {
     let batch = first_batch(&mut third_rx).await;
     assert!(batch.changes.len() > 1, "caught up through a snapshot: {batch:?}");
     assert_eq!(third.status().snapshot_revision, Some(batch.revision));
+    assert!(
+        matches!(third.history_after(stopped_at, 1), Err(hub_store::StoreError::Compacted { .. })),
+        "a watch from before the snapshot ends with 410 rather than skip what the snapshot folded"
+    );
 
     // The snapshot-installed replica survives its own restart.
     let revision = third.revision();

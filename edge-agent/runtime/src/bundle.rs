@@ -8,6 +8,7 @@
 //! hostile image cannot point them at the host, and whether the host has
 //! `/etc/resolv.conf` and `/etc/hosts`) and writes the file atomically.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -15,9 +16,10 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use shared_proto::NetworkMode;
 use shared_proto::agent_state::ImageRunConfig;
@@ -173,6 +175,18 @@ pub struct HostFacts {
     pub device_rules: bool,
 }
 
+impl HostFacts {
+    pub fn of_this_host() -> HostFacts {
+        HostFacts {
+            resolv_conf: Path::new("/etc/resolv.conf").is_file(),
+            hosts: Path::new("/etc/hosts").is_file(),
+            kernel: KernelVersion::running(),
+            capabilities: CapabilityMask::held(),
+            device_rules: !unified_cgroups(),
+        }
+    }
+}
+
 impl Default for HostFacts {
     /// A device with neither file, an unknown kernel, and an agent holding every
     /// capability.
@@ -185,6 +199,36 @@ impl Default for HostFacts {
             device_rules: true,
         }
     }
+}
+
+/// The capabilities `c` runs with on a host with `facts`.
+fn container_capabilities(
+    c: &DesiredContainer,
+    facts: &HostFacts,
+) -> Result<HashSet<Capability>, BundleError> {
+    let mut caps = capabilities::for_container(c, facts.capabilities)?;
+    let sec = &c.security;
+    let asked_mknod = sec.add_capabilities.iter().any(|a| {
+        let a = a.to_ascii_uppercase();
+        a == "ALL" || a.trim_start_matches("CAP_") == "MKNOD"
+    });
+    if !facts.device_rules && !sec.privileged && !asked_mknod {
+        // Nothing stops a device node once made: make none.
+        caps.remove(&Capability::Mknod);
+    }
+    Ok(caps)
+}
+
+/// The seccomp profile a container with the default security settings gets on this
+/// host: the runtime helper compiles it while it waits for its first request, so the
+/// first containers after a boot do not wait for libseccomp.
+pub fn usual_seccomp_profile() -> Option<LinuxSeccomp> {
+    usual_seccomp_profile_on(&HostFacts::of_this_host())
+}
+
+fn usual_seccomp_profile_on(facts: &HostFacts) -> Option<LinuxSeccomp> {
+    let caps = container_capabilities(&DesiredContainer::default(), facts).ok()?;
+    seccomp::default_profile(&caps, SeccompArch::native(), facts.kernel).ok()
 }
 
 /// Whether `/sys/fs/cgroup` is the cgroup v2 hierarchy (`CGROUP2_SUPER_MAGIC`).
@@ -441,16 +485,8 @@ pub fn build_spec(
         return Err(BundleError::RelativeWorkingDir { container: c.name.clone(), dir: cwd.to_string() });
     }
     let hostname = if spec.hostname.is_empty() { c.name.as_str() } else { spec.hostname };
-    let mut caps = capabilities::for_container(c, host_files.capabilities)?;
+    let caps = container_capabilities(c, &host_files)?;
     let sec = &c.security;
-    let asked_mknod = sec.add_capabilities.iter().any(|a| {
-        let a = a.to_ascii_uppercase();
-        a == "ALL" || a.trim_start_matches("CAP_") == "MKNOD"
-    });
-    if !host_files.device_rules && !sec.privileged && !asked_mknod {
-        // Nothing stops a device node once made: make none.
-        caps.remove(&oci_spec::runtime::Capability::Mknod);
-    }
     // Docker's profile, folded by what this container may do; none when privileged.
     let seccomp = if sec.privileged {
         None
@@ -595,13 +631,7 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
     let user = resolve_user(user_str, passwd.as_deref(), group.as_deref()).map_err(|reason| {
         BundleError::User { container: spec.container.name.clone(), user: user_str.to_string(), reason }
     })?;
-    let host_files = HostFacts {
-        resolv_conf: Path::new("/etc/resolv.conf").is_file(),
-        hosts: Path::new("/etc/hosts").is_file(),
-        kernel: KernelVersion::running(),
-        capabilities: CapabilityMask::held(),
-        device_rules: !unified_cgroups(),
-    };
+    let host_files = HostFacts::of_this_host();
     let oci = build_spec(spec, &user, host_files)?;
     let json = serde_json::to_vec_pretty(&oci).map_err(|e| BundleError::Spec(OciSpecError::SerDe(e)))?;
 
@@ -617,7 +647,6 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> Result<PathBuf, Bundle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::Capability;
     use oci_spec::runtime::LinuxNamespaceType as Ns;
     use shared_proto::manifest::ContainerLimits;
 
@@ -665,6 +694,25 @@ mod tests {
             devices: &[],
         };
         build_spec(&bs, &root(), hf).unwrap()
+    }
+
+    #[test]
+    fn the_helper_compiles_ahead_the_profile_a_default_container_gets() {
+        let hosts = [
+            HostFacts::default(),
+            HostFacts { device_rules: false, ..HostFacts::default() },
+            HostFacts { kernel: KernelVersion(5, 10), ..HostFacts::default() },
+            HostFacts {
+                capabilities: CapabilityMask::of(capabilities::DEFAULT_CAPABILITIES),
+                ..HostFacts::default()
+            },
+        ];
+        for hf in hosts {
+            let spec = spec_for(&container(), &image(), NetworkMode::None, hf);
+            let profile = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+            // The cache is keyed by the profile: equal means the create finds it compiled.
+            assert_eq!(Some(profile), usual_seccomp_profile_on(&hf));
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask};
-use shared_proto::runtime::{RuntimeMessage, RuntimeRequest};
+use shared_proto::runtime::{RuntimeMessage, RuntimeOp, RuntimeRequest};
 use shared_proto::runtime::{decode_runtime_body, encode_runtime_frame};
 use shared_proto::wire::{FrameError, frame_body_len};
 
@@ -195,6 +195,18 @@ fn serve(mut containers: Containers, mut input: File, mut output: File) -> Resul
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut events = Vec::new();
+    // The usual seccomp profile is compiled on a thread while the helper answers its
+    // first requests (lists, states), so the first creates after a boot find it ready;
+    // a container whose profile differs compiles its own when it is created. The
+    // thread is joined before anything that may fork: libcontainer forks, which is
+    // only safe single-threaded.
+    let mut seccomp_warm_up = Some(std::thread::spawn(|| {
+        if let Some(profile) = crate::bundle::usual_seccomp_profile()
+            && let Err(e) = libcontainer::seccomp::compile_seccomp(&profile)
+        {
+            tracing::debug!(error = %e, "compiling the usual seccomp profile ahead");
+        }
+    }));
     loop {
         let input_ready = {
             let mut fds = vec![PollFd::new(input.as_fd(), PollFlags::POLLIN)];
@@ -220,6 +232,18 @@ fn serve(mut containers: Containers, mut input: File, mut output: File) -> Resul
             let mut used = 0;
             while let Some((request, len)) = next_request(&pending[used..])? {
                 used += len;
+                if may_fork(&request.op)
+                    && let Some(warm_up) = seccomp_warm_up.take()
+                {
+                    let _ = warm_up.join();
+                    // libseccomp's working set is freed but stays in the heap: give it
+                    // back rather than have every container's setup process share it.
+                    // SAFETY: malloc_trim only releases free heap memory.
+                    #[cfg(target_env = "gnu")]
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
                 let result = containers.handle(request.op, &mut events);
                 containers.collect_exits(&mut events);
                 // Exits first: whoever sees the reply to a forced delete has already
@@ -238,10 +262,24 @@ fn serve(mut containers: Containers, mut input: File, mut output: File) -> Resul
     }
 }
 
+/// Whether carrying out `op` may fork (libcontainer's create, start, delete and its
+/// tenant processes): the helper must then be single-threaded.
+fn may_fork(op: &RuntimeOp) -> bool {
+    match op {
+        RuntimeOp::Create { .. }
+        | RuntimeOp::Start { .. }
+        | RuntimeOp::Delete { .. }
+        | RuntimeOp::Exec { .. }
+        | RuntimeOp::ExecWith { .. } => true,
+        RuntimeOp::Kill { .. } | RuntimeOp::KillExec { .. } | RuntimeOp::State { .. } | RuntimeOp::List => {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared_proto::runtime::RuntimeOp;
 
     #[test]
     fn splits_frames_and_rejects_garbage() {
