@@ -189,4 +189,28 @@ fn backup_wipe_restore_brings_every_object_back_with_its_revision() {
     let cork = hub.get("sites", Some("cork")).unwrap();
     let cork_revision = cork["metadata"]["revision"].as_u64().unwrap();
     assert!(cork_revision > revision, "new write at {cork_revision}, backup at {revision}");
+    let log = std::fs::read_to_string(hub.log_path()).unwrap();
+    assert!(!log.contains("will not open"), "the right key is not warned about");
+    drop(hub);
+
+    // Without the key, on request: restored, but the Secret is named as lost, in the
+    // restore's output and in the log of every start.
+    let bare_dir = dir.path().join("bare");
+    let bare_data = bare_dir.join("hub");
+    let out = flotilla(&[
+        "backup",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        bare_data.to_str().unwrap(),
+        "--without-secrets-key",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 Secret(s) cannot be opened"), "{}", text(&out));
+    std::fs::write(bare_data.join("context.json"), &context).unwrap();
+    let bare = Hub::start(&bare_dir);
+    wait_until("a warning about the Secret sealed with another key", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(bare.log_path()).unwrap_or_default();
+        (log.contains("will not open") && log.contains("pos-creds")).then_some(())
+    });
 }
