@@ -227,6 +227,34 @@ fn write_context(
     Ok(true)
 }
 
+/// Says so at start when Secrets in the store were sealed with another hub key (a data
+/// directory restored without the old `secrets.key`, or a hub given the wrong one): devices
+/// would not get them.
+fn warn_unopenable_secrets(store: &Store, key: &crate::sealing::HubKey, data_dir: &Path) {
+    let secrets = match store.list_local(StoreKind::Secret) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "cannot list Secrets to check the hub key"),
+    };
+    let foreign: Vec<&str> = secrets
+        .iter()
+        .filter_map(|o| match o {
+            Object::Secret(s) if s.key_id != key.id() => Some(s.metadata.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !foreign.is_empty() {
+        tracing::warn!(
+            secrets = ?foreign,
+            hub_key = key.id(),
+            "{} Secret(s) were sealed with another hub key and will not open: stop the hub, put the \
+             old hub's {} in {}, and start it again (or create the Secrets again)",
+            foreign.len(),
+            crate::sealing::KEY_FILE,
+            data_dir.display()
+        );
+    }
+}
+
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     let clock = shared_proto::clock::SystemClock::shared();
     let data_dir = args.data_dir.clone();
@@ -320,6 +348,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         peers: Default::default(),
         metrics: Default::default(),
     };
+    warn_unopenable_secrets(&store, &state.key, &data_dir);
     let endpoint = crate::sync::endpoint(&state, quic_tls.clone(), args.quic_listen)
         .with_context(|| format!("binding QUIC to {}", args.quic_listen))?;
     let quic_addr = endpoint.local_addr()?;

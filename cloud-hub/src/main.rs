@@ -102,6 +102,11 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Back up the hub's store, or restore a hub from a backup.
+    Backup {
+        #[command(subcommand)]
+        command: cli::backup::BackupCommand,
+    },
     /// Simulate a fleet of agents against a hub (for scale tests and benchmarks).
     Sim(cloud_hub::sim::SimArgs),
     /// OCI images.
@@ -165,6 +170,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Device { command } => cli::device(h, &command).await,
         Command::Ca { command } => cli::ca::run(h, &command).await,
         Command::Audit { since, limit, output } => cli::audit(h, since.as_deref(), limit, output).await,
+        Command::Backup { command } => cli::backup::run(h, &command).await,
         Command::Sim(args) => cloud_hub::sim::run(h, args).await,
     }
 }

@@ -413,6 +413,7 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
         // Fleet-wide figures: a token scoped to sites sees none of them.
         ("GET", "/metrics", None, [OK, NO, OK, OK]),
         ("GET", "/api/v1/audit", None, [NO, NO, NO, OK]),
+        ("GET", "/api/v1/backup", None, [NO, NO, NO, OK]),
         ("GET", "/api/v1/sites", None, [OK, OK, OK, OK]),
         ("GET", "/api/v1/sites/a", None, [OK, OK, OK, OK]),
         ("GET", "/api/v1/sites/c", None, [OK, NO, OK, OK]),
@@ -658,4 +659,47 @@ async fn secrets_are_sealed_in_the_store_shown_by_keys_and_kept_while_used() {
     assert_eq!(s, StatusCode::OK);
     let (s, _, _) = api.call("DELETE", "/api/v1/secrets/db", Some(&op), vec![]).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_backup_needs_a_fleet_wide_admin_holds_every_object_and_is_audited() {
+    let api = setup().await;
+    let admin = token(&api.store, Role::Admin).await;
+    let (admin_a, _) = token_with(&api.store, Role::Admin, None, &["a"]).await;
+    let (s, _, _) =
+        api.call("PUT", "/api/v1/sites/a", Some(&admin), serde_json::to_vec(&site_json("a")).unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v, _) = api.call("GET", "/api/v1/backup", Some(&admin_a), vec![]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a token scoped to sites takes no fleet-wide backup: {v}");
+
+    let req = Request::builder()
+        .uri("/api/v1/backup")
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let revision: u64 = resp.headers()[api::backup::BACKUP_REVISION].to_str().unwrap().parse().unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+    let backup = hub_store::decode_backup(&bytes).unwrap();
+    assert_eq!(backup.header().revision, revision);
+    let names: Vec<String> = backup.objects().iter().map(|o| o.key()).collect();
+    for key in ["site/a", "fleet-ca/fleet"] {
+        assert!(names.iter().any(|n| n == key), "{key} missing from {names:?}");
+    }
+    assert_eq!(
+        backup.objects().iter().filter(|o| matches!(o, Object::ApiToken(_))).count(),
+        2,
+        "both API tokens"
+    );
+
+    let (_, log, _) = api.call("GET", "/api/v1/audit", Some(&admin), vec![]).await;
+    let calls: Vec<(String, u64)> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["path"] == "/api/v1/backup")
+        .map(|e| (e["method"].as_str().unwrap().to_string(), e["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(calls, [("GET".to_string(), 403), ("GET".to_string(), 200)], "both backup calls audited");
 }

@@ -1,9 +1,9 @@
-//! The audit log: every mutating call (anything but GET and HEAD) by a caller whose
-//! token checked out is written through Raft once it has been answered: who (token
-//! id and role), what (method, path, query), when, from where, and the status. It is
-//! written before the answer leaves, so an answered call is never missing from it.
-//! Calls without a working token change nothing and are only logged as lines, so a
-//! flood of them costs no Raft writes.
+//! The audit log: every mutating call (anything but GET and HEAD, plus exec and
+//! backups, which are GETs) by a caller whose token checked out is written through
+//! Raft once it has been answered: who (token id and role), what (method, path,
+//! query), when, from where, and the status. It is written before the answer leaves,
+//! so an answered call is never missing from it. Calls without a working token change
+//! nothing and are only logged as lines, so a flood of them costs no Raft writes.
 //!
 //! The log keeps the newest [`MAX_ENTRIES`]; every [`TRIM_EVERY`] writes the oldest
 //! beyond that go. `GET /api/v1/audit?since=…&limit=…` (admins) and `flotilla audit`
@@ -45,9 +45,11 @@ pub fn entry_id(at: Timestamp) -> String {
 
 /// Middleware: answers the request, then records it if it could change anything.
 pub async fn record(State(state): State<Arc<HubState>>, mut req: Request, next: Next) -> Response {
-    // Exec is a GET (a WebSocket upgrade) that can change anything: recorded too.
+    // Exec is a GET (a WebSocket upgrade) that can change anything, and a backup a GET
+    // that carries the fleet CA's key away: recorded too.
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
         && !req.uri().path().ends_with("/exec")
+        && req.uri().path() != "/api/v1/backup"
     {
         return next.run(req).await;
     }

@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod ca;
 pub mod conn;
 pub mod devices;
@@ -70,6 +71,8 @@ pub fn router(state: Arc<HubState>) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // A large store takes longer than REQUEST_TIMEOUT to copy and send.
+        .route("/api/v1/backup", get(backup::download))
         .route(
             "/api/v1/images",
             post(images::import).layer(DefaultBodyLimit::max(image_limit)).get(objects::list_images),

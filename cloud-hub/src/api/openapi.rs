@@ -233,6 +233,14 @@ pub fn document() -> Value {
                 "422": { "$ref": "#/components/responses/Error" } } } }),
     );
     paths.insert(
+        "/api/v1/backup".into(),
+        json!({ "get": { "summary": "A backup of the whole store at one revision (admin, fleet-wide token; audited). Holds the fleet CA's private key; Secrets only sealed, not the hub key (secrets.key)",
+            "responses": { "200": { "description": "The backup file (`flotilla backup create` writes it, `flotilla backup restore` reads it); header x-flotilla-backup-revision",
+                "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                "403": { "$ref": "#/components/responses/Error" },
+                "503": { "$ref": "#/components/responses/Error" } } } }),
+    );
+    paths.insert(
         "/api/v1/apps/{name}/placement".into(),
         json!({ "get": { "summary": "The scheduler's verdict on every device for this app: placed, or why not",
             "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
@@ -474,6 +482,7 @@ mod tests {
             "/api/v1/ca/activate",
             "/api/v1/ca/retire",
             "/api/v1/audit",
+            "/api/v1/backup",
             "/api/v1/apps/{name}/placement",
             "/api/v1/apps/{name}/logs",
             "/api/v1/apps/{name}/exec",

@@ -1,7 +1,9 @@
 //! The operator CLI: `flotilla apply | get | describe | delete | token | api-token |
-//! image`. A thin client of the HTTPS API; everything it can do, the API can do.
+//! image | backup`. A thin client of the HTTPS API; everything it can do, the API can do
+//! (but `backup restore`, which works offline on a data directory).
 
 pub mod attach;
+pub mod backup;
 pub mod ca;
 pub mod client;
 pub mod compose;

@@ -9,12 +9,14 @@
 //!
 //! Map of the crate: `types.rs` declares openraft's type configuration; `db.rs` the redb layout;
 //! `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
-//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `rpc.rs`, `network.rs` and
+//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `backup.rs` backup
+//! files and the offline restore; `rpc.rs`, `network.rs` and
 //! `server.rs` the hub-to-hub Raft RPCs over HTTP; `history.rs` the window of recent changes that
 //! watches and list pages at a past revision read; `paging.rs` those pages; `store.rs` the [`Store`] facade tying them
 //! together; `progress.rs` Raft's progress for metrics and the liveness probe.
 
 mod apply;
+mod backup;
 mod config;
 mod db;
 mod history;
@@ -29,6 +31,10 @@ mod state_machine;
 mod store;
 mod types;
 
+pub use backup::{
+    BACKUP_FORMAT_VERSION, BackupError, BackupHeader, MAX_BACKUP_FILE_BYTES, RestoreError, RestoreTarget,
+    VerifiedBackup, decode_backup, read_backup_file, restore_store,
+};
 pub use config::{MAX_PAYLOAD_ENTRIES, RaftTuning, StoreConfig};
 pub use history::{HistoryLimits, HistoryPage, RevisionEvents, WatchEvent, is_watched_kind};
 pub use progress::RaftProgress;

@@ -141,7 +141,13 @@ impl StateMachineStore {
 
 /// The last applied log id and membership, as recorded with the objects.
 pub(crate) fn read_applied_state(db: &Database) -> Result<(Option<LogId>, StoredMembership), DbError> {
-    let txn = begin_read(db)?;
+    read_applied_state_in(&begin_read(db)?)
+}
+
+/// [`read_applied_state`] within a read transaction, to pair it with the objects it covers.
+pub(crate) fn read_applied_state_in(
+    txn: &redb::ReadTransaction,
+) -> Result<(Option<LogId>, StoredMembership), DbError> {
     let meta = txn.open_table(SM_META)?;
     let applied: Option<Option<LogId>> = read_record(&meta, KEY_APPLIED, "last applied log id")?;
     let membership: Option<StoredMembership> = read_record(&meta, KEY_MEMBERSHIP, "last membership")?;
@@ -352,7 +358,11 @@ fn build_snapshot(db: &Database) -> Result<Snapshot, DbError> {
 
 /// Replaces every object with the snapshot's, in one transaction, and returns the changes
 /// watchers must see to go from the old state to the new one.
-fn install_snapshot(db: &Database, meta: &SnapshotMeta, blob: &[u8]) -> Result<Vec<Change>, DbError> {
+pub(crate) fn install_snapshot(
+    db: &Database,
+    meta: &SnapshotMeta,
+    blob: &[u8],
+) -> Result<Vec<Change>, DbError> {
     let records = snapshot::read_snapshot(blob)?;
     let txn = begin_write(db)?;
     let mut changes = Vec::new();

@@ -268,6 +268,31 @@ impl Store {
         Ok(out)
     }
 
+    /// A backup file of this node's state machine: a linearizable read barrier (so it holds
+    /// every write acknowledged before the call), then every object with its revisions from one
+    /// read transaction, at the revision applied in that same transaction. Writes go on
+    /// meanwhile. The file is built in memory (the store is, in a snapshot, anyway).
+    pub async fn backup(
+        &self,
+        hub_version: &str,
+        created_at: shared_proto::Timestamp,
+    ) -> Result<(crate::BackupHeader, Vec<u8>), StoreError> {
+        self.read_barrier().await?;
+        let db = self.db()?;
+        let hub_version = hub_version.to_string();
+        let built = run_blocking(move || {
+            let txn = begin_read(&db)?;
+            let (applied, _) = state_machine::read_applied_state_in(&txn)?;
+            let objects = txn.open_table(OBJECTS)?;
+            let n_objects = redb::ReadableTableMetadata::len(&objects)?;
+            let blob = crate::snapshot::write_snapshot(&objects)?;
+            let revision = applied.map_or(0, |id| id.index);
+            Ok(crate::backup::encode_backup(&blob, n_objects, revision, created_at, &hub_version))
+        })
+        .await?;
+        built.map_err(|e| StoreError::Fatal(e.to_string()))
+    }
+
     /// Revision of the last applied entry (its log index; 0 for an empty store).
     pub fn revision(&self) -> u64 {
         self.inner.publisher.revision()
