@@ -4,13 +4,12 @@
 //! history window no longer holds, pages that show each object once while writes go on, and
 //! label, site and field filters on lists and watches.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cloud_hub::api::{self, HubConfig, HubState};
+use cloud_hub::api;
 use cloud_hub::cli::watch::{SseEvent, SseParser};
-use cloud_hub::sync::admission::AdmissionControl;
-use cloud_hub::sync::fanout::ManifestFanout;
-use cloud_hub::sync::liveness::LivenessTable;
 use futures::StreamExt;
 use hub_store::{HistoryLimits, RaftTuning, Store, StoreConfig};
 use serde_json::{Value, json};
@@ -41,44 +40,7 @@ async fn setup(history: HistoryLimits) -> Api {
         .unwrap();
     let mut leader = store.leader();
     tokio::time::timeout(DEADLINE, leader.wait_for(|l| l.is_some())).await.unwrap().unwrap();
-    let ca = provisioning::ca::FleetCa::generate("test CA").unwrap();
-    store
-        .write(StoreCommand::put(
-            Object::FleetCa(ca.to_record(shared_proto::Timestamp(1))),
-            Precondition::MustNotExist,
-        ))
-        .await
-        .unwrap();
-    let clock = shared_proto::clock::SystemClock::shared();
-    let settings = cloud_hub::sync::pki::HubCertSettings {
-        name: "hub".into(),
-        sans: vec![],
-        lifetime: Duration::from_secs(3600),
-    };
-    let pki = Arc::new(cloud_hub::sync::pki::Pki::load(&store, settings, clock.clone()).await.unwrap());
-    let state = Arc::new(HubState {
-        store: store.clone(),
-        blobs: images::BlobStore::open(dir.path().join("blobs")).unwrap(),
-        live: Arc::new(LivenessTable::default()),
-        fanout: Arc::new(ManifestFanout::default()),
-        identities: Default::default(),
-        sessions: Default::default(),
-        pki,
-        config: HubConfig {
-            data_dir: dir.path().to_path_buf(),
-            max_image_bytes: 1 << 20,
-            quic_addr: "127.0.0.1:7441".parse().unwrap(),
-            heartbeat_interval: Duration::from_secs(30),
-            device_cert_validity: Duration::from_secs(3600),
-            agent_address: Ok("127.0.0.1:7441".into()),
-        },
-        clock,
-        admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
-        key: Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32])),
-        attach: Default::default(),
-        peers: Default::default(),
-        metrics: Default::default(),
-    });
+    let state = common::hub_state(dir.path(), &store).await;
     Api { router: api::router(state), store, _dir: dir }
 }
 
