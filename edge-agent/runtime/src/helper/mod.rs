@@ -1,7 +1,9 @@
 //! The runtime helper process: `flotilla-agent runtime-helper --root <dir>`.
 //!
-//! It is single-threaded and has no async runtime, because libcontainer forks and clones
-//! and must not do so from a multi-threaded process. It reads
+//! It is single-threaded whenever it forks and has no async runtime, because libcontainer
+//! forks and clones and must not do so from a multi-threaded process (its one extra
+//! thread, compiling the usual seccomp profile at start, is joined before the first
+//! request that may fork: see `may_fork`). It reads
 //! [`shared_proto::runtime::RuntimeRequest`] frames on stdin, serves them one at a time,
 //! and writes replies and `Exited` notifications on stdout. Between requests it sleeps in
 //! `poll(2)` on stdin and on a pidfd per live container.
