@@ -276,6 +276,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
             node_id: 1,
             raft_addr: None,
             initial_members: Default::default(),
+            peer_tls: None,
         },
         tuning,
     )

@@ -33,6 +33,7 @@ async fn setup() -> Api {
         node_id: 1,
         raft_addr: None,
         initial_members: Default::default(),
+        peer_tls: None,
     })
     .await
     .unwrap();

@@ -34,6 +34,7 @@ async fn setup(history: HistoryLimits) -> Api {
         node_id: 1,
         raft_addr: None,
         initial_members: Default::default(),
+        peer_tls: None,
     };
     let store = Store::open_with_tuning(config, RaftTuning { watch_history: history, ..Default::default() })
         .await

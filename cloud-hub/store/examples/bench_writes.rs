@@ -45,9 +45,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = args.next().map(Into::into).unwrap_or_else(|| tmp.path().to_path_buf());
     println!("object size: {} bytes encoded", site(0).encode()?.len());
 
-    let store =
-        Store::open(StoreConfig { data_dir, node_id: 1, raft_addr: None, initial_members: BTreeMap::new() })
-            .await?;
+    let store = Store::open(StoreConfig {
+        data_dir,
+        node_id: 1,
+        raft_addr: None,
+        initial_members: BTreeMap::new(),
+        peer_tls: None,
+    })
+    .await?;
 
     // Warm up: the first writes also create the tables' pages.
     for i in 0..50 {

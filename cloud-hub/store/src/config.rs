@@ -26,6 +26,22 @@ pub struct StoreConfig {
     ///
     /// [`Store::add_member`]: crate::Store::add_member
     pub initial_members: BTreeMap<NodeId, String>,
+    /// Mutual TLS with the other hubs (see `peer_tls.rs`). `None`: plain HTTP, for tests and
+    /// benchmarks on loopback only; the hub always sets it when it has peers.
+    pub peer_tls: Option<crate::PeerTls>,
+}
+
+impl StoreConfig {
+    /// A one-member store with no Raft listener.
+    pub fn single_node(data_dir: PathBuf) -> StoreConfig {
+        StoreConfig {
+            data_dir,
+            node_id: 1,
+            raft_addr: None,
+            initial_members: BTreeMap::new(),
+            peer_tls: None,
+        }
+    }
 }
 
 /// The most entries one AppendEntries RPC carries. With [`MAX_COMMAND_BYTES`] it bounds an RPC

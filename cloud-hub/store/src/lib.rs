@@ -11,7 +11,8 @@
 //! `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
 //! pure state-machine semantics; `snapshot.rs` the snapshot blob; `backup.rs` backup
 //! files and the offline restore; `rpc.rs`, `network.rs` and
-//! `server.rs` the hub-to-hub Raft RPCs over HTTP; `history.rs` the window of recent changes that
+//! `server.rs` the hub-to-hub Raft RPCs over HTTP (mutual TLS with `peer_tls.rs`); `forward.rs`
+//! how a follower hands writes, read indexes and membership changes to the leader; `history.rs` the window of recent changes that
 //! watches and list pages at a past revision read; `paging.rs` those pages; `store.rs` the [`Store`] facade tying them
 //! together; `progress.rs` Raft's progress for metrics and the liveness probe.
 
@@ -19,10 +20,12 @@ mod apply;
 mod backup;
 mod config;
 mod db;
+mod forward;
 mod history;
 mod log_store;
 mod network;
 mod paging;
+mod peer_tls;
 mod progress;
 mod rpc;
 mod server;
@@ -37,6 +40,7 @@ pub use backup::{
 };
 pub use config::{MAX_PAYLOAD_ENTRIES, RaftTuning, StoreConfig};
 pub use history::{HistoryLimits, HistoryPage, RevisionEvents, WatchEvent, is_watched_kind};
+pub use peer_tls::{PEER_NAME_SUFFIX, PeerTls, peer_ids, peer_name};
 pub use progress::RaftProgress;
 pub use store::Store;
 pub use types::NodeId;

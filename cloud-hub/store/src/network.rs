@@ -1,10 +1,13 @@
-//! The Raft RPC client: openraft's `RaftNetworkV2` over HTTP/1.1 with postcard bodies.
+//! The Raft RPC client: openraft's `RaftNetworkV2` over HTTP/1.1 with postcard bodies, and the
+//! calls a follower makes to forward writes, read indexes and membership changes to the
+//! leader (see `forward.rs`).
 //!
-//! Plain HTTP: hubs talk to each other on a trusted network (loopback or a private LAN) for
-//! now. Mutual TLS between hubs (rustls client certificates checked against the fleet CA, with
-//! the peer's node id in its SAN) is a later issue; until then the raft address must not be
-//! reachable from untrusted networks.
+//! With [`PeerTls`] (what the hub always uses) every call is mutually authenticated TLS to
+//! `https://hub-<target>.raft.flotilla.internal`, that name resolved to the target's raft
+//! address, so the peer's certificate must name the node we meant (see `peer_tls.rs`).
+//! Without it, plain HTTP: only for tests and benchmarks on loopback.
 
+use crate::peer_tls::{PeerTls, peer_name};
 use crate::rpc;
 use crate::types::{NodeId, Snapshot, SnapshotBlob, TypeConfig, Vote};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
@@ -14,7 +17,9 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, OptionalSend, RPCTypes, RaftNetworkV2};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A peer that does not accept a TCP connection within this is treated as down.
@@ -25,11 +30,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const MIN_REPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-enum CallError {
+pub(crate) enum CallError {
+    /// The request may have been processed: the answer did not arrive in time.
     #[error("timed out")]
     Timeout,
+    /// The request was not processed: no connection, or the peer refused it before acting.
     #[error("{0}")]
     Unreachable(String),
+    /// The request may have been processed: the connection failed midway or the answer was
+    /// unreadable.
     #[error("{0}")]
     Network(String),
 }
@@ -50,57 +59,73 @@ impl CallError {
     }
 }
 
-/// Builds one [`HttpPeer`] per target; all share one connection pool.
-pub(crate) struct HttpNetworkFactory {
-    self_id: NodeId,
-    client: reqwest::Client,
+/// One HTTP client per peer (a TLS client must resolve the peer's raft name to its address),
+/// shared by openraft's replication and by forwarding.
+pub(crate) struct PeerClients {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    plain: reqwest::Client,
+    by_peer: Mutex<HashMap<(NodeId, String), (reqwest::Client, String)>>,
 }
 
-impl HttpNetworkFactory {
-    pub(crate) fn new(self_id: NodeId) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            // Environment proxies must never see hub-to-hub traffic.
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
-        Ok(HttpNetworkFactory { self_id, client })
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        // Environment proxies must never see hub-to-hub traffic.
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+}
+
+impl PeerClients {
+    pub(crate) fn new(tls: Option<&PeerTls>) -> Result<Self, reqwest::Error> {
+        Ok(PeerClients {
+            tls: tls.map(|t| t.client.clone()),
+            plain: builder().build()?,
+            by_peer: Mutex::new(HashMap::new()),
+        })
     }
-}
 
-impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
-    type Network = HttpPeer;
-
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpPeer {
-        HttpPeer {
-            self_id: self.self_id,
-            target,
-            base_url: format!("http://{}", node.addr),
-            client: self.client.clone(),
+    /// The client and base URL for `target` at `addr` (`host:port`).
+    async fn client(&self, target: NodeId, addr: &str) -> Result<(reqwest::Client, String), CallError> {
+        let Some(tls) = &self.tls else {
+            return Ok((self.plain.clone(), format!("http://{addr}")));
+        };
+        let key = (target, addr.to_string());
+        if let Some(found) = self.by_peer.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(found.clone());
         }
+        let resolved = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| CallError::Unreachable(format!("resolving node {target}'s address {addr}: {e}")))?
+            .next()
+            .ok_or_else(|| {
+                CallError::Unreachable(format!("node {target}'s address {addr} resolves to nothing"))
+            })?;
+        let name = peer_name(target);
+        let client = builder()
+            .use_preconfigured_tls(rustls::ClientConfig::clone(tls))
+            .resolve(&name, resolved)
+            .https_only(true)
+            .build()
+            .map_err(|e| CallError::Unreachable(format!("building the client for node {target}: {e}")))?;
+        let entry = (client, format!("https://{name}:{}", resolved.port()));
+        self.by_peer.lock().unwrap_or_else(|p| p.into_inner()).insert(key, entry.clone());
+        Ok(entry)
     }
-}
 
-/// The client side of one peer's RPCs. Connections are made lazily, per request.
-pub(crate) struct HttpPeer {
-    self_id: NodeId,
-    target: NodeId,
-    base_url: String,
-    client: reqwest::Client,
-}
-
-impl HttpPeer {
-    async fn call<Resp: DeserializeOwned>(
+    /// POSTs `body` to `path` on node `target` at `addr` and decodes the answer.
+    pub(crate) async fn call<Resp: DeserializeOwned>(
         &self,
+        target: NodeId,
+        addr: &str,
         path: &str,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let response = self
-            .client
-            .post(format!("{}{}", self.base_url, path))
-            .header(rpc::HEADER_TARGET_NODE, self.target.to_string())
+        let (client, base_url) = self.client(target, addr).await?;
+        let response = client
+            .post(format!("{base_url}{path}"))
+            .header(rpc::HEADER_TARGET_NODE, target.to_string())
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .timeout(timeout)
             .body(body)
@@ -113,9 +138,48 @@ impl HttpPeer {
             // The peer is up but cannot serve us (shutting down, wrong node, refused the body):
             // back off rather than retry at once.
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
-            return Err(CallError::Unreachable(format!("node {} answered {status}: {text}", self.target)));
+            return Err(CallError::Unreachable(format!("node {target} answered {status}: {text}")));
         }
         rpc::decode("raft rpc response", &bytes).map_err(|e| CallError::Network(e.to_string()))
+    }
+}
+
+/// Builds one [`HttpPeer`] per target; all share [`PeerClients`].
+pub(crate) struct HttpNetworkFactory {
+    self_id: NodeId,
+    clients: Arc<PeerClients>,
+}
+
+impl HttpNetworkFactory {
+    pub(crate) fn new(self_id: NodeId, clients: Arc<PeerClients>) -> Self {
+        HttpNetworkFactory { self_id, clients }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
+    type Network = HttpPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpPeer {
+        HttpPeer { self_id: self.self_id, target, addr: node.addr.clone(), clients: self.clients.clone() }
+    }
+}
+
+/// The client side of one peer's RPCs. Connections are made lazily, per request.
+pub(crate) struct HttpPeer {
+    self_id: NodeId,
+    target: NodeId,
+    addr: String,
+    clients: Arc<PeerClients>,
+}
+
+impl HttpPeer {
+    async fn call<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        self.clients.call(self.target, &self.addr, path, body, timeout).await
     }
 
     async fn unary<Req: serde::Serialize, Resp: DeserializeOwned>(

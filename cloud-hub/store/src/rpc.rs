@@ -5,9 +5,10 @@
 //! Both sides of one cluster must run the same openraft version: its messages are encoded
 //! positionally, so an upgrade that changes them must bump [`RPC_FORMAT_VERSION`].
 
-use crate::types::{SnapshotMeta, Vote};
-use serde::Serialize;
+use crate::StoreError;
+use crate::types::{NodeId, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use shared_proto::CodecError;
 
 pub(crate) const RPC_FORMAT_VERSION: u32 = 1;
@@ -16,6 +17,15 @@ pub(crate) const PATH_APPEND: &str = "/raft/append";
 pub(crate) const PATH_VOTE: &str = "/raft/vote";
 pub(crate) const PATH_PRE_VOTE: &str = "/raft/pre-vote";
 pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
+/// A follower hands a client write to the leader: body an encoded `StoreCommand` (as in a log
+/// entry), answer a [`Forwarded`]`<(ApplyResponse, u64)>` with the entry's log index.
+pub(crate) const PATH_FORWARD_WRITE: &str = "/raft/forward/write";
+/// A follower asks the leader for a read index: answer a [`Forwarded`]`<u64>`, the log index
+/// the follower must have applied before its local read is linearizable.
+pub(crate) const PATH_FORWARD_READ_INDEX: &str = "/raft/forward/read-index";
+/// A membership change made on a follower: body a [`MembershipChange`], answer a
+/// [`Forwarded`]`<()>`.
+pub(crate) const PATH_FORWARD_MEMBERSHIP: &str = "/raft/forward/membership";
 
 /// The node id the sender means to reach. A hub refuses RPCs meant for another node, so a
 /// stale address that now belongs to a different hub cannot feed it the wrong log.
@@ -27,6 +37,55 @@ pub(crate) const RPC_BODY_LIMIT: usize =
     crate::config::MAX_PAYLOAD_ENTRIES as usize * (crate::MAX_COMMAND_BYTES + 4096) + 1024 * 1024;
 /// A snapshot is the whole store in one body.
 pub(crate) const SNAPSHOT_BODY_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// The answer to a forwarded request. Forwarding handlers always answer 200 with one of these,
+/// so that any other status means the request was not processed (and a write may be retried).
+pub(crate) type Forwarded<T> = Result<T, WireError>;
+
+/// A store error as it crosses between hubs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    /// The receiver is not (or no longer) the leader: nothing was proposed.
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    Unavailable(String),
+    Rejected(String),
+    Fatal(String),
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotLeader { leader, leader_addr } => WireError::NotLeader { leader, leader_addr },
+            StoreError::Unavailable(m) => WireError::Unavailable(m),
+            StoreError::Rejected(m) => WireError::Rejected(m),
+            StoreError::Compacted { .. } => WireError::Unavailable(e.to_string()),
+            StoreError::Fatal(m) => WireError::Fatal(format!("on the leader: {m}")),
+            StoreError::Codec(c) => WireError::Rejected(c.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for StoreError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotLeader { leader, leader_addr } => StoreError::NotLeader { leader, leader_addr },
+            WireError::Unavailable(m) => StoreError::Unavailable(m),
+            WireError::Rejected(m) => StoreError::Rejected(m),
+            // The leader's storage failing does not make this hub's broken.
+            WireError::Fatal(m) => StoreError::Unavailable(m),
+        }
+    }
+}
+
+/// A membership change forwarded to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MembershipChange {
+    Add { id: NodeId, raft_addr: String },
+    Remove { id: NodeId },
+}
 
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
     shared_proto::encode_versioned(RPC_FORMAT_VERSION, what, value)

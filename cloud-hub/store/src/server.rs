@@ -2,11 +2,16 @@
 //! local openraft instance. A malformed or misdirected request is refused with a 4xx for that
 //! request only; nothing a peer sends can take the process down.
 //!
-//! Plain HTTP for now: see the note on mutual TLS in `network.rs`.
+//! With [`PeerTls`](crate::PeerTls) the listener speaks TLS only, requires a client
+//! certificate from the fleet CA, and drops a connection whose certificate carries no raft
+//! name (a device's) right after the handshake. The forwarding routes serve followers'
+//! writes, read indexes and membership changes on the leader (`forward.rs`).
 
-use crate::rpc;
+use crate::rpc::{self, Forwarded, MembershipChange};
 use crate::snapshot;
-use crate::types::{NodeId, Raft, Snapshot};
+use crate::store::Inner;
+use crate::types::{CommandBytes, NodeId, Raft, Snapshot};
+use crate::{Store, StoreError};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +20,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use serde::Serialize;
 use shared_proto::CodecError;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -62,6 +68,17 @@ impl IntoResponse for RpcRejection {
 struct ServerState {
     node_id: NodeId,
     raft: Raft,
+    /// The store, for forwarded requests; weak, so a store dropped without `shutdown` is freed.
+    store: Weak<Inner>,
+}
+
+impl ServerState {
+    fn store(&self) -> Result<Store, RpcRejection> {
+        self.store
+            .upgrade()
+            .map(|inner| Store { inner })
+            .ok_or_else(|| RpcRejection::Raft("shutting down".into()))
+    }
 }
 
 impl ServerState {
@@ -137,6 +154,44 @@ async fn install_snapshot(
     respond(&resp)
 }
 
+async fn forward_write(
+    State(s): State<ServerState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Vec<u8>, RpcRejection> {
+    s.check_target(&headers)?;
+    let cmd: CommandBytes = rpc::decode("forwarded write", &body)?;
+    drop(body);
+    let answer: Forwarded<_> = s.store()?.write_here(cmd).await.map_err(Into::into);
+    respond(&answer)
+}
+
+async fn forward_read_index(
+    State(s): State<ServerState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Vec<u8>, RpcRejection> {
+    s.check_target(&headers)?;
+    let () = rpc::decode("forwarded read index", &body)?;
+    let answer: Forwarded<u64> = s.store()?.read_index_here().await.map_err(Into::into);
+    respond(&answer)
+}
+
+async fn forward_membership(
+    State(s): State<ServerState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Vec<u8>, RpcRejection> {
+    s.check_target(&headers)?;
+    let change: MembershipChange = rpc::decode("forwarded membership change", &body)?;
+    let store = s.store()?;
+    let answer: Result<(), StoreError> = match change {
+        MembershipChange::Add { id, raft_addr } => store.add_member_here(id, raft_addr).await,
+        MembershipChange::Remove { id } => store.remove_member_here(id).await,
+    };
+    respond(&answer.map_err(rpc::WireError::from))
+}
+
 /// A running RPC server; stop it with [`RaftServer::stop`].
 pub(crate) struct RaftServer {
     stop_tx: Option<oneshot::Sender<()>>,
@@ -144,26 +199,40 @@ pub(crate) struct RaftServer {
 }
 
 impl RaftServer {
-    /// Serves `raft` on `listener` until stopped.
-    pub(crate) fn spawn(listener: TcpListener, node_id: NodeId, raft: Raft) -> RaftServer {
+    /// Serves `raft` on `listener` until stopped: TLS with client certificates when `tls` is
+    /// given, plain HTTP otherwise.
+    pub(crate) fn spawn(
+        listener: TcpListener,
+        node_id: NodeId,
+        raft: Raft,
+        store: Weak<Inner>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> RaftServer {
+        let small = || DefaultBodyLimit::max(rpc::RPC_BODY_LIMIT);
         let app = Router::new()
-            .route(rpc::PATH_APPEND, post(append).layer(DefaultBodyLimit::max(rpc::RPC_BODY_LIMIT)))
-            .route(rpc::PATH_VOTE, post(vote).layer(DefaultBodyLimit::max(rpc::RPC_BODY_LIMIT)))
-            .route(rpc::PATH_PRE_VOTE, post(pre_vote).layer(DefaultBodyLimit::max(rpc::RPC_BODY_LIMIT)))
+            .route(rpc::PATH_APPEND, post(append).layer(small()))
+            .route(rpc::PATH_VOTE, post(vote).layer(small()))
+            .route(rpc::PATH_PRE_VOTE, post(pre_vote).layer(small()))
             .route(
                 rpc::PATH_SNAPSHOT,
                 post(install_snapshot).layer(DefaultBodyLimit::max(rpc::SNAPSHOT_BODY_LIMIT)),
             )
-            .with_state(ServerState { node_id, raft });
+            .route(rpc::PATH_FORWARD_WRITE, post(forward_write).layer(small()))
+            .route(rpc::PATH_FORWARD_READ_INDEX, post(forward_read_index).layer(small()))
+            .route(rpc::PATH_FORWARD_MEMBERSHIP, post(forward_membership).layer(small()))
+            .with_state(ServerState { node_id, raft, store });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            });
-            if let Err(e) = served.await {
-                tracing::error!(error = %e, "raft rpc server stopped");
-            }
-        });
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                });
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "raft rpc server stopped");
+                }
+            }),
+            Some(tls) => tokio::spawn(serve_tls(listener, tls, app, stop_rx)),
+        };
         RaftServer { stop_tx: Some(stop_tx), task: Some(task) }
     }
 
@@ -188,5 +257,76 @@ impl Drop for RaftServer {
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// How long a peer has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS accept loop: one task per connection, each refused unless the client certificate
+/// names a hub; on stop, connections finish their in-flight request and close.
+async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    mut stop_rx: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (conns_tx, mut conns_rx) = tokio::sync::mpsc::unbounded_channel();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "raft accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop_rx => break,
+            Some(conn) = conns_rx.recv() => {
+                // A handshake finished: serve it under the graceful-shutdown watcher.
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(error = %e, "raft connection ended with an error");
+                    }
+                });
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let conns_tx = conns_tx.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "raft tls handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "raft tls handshake timed out"),
+            };
+            let ids = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| crate::peer_tls::peer_ids(leaf))
+                .unwrap_or_default();
+            if ids.is_empty() {
+                tracing::warn!(%peer, "raft connection refused: the client certificate names no hub");
+                return;
+            }
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            let _ = conns_tx.send(conn);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("raft rpc connections did not drain in time");
     }
 }

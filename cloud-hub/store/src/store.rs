@@ -5,7 +5,7 @@ use crate::config::{RaftTuning, StoreConfig};
 use crate::db::{self, DbError, OBJECTS, begin_read, run_blocking};
 use crate::history::{Compacted, HistoryPage};
 use crate::log_store::LogStore;
-use crate::network::HttpNetworkFactory;
+use crate::network::{HttpNetworkFactory, PeerClients};
 use crate::server::RaftServer;
 use crate::state_machine::{self, Publisher, StateMachineStore};
 use crate::types::{ApplyResponse, CommandBytes, NodeId, Raft, TypeConfig};
@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     leader_rx: watch::Receiver<Option<NodeId>>,
     leader_task: JoinHandle<()>,
     server: Mutex<Option<RaftServer>>,
+    /// HTTP clients for the peers, shared with openraft's network (`forward.rs` uses them).
+    pub(crate) clients: Arc<PeerClients>,
     closed: AtomicBool,
 }
 
@@ -91,8 +93,11 @@ impl Store {
             ),
             None => None,
         };
-        let network = HttpNetworkFactory::new(cfg.node_id)
-            .map_err(|e| StoreError::Fatal(format!("building the raft http client: {e}")))?;
+        let clients = Arc::new(
+            PeerClients::new(cfg.peer_tls.as_ref())
+                .map_err(|e| StoreError::Fatal(format!("building the raft http client: {e}")))?,
+        );
+        let network = HttpNetworkFactory::new(cfg.node_id, clients.clone());
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),
@@ -102,7 +107,6 @@ impl Store {
         )
         .await
         .map_err(|e| StoreError::Fatal(format!("starting raft: {e}")))?;
-        let server = listener.map(|l| RaftServer::spawn(l, cfg.node_id, raft.clone()));
         let (leader_rx, leader_task) = watch_leader(&raft);
 
         let store = Store {
@@ -113,10 +117,22 @@ impl Store {
                 publisher,
                 leader_rx,
                 leader_task,
-                server: Mutex::new(server),
+                server: Mutex::new(None),
+                clients,
                 closed: AtomicBool::new(false),
             }),
         };
+        if let Some(l) = listener {
+            let tls = cfg.peer_tls.as_ref().map(|t| t.server.clone());
+            let server = RaftServer::spawn(
+                l,
+                cfg.node_id,
+                store.inner.raft.clone(),
+                Arc::downgrade(&store.inner),
+                tls,
+            );
+            *store.inner.server.lock().await = Some(server);
+        }
         if let Err(e) = store.initialize(&cfg).await {
             let _ = store.shutdown().await;
             return Err(e);
@@ -182,6 +198,7 @@ impl Store {
     }
 
     /// Proposes `cmd` through Raft; returns once it is committed and applied on this node.
+    /// On a follower the write is forwarded to the leader (see `forward.rs`).
     ///
     /// `Ok(StoreOutcome::Conflict { .. })` means a precondition failed and nothing changed.
     /// [`StoreError::Unavailable`] after a leader change can mean the command still commits:
@@ -195,11 +212,18 @@ impl Store {
                 bytes.len()
             )));
         }
-        match self.inner.raft.client_write(CommandBytes(bytes)).await {
-            Ok(resp) => match resp.data {
-                ApplyResponse::Outcome(outcome) => Ok(outcome),
-                ApplyResponse::Rejected(msg) => Err(StoreError::Rejected(msg)),
-            },
+        match self.write_anywhere(CommandBytes(bytes)).await? {
+            ApplyResponse::Outcome(outcome) => Ok(outcome),
+            ApplyResponse::Rejected(msg) => Err(StoreError::Rejected(msg)),
+        }
+    }
+
+    /// Proposes an encoded command on this node, which must be the leader; returns the state
+    /// machine's answer and the entry's log index.
+    pub(crate) async fn write_here(&self, cmd: CommandBytes) -> Result<(ApplyResponse, u64), StoreError> {
+        self.check_open()?;
+        match self.inner.raft.client_write(cmd).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(e)) => Err(self.write_error(e)),
             Err(RaftError::Fatal(f)) => Err(fatal_to_error(f)),
         }
@@ -362,9 +386,20 @@ impl Store {
 
     /// Adds node `id`, reachable at `raft_addr`, as a voter: first as a learner that catches up
     /// (from the log or a snapshot), then promoted. Idempotent for a node already a voter at the
-    /// same address. Must be called on the leader.
+    /// same address. Any member may be asked; a follower forwards to the leader.
     pub async fn add_member(&self, id: NodeId, raft_addr: String) -> Result<(), StoreError> {
         self.check_open()?;
+        self.change_membership_anywhere(crate::rpc::MembershipChange::Add { id, raft_addr }).await
+    }
+
+    /// Removes node `id` from the cluster (voter or learner). Idempotent. Removing the leader
+    /// makes it step down once the change commits. Any member may be asked.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
+        self.check_open()?;
+        self.change_membership_anywhere(crate::rpc::MembershipChange::Remove { id }).await
+    }
+
+    pub(crate) async fn add_member_here(&self, id: NodeId, raft_addr: String) -> Result<(), StoreError> {
         let raft = &self.inner.raft;
         {
             let metrics = raft.metrics().borrow_watched().clone();
@@ -383,6 +418,33 @@ impl Store {
         })
         .await?;
         tracing::info!(node_id = id, raft_addr, "added a voting member");
+        Ok(())
+    }
+
+    pub(crate) async fn remove_member_here(&self, id: NodeId) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        let (is_voter, is_member) = {
+            let metrics = raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            (membership.voter_ids().any(|v| v == id), membership.get_node(&id).is_some())
+        };
+        if !is_member {
+            return Ok(());
+        }
+        let deadline = Instant::now() + MEMBERSHIP_CHANGE_WAIT;
+        let ids = BTreeSet::from([id]);
+        if is_voter {
+            self.retry_membership_change(deadline, || {
+                raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            })
+            .await?;
+        } else {
+            self.retry_membership_change(deadline, || {
+                raft.change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
+            })
+            .await?;
+        }
+        tracing::info!(node_id = id, "removed a member");
         Ok(())
     }
 
@@ -455,10 +517,31 @@ impl Store {
         guard.clone().ok_or_else(|| StoreError::Unavailable("the store is shut down".to_string()))
     }
 
+    /// Makes the next local read linearizable: on the leader a read-index barrier; on a
+    /// follower the leader's read index, then waiting until this node has applied it.
     pub(crate) async fn read_barrier(&self) -> Result<(), StoreError> {
         self.check_open()?;
+        self.read_barrier_anywhere().await
+    }
+
+    /// openraft's read-index barrier on this node, which must lead.
+    pub(crate) async fn local_read_barrier(&self) -> Result<(), StoreError> {
         match self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(StoreError::Unavailable(format!("no quorum to confirm leadership: {q}")))
+            }
+            Err(RaftError::Fatal(f)) => Err(fatal_to_error(f)),
+        }
+    }
+
+    /// The leader's read index: confirms leadership with a quorum and returns the log index a
+    /// node must have applied for a local read to be linearizable.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, StoreError> {
+        self.check_open()?;
+        match self.inner.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(l) => Ok(l.read_log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(f)),
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
                 Err(StoreError::Unavailable(format!("no quorum to confirm leadership: {q}")))

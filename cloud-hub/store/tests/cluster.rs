@@ -1,11 +1,12 @@
-//! A real three-hub cluster on loopback: election, replication to followers, followers
-//! refusing writes, failover without losing acknowledged writes, and a restarted hub
-//! catching up from its own data directory.
+//! A real three-hub cluster on loopback with mutual TLS: election, replication to followers,
+//! followers forwarding writes and linearizable reads to the leader, failover without losing
+//! acknowledged writes, a restarted hub catching up from its own data directory, and peers
+//! without a hub certificate refused.
 
 mod common;
 
 use common::*;
-use hub_store::{NodeId, Store, StoreError};
+use hub_store::{NodeId, Store};
 use shared_proto::store::{Object, Precondition as P, StoreKind};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,8 +16,9 @@ async fn open_node(
     id: NodeId,
     addr: SocketAddr,
     members: &BTreeMap<NodeId, String>,
+    ca: &TestCa,
 ) -> Store {
-    Store::open_with_tuning(node_config(dir, id, addr, members), test_tuning()).await.unwrap()
+    Store::open_with_tuning(tls_node_config(dir, id, addr, members, ca), test_tuning()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,10 +27,11 @@ async fn three_hubs_replicate_fail_over_and_catch_up() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     let members: BTreeMap<NodeId, String> = (1..=3).zip(addrs.iter().map(|a| a.to_string())).collect();
+    let ca = TestCa::new();
     let (s1, s2, s3) = tokio::join!(
-        open_node(dirs[0].path(), 1, addrs[0], &members),
-        open_node(dirs[1].path(), 2, addrs[1], &members),
-        open_node(dirs[2].path(), 3, addrs[2], &members),
+        open_node(dirs[0].path(), 1, addrs[0], &members, &ca),
+        open_node(dirs[1].path(), 2, addrs[1], &members, &ca),
+        open_node(dirs[2].path(), 3, addrs[2], &members, &ca),
     );
     let mut stores: BTreeMap<NodeId, Store> = BTreeMap::from([(1, s1), (2, s2), (3, s3)]);
 
@@ -50,19 +53,39 @@ async fn three_hubs_replicate_fail_over_and_catch_up() {
         assert_eq!(store.list_local(StoreKind::Site).unwrap(), want);
     }
 
-    // A follower refuses writes and linearizable reads, naming the leader.
+    // A follower forwards writes and linearizable reads to the leader, and answers a write
+    // once it has applied it itself.
     let (follower_id, follower) = stores.iter().find(|(id, _)| **id != leader_id).unwrap();
     assert!(!follower.is_leader());
-    let expect_not_leader = |res: Result<_, StoreError>| match res {
-        Err(StoreError::NotLeader { leader, leader_addr }) => {
-            assert_eq!(leader, Some(leader_id));
-            assert_eq!(leader_addr.as_deref(), Some(members[&leader_id].as_str()));
-        }
-        other => panic!("node {follower_id}: expected NotLeader, got {other:?}"),
-    };
-    expect_not_leader(follower.write(put(site("from-follower", ""), P::None)).await.map(|_| ()));
-    expect_not_leader(follower.get(StoreKind::Site, "site-0").await.map(|_| ()));
-    assert!(follower.get_local(StoreKind::Site, "site-0").unwrap().is_some(), "local reads work anywhere");
+    let r = applied(follower.write(put(site("from-follower", "forwarded"), P::MustNotExist)).await.unwrap());
+    assert!(r > last, "node {follower_id}: forwarded write at {r}");
+    assert!(follower.revision() >= r, "the follower has applied its own write when it returns");
+    acknowledged.push(("from-follower".into(), r));
+    let on_leader = applied(leader.write(put(site("site-0", "updated"), P::None)).await.unwrap());
+    let read = follower.get_revisioned(StoreKind::Site, "site-0").await.unwrap().unwrap();
+    assert_eq!(read.revision, on_leader, "a linearizable read on a follower sees the leader's last write");
+    acknowledged[0].1 = on_leader;
+    let conflict = follower.write(put(site("from-follower", ""), P::MustNotExist)).await.unwrap();
+    assert!(matches!(conflict, shared_proto::store::StoreOutcome::Conflict { .. }), "{conflict:?}");
+    let last = on_leader;
+
+    // A client with a certificate from the same CA but no raft name (a device's) is refused
+    // after the handshake; one from another CA fails the handshake.
+    let (device_cert, device_key) = ca.issue(&["device-1.example".to_string()]);
+    for tls in [ca.tls_with(device_cert, device_key), TestCa::new().hub_tls(9)] {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls.client))
+            .resolve(&hub_store::peer_name(*follower_id), addrs[usize::try_from(*follower_id - 1).unwrap()])
+            .build()
+            .unwrap();
+        let url = format!(
+            "https://{}:{}/raft/vote",
+            hub_store::peer_name(*follower_id),
+            addrs[usize::try_from(*follower_id - 1).unwrap()].port()
+        );
+        let res = client.post(url).body(vec![1, 2, 3]).send().await;
+        assert!(res.is_err(), "a non-hub peer got an answer: {res:?}");
+    }
 
     // Kill the leader: the two others elect a new one, and nothing acknowledged is lost.
     leader.shutdown().await.unwrap();
@@ -85,11 +108,11 @@ async fn three_hubs_replicate_fail_over_and_catch_up() {
 
     // Restart the old leader from its data dir: it rejoins as a follower and catches up.
     let idx = usize::try_from(leader_id - 1).unwrap();
-    let restarted = open_node(dirs[idx].path(), leader_id, addrs[idx], &members).await;
+    let restarted = open_node(dirs[idx].path(), leader_id, addrs[idx], &members, &ca).await;
     let target = new_leader.revision();
     eventually("the restarted hub to catch up", || restarted.revision() >= target).await;
     let want: Vec<Object> = new_leader.list(StoreKind::Site).await.unwrap();
-    assert_eq!(want.len(), 15);
+    assert_eq!(want.len(), 16);
     assert_eq!(restarted.list_local(StoreKind::Site).unwrap(), want);
     eventually("the restarted hub to learn the leader", || {
         *restarted.leader().borrow() == Some(new_leader_id)

@@ -44,7 +44,7 @@ pub fn free_addr() -> SocketAddr {
 }
 
 pub fn single_node_config(dir: &Path) -> StoreConfig {
-    StoreConfig { data_dir: dir.to_path_buf(), node_id: 1, raft_addr: None, initial_members: BTreeMap::new() }
+    StoreConfig::single_node(dir.to_path_buf())
 }
 
 pub fn node_config(
@@ -58,6 +58,7 @@ pub fn node_config(
         node_id,
         raft_addr: Some(addr),
         initial_members: members.clone(),
+        peer_tls: None,
     }
 }
 
@@ -109,4 +110,68 @@ pub async fn agreed_leader(stores: &[&Store]) -> NodeId {
 
 pub fn names(objects: &[Object]) -> Vec<String> {
     objects.iter().map(|o| o.name().to_string()).collect()
+}
+
+/// A test CA that issues hub certificates (with a raft name) and device-like ones (without).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub cert_der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert_der: cert.der().to_vec(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A certificate and key for these DNS names, usable as client and server certificate.
+    pub fn issue(&self, names: &[String]) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).unwrap();
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.der().to_vec(), key.serialize_der())
+    }
+
+    /// Mutual TLS for a holder of `(cert, key)`, trusting this CA.
+    pub fn tls_with(&self, cert: Vec<u8>, key: Vec<u8>) -> hub_store::PeerTls {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(self.cert_der.clone())).unwrap();
+        let roots = std::sync::Arc::new(roots);
+        let chain = vec![CertificateDer::from(cert)];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
+        let verifier = rustls::server::WebPkiClientVerifier::builder(roots.clone()).build().unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        hub_store::PeerTls { server: std::sync::Arc::new(server), client: std::sync::Arc::new(client) }
+    }
+
+    /// Mutual TLS for hub `id`.
+    pub fn hub_tls(&self, id: NodeId) -> hub_store::PeerTls {
+        let (cert, key) = self.issue(&[hub_store::peer_name(id), "localhost".into()]);
+        self.tls_with(cert, key)
+    }
+}
+
+/// [`node_config`] with mutual TLS from `ca`.
+pub fn tls_node_config(
+    dir: &Path,
+    node_id: NodeId,
+    addr: SocketAddr,
+    members: &BTreeMap<NodeId, String>,
+    ca: &TestCa,
+) -> StoreConfig {
+    StoreConfig { peer_tls: Some(ca.hub_tls(node_id)), ..node_config(dir, node_id, addr, members) }
 }
