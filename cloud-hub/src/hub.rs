@@ -3,6 +3,7 @@
 //! SIGINT/SIGTERM.
 
 use crate::controllers::{self, ControllerConfig};
+use crate::sealing::HubKey;
 use crate::state::{HubConfig, HubState};
 use crate::sync::fanout::ManifestFanout;
 use crate::sync::liveness::LivenessTable;
@@ -81,6 +82,128 @@ pub struct ServeArgs {
     /// 64 MiB): a watch or list page older than that is answered 410 and lists again.
     #[arg(long, default_value_t = hub_store::HistoryLimits::default().max_revisions)]
     pub watch_history: usize,
+    /// Run as one hub of a cluster: Raft with the other hubs on this address, over
+    /// mutual TLS with certificates from the fleet CA. Without it the hub is a
+    /// one-member cluster with no Raft listener.
+    #[arg(long, value_name = "ADDR")]
+    pub raft_listen: Option<SocketAddr>,
+    /// The `host:port` the other hubs reach this hub's Raft listener at. Default:
+    /// --raft-listen, which must then name an address rather than 0.0.0.0.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub raft_advertise: Option<String>,
+    /// This hub's Raft node id, remembered in the data directory after the first start
+    /// (`flotilla hub join` is given one by the cluster).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+}
+
+/// How this hub takes part in Raft.
+struct Membership {
+    node_id: u64,
+    /// The listener and the address peers dial; `None` for a lone hub.
+    raft: Option<(SocketAddr, String)>,
+    /// The first members, when this hub founds a cluster or joins one (ignored by a store
+    /// that has data already).
+    initial_members: std::collections::BTreeMap<u64, String>,
+    /// A cluster's founding hub makes the fleet CA before Raft starts (its certificate
+    /// comes from it), and writes it into the store once elected.
+    founding_ca: Option<FleetCa>,
+    /// The TLS identity Raft starts with.
+    tls: Option<Arc<provisioning::tls::HubTls>>,
+}
+
+/// Where `flotilla hub join` asks to be added once its Raft listener runs.
+pub struct JoinVia {
+    pub hub_url: String,
+    pub token: String,
+}
+
+fn raft_advertise(args: &ServeArgs, listen: SocketAddr) -> anyhow::Result<String> {
+    match &args.raft_advertise {
+        Some(a) => Ok(a.clone()),
+        None if listen.ip().is_unspecified() => bail!(
+            "--raft-listen {listen} is every interface: say with --raft-advertise HOST:PORT where the other hubs reach it"
+        ),
+        None => Ok(listen.to_string()),
+    }
+}
+
+/// Works out this hub's node id, Raft addresses and TLS identity, founding a cluster's
+/// identity on the first start of its first hub.
+fn membership(
+    args: &ServeArgs,
+    data_dir: &Path,
+    joined: Option<&std::collections::BTreeMap<u64, String>>,
+) -> anyhow::Result<Membership> {
+    let Some(listen) = args.raft_listen else {
+        if let Some(n) = crate::cluster::read_node_record(data_dir)? {
+            bail!(
+                "{} belongs to node {} of a hub cluster: start it with --raft-listen (its peers reach it at {})",
+                data_dir.display(),
+                n.node_id,
+                n.raft_addr
+            );
+        }
+        return Ok(Membership {
+            node_id: args.node_id.unwrap_or(1),
+            raft: None,
+            initial_members: Default::default(),
+            founding_ca: None,
+            tls: None,
+        });
+    };
+    let advertise = raft_advertise(args, listen)?;
+    let node_id = match (crate::cluster::read_node_record(data_dir)?, args.node_id) {
+        (Some(n), Some(id)) if n.node_id != id => bail!(
+            "{} belongs to node {}, not {id}: drop --node-id or use another data directory",
+            data_dir.display(),
+            n.node_id
+        ),
+        (Some(n), _) => n.node_id,
+        (None, id) => {
+            let id = id.unwrap_or(1);
+            if id == 0 {
+                bail!("node ids start at 1");
+            }
+            crate::cluster::write_node_record(
+                data_dir,
+                &crate::cluster::NodeRecord { node_id: id, raft_addr: advertise.clone() },
+            )?;
+            id
+        }
+    };
+    let mut founding_ca = None;
+    let tls = match crate::cluster::load_identity(data_dir)? {
+        Some(tls) => tls,
+        None => {
+            if data_dir.join("store").join(hub_store::DB_FILE_NAME).exists() {
+                bail!(
+                    "{} has a store but no {}: this hub cannot prove who it is to its peers; remove it \
+                     from the cluster (flotilla hub remove {node_id}) and join it again from an empty data directory",
+                    data_dir.display(),
+                    crate::cluster::IDENTITY_FILE
+                );
+            }
+            // The first start of a new cluster's first hub: its fleet CA is made here.
+            let ca = FleetCa::generate("Flotilla fleet CA")?;
+            let cert = ca.issue_hub_cert(
+                &format!("hub-{node_id}"),
+                &[hub_store::peer_name(node_id)],
+                Duration::from_secs(86_400),
+            )?;
+            let chain =
+                vec![rustls_pki_types::CertificateDer::from(cert.cert_der.clone()), ca.cert_der().clone()];
+            crate::cluster::save_identity(data_dir, &chain, &cert.key_pkcs8_der, &[ca.cert_der().clone()])?;
+            tracing::info!(node_id, fingerprint = %ca.fingerprint(), "founding a hub cluster with a new fleet CA");
+            founding_ca = Some(ca);
+            crate::cluster::load_identity(data_dir)?.context("reading the identity just written")?
+        }
+    };
+    let initial_members = match joined {
+        Some(members) => members.clone(),
+        None => std::collections::BTreeMap::from([(node_id, advertise.clone())]),
+    };
+    Ok(Membership { node_id, raft: Some((listen, advertise)), initial_members, founding_ca, tls: Some(tls) })
 }
 
 /// Lifts the soft limit on open files to the hard one: every API connection and every
@@ -138,15 +261,32 @@ async fn wait_for_leader(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fleet CA, created on the first start of the cluster.
-async fn fleet_ca(store: &Store) -> anyhow::Result<FleetCa> {
-    for _ in 0..100 {
-        if let Some(Object::FleetCa(r)) = store.get(StoreKind::FleetCa, "fleet").await? {
-            return Ok(FleetCa::from_record(&r)?);
+/// The fleet CA, created on the first start of the cluster (or taken from the founding
+/// hub's identity). Its private key is stored sealed with the hub key; a record from an
+/// older hub, whose key is in clear, is sealed here by the leader.
+async fn fleet_ca(store: &Store, key: &HubKey, mut founding: Option<FleetCa>) -> anyhow::Result<FleetCa> {
+    for _ in 0..300 {
+        if let Some(hub_store::Revisioned { object: Object::FleetCa(r), revision, .. }) =
+            store.get_revisioned(StoreKind::FleetCa, "fleet").await?
+        {
+            let opened = key.open_ca(&r).map_err(|e| {
+                anyhow::anyhow!("{e}: start this hub with the cluster's {}", crate::sealing::KEY_FILE)
+            })?;
+            if !crate::sealing::ca_key_is_sealed(&r) && store.is_leader() {
+                let sealed = key.seal_ca(r)?;
+                store
+                    .write(StoreCommand::put(Object::FleetCa(sealed), Precondition::RevisionIs(revision)))
+                    .await?;
+                tracing::info!("sealed the fleet CA's private key in the store with the hub key");
+            }
+            return Ok(FleetCa::from_record(&opened)?);
         }
         if store.is_leader() {
-            let ca = FleetCa::generate("Flotilla fleet CA")?;
-            let record = ca.to_record(SystemClock.now());
+            let ca = match founding.take() {
+                Some(ca) => ca,
+                None => FleetCa::generate("Flotilla fleet CA")?,
+            };
+            let record = key.seal_ca(ca.to_record(SystemClock.now()))?;
             match store.write(StoreCommand::put(Object::FleetCa(record), Precondition::MustNotExist)).await? {
                 StoreOutcome::Applied { .. } => {
                     tracing::info!(fingerprint = %ca.fingerprint(), "created the fleet CA");
@@ -256,6 +396,15 @@ fn warn_unopenable_secrets(store: &Store, key: &crate::sealing::HubKey, data_dir
 }
 
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
+    start_joining(args, None).await
+}
+
+/// [`start`] for a hub that joins a cluster: `join` holds the members it was told of and
+/// where to ask to be added once its Raft listener runs.
+pub async fn start_joining(
+    args: ServeArgs,
+    join: Option<(JoinVia, std::collections::BTreeMap<u64, String>)>,
+) -> anyhow::Result<RunningHub> {
     let clock = shared_proto::clock::SystemClock::shared();
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -263,6 +412,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    let key = Arc::new(HubKey::load_or_create(&data_dir)?);
+    let mut member = membership(&args, &data_dir, join.as_ref().map(|(_, m)| m))?;
+    let peer_tls = match &member.tls {
+        Some(tls) => {
+            Some(hub_store::PeerTls { server: tls.raft_server_config()?, client: tls.raft_client_config()? })
+        }
+        None => None,
+    };
     let tuning = hub_store::RaftTuning {
         watch_history: hub_store::HistoryLimits {
             max_revisions: args.watch_history,
@@ -273,17 +430,21 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     let store = Store::open_with_tuning(
         StoreConfig {
             data_dir: data_dir.join("store"),
-            node_id: 1,
-            raft_addr: None,
-            initial_members: Default::default(),
-            peer_tls: None,
+            node_id: member.node_id,
+            raft_addr: member.raft.as_ref().map(|(listen, _)| *listen),
+            initial_members: member.initial_members.clone(),
+            peer_tls,
         },
         tuning,
     )
     .await
     .context("opening the store")?;
+    if let Some((via, _)) = &join {
+        let advertise = member.raft.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
+        ask_to_join(&via.hub_url, &via.token, member.node_id, &advertise).await?;
+    }
     wait_for_leader(&store).await?;
-    fleet_ca(&store).await?;
+    fleet_ca(&store, &key, member.founding_ca.take()).await?;
     let new_token = first_admin_token(&store).await?;
 
     let hub_name = nix::unistd::gethostname()
@@ -291,12 +452,20 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         .and_then(|h| h.to_str().map(str::to_string))
         .filter(|h| shared_proto::validate::dns_label_problem(h).is_none())
         .unwrap_or_else(|| "hub".to_string());
+    let mut sans = host_sans(&args);
+    if member.raft.is_some() {
+        sans.push(hub_store::peer_name(member.node_id));
+    }
     let settings = crate::sync::pki::HubCertSettings {
         name: hub_name,
-        sans: host_sans(&args),
+        sans,
         lifetime: args.hub_cert_lifetime,
+        identity_dir: member.raft.is_some().then(|| data_dir.clone()),
     };
-    let pki = Arc::new(crate::sync::pki::Pki::load(&store, settings, clock.clone()).await?);
+    let pki = Arc::new(
+        crate::sync::pki::Pki::load_into(&store, key.clone(), settings, clock.clone(), member.tls.clone())
+            .await?,
+    );
     let api_tls = pki.tls().api_server_config()?;
     let quic_tls = pki.tls().quic_server_config()?;
 
@@ -344,7 +513,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         config,
         clock: clock.clone(),
         admission: std::sync::Mutex::new(crate::sync::admission::AdmissionControl::new(admission)),
-        key: Arc::new(crate::sealing::HubKey::load_or_create(&data_dir)?),
+        key,
         attach: Default::default(),
         peers: Default::default(),
         metrics: Default::default(),
@@ -455,6 +624,27 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     })
 }
 
+/// Step 2 of `flotilla hub join`, retried while the cluster is busy (an election, an
+/// earlier membership change).
+async fn ask_to_join(hub_url: &str, token: &str, node_id: u64, raft_addr: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match crate::cluster::request_membership(hub_url, token, node_id, raft_addr).await {
+            Ok(()) => {
+                tracing::info!(node_id, "joined the hub cluster");
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), "asking to join the cluster; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.context("asking the cluster to add this hub")),
+        }
+    }
+}
+
 /// Waits for SIGINT or SIGTERM.
 pub async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -470,9 +660,38 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// `flotilla hub join URL --join-token T`: fetches this hub's credentials (on the first
+/// start of its data directory), then serves as a member of the cluster.
+pub async fn join(hub_url: String, token: String, args: ServeArgs) -> anyhow::Result<()> {
+    let Some(listen) = args.raft_listen else {
+        bail!("a hub that joins a cluster needs --raft-listen ADDR for its Raft traffic");
+    };
+    let advertise = raft_advertise(&args, listen)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let members = if crate::cluster::load_identity(&args.data_dir)?.is_some() {
+        tracing::info!("this data directory has joined already: rejoining with its identity");
+        Default::default()
+    } else {
+        let (node_id, members) =
+            crate::cluster::fetch_credentials(&hub_url, &token, &advertise, args.node_id, &args.data_dir)
+                .await?;
+        println!("joining the hub cluster as node {node_id}");
+        members
+    };
+    serve_with(args, Some((JoinVia { hub_url, token }, members))).await
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    serve_with(args, None).await
+}
+
+async fn serve_with(
+    args: ServeArgs,
+    join: Option<(JoinVia, std::collections::BTreeMap<u64, String>)>,
+) -> anyhow::Result<()> {
     raise_fd_limit();
-    let hub = start(args).await?;
+    let hub = start_joining(args, join).await?;
     println!("hub ready");
     println!("  api      https://{}", connect_host(hub.api_addr));
     println!("  agents   {} (QUIC)", connect_host(hub.quic_addr));

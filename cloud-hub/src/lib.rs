@@ -13,6 +13,7 @@
 pub mod advertise;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod controllers;
 pub mod demo;
 pub mod hub;

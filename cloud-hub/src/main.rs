@@ -119,7 +119,27 @@ enum Command {
 #[derive(Subcommand)]
 enum HubCommand {
     /// Serve the API and the agent endpoint (a one-member Raft cluster by default).
-    Serve(cloud_hub::hub::ServeArgs),
+    Serve(Box<cloud_hub::hub::ServeArgs>),
+    /// Join a hub cluster (first start of an empty data directory), then serve as one of
+    /// its members. Later starts may use `hub serve` with the same data directory.
+    Join {
+        /// The API URL of any hub of the cluster, e.g. https://hub-1.example:7440.
+        url: String,
+        /// A token from `flotilla hub join-token create`.
+        #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
+        join_token: String,
+        #[command(flatten)]
+        serve: Box<cloud_hub::hub::ServeArgs>,
+    },
+    /// The hubs of the cluster, their Raft addresses and the leader.
+    Members,
+    /// Remove a hub from the cluster (to retire or replace it).
+    Remove { node_id: u64 },
+    /// Tokens with which new hubs join the cluster.
+    JoinToken {
+        #[command(subcommand)]
+        command: cli::cluster::JoinTokenCommand,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -146,7 +166,15 @@ fn init_tracing(format: LogFormat) {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let h = &cli.hub;
     match cli.command {
-        Command::Hub { command: HubCommand::Serve(args) } => cloud_hub::hub::serve(args).await,
+        Command::Hub { command: HubCommand::Serve(args) } => cloud_hub::hub::serve(*args).await,
+        Command::Hub { command: HubCommand::Join { url, join_token, serve } } => {
+            cloud_hub::hub::join(url, join_token, *serve).await
+        }
+        Command::Hub { command: HubCommand::Members } => cli::cluster::members(h).await,
+        Command::Hub { command: HubCommand::Remove { node_id } } => cli::cluster::remove(h, node_id).await,
+        Command::Hub { command: HubCommand::JoinToken { command } } => {
+            cli::cluster::join_token(h, &command).await
+        }
         Command::Demo(args) => cloud_hub::demo::run(args).await,
         Command::Apply { file } => cli::apply(h, &file).await,
         Command::Convert { command } => cli::convert(&command),
@@ -177,7 +205,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Hub { .. } | Command::Demo(_) | Command::Sim(_));
+    let serving = matches!(
+        cli.command,
+        Command::Hub { command: HubCommand::Serve(_) | HubCommand::Join { .. } }
+            | Command::Demo(_)
+            | Command::Sim(_)
+    );
     if serving {
         init_tracing(cli.log_format);
     }

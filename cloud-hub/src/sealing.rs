@@ -7,11 +7,18 @@
 //!
 //! The seal is bound to the secret's name (the additional data), so a sealed value
 //! copied under another name does not open.
+//!
+//! The same key seals the fleet CA's private key in its store record (and the staged
+//! CA's, during a rotation), so Raft traffic, snapshots and backups never carry it in
+//! clear: the key is the cluster's one secret, which `flotilla hub join` hands to a new
+//! hub over mutual TLS. The sealed key is bound to the CA certificate's fingerprint. A
+//! record written by an older hub holds the PKCS#8 key in clear (it starts with a DER
+//! SEQUENCE, 0x30, which the sealed form never does); the leader seals it at start.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use shared_proto::store::SealedSecret;
+use shared_proto::store::{FleetCaRecord, SealedSecret};
 use std::path::Path;
 
 pub const KEY_FILE: &str = "secrets.key";
@@ -22,6 +29,8 @@ const MAX_SEALED: usize = shared_proto::validate::MAX_CONFIG_BYTES + 64 * 1024;
 pub struct HubKey {
     seal: LessSafeKey,
     digest: hmac::Key,
+    /// Signs hub join tokens (`cluster.rs`).
+    join: hmac::Key,
     id: String,
     rng: SystemRandom,
 }
@@ -75,6 +84,7 @@ impl HubKey {
         HubKey {
             seal: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, seal.as_ref()).expect("32-byte key")),
             digest: hmac::Key::new(hmac::HMAC_SHA256, digest.as_ref()),
+            join: hmac::Key::new(hmac::HMAC_SHA256, derive(b"flotilla hub join token v1").as_ref()),
             id: hex::encode(&id.as_ref()[..4]),
             rng: SystemRandom::new(),
         }
@@ -82,6 +92,16 @@ impl HubKey {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// HMAC-SHA256 of `message` with the join-token key.
+    pub fn join_mac(&self, message: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.join, message).as_ref().to_vec()
+    }
+
+    /// Whether `mac` is the join-token HMAC of `message` (in constant time).
+    pub fn verify_join_mac(&self, message: &[u8], mac: &[u8]) -> bool {
+        hmac::verify(&self.join, message, mac).is_ok()
     }
 
     /// `hmac-sha256:…` of the entries (sorted by key).
@@ -142,6 +162,75 @@ impl HubKey {
     }
 }
 
+/// Marks a sealed CA key: `SEALED_CA_MAGIC | key id (8 hex digits) | nonce | ciphertext+tag`.
+const SEALED_CA_MAGIC: &[u8; 8] = b"FLSEALv1";
+/// Largest sealed CA key opened (a PKCS#8 EC key is under 200 bytes).
+const MAX_SEALED_CA: usize = 16 * 1024;
+
+/// Whether the record's private key is sealed (rather than in clear, from an older hub).
+pub fn ca_key_is_sealed(record: &FleetCaRecord) -> bool {
+    record.key_pkcs8_der.starts_with(SEALED_CA_MAGIC)
+}
+
+/// The id of the hub key that sealed the record's private key, if it is sealed.
+pub fn ca_key_sealed_with(record: &FleetCaRecord) -> Option<String> {
+    let rest = record.key_pkcs8_der.strip_prefix(SEALED_CA_MAGIC)?;
+    rest.get(..8).map(|id| String::from_utf8_lossy(id).into_owned())
+}
+
+fn ca_aad(record: &FleetCaRecord) -> Aad<Vec<u8>> {
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, &record.cert_der);
+    let mut aad = b"flotilla/FleetCa/".to_vec();
+    aad.extend_from_slice(fingerprint.as_ref());
+    Aad::from(aad)
+}
+
+impl HubKey {
+    /// The record with its private key sealed (a sealed record is returned as it is).
+    pub fn seal_ca(&self, mut record: FleetCaRecord) -> Result<FleetCaRecord, SealError> {
+        if ca_key_is_sealed(&record) {
+            return Ok(record);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| SealError::Io("no system randomness".into()))?;
+        let mut buf = std::mem::take(&mut record.key_pkcs8_der);
+        self.seal
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), ca_aad(&record), &mut buf)
+            .map_err(|_| SealError::Io("sealing failed".into()))?;
+        let mut sealed = SEALED_CA_MAGIC.to_vec();
+        sealed.extend_from_slice(self.id.as_bytes());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&buf);
+        record.key_pkcs8_der = sealed;
+        Ok(record)
+    }
+
+    /// The record with its private key in clear, for [`provisioning::ca::FleetCa::from_record`]
+    /// (a record from an older hub is returned as it is).
+    pub fn open_ca(&self, record: &FleetCaRecord) -> Result<FleetCaRecord, SealError> {
+        let Some(rest) = record.key_pkcs8_der.strip_prefix(SEALED_CA_MAGIC) else {
+            return Ok(record.clone());
+        };
+        let what = "the fleet CA's private key";
+        if rest.len() < 8 + NONCE_LEN || rest.len() > MAX_SEALED_CA {
+            return Err(SealError::Damaged(what.into()));
+        }
+        let (id, rest) = rest.split_at(8);
+        let id = String::from_utf8_lossy(id).into_owned();
+        if id != self.id {
+            return Err(SealError::WrongKey { name: what.into(), sealed_with: id, ours: self.id.clone() });
+        }
+        let (nonce, body) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Damaged(what.into()))?;
+        let mut buf = body.to_vec();
+        let plain = self
+            .seal
+            .open_in_place(nonce, ca_aad(record), &mut buf)
+            .map_err(|_| SealError::Damaged(what.into()))?;
+        Ok(FleetCaRecord { key_pkcs8_der: plain.to_vec(), ..record.clone() })
+    }
+}
+
 fn aad(name: &str) -> Aad<Vec<u8>> {
     Aad::from(format!("flotilla/Secret/{name}").into_bytes())
 }
@@ -177,6 +266,32 @@ mod tests {
         let other = HubKey::from_bytes(&[8; 32]);
         assert!(matches!(other.unseal(&s), Err(SealError::WrongKey { .. })));
         assert_ne!(other.digest(&entries()), s.digest, "the digest is keyed");
+    }
+
+    #[test]
+    fn the_fleet_ca_key_is_sealed_to_its_certificate() {
+        let ca = provisioning::ca::FleetCa::generate("test").unwrap();
+        let plain = ca.to_record(shared_proto::Timestamp(1));
+        let key = HubKey::from_bytes(&[7; 32]);
+        let sealed = key.seal_ca(plain.clone()).unwrap();
+        assert!(ca_key_is_sealed(&sealed) && !ca_key_is_sealed(&plain));
+        assert_eq!(ca_key_sealed_with(&sealed).as_deref(), Some(key.id()));
+        assert!(!sealed.key_pkcs8_der.windows(16).any(|w| plain.key_pkcs8_der.windows(16).any(|p| p == w)));
+        assert_eq!(key.open_ca(&sealed).unwrap(), plain);
+        assert_eq!(key.seal_ca(sealed.clone()).unwrap(), sealed, "sealing twice changes nothing");
+        assert_eq!(key.open_ca(&plain).unwrap(), plain, "a record from an older hub opens as it is");
+        let other = HubKey::from_bytes(&[8; 32]);
+        assert!(matches!(other.open_ca(&sealed), Err(SealError::WrongKey { .. })));
+        // Bound to the certificate: the key does not open under another CA's certificate.
+        let mut moved = sealed.clone();
+        moved.cert_der = provisioning::ca::FleetCa::generate("other")
+            .unwrap()
+            .to_record(shared_proto::Timestamp(1))
+            .cert_der;
+        assert!(matches!(key.open_ca(&moved), Err(SealError::Damaged(_))));
+        let mut cut = sealed.clone();
+        cut.key_pkcs8_der.truncate(20);
+        assert!(matches!(key.open_ca(&cut), Err(SealError::Damaged(_))));
     }
 
     #[test]

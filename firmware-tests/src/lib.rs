@@ -105,6 +105,11 @@ pub struct HubOptions {
     pub offline_grace: String,
     /// Anything else for `flotilla hub serve` (e.g. `--session-rate 5`).
     pub extra_args: Vec<String>,
+    /// Run Raft on a loopback port (`--raft-listen`): a hub that founds or joins a cluster.
+    pub raft: bool,
+    /// Join the cluster of this hub (`flotilla hub join`), with a join token; the CLI then
+    /// uses that hub's context (its token and CA) pointed at this hub.
+    pub join: Option<(String, String, PathBuf)>,
 }
 
 impl Default for HubOptions {
@@ -117,6 +122,8 @@ impl Default for HubOptions {
             heartbeat_interval: "1s".into(),
             offline_grace: "3s".into(),
             extra_args: Vec::new(),
+            raft: false,
+            join: None,
         }
     }
 }
@@ -146,6 +153,17 @@ impl HubOptions {
         self.offline_grace = d.into();
         self
     }
+    /// Found a hub cluster (Raft on a loopback port).
+    pub fn raft(mut self) -> HubOptions {
+        self.raft = true;
+        self
+    }
+    /// Join `hub`'s cluster with `token` (from `flotilla hub join-token create`).
+    pub fn join(mut self, hub: &Hub, token: &str) -> HubOptions {
+        self.raft = true;
+        self.join = Some((hub.api.clone(), token.to_string(), hub.context.clone()));
+        self
+    }
     pub fn arg(mut self, arg: impl Into<String>) -> HubOptions {
         self.extra_args.push(arg.into());
         self
@@ -166,6 +184,7 @@ pub struct Hub {
     child: Option<Child>,
     api_port: u16,
     quic_port: u16,
+    pub raft_port: u16,
     options: HubOptions,
 }
 
@@ -178,9 +197,13 @@ impl Hub {
     /// Starts a hub as `options` say (in a namespace, on another IP, with more
     /// arguments), keeping its data in `dir`.
     pub fn start_with(dir: &Path, options: HubOptions) -> Hub {
+        let context = match &options.join {
+            Some((_, _, context)) => context.clone(),
+            None => dir.join("hub").join("context.json"),
+        };
         let mut hub = Hub {
             data_dir: dir.join("hub"),
-            context: dir.join("hub").join("context.json"),
+            context,
             quic: String::new(),
             api: String::new(),
             tcp: None,
@@ -188,6 +211,7 @@ impl Hub {
             child: None,
             api_port: free_port(),
             quic_port: free_port(),
+            raft_port: free_port(),
             options,
         };
         hub.spawn();
@@ -209,7 +233,14 @@ impl Hub {
         let api = SocketAddr::new(o.listen_ip, self.api_port);
         let quic = SocketAddr::new(o.listen_ip, self.quic_port);
         let mut cmd = command_in(o.netns.as_ref(), &bin("flotilla"));
-        cmd.args(["hub", "serve", "--data-dir"])
+        match &o.join {
+            Some((api, token, _)) => cmd.args(["hub", "join", api, "--join-token", token]),
+            None => cmd.args(["hub", "serve"]),
+        };
+        if o.raft {
+            cmd.args(["--raft-listen", &SocketAddr::new(o.listen_ip, self.raft_port).to_string()]);
+        }
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--api-listen", &api.to_string()])
             .args(["--quic-listen", &quic.to_string()])
@@ -255,8 +286,12 @@ impl Hub {
 
     /// Runs the CLI against this hub.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("flotilla"))
-            .args(args)
+        let mut cmd = Command::new(bin("flotilla"));
+        if self.options.join.is_some() {
+            // The context is the founding hub's: point it at this one.
+            cmd.args(["--hub", &self.api]);
+        }
+        cmd.args(args)
             .env("FLOTILLA_CONTEXT", &self.context)
             .env_remove("FLOTILLA_HUB")
             .env_remove("FLOTILLA_TOKEN")

@@ -189,6 +189,8 @@ fn roots(trusted: &[CertificateDer<'_>]) -> Result<Arc<RootCertStore>, TlsError>
 pub struct HubTls {
     cert: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
     verifier: std::sync::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    /// Verifies the other hubs' certificates (Raft), against the same CAs.
+    peer_verifier: std::sync::RwLock<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -211,9 +213,11 @@ impl HubTls {
             rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(TlsError::CertOrKey)?,
         );
         let verifier = client_verifier(trusted, &provider)?;
+        let peer_verifier = peer_verifier(trusted, &provider)?;
         Ok(Arc::new(HubTls {
             cert: std::sync::RwLock::new(cert),
             verifier: std::sync::RwLock::new(verifier),
+            peer_verifier: std::sync::RwLock::new(peer_verifier),
             provider,
         }))
     }
@@ -229,9 +233,40 @@ impl HubTls {
             rustls::sign::CertifiedKey::from_der(chain, key, &self.provider).map_err(TlsError::CertOrKey)?,
         );
         let verifier = client_verifier(trusted, &self.provider)?;
+        let peer_verifier = peer_verifier(trusted, &self.provider)?;
         *self.cert.write().unwrap_or_else(|p| p.into_inner()) = cert;
         *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        *self.peer_verifier.write().unwrap_or_else(|p| p.into_inner()) = peer_verifier;
         Ok(())
+    }
+
+    /// The certificate chain presented now (the hub's certificate first), for saving it.
+    pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.cert.read().unwrap_or_else(|p| p.into_inner()).cert.clone()
+    }
+
+    /// The Raft listener's configuration: TLS 1.3, a client certificate from the trusted
+    /// CAs required (chain, validity, ClientAuth usage; an expired one is refused). The
+    /// store then also requires a hub's raft name in it, which a device never has.
+    pub fn raft_server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Versions)?
+            .with_client_cert_verifier(Arc::new(PeerClientVerifier(self.clone())))
+            .with_cert_resolver(Arc::new(LiveCert(self.clone())));
+        Ok(Arc::new(config))
+    }
+
+    /// The Raft client's configuration: TLS 1.3, presents the hub's certificate, and
+    /// verifies the peer's against the trusted CAs for the name dialled (its raft name).
+    pub fn raft_client_config(self: &Arc<Self>) -> Result<Arc<ClientConfig>, TlsError> {
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Versions)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PeerServerVerifier(self.clone())))
+            .with_client_cert_resolver(Arc::new(LiveCert(self.clone())));
+        Ok(Arc::new(config))
     }
 
     fn current_verifier(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
@@ -272,8 +307,124 @@ fn client_verifier(
         .build()?)
 }
 
+fn peer_verifier(
+    trusted: &[CertificateDer<'_>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    Ok(WebPkiServerVerifier::builder_with_provider(roots(trusted)?, provider.clone()).build()?)
+}
+
 #[derive(Debug)]
 struct LiveCert(Arc<HubTls>);
+
+impl rustls::client::ResolvesClientCert for LiveCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.cert.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Another hub's certificate, as a server, checked against the CAs trusted now.
+#[derive(Debug)]
+struct PeerServerVerifier(Arc<HubTls>);
+
+impl PeerServerVerifier {
+    fn current(&self) -> Arc<WebPkiServerVerifier> {
+        self.0.peer_verifier.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.current().verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// Another hub's certificate, as a client: required, and verified strictly (no grace for
+/// an expired one, unlike a device's).
+#[derive(Debug)]
+struct PeerClientVerifier(Arc<HubTls>);
+
+impl rustls::server::danger::ClientCertVerifier for PeerClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0.current_verifier().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.current_verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.current_verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.current_verifier().supported_verify_schemes()
+    }
+}
 
 impl rustls::server::ResolvesServerCert for LiveCert {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {

@@ -100,12 +100,7 @@ pub async fn status(State(state): State<Arc<HubState>>, caller: Caller) -> ApiRe
     let (rotation, _) = rotation(&state).await?;
     let fleet = state.pki.fleet();
     let devices = devices(&state).await?;
-    let next = rotation
-        .next
-        .as_ref()
-        .map(FleetCa::from_record)
-        .transpose()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let next = rotation.next.as_ref().map(|n| hex::encode(provisioning::sha256_fingerprint(&n.cert_der)));
     let waiting = match &rotation.next {
         Some(n) => not_seen_since(&state, &devices, n.created_at),
         None => vec![],
@@ -115,7 +110,7 @@ pub async fn status(State(state): State<Arc<HubState>>, caller: Caller) -> ApiRe
     let pem: String = state.pki.trusted_der().iter().map(|c| provisioning::pem::encode_cert(c)).collect();
     Ok(Json(json!({
         "fleet": { "fingerprint": fleet.fingerprint() },
-        "next": next.map(|n| json!({ "fingerprint": n.fingerprint(), "stagedAt": rotation.next.as_ref().map(|r| r.created_at.to_rfc3339()) })),
+        "next": next.map(|n| json!({ "fingerprint": n, "stagedAt": rotation.next.as_ref().map(|r| r.created_at.to_rfc3339()) })),
         "previous": state.pki.previous_fingerprints(),
         "changedAt": (rotation.changed_at.0 > 0).then(|| rotation.changed_at.to_rfc3339()),
         "devices": devices.len(),
@@ -137,7 +132,9 @@ pub async fn rotate(State(state): State<Arc<HubState>>, caller: Caller) -> ApiRe
     let now = state.clock.now();
     let next = FleetCa::generate_at("Flotilla fleet CA", now.to_system_time())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    record.next = Some(next.to_record(now));
+    // Sealed with the hub key: the staged CA's private key never enters the store in clear.
+    record.next =
+        Some(state.key.seal_ca(next.to_record(now)).map_err(|e| ApiError::Internal(e.to_string()))?);
     write(&state, StoreCommand::put(Object::CaRotation(record), precondition(revision))).await?;
     tracing::info!(next = %next.fingerprint(), "a new fleet CA is staged");
     status(State(state), caller).await

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod ca;
+pub mod cluster;
 pub mod conn;
 pub mod devices;
 pub mod error;
@@ -18,12 +19,12 @@ pub mod scope;
 pub mod tokens;
 pub mod watch;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -44,7 +45,11 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(crate::metrics::http::scrape))
         .route("/api/v1/openapi.json", get(openapi_document))
-        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster", get(cluster::status))
+        .route("/api/v1/cluster/join-tokens", post(cluster::create_join_token))
+        .route("/api/v1/cluster/join", post(cluster::join))
+        .route("/api/v1/cluster/members", post(cluster::add_member))
+        .route("/api/v1/cluster/members/{id}", axum::routing::delete(cluster::remove_member))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/enrolment-tokens", post(tokens::create_enrolment).get(tokens::list_enrolment))
         .route("/api/v1/enrolment-tokens/{id}", axum::routing::delete(tokens::delete_enrolment))
@@ -88,22 +93,6 @@ pub fn router(state: Arc<HubState>) -> Router {
 async fn openapi_document(caller: auth::Caller) -> error::ApiResult<Json<Value>> {
     caller.require(shared_proto::store::Role::Viewer)?;
     Ok(Json(openapi::document()))
-}
-
-async fn cluster(State(state): State<Arc<HubState>>, caller: auth::Caller) -> error::ApiResult<Json<Value>> {
-    caller.require(shared_proto::store::Role::Viewer)?;
-    let leader = *state.store.leader().borrow();
-    Ok(Json(json!({
-        "leader": leader,
-        "isLeader": state.store.is_leader(),
-        "revision": state.store.revision(),
-        "connectedDevices": state.live.n_connected(),
-        "quicAddr": state.config.quic_addr.to_string(),
-        // What devices should dial (never loopback for a hub on every interface).
-        "agentAddress": state.config.agent_address.as_ref().ok(),
-        "agentAddressProblem": state.config.agent_address.as_ref().err().map(|e| e.to_string()),
-        "version": env!("CARGO_PKG_VERSION"),
-    })))
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` flips, within `limits`.

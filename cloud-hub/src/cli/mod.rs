@@ -6,6 +6,7 @@ pub mod attach;
 pub mod backup;
 pub mod ca;
 pub mod client;
+pub mod cluster;
 pub mod compose;
 pub mod config;
 pub mod output;

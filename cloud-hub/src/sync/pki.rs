@@ -18,6 +18,7 @@
 //!
 //! Nothing is re-flashed: devices learn the new CA over the link they already trust.
 
+use crate::sealing::HubKey;
 use hub_store::Store;
 use provisioning::ca::FleetCa;
 use provisioning::identity::DeviceCert;
@@ -80,9 +81,14 @@ pub struct HubCertSettings {
     pub name: String,
     pub sans: Vec<String>,
     pub lifetime: Duration,
+    /// A clustered hub saves every certificate it issues itself here, for Raft to start
+    /// from next time (`crate::cluster::IDENTITY_FILE`).
+    pub identity_dir: Option<std::path::PathBuf>,
 }
 
 pub struct Pki {
+    /// Opens the CAs' sealed private keys.
+    key: Arc<HubKey>,
     cas: RwLock<Arc<Cas>>,
     tls: Arc<HubTls>,
     settings: HubCertSettings,
@@ -99,17 +105,20 @@ impl std::fmt::Debug for Pki {
     }
 }
 
-/// Reads the CAs from the store.
-async fn load_cas(store: &Store) -> anyhow::Result<Cas> {
+/// Reads the CAs from the store, opening their sealed keys with the hub key.
+async fn load_cas(store: &Store, key: &HubKey) -> anyhow::Result<Cas> {
     let fleet = match store.get(StoreKind::FleetCa, "fleet").await? {
-        Some(Object::FleetCa(r)) => Arc::new(FleetCa::from_record(&r)?),
+        Some(Object::FleetCa(r)) => Arc::new(FleetCa::from_record(&key.open_ca(&r)?)?),
         _ => anyhow::bail!("the store holds no fleet CA"),
     };
     let rotation = match store.get(StoreKind::CaRotation, "fleet").await? {
         Some(Object::CaRotation(r)) => r,
         _ => CaRotationRecord { next: None, previous: vec![], changed_at: Timestamp(0) },
     };
-    let next = rotation.next.as_ref().map(FleetCa::from_record).transpose()?.map(Arc::new);
+    let next = match &rotation.next {
+        Some(r) => Some(Arc::new(FleetCa::from_record(&key.open_ca(r)?)?)),
+        None => None,
+    };
     Ok(Cas {
         fleet,
         next,
@@ -120,11 +129,36 @@ async fn load_cas(store: &Store) -> anyhow::Result<Cas> {
 
 impl Pki {
     /// Loads the CAs and issues the hub its first certificate.
-    pub async fn load(store: &Store, settings: HubCertSettings, clock: SharedClock) -> anyhow::Result<Pki> {
-        let cas = load_cas(store).await?;
-        let (chain, key, due) = issue_hub_cert(&cas, &settings, &clock)?;
-        let tls = HubTls::new(chain, key, &cas.trusted())?;
+    pub async fn load(
+        store: &Store,
+        key: Arc<HubKey>,
+        settings: HubCertSettings,
+        clock: SharedClock,
+    ) -> anyhow::Result<Pki> {
+        Pki::load_into(store, key, settings, clock, None).await
+    }
+
+    /// [`Pki::load`] into a TLS identity already serving (a clustered hub's, from its
+    /// identity file, which Raft needed before the store could be read).
+    pub async fn load_into(
+        store: &Store,
+        key: Arc<HubKey>,
+        settings: HubCertSettings,
+        clock: SharedClock,
+        tls: Option<Arc<HubTls>>,
+    ) -> anyhow::Result<Pki> {
+        let cas = load_cas(store, &key).await?;
+        let (chain, cert_key, due) = issue_hub_cert(&cas, &settings, &clock)?;
+        save_identity(&settings, &chain, &cert_key, &cas)?;
+        let tls = match tls {
+            Some(tls) => {
+                tls.update(chain, cert_key, &cas.trusted())?;
+                tls
+            }
+            None => HubTls::new(chain, cert_key, &cas.trusted())?,
+        };
         Ok(Pki {
+            key,
             cas: RwLock::new(Arc::new(cas)),
             tls,
             settings,
@@ -163,6 +197,11 @@ impl Pki {
         self.cas().previous.iter().map(|c| hex::encode(provisioning::sha256_fingerprint(c))).collect()
     }
 
+    /// How long the hub certificates this hub issues are valid.
+    pub fn hub_cert_lifetime(&self) -> Duration {
+        self.settings.lifetime
+    }
+
     /// The TLS identity the endpoints present.
     pub fn tls(&self) -> &Arc<HubTls> {
         &self.tls
@@ -177,7 +216,7 @@ impl Pki {
     /// watch also wakes for writes that change nothing, and at start-up `load` has
     /// just issued one).
     async fn reload(&self, store: &Store) -> anyhow::Result<()> {
-        let cas = load_cas(store).await?;
+        let cas = load_cas(store, &self.key).await?;
         if cas.same_as(&self.cas()) {
             return Ok(());
         }
@@ -186,6 +225,7 @@ impl Pki {
 
     fn install(&self, cas: Cas) -> anyhow::Result<()> {
         let (chain, key, due) = issue_hub_cert(&cas, &self.settings, &self.clock)?;
+        save_identity(&self.settings, &chain, &key, &cas)?;
         self.tls.update(chain, key, &cas.trusted())?;
         tracing::info!(
             fleet_ca = %cas.fleet.fingerprint(),
@@ -233,6 +273,21 @@ impl Pki {
                 }
             }
         }
+    }
+}
+
+/// Keeps a clustered hub's identity file current (see `crate::cluster`).
+fn save_identity(
+    settings: &HubCertSettings,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    cas: &Cas,
+) -> anyhow::Result<()> {
+    match &settings.identity_dir {
+        Some(dir) => {
+            crate::cluster::save_identity(dir, chain, &crate::cluster::pkcs8_der(key)?, &cas.trusted())
+        }
+        None => Ok(()),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::network::CallError;
 use crate::rpc::{self, Forwarded, MembershipChange};
 use crate::types::{ApplyResponse, CommandBytes, NodeId};
 use crate::{Store, StoreError};
+use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -36,24 +37,34 @@ enum Route {
 impl Store {
     /// This node if it leads, the leader it knows of otherwise; waits while there is none.
     async fn route(&self, deadline: Instant) -> Result<Route, StoreError> {
-        let mut leader_rx = self.leader();
+        // openraft's metrics, not just the leader: a new member may know the leader before
+        // it has the membership entry that gives the leader's address.
+        let mut metrics = self.raft().metrics();
         loop {
-            let leader = *leader_rx.borrow_and_update();
-            if let Some(id) = leader {
-                if id == self.node_id() {
-                    return Ok(Route::Here);
-                }
-                if let Some(addr) = self.status().voters.get(&id).filter(|a| !a.is_empty()) {
-                    return Ok(Route::Leader(id, addr.clone()));
-                }
+            let known = {
+                let m = metrics.borrow_watched();
+                m.current_leader.map(|id| {
+                    let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
+                    (id, addr.filter(|a| !a.is_empty()))
+                })
+            };
+            match known {
+                Some((id, _)) if id == self.node_id() && self.is_leader() => return Ok(Route::Here),
+                Some((id, Some(addr))) if id != self.node_id() => return Ok(Route::Leader(id, addr)),
+                _ => {}
             }
-            match tokio::time::timeout_at(deadline, leader_rx.changed()).await {
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(StoreError::Unavailable("the store is shutting down".into())),
                 Err(_) => {
+                    let st = self.status();
                     return Err(StoreError::Unavailable(format!(
-                        "no reachable leader within {}s (an election, or no quorum): retry later",
-                        LEADER_WAIT.as_secs()
+                        "no reachable leader within {}s (an election, or no quorum): retry later \
+                         (node {} knows leader {:?}, voters {:?})",
+                        LEADER_WAIT.as_secs(),
+                        st.node_id,
+                        st.leader,
+                        st.voters
                     )));
                 }
             }

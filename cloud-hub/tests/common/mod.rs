@@ -14,9 +14,10 @@ use std::time::Duration;
 /// Gives the store a fleet CA and returns the hub state over it, with blobs under `dir`.
 pub async fn hub_state(dir: &Path, store: &Store) -> Arc<HubState> {
     let ca = provisioning::ca::FleetCa::generate("test CA").unwrap();
+    let key = Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32]));
     store
         .write(StoreCommand::put(
-            Object::FleetCa(ca.to_record(shared_proto::Timestamp(1))),
+            Object::FleetCa(key.seal_ca(ca.to_record(shared_proto::Timestamp(1))).unwrap()),
             Precondition::MustNotExist,
         ))
         .await
@@ -26,8 +27,10 @@ pub async fn hub_state(dir: &Path, store: &Store) -> Arc<HubState> {
         name: "hub".into(),
         sans: vec![],
         lifetime: Duration::from_secs(3600),
+        identity_dir: None,
     };
-    let pki = Arc::new(cloud_hub::sync::pki::Pki::load(store, settings, clock.clone()).await.unwrap());
+    let pki =
+        Arc::new(cloud_hub::sync::pki::Pki::load(store, key.clone(), settings, clock.clone()).await.unwrap());
     Arc::new(HubState {
         store: store.clone(),
         blobs: images::BlobStore::open(dir.join("blobs")).unwrap(),
@@ -46,7 +49,7 @@ pub async fn hub_state(dir: &Path, store: &Store) -> Arc<HubState> {
         },
         clock,
         admission: std::sync::Mutex::new(AdmissionControl::new(Default::default())),
-        key: Arc::new(cloud_hub::sealing::HubKey::from_bytes(&[9; 32])),
+        key,
         attach: Default::default(),
         peers: Default::default(),
         metrics: Default::default(),

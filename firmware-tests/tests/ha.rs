@@ -1,0 +1,301 @@
+//! A hub cluster of real processes on loopback, formed as an operator forms one: the first
+//! hub founds it, two more join with a join token (`flotilla hub join`). Raft between them
+//! is mutual TLS. A writer applies objects continuously through every hub (followers
+//! forward to the leader) while the leader is SIGKILLed and later restarted:
+//! - every write that got a 2xx is on the new leader and on the restarted old one, with the
+//!   same revision on both;
+//! - a watcher on a surviving hub sees every change exactly once, in revision order;
+//! - the cluster's membership is what `flotilla hub members` says; a hub removed with
+//!   `flotilla hub remove` is gone from it while writes go on.
+//!
+//! Needs no root: no agent runs.
+
+use firmware_tests::{Hub, HubOptions, bin, wait_until};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One row of `flotilla hub members`: node id, voter, leader.
+fn members(hub: &Hub) -> Option<Vec<(u64, bool, bool)>> {
+    let out = hub.cli(&["hub", "members"]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(
+        text.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let id = cols.first()?.parse().ok()?;
+                Some((id, cols.get(2) == Some(&"yes"), cols.get(3) == Some(&"*")))
+            })
+            .collect(),
+    )
+}
+
+/// The leader's node id once the hub agrees there is one among `voters` voters.
+fn leader(hub: &Hub, voters: usize) -> u64 {
+    wait_until("the cluster to have its voters and a leader", DEADLINE, || {
+        let m = members(hub)?;
+        let n_voters = m.iter().filter(|(_, v, _)| *v).count();
+        let leader = m.iter().find(|(_, _, l)| *l).map(|(id, _, _)| *id)?;
+        (n_voters == voters).then_some(leader)
+    })
+}
+
+/// Applies sites through whichever hubs are up, round robin, until stopped; records the
+/// names of the writes that were acknowledged.
+struct Writer {
+    targets: Arc<Mutex<Vec<String>>>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(context: PathBuf, targets: Vec<String>) -> Writer {
+        let targets = Arc::new(Mutex::new(targets));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (targets, acked, stop) = (targets.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let hub = {
+                        let t = targets.lock().unwrap();
+                        t[i % t.len()].clone()
+                    };
+                    let name = format!("w-{i:05}");
+                    let yaml = format!(
+                        "apiVersion: flotilla.dev/v1\nkind: Site\nmetadata: {{name: {name}}}\nspec: {{location: writer}}\n"
+                    );
+                    let mut child = Command::new(bin("flotilla"))
+                        .args(["--hub", &hub, "apply", "-f", "-"])
+                        .env("FLOTILLA_CONTEXT", &context)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("flotilla apply");
+                    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+                    if child.wait().unwrap().success() {
+                        acked.lock().unwrap().push((name, Instant::now()));
+                    }
+                }
+            })
+        };
+        Writer { targets, acked, stop, thread: Some(thread) }
+    }
+
+    fn n_acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn wait_for(&self, more: usize) {
+        let from = self.n_acked();
+        wait_until("more writes to be acknowledged", DEADLINE, || {
+            (self.n_acked() >= from + more).then_some(())
+        });
+    }
+
+    fn set_targets(&self, targets: Vec<String>) {
+        *self.targets.lock().unwrap() = targets;
+    }
+
+    fn finish(mut self) -> Vec<(String, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// name -> revision of the writer's sites, as `hub` lists them.
+fn written_sites(hub: &Hub) -> BTreeMap<String, u64> {
+    let list = wait_until("the hub to list sites", DEADLINE, || hub.get("sites", None));
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| {
+            let name = s["metadata"]["name"].as_str()?;
+            name.starts_with("w-").then(|| (name.to_string(), s["metadata"]["revision"].as_u64().unwrap()))
+        })
+        .collect()
+}
+
+fn start_cluster(dirs: &[&Path]) -> Vec<Hub> {
+    for d in dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let first = Hub::start_with(dirs[0], HubOptions::default().raft());
+    let token = first.cli_ok(&["hub", "join-token", "create", "--ttl", "10m"]).trim().to_string();
+    assert!(token.starts_with("flj1."), "{token}");
+    let mut hubs = vec![first];
+    for dir in &dirs[1..] {
+        let hub = Hub::start_with(dir, HubOptions::default().join(&hubs[0], &token));
+        hubs.push(hub);
+    }
+    leader(&hubs[0], dirs.len());
+    hubs
+}
+
+#[test]
+fn leader_failover_keeps_every_acknowledged_write_and_watches_see_each_change_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| tmp.path().join(format!("h{i}"))).collect();
+    let mut hubs = start_cluster(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let context = hubs[0].context.clone();
+    // Node ids are 1, 2, 3 in the order the hubs started.
+    let leader_id = leader(&hubs[0], 3);
+    let leader_idx = usize::try_from(leader_id - 1).unwrap();
+    let watch_idx = (leader_idx + 1) % 3;
+
+    // A watcher on a hub that survives, from revision 0 on.
+    let watch_log = tmp.path().join("watch.jsonl");
+    let mut watcher = Command::new(bin("flotilla"))
+        .args(["--hub", &hubs[watch_idx].api, "get", "sites", "-w", "-o", "json"])
+        .env("FLOTILLA_CONTEXT", &context)
+        .stdout(std::fs::File::create(&watch_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let writer = Writer::start(context.clone(), hubs.iter().map(|h| h.api.clone()).collect());
+    writer.wait_for(15);
+
+    // SIGKILL the leader; writes go on through the two others.
+    writer.set_targets(
+        hubs.iter().enumerate().filter(|(i, _)| *i != leader_idx).map(|(_, h)| h.api.clone()).collect(),
+    );
+    let killed_at = Instant::now();
+    hubs[leader_idx].kill();
+    let new_leader = wait_until("a new leader", DEADLINE, || {
+        let m = members(&hubs[watch_idx])?;
+        m.iter().find(|(_, _, l)| *l).map(|(id, _, _)| *id).filter(|id| *id != leader_id)
+    });
+    writer.wait_for(15);
+    let first_after = writer.acked.lock().unwrap().iter().find(|(_, at)| *at > killed_at).map(|(_, at)| *at);
+    eprintln!(
+        "failover: node {leader_id} killed; node {new_leader} leads; first write acknowledged {:?} after the kill",
+        first_after.map(|t| t - killed_at)
+    );
+
+    // The old leader restarts from its data directory and catches up.
+    hubs[leader_idx].restart();
+    writer.set_targets(hubs.iter().map(|h| h.api.clone()).collect());
+    writer.wait_for(10);
+    let acked = writer.finish();
+    let acked_names: BTreeSet<&str> = acked.iter().map(|(n, _)| n.as_str()).collect();
+
+    let new_leader_idx = usize::try_from(new_leader - 1).unwrap();
+    let on_leader = written_sites(&hubs[new_leader_idx]);
+    let on_restarted = wait_until("the restarted hub to hold every acknowledged write", DEADLINE, || {
+        let sites = written_sites(&hubs[leader_idx]);
+        acked_names.iter().all(|n| sites.contains_key(*n)).then_some(sites)
+    });
+    for name in &acked_names {
+        let revision =
+            on_leader.get(*name).unwrap_or_else(|| panic!("acknowledged {name} is lost on the new leader"));
+        assert_eq!(on_restarted.get(*name), Some(revision), "{name}: the same revision on both");
+    }
+
+    // Every change once, in revision order, across the leader's death.
+    let last = *on_leader.values().max().unwrap();
+    let events = wait_until("the watcher to see the last write", DEADLINE, || {
+        let text = std::fs::read_to_string(&watch_log).unwrap_or_default();
+        let events: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let seen = events.iter().any(|e| e["object"]["metadata"]["revision"].as_u64() == Some(last));
+        seen.then_some(events)
+    });
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let mut seen = BTreeSet::new();
+    let mut previous = 0;
+    for e in events
+        .iter()
+        .filter(|e| e["object"]["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("w-")))
+    {
+        let name = e["object"]["metadata"]["name"].as_str().unwrap().to_string();
+        let revision = e["object"]["metadata"]["revision"].as_u64().unwrap();
+        assert!(revision > previous, "{name} at {revision} after {previous}: out of order");
+        previous = revision;
+        assert!(seen.insert(name.clone()), "{name} seen twice");
+        assert_eq!(on_leader.get(&name), Some(&revision), "{name}: the watcher saw the stored revision");
+    }
+    assert_eq!(seen, on_leader.keys().cloned().collect::<BTreeSet<_>>(), "the watcher saw every write");
+}
+
+#[test]
+fn a_hub_is_removed_and_another_joins_while_writes_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=4).map(|i| tmp.path().join(format!("h{i}"))).collect();
+    let mut hubs = start_cluster(&dirs[..3].iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let context = hubs[0].context.clone();
+    let leader_id = leader(&hubs[0], 3);
+    // Remove a follower (not hub 1, whose context the CLI uses).
+    let removed_id = (2..=3).find(|id| *id != leader_id).unwrap();
+    let removed_idx = usize::try_from(removed_id - 1).unwrap();
+    let others: Vec<String> =
+        hubs.iter().enumerate().filter(|(i, _)| *i != removed_idx).map(|(_, h)| h.api.clone()).collect();
+    let writer = Writer::start(context, others.clone());
+    writer.wait_for(10);
+
+    let out = hubs[0].cli_ok(&["hub", "remove", &removed_id.to_string()]);
+    assert!(out.contains(&format!("removed node {removed_id}")), "{out}");
+    hubs[removed_idx].stop();
+    let ids: Vec<u64> = members(&hubs[0]).unwrap().iter().map(|(id, _, _)| *id).collect();
+    assert!(!ids.contains(&removed_id), "{ids:?}");
+    writer.wait_for(10);
+
+    // A new hub joins; it gets the next free node id (4) and catches up.
+    let token = hubs[0].cli_ok(&["hub", "join-token", "create"]).trim().to_string();
+    std::fs::create_dir_all(&dirs[3]).unwrap();
+    let joined = Hub::start_with(&dirs[3], HubOptions::default().join(&hubs[0], &token));
+    leader(&hubs[0], 3);
+    let ids: BTreeSet<u64> = members(&hubs[0]).unwrap().iter().map(|(id, _, _)| *id).collect();
+    assert!(ids.contains(&4) && !ids.contains(&removed_id), "{ids:?}");
+    let mut targets = others;
+    targets.push(joined.api.clone());
+    writer.set_targets(targets);
+    writer.wait_for(10);
+    let acked = writer.finish();
+    let on_joined = wait_until("the new hub to hold every acknowledged write", DEADLINE, || {
+        let sites = written_sites(&joined);
+        acked.iter().all(|(n, _)| sites.contains_key(n)).then_some(sites)
+    });
+    assert_eq!(
+        on_joined,
+        written_sites(&hubs[0]),
+        "the new hub holds what the first does, revisions included"
+    );
+
+    // A bad or expired token is refused with a clear message, and changes nothing.
+    let bad = Command::new(bin("flotilla"))
+        .args([
+            "hub",
+            "join",
+            &hubs[0].api,
+            "--join-token",
+            "flj1.00.1.ab.cd",
+            "--raft-listen",
+            "127.0.0.1:1",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("h5"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("join token"), "{err}");
+    assert_eq!(members(&hubs[0]).unwrap().len(), 3);
+}
