@@ -19,6 +19,7 @@ pub const MAX_PORTS: usize = 64;
 pub const MAX_STRING: usize = 4096;
 pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// Path of the field, e.g. `spec.containers[1].ports[0].hostPort`.
