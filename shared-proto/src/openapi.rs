@@ -29,8 +29,9 @@ pub const IMAGE_REFERENCE: &str = "^([a-z0-9][-a-z0-9._]*(:([0-9]{1,4}|[1-5][0-9
 pub const CONFIG_KEY: &str = "^([-_a-zA-Z0-9][-._a-zA-Z0-9]{0,252}|\\.[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,251}|\\.\\.[-._a-zA-Z0-9]{1,251})$";
 /// A CPU quantity as a string: cores (`2`, `0.5`) or millicores (`500m`).
 pub const CPU_QUANTITY: &str = "^([0-9]{1,9}(\\.[0-9]{0,3})?|\\.[0-9]{1,3}|[0-9]{1,12}m)$";
-/// A size as a string: bytes or a binary or decimal suffix (`64Mi`, `1G`).
-pub const BYTES_QUANTITY: &str = "^[0-9]{1,12}(Ki|Mi|Gi|Ti|k|K|M|G|T)?$";
+/// A size as a string: bytes or a binary or decimal suffix (`64Mi`, `1G`), small
+/// enough to fit 64 bits.
+pub const BYTES_QUANTITY: &str = "^([0-9]{1,12}|[0-9]{1,9}(Ki|Mi|Gi|k|K|M|G)|[0-9]{1,6}(Ti|T))$";
 
 fn string(pattern: &str, max_length: usize, description: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
@@ -97,6 +98,18 @@ string_schema!(
     CONFIG_KEY,
     253,
     "A file name: letters, digits, '-', '_' and '.', not . or .."
+);
+
+/// A network, `addr/prefix` ([`crate::validate::parse_cidr`]): IPv4, or IPv6 written
+/// out in full (the validator also reads the `::` forms).
+pub const CIDR: &str = "^(((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])|([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$";
+
+string_schema!(
+    /// A network an isolated app may reach.
+    Cidr,
+    CIDR,
+    43,
+    "A network: addr/prefix, e.g. 10.0.0.0/8 or 2001:db8::/32"
 );
 
 impl utoipa::PartialSchema for crate::Timestamp {

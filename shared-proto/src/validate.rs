@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 mod workload;
-pub use workload::{CAPABILITIES, capability_name, parse_cidr, path_problem};
+pub use workload::{CAPABILITIES, USER_NAMESPACE_IDS, capability_name, parse_cidr, path_problem};
 
 /// Upper bounds that keep one object small enough to replicate and push to devices.
 pub const MAX_CONTAINERS_PER_APP: usize = 16;

@@ -284,7 +284,7 @@ pub struct NetworkPolicy {
     /// Apps on the same device this one may connect to.
     #[serde(default)]
     pub egress_apps: Option<Vec<String>>,
-    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<crate::openapi::Cidr>>, max_items = 64))]
     /// Networks outside the device (CIDRs, `10.0.0.0/8`, `203.0.113.7/32`) this app may
     /// connect to.
     #[serde(default)]

@@ -535,13 +535,20 @@ fn schemas() -> Value {
         map["propertyNames"] = config_keys.clone();
         map["maxProperties"] = json!(shared_proto::validate::MAX_CONFIG_KEYS);
     }
-    schemas["ConfigSpec"]["properties"]["binaryData"]["additionalProperties"] = json!({ "type": "string", "contentEncoding": "base64", "pattern": "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$" });
+    schemas["ConfigSpec"]["properties"]["binaryData"]["additionalProperties"] = json!({ "type": "string", "contentEncoding": "base64",
+            // Standard alphabet, padded, canonical: the bits after the last byte are zero.
+            "pattern": "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$" });
+    // An app without containers is refused: its spec is required, though `spec` is
+    // optional for the other kinds.
+    schemas["App"]["required"].as_array_mut().expect("required").push(json!("spec"));
     schemas["CreateEnrolmentToken"]["properties"]["labels"]["propertyNames"] = label_keys;
     // Admin tokens reach every site: one with sites is refused.
     schemas["CreateApiToken"]["if"] =
         json!({ "required": ["role"], "properties": { "role": { "const": "admin" } } });
     schemas["CreateApiToken"]["then"] = json!({ "properties": { "sites": { "maxItems": 0 } } });
     // An HTTP probe's header: a token name and a value without control characters.
+    schemas["HttpGetAction"]["properties"]["headers"]["items"]["minItems"] = json!(2);
+    schemas["HttpGetAction"]["properties"]["headers"]["items"]["maxItems"] = json!(2);
     schemas["HttpGetAction"]["properties"]["headers"]["items"]["prefixItems"] = json!([
         { "type": "string", "pattern": "^[-_A-Za-z0-9]{1,64}$" },
         { "type": "string", "maxLength": 1024, "pattern": "^[^\\x00-\\x1f\\x7f]*$" }]);
@@ -556,8 +563,88 @@ fn schemas() -> Value {
         schemas[kind.as_str()]["properties"]["status"]["readOnly"] = json!(true);
     }
     schemas["ObjectMeta"]["properties"]["createdAt"]["readOnly"] = json!(true);
+    rules_across_fields(&mut schemas);
     bound_integers(&mut schemas);
     schemas
+}
+
+/// `{"required": [field], field: an object}`: the field is set (null means unset).
+fn set(field: &str) -> Value {
+    json!({ "required": [field], "properties": { field: { "type": "object" } } })
+}
+
+/// What the validator checks across fields that JSON Schema can say (`oneOf`,
+/// `if`/`then`): exactly one action or source, operators and their values, settings
+/// that need another. What it cannot (names unique in a list, references between
+/// lists, requests within limits) is in the App's PUT description.
+fn rules_across_fields(schemas: &mut Value) {
+    schemas["Probe"]["oneOf"] = json!([set("exec"), set("httpGet"), set("tcpSocket")]);
+    schemas["Handler"]["oneOf"] = json!([set("exec"), set("httpGet")]);
+    schemas["EnvSource"]["oneOf"] = json!([set("config"), set("secret")]);
+    schemas["VolumeSpec"]["oneOf"] =
+        json!([set("persistent"), set("hostPath"), set("tmpfs"), set("config"), set("secret")]);
+    schemas["EnvVar"]["if"] = set("valueFrom");
+    schemas["EnvVar"]["then"] = json!({ "properties": { "value": { "maxLength": 0 } } });
+    schemas["Toleration"]["if"] =
+        json!({ "required": ["operator"], "properties": { "operator": { "const": "Exists" } } });
+    schemas["Toleration"]["then"] = json!({ "properties": { "value": { "maxLength": 0 } } });
+    schemas["Toleration"]["else"] =
+        json!({ "required": ["key"], "properties": { "key": { "minLength": 1 } } });
+    schemas["SelectorRequirement"]["if"] =
+        json!({ "properties": { "operator": { "enum": ["In", "NotIn"] } } });
+    schemas["SelectorRequirement"]["then"] =
+        json!({ "required": ["values"], "properties": { "values": { "minItems": 1 } } });
+    schemas["SelectorRequirement"]["else"] = json!({ "properties": { "values": { "maxItems": 0 } } });
+    let caps: Vec<&str> = shared_proto::validate::CAPABILITIES.iter().copied().chain(["ALL"]).collect();
+    for field in ["addCapabilities", "dropCapabilities"] {
+        let list = &mut schemas["SecuritySpec"]["properties"][field];
+        list["items"] = json!({ "enum": caps });
+        list["maxItems"] = json!(caps.len());
+    }
+    // A memory limit of at least 4Mi: as an integer, or a string in Mi, M, Gi, G, Ti, T.
+    schemas["ResourceLimits"]["properties"]["memory"] = json!({ "oneOf": [{ "type": "null" },
+        { "type": "integer", "minimum": shared_proto::validate::MIN_MEMORY_LIMIT, "maximum": 1_000_000_000_000_000u64 },
+        { "type": "string", "pattern": "^(([4-9]|[1-9][0-9]{1,8})Mi|([5-9]|[1-9][0-9]{1,8})M|[1-9][0-9]{0,5}(Gi|G|Ti|T))$" }],
+        "description": "At least 4Mi" });
+    schemas["ResourceLimits"]["properties"]["pids"]["description"] = json!("At least 1");
+    schemas["ResourceLimits"]["properties"]["cpu"] = json!({ "oneOf": [{ "type": "null" },
+        { "type": "integer", "minimum": 1, "maximum": 1_000_000 },
+        { "type": "string", "pattern": "^([1-9][0-9]{0,5}(\\.[0-9]{0,3})?|0?\\.([1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9])|[1-9][0-9]{0,8}m)$" }],
+        "description": "Above 0: cores (\"2\", \"0.5\") or millicores (\"500m\")" });
+    // An app in a user namespace has a network of its own, and its containers are not
+    // privileged and run as ids the namespace maps.
+    let ids =
+        json!({ "type": ["integer", "null"], "maximum": shared_proto::validate::USER_NAMESPACE_IDS - 1 });
+    let unprivileged = json!({ "type": "array", "items": { "properties": { "security": { "properties": {
+        "privileged": { "const": false }, "runAsUser": ids.clone(), "runAsGroup": ids } } } } });
+    let user_namespace = json!({
+        "if": { "required": ["userNamespace"], "properties": { "userNamespace": { "const": true } } },
+        "then": { "required": ["network"], "properties": {
+            "network": { "enum": ["None", "Isolated"] }, "containers": unprivileged.clone(), "initContainers": unprivileged } } });
+    // With network None nothing is published.
+    let no_host_ports = json!({ "type": "array", "items": { "properties": { "ports": { "items": {
+        "properties": { "hostPort": { "type": "null" } } } } } } });
+    let network_none = json!({
+        "if": { "required": ["network"], "properties": { "network": { "const": "None" } } },
+        "then": { "properties": { "containers": no_host_ports.clone(), "initContainers": no_host_ports } } });
+    schemas["AppSpec"]["allOf"] = json!([user_namespace, network_none]);
+    // Init containers run to completion: no probes, no hooks.
+    let no_probes_or_hooks = json!({ "properties": {
+        "livenessProbe": { "type": "null" }, "readinessProbe": { "type": "null" }, "startupProbe": { "type": "null" },
+        "lifecycle": { "properties": { "postStart": { "type": "null" }, "preStop": { "type": "null" } } } } });
+    let init = &mut schemas["AppSpec"]["properties"]["initContainers"]["items"];
+    *init = json!({ "allOf": [init.clone(), no_probes_or_hooks] });
+    // Liveness and startup probes pass on one success.
+    for probe in ["livenessProbe", "startupProbe"] {
+        schemas["ContainerSpec"]["properties"][probe] = json!({ "oneOf": [{ "type": "null" }, { "allOf": [
+            { "$ref": "#/components/schemas/Probe" },
+            { "properties": { "successThreshold": { "const": 1 } } }] }],
+            "description": "successThreshold must be 1" });
+    }
+    // A network policy applies to an isolated app only.
+    schemas["AppSpec"]["dependentSchemas"] = json!({ "networkPolicy": { "anyOf": [
+        { "properties": { "networkPolicy": { "type": "null" } } },
+        { "required": ["network"], "properties": { "network": { "const": "Isolated" } } }] } });
 }
 
 /// Gives every unsigned integer without a maximum the largest its Rust type holds
@@ -800,8 +887,34 @@ mod tests {
         for q in ["2", "0.5", ".25", "250m", "", "m", "1.2345", "-1", "abc", "1.x", "2."] {
             assert_eq!(cpu.is_match(q), shared_proto::CpuMillis::parse(q).is_ok(), "{q:?}");
         }
+        let doc = document();
+        let base64_pattern =
+            doc["components"]["schemas"]["ConfigSpec"]["properties"]["binaryData"]["additionalProperties"]["pattern"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        let b64 = re(&base64_pattern);
+        for s in ["", "QQ==", "QR==", "QUI=", "QUJ=", "QUJD", "iVBORw0KGgo=", "QQ", "Q===", "QU I="] {
+            use base64::Engine;
+            let decodes = base64::engine::general_purpose::STANDARD.decode(s).is_ok();
+            assert_eq!(b64.is_match(s), decodes, "{s:?}");
+        }
+        let cidr = re(p::CIDR);
+        for c in [
+            "10.0.0.0/8",
+            "203.0.113.7/32",
+            "0.0.0.0/0",
+            "2001:db8:0:0:0:0:0:0/32",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "256.0.0.0/8",
+            "x/8",
+            "10.0.0.0",
+        ] {
+            assert_eq!(cidr.is_match(c), v::parse_cidr(c).is_some(), "{c:?}");
+        }
         let bytes = re(p::BYTES_QUANTITY);
-        for q in ["64Mi", "1G", "4096", "512Ki", "64MB", "", "Mi", "-1"] {
+        for q in ["64Mi", "1G", "4096", "512Ki", "999999Ti", "64MB", "", "Mi", "-1", "999999999999Ti"] {
             assert_eq!(bytes.is_match(q), shared_proto::Bytes::parse(q).is_ok(), "{q:?}");
         }
     }

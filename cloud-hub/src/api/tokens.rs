@@ -77,11 +77,7 @@ fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResul
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    let mut d = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut d).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(if path == "." { "(body)" } else { &path }, e.into_inner().to_string())
-    })
+    super::objects::read_json(body)
 }
 
 fn enrolment_json(r: &EnrolmentTokenRecord) -> Value {
