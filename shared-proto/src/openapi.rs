@@ -27,11 +27,17 @@ pub const IMAGE_REFERENCE: &str = "^([a-z0-9][-a-z0-9._]*(:([0-9]{1,4}|[1-5][0-9
 /// A key of a `Config` or a `Secret` ([`crate::validate::config_key_problem`]): a file
 /// name, not `.` or `..`.
 pub const CONFIG_KEY: &str = "^([-_a-zA-Z0-9][-._a-zA-Z0-9]{0,252}|\\.[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,251}|\\.\\.[-._a-zA-Z0-9]{1,251})$";
-/// A CPU quantity as a string: cores (`2`, `0.5`) or millicores (`500m`).
+/// A CPU quantity as a string: cores (`2`, `0.5`) or millicores (`500m`), as read and
+/// as shown.
 pub const CPU_QUANTITY: &str = "^([0-9]{1,9}(\\.[0-9]{0,3})?|\\.[0-9]{1,3}|[0-9]{1,12}m)$";
-/// A size as a string: bytes or a binary or decimal suffix (`64Mi`, `1G`), small
-/// enough to fit 64 bits.
-pub const BYTES_QUANTITY: &str = "^([0-9]{1,12}|[0-9]{1,9}(Ki|Mi|Gi|k|K|M|G)|[0-9]{1,6}(Ti|T))$";
+/// A size as a string: bytes or a binary or decimal suffix (`64Mi`, `1G`), as read and
+/// as shown: every form stays under [`crate::quantity::MAX_BYTES`].
+pub const BYTES_QUANTITY: &str = "^([0-9]{1,18}|[0-9]{1,14}Ki|[0-9]{1,15}(k|K)|[0-9]{1,11}Mi|[0-9]{1,12}M|[0-9]{1,8}Gi|[0-9]{1,9}G|[0-9]{1,5}Ti|[0-9]{1,6}T)$";
+/// A memory limit as a string: at least 4Mi, in any form [`BYTES_QUANTITY`] takes.
+pub const MEMORY_LIMIT: &str = "^((419430[4-9]|41943[1-9][0-9]|4194[4-9][0-9]{2}|419[5-9][0-9]{3}|4[2-9][0-9]{5}|[5-9][0-9]{6}|[1-9][0-9]{7,17})|(409[6-9]|4[1-9][0-9]{2}|[5-9][0-9]{3}|[1-9][0-9]{4,13})Ki|(419[5-9]|4[2-9][0-9]{2}|[5-9][0-9]{3}|[1-9][0-9]{4,14})(k|K)|([4-9]|[1-9][0-9]{1,10})Mi|([5-9]|[1-9][0-9]{1,11})M|[1-9][0-9]{0,7}Gi|[1-9][0-9]{0,8}G|[1-9][0-9]{0,4}Ti|[1-9][0-9]{0,5}T)$";
+/// A CPU limit as a string: above zero.
+pub const CPU_LIMIT: &str =
+    "^([1-9][0-9]{0,8}(\\.[0-9]{0,3})?|0?\\.([1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9])|[1-9][0-9]{0,11}m)$";
 
 fn string(pattern: &str, max_length: usize, description: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
@@ -123,17 +129,23 @@ impl utoipa::PartialSchema for crate::Timestamp {
 }
 impl utoipa::ToSchema for crate::Timestamp {}
 
-fn quantity(pattern: &str, description: &str) -> RefOr<Schema> {
+/// A quantity: a string as `pattern` says, or an integer up to `max` (cores for CPU,
+/// bytes for sizes; shown as a string either way).
+fn quantity(pattern: &str, max: u64, description: &str) -> RefOr<Schema> {
     OneOfBuilder::new()
         .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)))
-        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(1_000_000_000)))
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(max as f64)))
         .description(Some(description))
         .into()
 }
 
 impl utoipa::PartialSchema for crate::CpuMillis {
     fn schema() -> RefOr<Schema> {
-        quantity(CPU_QUANTITY, "CPU: cores (\"2\", \"0.5\", or an integer) or millicores (\"500m\")")
+        quantity(
+            CPU_QUANTITY,
+            999_999_999,
+            "CPU: cores (\"2\", \"0.5\", or an integer) or millicores (\"500m\")",
+        )
     }
 }
 impl utoipa::ToSchema for crate::CpuMillis {}
@@ -142,6 +154,7 @@ impl utoipa::PartialSchema for crate::Bytes {
     fn schema() -> RefOr<Schema> {
         quantity(
             BYTES_QUANTITY,
+            crate::quantity::MAX_BYTES,
             "Bytes, as an integer or with a suffix Ki, Mi, Gi, Ti, k, M, G, T (\"64Mi\")",
         )
     }

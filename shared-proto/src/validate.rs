@@ -508,6 +508,14 @@ fn check_container<'a>(
     }
     let lim = &c.resources.limits;
     let req = &c.resources.requests;
+    for (field, cpu, memory) in [("limits", lim.cpu, lim.memory), ("requests", req.cpu, req.memory)] {
+        if cpu.is_some_and(|c| c.0 > crate::quantity::MAX_CPU_MILLIS) {
+            errs.push(format!("{f}.resources.{field}.cpu"), "must be at most 999999999.999 cores");
+        }
+        if memory.is_some_and(|m| m.0 > crate::quantity::MAX_BYTES) {
+            errs.push(format!("{f}.resources.{field}.memory"), "must be under 10^18 bytes");
+        }
+    }
     if lim.cpu == Some(crate::CpuMillis(0)) {
         errs.push(format!("{f}.resources.limits.cpu"), "must be more than 0 (leave it out for no limit)");
     }

@@ -601,16 +601,16 @@ fn rules_across_fields(schemas: &mut Value) {
         list["items"] = json!({ "enum": caps });
         list["maxItems"] = json!(caps.len());
     }
-    // A memory limit of at least 4Mi: as an integer, or a string in Mi, M, Gi, G, Ti, T.
+    // Limits: memory at least 4Mi, CPU above zero, as read and as shown.
     schemas["ResourceLimits"]["properties"]["memory"] = json!({ "oneOf": [{ "type": "null" },
-        { "type": "integer", "minimum": shared_proto::validate::MIN_MEMORY_LIMIT, "maximum": 1_000_000_000_000_000u64 },
-        { "type": "string", "pattern": "^(([4-9]|[1-9][0-9]{1,8})Mi|([5-9]|[1-9][0-9]{1,8})M|[1-9][0-9]{0,5}(Gi|G|Ti|T))$" }],
+        { "type": "integer", "minimum": shared_proto::validate::MIN_MEMORY_LIMIT, "maximum": shared_proto::quantity::MAX_BYTES },
+        { "type": "string", "pattern": shared_proto::openapi::MEMORY_LIMIT }],
         "description": "At least 4Mi" });
-    schemas["ResourceLimits"]["properties"]["pids"]["description"] = json!("At least 1");
     schemas["ResourceLimits"]["properties"]["cpu"] = json!({ "oneOf": [{ "type": "null" },
-        { "type": "integer", "minimum": 1, "maximum": 1_000_000 },
-        { "type": "string", "pattern": "^([1-9][0-9]{0,5}(\\.[0-9]{0,3})?|0?\\.([1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9])|[1-9][0-9]{0,8}m)$" }],
+        { "type": "integer", "minimum": 1, "maximum": 999_999_999u64 },
+        { "type": "string", "pattern": shared_proto::openapi::CPU_LIMIT }],
         "description": "Above 0: cores (\"2\", \"0.5\") or millicores (\"500m\")" });
+    schemas["ResourceLimits"]["properties"]["pids"]["description"] = json!("At least 1");
     // An app in a user namespace has a network of its own, and its containers are not
     // privileged and run as ids the namespace maps.
     let ids =
@@ -883,6 +883,24 @@ mod tests {
         for k in ["app.toml", ".env", "...", "..a", "_", ".", "..", "a/b", "", "a b"] {
             assert_eq!(config_key.is_match(k), v::config_key_problem(k).is_none(), "{k:?}");
         }
+        let max = shared_proto::quantity::MAX_BYTES;
+        let bytes_re = re(p::BYTES_QUANTITY);
+        for q in [
+            "64Mi",
+            "1G",
+            "4096",
+            "512Ki",
+            "99999Ti",
+            "999999999999999999",
+            "64MB",
+            "",
+            "Mi",
+            "-1",
+            "999999Ti",
+        ] {
+            let within = shared_proto::Bytes::parse(q).is_ok_and(|b| b.0 <= max);
+            assert_eq!(bytes_re.is_match(q), within, "{q:?}");
+        }
         let cpu = re(p::CPU_QUANTITY);
         for q in ["2", "0.5", ".25", "250m", "", "m", "1.2345", "-1", "abc", "1.x", "2."] {
             assert_eq!(cpu.is_match(q), shared_proto::CpuMillis::parse(q).is_ok(), "{q:?}");
@@ -899,6 +917,39 @@ mod tests {
             let decodes = base64::engine::general_purpose::STANDARD.decode(s).is_ok();
             assert_eq!(b64.is_match(s), decodes, "{s:?}");
         }
+        // What each quantity pattern takes is read, and what the hub shows is taken.
+        let (memory, cpu_limit) = (re(p::MEMORY_LIMIT), re(p::CPU_LIMIT));
+        for q in
+            ["4Mi", "4194304", "4194303", "4096Ki", "4095Ki", "4195k", "4194k", "5M", "4M", "1G", "3Mi", "0"]
+        {
+            let at_least_4mi = shared_proto::Bytes::parse(q).is_ok_and(|b| b.0 >= v::MIN_MEMORY_LIMIT);
+            assert_eq!(memory.is_match(q), at_least_4mi, "{q:?}");
+        }
+        for q in ["1", "0.5", ".001", "0.000", "0", "0m", "1m", "999999999", "2.5"] {
+            let above_zero = shared_proto::CpuMillis::parse(q).is_ok_and(|c| c.0 > 0);
+            assert_eq!(cpu_limit.is_match(q), above_zero, "{q:?}");
+        }
+        for n in [
+            1u64,
+            1023,
+            1024,
+            4 << 20,
+            (4 << 20) + 1,
+            999_999_999,
+            1 << 40,
+            99_999 << 40,
+            100_000 << 40,
+            max,
+            max - max % 1024,
+        ] {
+            let shown = shared_proto::Bytes(n).to_string();
+            assert!(bytes_re.is_match(&shown), "{shown:?}");
+            assert_eq!(memory.is_match(&shown), n >= v::MIN_MEMORY_LIMIT, "{shown:?}");
+        }
+        for n in [1u64, 500, 1000, 999_999_999_999, 999_999_999_000] {
+            let shown = shared_proto::CpuMillis(n).to_string();
+            assert!(cpu.is_match(&shown) && cpu_limit.is_match(&shown), "{shown:?}");
+        }
         let cidr = re(p::CIDR);
         for c in [
             "10.0.0.0/8",
@@ -912,10 +963,6 @@ mod tests {
             "10.0.0.0",
         ] {
             assert_eq!(cidr.is_match(c), v::parse_cidr(c).is_some(), "{c:?}");
-        }
-        let bytes = re(p::BYTES_QUANTITY);
-        for q in ["64Mi", "1G", "4096", "512Ki", "999999Ti", "64MB", "", "Mi", "-1", "999999999999Ti"] {
-            assert_eq!(bytes.is_match(q), shared_proto::Bytes::parse(q).is_ok(), "{q:?}");
         }
     }
 }
