@@ -58,7 +58,7 @@ fn errors(codes: &[u16]) -> Map<String, Value> {
         .iter()
         .map(|code| {
             let description = match code {
-                400 => "The request is malformed (a path or query parameter that does not parse)",
+                400 => "The request is malformed: a path or query parameter that does not parse (as UTF-8, or as the type it names)",
                 401 => "No token, or the token is invalid, expired or revoked",
                 403 => "The token's role or sites do not allow this",
                 404 => "No such object",
@@ -210,7 +210,7 @@ fn crud(kind: Kind) -> (Value, Value) {
         "parameters": [name_param(kind)],
         "get": { "operationId": format!("get_{}", kind.as_str().to_lowercase()), "summary": format!("Get one {kind}"),
             "responses": responses(json!({ "200": { "description": kind.as_str(), "content": json_content(item.clone()) } }),
-                &with_common(&[404])) },
+                &with_common(&[400, 404])) },
         "delete": { "operationId": format!("delete_{}", kind.as_str().to_lowercase()), "summary": format!("Delete one {kind} (operator)"),
             "description": match kind {
                 Kind::Config | Kind::Secret => "409 while an app uses it",
@@ -222,7 +222,7 @@ fn crud(kind: Kind) -> (Value, Value) {
                     "deleted": { "type": "object", "required": ["kind", "name"], "properties": {
                         "kind": { "const": kind.as_str() }, "name": { "type": "string" } } },
                     "revision": { "type": "integer", "minimum": 0 } } })) } }),
-                &with_common(&[404, 409])) },
+                &with_common(&[400, 404, 409])) },
     });
     if kind != Kind::Image {
         one["put"] = json!({
@@ -308,7 +308,7 @@ fn paths() -> Map<String, Value> {
         json!({ "get": { "operationId": "get_device_manifest", "summary": "The device's desired manifest",
             "parameters": [device_name()],
             "responses": responses(json!({ "200": { "description": "Desired manifest (manifest shape 2)",
-                "content": json_content(json!({ "type": "object" })) } }), &with_common(&[404])) } }),
+                "content": json_content(json!({ "type": "object" })) } }), &with_common(&[400, 404])) } }),
     );
     paths.insert(
         "/api/v1/devices/{name}/usage".into(),
@@ -320,7 +320,7 @@ fn paths() -> Map<String, Value> {
                     "containers": { "type": "array", "items": { "type": "object", "properties": {
                         "app": { "type": "string" }, "name": { "type": "string" },
                         "cpuMillis": { "type": "integer" }, "memoryBytes": { "type": "integer" } } } } } })) } }),
-                &with_common(&[404])) } }),
+                &with_common(&[400, 404])) } }),
     );
     paths.insert(
         "/api/v1/devices/{name}/decommission".into(),
@@ -328,7 +328,7 @@ fn paths() -> Map<String, Value> {
             "Retire a device: its connections close, its certificates open nothing more, nothing is placed on it; the record stays (operator)",
             "decommission_device",
             device_ok.clone(),
-            &[404, 409],
+            &[400, 404, 409],
         ),
     );
     for (verb, summary) in [
@@ -343,7 +343,7 @@ fn paths() -> Map<String, Value> {
     ] {
         paths.insert(
             format!("/api/v1/devices/{{name}}/{verb}"),
-            object_with_device(summary, &format!("{verb}_device"), device_ok.clone(), &[404, 409]),
+            object_with_device(summary, &format!("{verb}_device"), device_ok.clone(), &[400, 404, 409]),
         );
     }
     let ca_ok = json!({ "200": { "description": "The fleet CA and its rotation", "content": json_content(ca_status_schema()) } });
@@ -414,7 +414,7 @@ fn paths() -> Map<String, Value> {
                     "devices": { "type": "array", "items": { "type": "object", "properties": {
                         "device": { "type": "string" }, "placed": { "type": "boolean" },
                         "selected": { "type": "boolean" }, "reason": { "type": "string" } } } } } })) } }),
-                &with_common(&[404])) } }),
+                &with_common(&[400, 404])) } }),
     );
     let device = query("device", schema_ref("DnsLabel"), "Needed when the app runs on several devices");
     let container = query("container", schema_ref("DnsLabel"), "Needed when the app has several containers");
@@ -460,7 +460,7 @@ fn paths() -> Map<String, Value> {
             "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1 } }],
             "responses": responses(json!({ "200": { "description": "Deleted", "content": json_content(json!({
                 "type": "object", "required": ["deleted"], "properties": { "deleted": { "type": "string" } } })) } }),
-                &with_common(&[404])) } }),
+                &with_common(&[400, 404])) } }),
     );
     paths.insert(
         "/api/v1/api-tokens".into(),
@@ -480,7 +480,7 @@ fn paths() -> Map<String, Value> {
             "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1 } }],
             "responses": responses(json!({ "200": { "description": "Deleted", "content": json_content(json!({
                 "type": "object", "required": ["deleted"], "properties": { "deleted": { "type": "string" } } })) } }),
-                &with_common(&[404, 409])) } }),
+                &with_common(&[400, 404, 409])) } }),
     );
     paths.insert(
         "/api/v1/cluster".into(),
