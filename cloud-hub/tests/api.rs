@@ -87,7 +87,10 @@ async fn every_call_needs_a_valid_token_and_the_right_role() {
     assert_eq!((s, doc["openapi"].as_str()), (StatusCode::OK, Some("3.1.0")));
     let (s, v, _) = api.call("GET", "/api/v1/apps", None, vec![]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_eq!(v["error"], "unauthorized");
+    assert_eq!(v["type"], "urn:flotilla:problem:unauthorized");
+    // Problem details (RFC 9457): the status, its reason and the request's path.
+    assert_eq!((v["status"].as_u64(), v["title"].as_str()), (Some(401), Some("Unauthorized")), "{v}");
+    assert_eq!(v["instance"], "/api/v1/apps", "{v}");
     let forged = format!("{}x", &operator[..operator.len() - 1]);
     let (s, _, _) = api.call("GET", "/api/v1/apps", Some(&forged), vec![]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a wrong secret with a real id is refused");
@@ -111,27 +114,35 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_is_stored() {
     let mut bad = app("web", "");
     let (s, v, _) = api.call("PUT", "/api/v1/apps/web", Some(&op), serde_json::to_vec(&bad).unwrap()).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(v["fields"][0]["field"], "spec.containers[0].image");
+    assert_eq!(v["errors"][0]["field"], "spec.containers[0].image");
     bad["spec"]["containers"][0]["ports"] = json!([{ "containerPort": "http" }]);
     bad["spec"]["containers"][0]["image"] = json!("img:1");
     let (s, v, _) = api.call("PUT", "/api/v1/apps/web", Some(&op), serde_json::to_vec(&bad).unwrap()).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(v["fields"][0]["field"], "spec.containers[0].ports[0].containerPort");
+    assert_eq!(v["errors"][0]["field"], "spec.containers[0].ports[0].containerPort");
     let (s, v, _) = api
         .call("PUT", "/api/v1/apps/other", Some(&op), serde_json::to_vec(&app("web", "i:1")).unwrap())
         .await;
     assert_eq!(
-        (s, v["fields"][0]["field"].as_str()),
+        (s, v["errors"][0]["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("metadata.name"))
     );
     let (s, _, _) = api.call("PUT", "/api/v1/apps/web", Some(&op), b"{not json".to_vec()).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // Errors the framework raises come back in the API's own format too.
     let (s, v, _) = api.call("PUT", "/api/v1/apps/web", Some(&op), vec![b' '; 2 << 20]).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")), "{v}");
-    assert!(!v["message"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("urn:flotilla:problem:too_large")),
+        "{v}"
+    );
+    assert!(!v["detail"].as_str().unwrap().is_empty(), "{v}");
     let (s, v, _) = api.call("GET", "/api/v1/audit?limit=many", Some(&op), vec![]).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{v}");
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("urn:flotilla:problem:bad_request")),
+        "{v}"
+    );
     let (s, _, _) = api.call("PUT", "/api/v1/widgets/x", Some(&op), b"{}".to_vec()).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _, _) = api.call("PUT", "/api/v1/images/x", Some(&op), b"{}".to_vec()).await;
@@ -140,7 +151,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_is_stored() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v, _) =
         api.call("POST", "/api/v1/enrolment-tokens", Some(&op), br#"{"ttl":"forever"}"#.to_vec()).await;
-    assert_eq!((s, v["fields"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("ttl")));
+    assert_eq!((s, v["errors"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("ttl")));
     let (_, list, _) = api.call("GET", "/api/v1/apps", Some(&op), vec![]).await;
     assert_eq!(list["items"], json!([]), "nothing was stored");
     let (_, list, _) = api.call("GET", "/api/v1/images", Some(&op), vec![]).await;
@@ -254,7 +265,7 @@ async fn placement_says_for_every_device_why_not() {
     let (s, v, _) =
         api.call("PUT", "/api/v1/devices/pos-1", Some(&op), serde_json::to_vec(&dev).unwrap()).await;
     assert_eq!(
-        (s, v["fields"][0]["field"].as_str()),
+        (s, v["errors"][0]["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("spec.taints[0]"))
     );
     dev["spec"]["taints"] = json!([{ "key": "dedicated", "value": "pos", "effect": "NoExecute" }]);
@@ -482,7 +493,7 @@ async fn every_route_answers_each_role_and_site_scope_as_it_should() {
     let (s, _, _) = api.call("GET", "/healthz", None, vec![]).await;
     assert_eq!(s, StatusCode::OK);
     let (_, v, _) = api.call("GET", "/api/v1/devices", Some(&expired), vec![]).await;
-    assert!(v["message"].as_str().unwrap_or_default().contains("expired"), "{v}");
+    assert!(v["detail"].as_str().unwrap_or_default().contains("expired"), "{v}");
 
     // Lists show a scoped token its sites only.
     let names = |v: &Value| -> Vec<String> {
@@ -559,7 +570,7 @@ async fn every_mutating_call_is_audited_with_who_what_and_how_it_ended() {
     assert_eq!(later["items"], json!([]));
     let (s, v, _) = api.call("GET", "/api/v1/audit?since=whenever", Some(&admin), vec![]).await;
     assert_eq!(
-        (s, v["fields"][0]["field"].as_str()),
+        (s, v["errors"][0]["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("since")),
         "{v}"
     );

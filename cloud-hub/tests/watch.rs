@@ -308,7 +308,7 @@ async fn a_watch_resumes_after_a_disconnect_with_no_gap_or_repeat() {
     // Ids that this hub never gave out are refused, naming the header.
     let (s, _, v) = api.watch("/api/v1/apps?watch=1", &op, Some("seven")).await;
     assert_eq!(
-        (s, v["fields"][0]["field"].as_str()),
+        (s, v["errors"][0]["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("Last-Event-ID"))
     );
 }
@@ -332,11 +332,11 @@ async fn revisions_older_than_the_history_are_gone() {
     }
 
     let (s, _, v) = api.watch(&format!("/api/v1/apps?watch=true&sinceRevision={start}"), &op, None).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::GONE, Some("expired")), "{v}");
-    assert!(v["message"].as_str().unwrap().contains("list again"), "{v}");
+    assert_eq!((s, v["type"].as_str()), (StatusCode::GONE, Some("urn:flotilla:problem:expired")), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("list again"), "{v}");
     let (s, v) = api.call("GET", &format!("/api/v1/apps?limit=5&continue={token_}"), &op, None).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::GONE, Some("expired")), "{v}");
-    assert!(v["message"].as_str().unwrap().contains("list again"), "{v}");
+    assert_eq!((s, v["type"].as_str()), (StatusCode::GONE, Some("urn:flotilla:problem:expired")), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("list again"), "{v}");
 
     // The watcher that did not read fell out of the window: it is told so, and the stream ends.
     let e = slow.next().await.unwrap();
@@ -499,11 +499,11 @@ async fn lists_and_watches_filter_by_labels_site_and_fields() {
     ] {
         let (s, v) = api.call("GET", path, &op, None).await;
         assert_eq!(
-            (s, v["fields"][0]["field"].as_str()),
+            (s, v["errors"][0]["field"].as_str()),
             (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
             "{path}: {v}"
         );
-        assert!(!v["message"].as_str().unwrap().is_empty());
+        assert!(!v["detail"].as_str().unwrap().is_empty());
     }
 
     // A filtered watch: objects entering the selection are ADDED, leaving it DELETED, and

@@ -19,6 +19,8 @@ pub mod codec;
 pub mod config;
 pub mod fuzzing;
 pub mod manifest;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod quantity;
 pub mod resource;
 pub mod runtime;

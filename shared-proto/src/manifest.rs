@@ -136,6 +136,7 @@ pub struct ContainerLimits {
 }
 
 /// The state of one container as the agent observes it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 pub enum ContainerPhase {
     /// Desired, not yet started: image being fetched or container being created.
@@ -154,6 +155,7 @@ impl fmt::Display for ContainerPhase {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedContainer {

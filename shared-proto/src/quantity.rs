@@ -88,10 +88,20 @@ impl Bytes {
     }
 }
 
+/// Most bytes a size may say (under 10^18); the validator refuses more.
+pub const MAX_BYTES: u64 = 999_999_999_999_999_999;
+/// Most millicores a CPU quantity may say (999,999,999.999 cores); the validator refuses more.
+pub const MAX_CPU_MILLIS: u64 = 999_999_999_999;
+
 impl fmt::Display for Bytes {
+    /// The largest binary unit that divides it, with at most 5 (Ti), 8 (Gi), 11 (Mi) or
+    /// 14 (Ki) digits, else plain bytes: every size up to [`MAX_BYTES`] prints in a form
+    /// that reads back below it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (suf, mult) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-            if self.0 >= mult && self.0.is_multiple_of(mult) {
+        for (suf, mult, digits) in
+            [("Ti", 1u64 << 40, 5), ("Gi", 1 << 30, 8), ("Mi", 1 << 20, 11), ("Ki", 1 << 10, 14)]
+        {
+            if self.0 >= mult && self.0.is_multiple_of(mult) && self.0 / mult < 10u64.pow(digits) {
                 return write!(f, "{}{suf}", self.0 / mult);
             }
         }

@@ -75,14 +75,18 @@ impl fmt::Display for Kind {
 
 /// Identity and bookkeeping shared by every object. The hub owns every field but
 /// `name`, `labels` and `annotations`; values sent for the others are ignored.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMeta {
+    #[cfg_attr(feature = "openapi", schema(max_length = 255, example = "web"))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, crate::openapi::LabelValue>))]
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[cfg_attr(feature = "openapi", schema(read_only))]
     /// Unique for this incarnation of the object: a re-created object gets a new one.
     #[serde(default)]
     pub uid: String,
@@ -90,12 +94,15 @@ pub struct ObjectMeta {
     /// the write conditional (optimistic concurrency).
     #[serde(default)]
     pub revision: u64,
+    #[cfg_attr(feature = "openapi", schema(read_only))]
     /// Store revision at which the object was created.
     #[serde(default)]
     pub create_revision: u64,
+    #[cfg_attr(feature = "openapi", schema(read_only))]
     /// Bumped whenever `spec` changes.
     #[serde(default)]
     pub generation: u64,
+    #[cfg_attr(feature = "openapi", schema(read_only, value_type = Option<crate::Timestamp>))]
     #[serde(default)]
     pub created_at: Option<Timestamp>,
 }
@@ -107,16 +114,21 @@ impl ObjectMeta {
 }
 
 macro_rules! resource {
-    ($(#[$doc:meta])* $name:ident, $spec:ty, $status:ty, $kind:expr) => {
+    ($(#[$doc:meta])* $name:ident, $spec:ty, $status:ty, $kind:expr, $kind_pattern:literal) => {
         $(#[$doc])*
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         pub struct $name {
+            #[cfg_attr(feature = "openapi", schema(pattern = "^flotilla\\.dev/v1$", example = "flotilla.dev/v1"))]
             pub api_version: String,
+            #[cfg_attr(feature = "openapi", schema(pattern = $kind_pattern))]
             pub kind: String,
             pub metadata: ObjectMeta,
             #[serde(default)]
             pub spec: $spec,
+            /// Kept by the hub: what is sent is ignored.
+            #[cfg_attr(feature = "openapi", schema(read_only))]
             #[serde(default)]
             pub status: $status,
         }
@@ -139,33 +151,34 @@ macro_rules! resource {
 
 resource!(
     /// A place devices live in: a retail store, a plant, a depot.
-    Site, SiteSpec, SiteStatus, Kind::Site
+    Site, SiteSpec, SiteStatus, Kind::Site, "^Site$"
 );
 resource!(
     /// An enrolled edge device. Created by enrolment; `apply` may change its labels
     /// and spec, the hub owns its status.
-    Device, DeviceSpec, DeviceStatus, Kind::Device
+    Device, DeviceSpec, DeviceStatus, Kind::Device, "^Device$"
 );
 resource!(
     /// A set of containers placed on the devices its selector matches.
-    App, AppSpec, AppStatus, Kind::App
+    App, AppSpec, AppStatus, Kind::App, "^App$"
 );
 resource!(
     /// An OCI image imported into the hub, named by its reference (`demo-httpd:1.0`).
-    Image, ImageSpec, ImageStatus, Kind::Image
+    Image, ImageSpec, ImageStatus, Kind::Image, "^Image$"
 );
 resource!(
     /// Configuration files or values apps mount or read into their environment.
-    Config, ConfigSpec, ConfigStatus, Kind::Config
+    Config, ConfigSpec, ConfigStatus, Kind::Config, "^Config$"
 );
 resource!(
     /// Like a `Config`, for credentials: sealed with the hub's key in the store, never
     /// returned by the API, kept in memory or sealed on devices.
-    Secret, ConfigSpec, ConfigStatus, Kind::Secret
+    Secret, ConfigSpec, ConfigStatus, Kind::Secret, "^Secret$"
 );
 
 /// The data of a `Config` or a `Secret`: keys are file names when mounted and
 /// variable sources in `valueFrom`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigSpec {
@@ -192,6 +205,7 @@ impl ConfigSpec {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigStatus {
@@ -204,15 +218,19 @@ pub struct ConfigStatus {
     pub digest: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SiteSpec {
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     #[serde(default)]
     pub display_name: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     #[serde(default)]
     pub location: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SiteStatus {
@@ -222,15 +240,18 @@ pub struct SiteStatus {
     pub n_online: u32,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeviceSpec {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::DnsLabelOrEmpty))]
     /// The site this device belongs to (a `Site` name), or empty.
     #[serde(default)]
     pub site: String,
     /// When true the scheduler places nothing new on the device.
     #[serde(default)]
     pub unschedulable: bool,
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
     /// Reserve the device for apps that tolerate these (store format 2).
     #[serde(default)]
     pub taints: Vec<Taint>,
@@ -238,16 +259,20 @@ pub struct DeviceSpec {
 
 /// Keeps apps off a device unless they tolerate it, as Kubernetes taints do: a POS
 /// terminal tainted `dedicated=pos` runs only the apps meant for it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Taint {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelKey))]
     pub key: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelValue))]
     #[serde(default)]
     pub value: String,
     #[serde(default)]
     pub effect: TaintEffect,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum TaintEffect {
     /// Nothing new is placed unless it tolerates the taint; what runs stays.
@@ -258,14 +283,17 @@ pub enum TaintEffect {
 }
 
 /// Lets an app onto devices with a matching taint.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Toleration {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^$|^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"))]
     /// Empty with `Exists` tolerates every taint.
     #[serde(default)]
     pub key: String,
     #[serde(default)]
     pub operator: TolerationOperator,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelValue))]
     #[serde(default)]
     pub value: String,
     /// Only taints with this effect; unset tolerates both.
@@ -273,6 +301,7 @@ pub struct Toleration {
     pub effect: Option<TaintEffect>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum TolerationOperator {
     /// Key and value must both match.
@@ -293,15 +322,18 @@ impl Toleration {
 }
 
 /// Where an app must (affinity) or must not (anti-affinity) run relative to another.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppAffinity {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::DnsLabel))]
     /// The other app's name.
     pub app: String,
     #[serde(default)]
     pub scope: AffinityScope,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum AffinityScope {
     /// The same device.
@@ -311,6 +343,7 @@ pub enum AffinityScope {
     Site,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum DevicePhase {
     /// Enrolled, never connected.
@@ -334,6 +367,7 @@ impl fmt::Display for DevicePhase {
 }
 
 /// What a device offers to workloads.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Capacity {
@@ -343,6 +377,7 @@ pub struct Capacity {
     pub memory: Bytes,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeviceStatus {
@@ -400,6 +435,7 @@ pub struct DeviceStatus {
 /// A device that proved it holds an expired certificate of its own and asks for a new
 /// one. Nothing is issued until an operator approves: the device may have been stolen
 /// while it was away.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Quarantine {
@@ -415,6 +451,7 @@ pub struct Quarantine {
     pub approved: bool,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdentityConflict {
@@ -427,6 +464,7 @@ pub struct IdentityConflict {
 }
 
 /// A certificate the fleet CA issued to a device.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeviceCertificate {
@@ -446,6 +484,7 @@ pub struct DeviceCertificate {
     pub ca: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppSpec {
@@ -454,17 +493,21 @@ pub struct AppSpec {
     pub selector: LabelSelector,
     #[serde(default)]
     pub placement: Placement,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 16))]
     pub containers: Vec<ContainerSpec>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
     #[serde(default)]
     pub network: NetworkMode,
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     /// Run one after the other, each to a successful exit, before `containers` start
     /// (store format 5, like every field below).
     #[serde(default)]
     pub init_containers: Vec<ContainerSpec>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3600))]
     /// Seconds between SIGTERM and SIGKILL when a container stops; unset means 10.
     #[serde(default)]
     pub termination_grace_period_seconds: Option<u32>,
@@ -499,50 +542,66 @@ impl AppSpec {
 }
 
 /// Narrows where an app runs beyond its selector.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Placement {
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::openapi::DnsLabel>))]
     /// Only devices in these sites; empty means every site (and devices with none).
     #[serde(default)]
     pub sites: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     /// At most this many devices per site, picked by name; unset means all that fit.
     /// Devices with no site are not limited.
     #[serde(default)]
     pub max_per_site: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
     /// Taints this app accepts (store format 2).
     #[serde(default)]
     pub tolerations: Vec<Toleration>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
     /// Run only beside these apps: on a device (or in a site) where they run.
     #[serde(default)]
     pub affinity: Vec<AppAffinity>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
     /// Keep away from these apps: never on a device (or in a site) where they run.
     #[serde(default)]
     pub anti_affinity: Vec<AppAffinity>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::DnsLabel))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::ImageReference))]
     /// An image reference imported into the hub, e.g. `demo-httpd:1.0`.
     pub image: String,
+    #[cfg_attr(feature = "openapi", schema(max_items = 256))]
     /// Replaces the image's entrypoint when non-empty.
     #[serde(default)]
     pub command: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 256))]
     /// Replaces the image's cmd when non-empty.
     #[serde(default)]
     pub args: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 256))]
     #[serde(default)]
     pub env: Vec<EnvVar>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     #[serde(default)]
     pub ports: Vec<PortSpec>,
     #[serde(default)]
     pub resources: ResourceRequirements,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(/.*)?$", max_length = 4096))]
     #[serde(default)]
     pub working_dir: String,
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
     /// Store format 5, like every field below.
     #[serde(default)]
     pub volume_mounts: Vec<VolumeMount>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
     #[serde(default)]
     pub devices: Vec<DeviceMapping>,
     /// Failing it restarts the container.
@@ -560,10 +619,13 @@ pub struct ContainerSpec {
     pub security: SecuritySpec,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[^=\\x00]{1,256}$"))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     #[serde(default)]
     pub value: String,
     /// Instead of `value`, a key of a `Config` or a `Secret` (store format 5).
@@ -571,12 +633,15 @@ pub struct EnvVar {
     pub value_from: Option<EnvSource>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSpec {
     #[serde(default)]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub container_port: u16,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     /// With `network: Host` the container binds the host port itself, so this must
     /// be unset or equal to `containerPort`.
     #[serde(default)]
@@ -591,6 +656,7 @@ impl PortSpec {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, Hash)]
 pub enum Protocol {
     #[default]
@@ -598,6 +664,7 @@ pub enum Protocol {
     UDP,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceRequirements {
@@ -608,6 +675,7 @@ pub struct ResourceRequirements {
     pub requests: ResourceRequests,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceLimits {
@@ -615,10 +683,12 @@ pub struct ResourceLimits {
     pub cpu: Option<CpuMillis>,
     #[serde(default)]
     pub memory: Option<Bytes>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     #[serde(default)]
     pub pids: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceRequests {
@@ -638,6 +708,7 @@ impl ResourceRequirements {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 pub enum RestartPolicy {
     #[default]
@@ -646,6 +717,7 @@ pub enum RestartPolicy {
     Never,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 pub enum NetworkMode {
     /// Share the device's network namespace (ports bind on the device directly).
@@ -659,6 +731,7 @@ pub enum NetworkMode {
     Isolated,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum AppPhase {
     /// Accepted; no device runs it yet (none matches, or images are missing).
@@ -678,6 +751,7 @@ impl fmt::Display for AppPhase {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppStatus {
@@ -696,6 +770,7 @@ pub struct AppStatus {
     pub message: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum AppDevicePhase {
     #[default]
@@ -713,6 +788,7 @@ impl fmt::Display for AppDevicePhase {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppDeviceStatus {
@@ -723,6 +799,7 @@ pub struct AppDeviceStatus {
     pub message: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageSpec {
@@ -734,6 +811,7 @@ pub struct ImageSpec {
     pub platforms: Vec<ImagePlatform>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImagePlatform {
@@ -748,6 +826,7 @@ pub struct ImagePlatform {
     pub size: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageStatus {

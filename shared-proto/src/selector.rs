@@ -9,24 +9,30 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, crate::openapi::LabelValue>))]
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
     #[serde(default)]
     pub match_expressions: Vec<SelectorRequirement>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SelectorRequirement {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelKey))]
     pub key: String,
     pub operator: SelectorOperator,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::openapi::LabelValue>, max_items = 64))]
     #[serde(default)]
     pub values: Vec<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SelectorOperator {
     In,

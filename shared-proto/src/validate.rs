@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 mod workload;
-pub use workload::{CAPABILITIES, capability_name, parse_cidr, path_problem};
+pub use workload::{CAPABILITIES, USER_NAMESPACE_IDS, capability_name, parse_cidr, path_problem};
 
 /// Upper bounds that keep one object small enough to replicate and push to devices.
 pub const MAX_CONTAINERS_PER_APP: usize = 16;
@@ -19,6 +19,7 @@ pub const MAX_PORTS: usize = 64;
 pub const MAX_STRING: usize = 4096;
 pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// Path of the field, e.g. `spec.containers[1].ports[0].hostPort`.
@@ -507,6 +508,14 @@ fn check_container<'a>(
     }
     let lim = &c.resources.limits;
     let req = &c.resources.requests;
+    for (field, cpu, memory) in [("limits", lim.cpu, lim.memory), ("requests", req.cpu, req.memory)] {
+        if cpu.is_some_and(|c| c.0 > crate::quantity::MAX_CPU_MILLIS) {
+            errs.push(format!("{f}.resources.{field}.cpu"), "must be at most 999999999.999 cores");
+        }
+        if memory.is_some_and(|m| m.0 > crate::quantity::MAX_BYTES) {
+            errs.push(format!("{f}.resources.{field}.memory"), "must be under 10^18 bytes");
+        }
+    }
     if lim.cpu == Some(crate::CpuMillis(0)) {
         errs.push(format!("{f}.resources.limits.cpu"), "must be more than 0 (leave it out for no limit)");
     }

@@ -13,19 +13,25 @@
 use serde::{Deserialize, Serialize};
 
 /// Run a command inside the container; success is exit code 0.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecAction {
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 256))]
     pub command: Vec<String>,
 }
 
 /// An HTTP GET to the container; success is a status from 200 to 399.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpGetAction {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^/[^\\x00-\\x20\\x7f]*$", max_length = 1024))]
     #[serde(default = "slash")]
     pub path: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub port: u16,
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     /// Extra request headers, `(name, value)`.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
@@ -36,13 +42,16 @@ fn slash() -> String {
 }
 
 /// A TCP connection to the container's port; success is an accepted connection.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSocketAction {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub port: u16,
 }
 
 /// A health check. Exactly one of `exec`, `httpGet` and `tcpSocket` is set.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Probe {
@@ -52,16 +61,21 @@ pub struct Probe {
     pub http_get: Option<HttpGetAction>,
     #[serde(default)]
     pub tcp_socket: Option<TcpSocketAction>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3600))]
     /// Seconds after the container starts before the first check.
     #[serde(default)]
     pub initial_delay_seconds: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
     #[serde(default = "ten")]
     pub period_seconds: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
     #[serde(default = "one")]
     pub timeout_seconds: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
     /// Consecutive successes that make a failing probe pass (1 for liveness and startup).
     #[serde(default = "one")]
     pub success_threshold: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
     /// Consecutive failures that make a passing probe fail.
     #[serde(default = "three")]
     pub failure_threshold: u32,
@@ -93,6 +107,7 @@ fn ten() -> u32 {
 }
 
 /// What a lifecycle hook runs. Exactly one of `exec` and `httpGet` is set.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Handler {
@@ -103,6 +118,7 @@ pub struct Handler {
 }
 
 /// Hooks around a container's life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Lifecycle {
@@ -116,9 +132,11 @@ pub struct Lifecycle {
 }
 
 /// Where an app's volume comes from. Exactly one field is set.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VolumeSpec {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::DnsLabel))]
     pub name: String,
     /// A directory the agent keeps on the device's disk under the app's name: it
     /// survives updates of the app, agent restarts and reboots, and goes when the app
@@ -139,37 +157,47 @@ pub struct VolumeSpec {
     pub secret: Option<ObjectRef>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PersistentVolume {}
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostPathVolume {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^/", max_length = 4096))]
     pub path: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TmpfsVolume {
+    #[cfg_attr(feature = "openapi", schema(minimum = 4096, maximum = 1073741824))]
     /// Upper bound in bytes; unset means 64 MiB.
     #[serde(default)]
     pub size_bytes: Option<u64>,
 }
 
 /// Names another object (a `Config` or a `Secret`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectRef {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::DnsLabel))]
     pub name: String,
 }
 
 /// One of the app's volumes, mounted into a container.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VolumeMount {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::DnsLabel))]
     /// A volume of the app.
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^/.", max_length = 4096))]
     pub mount_path: String,
     #[serde(default)]
     pub read_only: bool,
@@ -177,20 +205,25 @@ pub struct VolumeMount {
 
 /// A device node passed through to a container, allowed only under the agent's
 /// `devices` allow-list.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeviceMapping {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^/dev/.", max_length = 4096))]
     /// `/dev/ttyUSB0`, `/dev/gpiochip0`, `/dev/video0`…
     pub host_path: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(/dev/.*)?$", max_length = 4096))]
     /// Where the container sees it; unset means the same path.
     #[serde(default)]
     pub container_path: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[rwm]{0,3}$"))]
     /// Any of `r`, `w` and `m` (mknod); unset means `rw`.
     #[serde(default)]
     pub permissions: String,
 }
 
 /// Where an environment variable's value comes from instead of `value`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvSource {
@@ -201,25 +234,31 @@ pub struct EnvSource {
 }
 
 /// One key of a `Config` or a `Secret`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyRef {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::DnsLabel))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::ConfigKey))]
     pub key: String,
 }
 
 /// How much of the sandbox a container gives up. The defaults are the sandbox: a
 /// small capability set without `CAP_NET_RAW`, `no_new_privileges`, the default seccomp
 /// profile and a default pids limit.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecuritySpec {
     /// Every capability, every device, no seccomp: for what truly needs the host.
     #[serde(default)]
     pub privileged: bool,
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     /// Capabilities beyond the default set, e.g. `NET_RAW`, `SYS_TIME`.
     #[serde(default)]
     pub add_capabilities: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     /// Capabilities of the default set to drop (`ALL` drops them all).
     #[serde(default)]
     pub drop_capabilities: Vec<String>,
@@ -233,15 +272,19 @@ pub struct SecuritySpec {
 
 /// Which connections an isolated app's containers may open and accept. Unset lists
 /// allow everything; an empty list allows nothing.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkPolicy {
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<crate::openapi::DnsLabel>>, max_items = 64))]
     /// Apps on the same device that may connect to this one.
     #[serde(default)]
     pub ingress_apps: Option<Vec<String>>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<crate::openapi::DnsLabel>>, max_items = 64))]
     /// Apps on the same device this one may connect to.
     #[serde(default)]
     pub egress_apps: Option<Vec<String>>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<crate::openapi::Cidr>>, max_items = 64))]
     /// Networks outside the device (CIDRs, `10.0.0.0/8`, `203.0.113.7/32`) this app may
     /// connect to.
     #[serde(default)]

@@ -1,9 +1,10 @@
 //! `cargo xtask test`: the whole suite, as CI runs it. Installs the Debian packages
 //! the tests need when they are missing, checks formatting, lints and the agent's
 //! dependency guard, builds the binaries and the demo image, then runs every test.
+//! schemathesis (PyPI), which the API acceptance test runs, goes into a venv of its own.
 //! Tests that need root run for real: this task refuses to start without it.
 
-use crate::util::{cargo, ensure_packages, is_root, run};
+use crate::util::{cargo, ensure_packages, ensure_schemathesis, is_root, run};
 use anyhow::{Context, bail};
 use clap::Parser;
 
@@ -16,6 +17,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "util-linux",
     "python3",
+    // A venv for schemathesis, the API acceptance test's fuzzer (from PyPI).
+    "python3-venv",
     "libseccomp-dev",
     "pkg-config",
     "qemu-system-x86",
@@ -24,7 +27,7 @@ const PACKAGES: &[&str] = &[
 
 /// Crates the agent must never link (STYLE.md: keep the agent lean).
 const AGENT_FORBIDDEN: &[&str] =
-    &["openraft", "axum", "hyper", "reqwest", "prometheus-client", "openssl", "aws-lc-rs"];
+    &["openraft", "axum", "hyper", "reqwest", "prometheus-client", "openssl", "aws-lc-rs", "utoipa"];
 
 #[derive(Parser)]
 pub struct Args {
@@ -77,6 +80,7 @@ pub fn run_task(args: Args) -> anyhow::Result<()> {
         );
     }
     ensure_packages(PACKAGES)?;
+    let schemathesis = ensure_schemathesis()?;
     let root = crate::workspace_root();
     std::env::set_current_dir(&root)?;
     if !args.no_lint {
@@ -88,7 +92,8 @@ pub fn run_task(args: Args) -> anyhow::Result<()> {
     run(cargo().args(["build", "--locked", "-p", "cloud-hub", "-p", "edge-agent"]))?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--locked"])
-        .env("FLOTILLA_DEMO_IMAGE", root.join("images/out/demo-httpd.oci.tar"));
+        .env("FLOTILLA_DEMO_IMAGE", root.join("images/out/demo-httpd.oci.tar"))
+        .env("FLOTILLA_SCHEMATHESIS", &schemathesis);
     if !args.test_args.is_empty() {
         test.arg("--").args(&args.test_args);
     }

@@ -77,3 +77,35 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
         install()
     })
 }
+
+/// The schemathesis version the API acceptance test runs (PyPI), pinned so a run
+/// today and a run next month test the same way.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// Where [`ensure_schemathesis`] keeps its virtual environment (Debian's Python is
+/// externally managed, PEP 668: nothing goes into the system site-packages).
+pub const SCHEMATHESIS_VENV: &str = "/var/cache/flotilla/schemathesis";
+
+/// Installs schemathesis into its own venv when missing (or at another version), and
+/// returns the path of its `st` command.
+pub fn ensure_schemathesis() -> anyhow::Result<std::path::PathBuf> {
+    let venv = std::path::Path::new(SCHEMATHESIS_VENV);
+    let st = venv.join("bin/st");
+    let installed = Command::new(venv.join("bin/python"))
+        .args(["-c", "import importlib.metadata as m; print(m.version('schemathesis'))"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == SCHEMATHESIS_VERSION
+        });
+    if installed && st.exists() {
+        return Ok(st);
+    }
+    eprintln!("installing schemathesis {SCHEMATHESIS_VERSION} into {}", venv.display());
+    // Debian's own interpreter, which python3-venv serves (not one a user put first on PATH).
+    let python =
+        if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    run(Command::new(python).args(["-m", "venv", "--clear"]).arg(venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")))?;
+    Ok(st)
+}

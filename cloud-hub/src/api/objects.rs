@@ -38,12 +38,7 @@ pub fn kind_from_path(plural: &str) -> ApiResult<Kind> {
 /// validated and sealed with the hub key here: its values go no further in the clear.
 pub fn parse_object(kind: Kind, body: &[u8], key: &crate::sealing::HubKey) -> ApiResult<Object> {
     fn de<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-        let mut d = serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize(&mut d).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "(body)".to_string() } else { path };
-            ApiError::invalid(&field, e.into_inner().to_string())
-        })
+        read_json(body)
     }
     Ok(match kind {
         Kind::Site => Object::Site(de::<Site>(body)?),
@@ -68,6 +63,35 @@ pub fn parse_object(kind: Kind, body: &[u8], key: &crate::sealing::HubKey) -> Ap
             )
         }
     })
+}
+
+/// Parses a JSON body into `T`, naming the field on error. A number with a zero
+/// fraction (`80.0`) is read as the integer it equals: JSON Schema calls it an
+/// integer, and so do clients that write every number as a float.
+pub fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid("(body)", e.to_string()))?;
+    integral_floats_to_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "(body)".to_string() } else { path };
+        ApiError::invalid(&field, e.into_inner().to_string())
+    })
+}
+
+fn integral_floats_to_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Exactly representable: below 2^53 every integer is.
+            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                *v = if f < 0.0 { json!(f as i64) } else { json!(f as u64) };
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(m) => m.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 /// What the API shows of a `Config`'s data: its keys and a digest of it.
@@ -523,6 +547,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_object(Kind::Site, b"not json", &key()), Err(ApiError::Invalid(_))));
+        // 80.0 is the integer 80 (JSON Schema says so); 80.5 is not.
+        let body = br#"{"apiVersion":"flotilla.dev/v1","kind":"App","metadata":{"name":"x"},
+            "spec":{"containers":[{"name":"c","image":"i","ports":[{"containerPort":80.0}]}]}}"#;
+        let Ok(Object::App(a)) = parse_object(Kind::App, body, &key()) else { panic!() };
+        assert_eq!(a.spec.containers[0].ports[0].container_port, 80);
+        let body = br#"{"apiVersion":"flotilla.dev/v1","kind":"App","metadata":{"name":"x"},
+            "spec":{"containers":[{"name":"c","image":"i","ports":[{"containerPort":80.5}]}]}}"#;
+        match parse_object(Kind::App, body, &key()) {
+            Err(ApiError::Invalid(e)) => {
+                assert_eq!(e.0[0].field, "spec.containers[0].ports[0].containerPort")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

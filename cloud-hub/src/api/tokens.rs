@@ -24,35 +24,60 @@ use std::time::Duration;
 /// The longest an enrolment token may live.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-#[derive(Debug, Deserialize, Default)]
+/// The body of `POST /api/v1/enrolment-tokens`.
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateEnrolmentToken {
-    /// How long the token is valid, e.g. `24h`, `7d`. Default 24h.
+    /// How long the token is valid, e.g. `24h`, `7d`: from 1 s to 365 days. Default 24h.
+    /// (Any humantime duration is read; the pattern names the usual forms.)
     #[serde(default)]
+    #[schema(
+        pattern = "^([1-9][0-9]{0,3}[smh]|[1-9][0-9]?d|[12][0-9]{2}d|3[0-5][0-9]d|36[0-5]d)$",
+        example = "24h"
+    )]
     pub ttl: Option<String>,
+    /// How many devices may enrol with it; unset: any number.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295u32)]
     pub max_uses: Option<u32>,
+    /// Labels every device enrolled with it gets.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, shared_proto::openapi::LabelValue>)]
     pub labels: BTreeMap<String, String>,
     /// Labels devices may set themselves: `key` (any value), `key=value`, or `*` (any
     /// label). Default: none but the token's own.
     #[serde(default)]
+    #[schema(max_items = 64, value_type = Vec<AllowLabelRule>)]
     pub allow_labels: Vec<String>,
+    /// The site devices enrolled with it join; a token scoped to sites must name one of
+    /// its own (403 otherwise).
     #[serde(default)]
+    #[schema(value_type = shared_proto::openapi::DnsLabelOrEmpty)]
     pub site: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
+
+/// `*`, `key` or `key=value`.
+pub struct AllowLabelRule;
+
+impl utoipa::PartialSchema for AllowLabelRule {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^(\\*|([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?){0,2}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?(=([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)?)$"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AllowLabelRule {}
 
 fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    let mut d = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut d).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(if path == "." { "(body)" } else { &path }, e.into_inner().to_string())
-    })
+    super::objects::read_json(body)
 }
 
 fn enrolment_json(r: &EnrolmentTokenRecord) -> Value {
@@ -180,19 +205,29 @@ pub async fn delete_enrolment(
     delete_record(&state, StoreKind::EnrolmentToken, &id).await
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The body of `POST /api/v1/api-tokens`.
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateApiToken {
+    /// `viewer` (the default), `operator` or `admin`.
     #[serde(default)]
+    #[schema(pattern = "^(viewer|operator|admin)$")]
     pub role: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
-    /// How long the token is valid, e.g. `30d`. Default 90 days, at most 5 years.
+    /// How long the token is valid, e.g. `30d`: from 1 s to 1825 days. Default 90 days.
+    /// (Any humantime duration is read; the pattern names the usual forms.)
     #[serde(default)]
+    #[schema(
+        pattern = "^([1-9][0-9]{0,3}[smh]|[1-9][0-9]{0,2}d|1[0-7][0-9]{2}d|18[01][0-9]d|182[0-5]d)$",
+        example = "30d"
+    )]
     pub ttl: Option<String>,
-    /// The sites the token may see and change; empty: every site (viewers and
-    /// operators only).
+    /// The sites the token may see and change; empty: every site. Viewer and operator
+    /// tokens only: an admin token with sites is 422.
     #[serde(default)]
+    #[schema(max_items = 256, value_type = Vec<shared_proto::openapi::DnsLabel>)]
     pub sites: Vec<String>,
 }
 
@@ -315,7 +350,10 @@ pub async fn delete_api(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     if id == caller.token_id {
-        return Err(ApiError::BadRequest("refusing to delete the token this request uses".into()));
+        // The request is well-formed; the token's state forbids it (409, not 400).
+        return Err(ApiError::Conflict(
+            "refusing to delete the token this request uses: revoke it with another admin token".into(),
+        ));
     }
     delete_record(&state, StoreKind::ApiToken, &id).await
 }

@@ -237,11 +237,13 @@ impl HubClient {
     }
 }
 
-/// The hub's error body as one readable message, fields included.
+/// The hub's error body (RFC 9457 problem details: `detail`, and `errors` naming the
+/// fields) as one readable message. Hubs before problem details sent `message` and
+/// `fields`; those are read too.
 fn error_text(v: &Value) -> String {
-    let mut out =
-        v.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
-    if let Some(fields) = v.get("fields").and_then(Value::as_array)
+    let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let mut out = text("detail").or_else(|| text("message")).unwrap_or_else(|| v.to_string());
+    if let Some(fields) = v.get("errors").or_else(|| v.get("fields")).and_then(Value::as_array)
         && fields.len() > 1
     {
         for f in fields {
@@ -253,4 +255,24 @@ fn error_text(v: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+    use serde_json::json;
+
+    #[test]
+    fn problem_details_read_as_one_message_with_each_field() {
+        let problem = json!({ "type": "urn:flotilla:problem:invalid", "title": "Unprocessable Entity",
+            "status": 422, "detail": "invalid object: a: bad; b: worse", "instance": "/api/v1/apps/web",
+            "errors": [{ "field": "a", "message": "bad" }, { "field": "b", "message": "worse" }] });
+        assert_eq!(error_text(&problem), "invalid object: a: bad; b: worse\n  a: bad\n  b: worse");
+        let one = json!({ "type": "urn:flotilla:problem:not_found", "status": 404, "detail": "App \"x\" not found" });
+        assert_eq!(error_text(&one), "App \"x\" not found");
+        // A hub from before problem details.
+        let old = json!({ "error": "invalid", "message": "m", "fields": [{ "field": "a", "message": "x" },
+            { "field": "b", "message": "y" }] });
+        assert_eq!(error_text(&old), "m\n  a: x\n  b: y");
+    }
 }

@@ -186,7 +186,7 @@ async fn follow(
                     let status = v["status"].as_u64().and_then(|s| StatusCode::from_u16(s as u16).ok());
                     return Err(HubError {
                         status: status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                        message: v["message"].as_str().unwrap_or("the watch failed").to_string(),
+                        message: v["detail"].as_str().unwrap_or("the watch failed").to_string(),
                     }
                     .into());
                 }
