@@ -5,10 +5,12 @@
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::objects::read_json;
 use crate::cluster::{AddMemberRequest, DEFAULT_JOIN_TTL, JoinGrant, JoinRequest, JoinToken, MAX_JOIN_TTL};
 use crate::state::HubState;
 use axum::Json;
 use axum::extract::{Path, State};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared_proto::store::Role;
@@ -57,11 +59,15 @@ pub struct CreateJoinToken {
 pub async fn create_join_token(
     State(state): State<Arc<HubState>>,
     caller: Caller,
-    body: Option<Json<CreateJoinToken>>,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     caller.require_all_sites("a hub join token")?;
-    let ttl = match body.and_then(|b| b.0.ttl_seconds) {
+    let req: CreateJoinToken = match body.iter().all(u8::is_ascii_whitespace) {
+        true => CreateJoinToken::default(),
+        false => read_json(&body)?,
+    };
+    let ttl = match req.ttl_seconds {
         None => DEFAULT_JOIN_TTL,
         Some(s) if s == 0 || s > MAX_JOIN_TTL.as_secs() => {
             return Err(ApiError::invalid(
@@ -85,9 +91,13 @@ fn check_token(state: &HubState, token: &str) -> ApiResult<()> {
 }
 
 fn check_raft_addr(addr: &str) -> ApiResult<()> {
+    // The same rule as the OpenAPI document's pattern.
     let valid = addr.len() <= 255
         && addr.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) && !host.contains(['/', ' '])
+            !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || "._:[]-".contains(c))
+                && !port.starts_with('0')
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
         });
     match valid {
         true => Ok(()),
@@ -96,10 +106,8 @@ fn check_raft_addr(addr: &str) -> ApiResult<()> {
 }
 
 /// `POST /api/v1/cluster/join`: credentials for a new hub.
-pub async fn join(
-    State(state): State<Arc<HubState>>,
-    Json(req): Json<JoinRequest>,
-) -> ApiResult<Json<JoinGrant>> {
+pub async fn join(State(state): State<Arc<HubState>>, body: Bytes) -> ApiResult<Json<JoinGrant>> {
+    let req: JoinRequest = read_json(&body)?;
     check_token(&state, &req.token)?;
     check_raft_addr(&req.raft_addr)?;
     let st = state.store.status();
@@ -140,10 +148,8 @@ pub async fn join(
 }
 
 /// `POST /api/v1/cluster/members`: adds a hub that has its credentials (idempotent).
-pub async fn add_member(
-    State(state): State<Arc<HubState>>,
-    Json(req): Json<AddMemberRequest>,
-) -> ApiResult<Json<Value>> {
+pub async fn add_member(State(state): State<Arc<HubState>>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: AddMemberRequest = read_json(&body)?;
     check_token(&state, &req.token)?;
     check_raft_addr(&req.raft_addr)?;
     if req.node_id == 0 {

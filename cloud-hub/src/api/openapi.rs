@@ -482,16 +482,69 @@ fn paths() -> Map<String, Value> {
                 "type": "object", "required": ["deleted"], "properties": { "deleted": { "type": "string" } } })) } }),
                 &with_common(&[400, 404, 409])) } }),
     );
+    let member = json!({ "type": "object", "required": ["nodeId", "raftAddr", "voter", "leader"], "properties": {
+        "nodeId": { "type": "integer", "minimum": 1 }, "raftAddr": { "type": "string" },
+        "voter": { "type": "boolean" }, "leader": { "type": "boolean" } } });
+    let cluster = json!({
+        "type": "object", "required": ["nodeId", "isLeader", "revision", "members", "connectedDevices", "quicAddr", "version"], "properties": {
+            "nodeId": { "type": "integer", "minimum": 1 },
+            "leader": { "type": ["integer", "null"], "minimum": 0 }, "isLeader": { "type": "boolean" },
+            "revision": { "type": "integer", "minimum": 0 },
+            "members": { "type": "array", "items": member },
+            "connectedDevices": { "type": "integer", "minimum": 0 },
+            "quicAddr": { "type": "string" }, "agentAddress": { "type": ["string", "null"] },
+            "agentAddressProblem": { "type": ["string", "null"] }, "version": { "type": "string" } } });
+    let join_token = json!({ "type": "string", "minLength": 1, "maxLength": 512,
+        "description": "From `POST /api/v1/cluster/join-tokens`; a wrong, altered or expired one is 401" });
+    let raft_addr = json!({ "type": "string", "minLength": 3, "maxLength": 255, "pattern": "^[A-Za-z0-9._:\\[\\]-]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
+        "description": "`host:port` the other hubs reach the new hub's Raft listener at; port 1-65535" });
     paths.insert(
         "/api/v1/cluster".into(),
-        json!({ "get": { "operationId": "get_cluster", "summary": "Hub and Raft status",
-            "responses": responses(json!({ "200": { "description": "Status", "content": json_content(json!({
-                "type": "object", "required": ["isLeader", "revision", "connectedDevices", "quicAddr", "version"], "properties": {
-                    "leader": { "type": ["integer", "null"], "minimum": 0 }, "isLeader": { "type": "boolean" },
-                    "revision": { "type": "integer", "minimum": 0 }, "connectedDevices": { "type": "integer", "minimum": 0 },
-                    "quicAddr": { "type": "string" }, "agentAddress": { "type": ["string", "null"] },
-                    "agentAddressProblem": { "type": ["string", "null"] }, "version": { "type": "string" } } })) } }),
+        json!({ "get": { "operationId": "get_cluster", "summary": "This hub, the cluster's members and the leader",
+            "responses": responses(json!({ "200": { "description": "Status", "content": json_content(cluster.clone()) } }),
                 COMMON) } }),
+    );
+    paths.insert(
+        "/api/v1/cluster/join-tokens".into(),
+        json!({ "post": { "operationId": "create_join_token", "summary": "A token with which a new hub joins the cluster (admin, fleet-wide token). Valid until it expires, for any number of joins",
+            "requestBody": { "required": false, "content": json_content(json!({ "type": "object", "additionalProperties": false, "properties": {
+                "ttlSeconds": { "type": "integer", "minimum": 1, "maximum": crate::cluster::MAX_JOIN_TTL.as_secs(), "description": "Default 3600" } } })) },
+            "responses": responses(json!({ "200": { "description": "The token", "content": json_content(json!({
+                "type": "object", "required": ["token", "expiresAt"], "properties": {
+                    "token": { "type": "string" }, "expiresAt": schema_ref("Timestamp") } })) } }),
+                &with_common(&[400, 413, 422])) } }),
+    );
+    paths.insert(
+        "/api/v1/cluster/join".into(),
+        json!({ "post": { "operationId": "join_cluster", "summary": "Step 1 of `flotilla hub join`: a node id, a certificate for the new hub's Raft name and the cluster's hub key. Authenticated by the join token in the body, not by an API token",
+            "security": [],
+            "requestBody": { "required": true, "content": json_content(json!({ "type": "object", "additionalProperties": false,
+                "required": ["token", "raftAddr"], "properties": {
+                    "token": join_token.clone(), "raftAddr": raft_addr.clone(),
+                    "nodeId": { "type": ["integer", "null"], "minimum": 1, "description": "Default: the next free id" } } })) },
+            "responses": responses(json!({ "200": { "description": "The new hub's credentials", "content": json_content(json!({
+                "type": "object", "required": ["nodeId", "hubKey", "chainPem", "keyPem", "trustedPem", "members"], "properties": {
+                    "nodeId": { "type": "integer", "minimum": 1 }, "hubKey": { "type": "string", "contentEncoding": "base64" },
+                    "chainPem": { "type": "string" }, "keyPem": { "type": "string" }, "trustedPem": { "type": "string" },
+                    "members": { "type": "object", "additionalProperties": { "type": "string" } } } })) } }),
+                &[400, 401, 408, 409, 413, 422, 503]) } }),
+    );
+    paths.insert(
+        "/api/v1/cluster/members".into(),
+        json!({ "post": { "operationId": "add_cluster_member", "summary": "Step 2 of `flotilla hub join`: the leader adds the new hub as a learner, catches it up and makes it a voter (idempotent). Authenticated by the join token in the body",
+            "security": [],
+            "requestBody": { "required": true, "content": json_content(json!({ "type": "object", "additionalProperties": false,
+                "required": ["token", "nodeId", "raftAddr"], "properties": {
+                    "token": join_token, "raftAddr": raft_addr, "nodeId": { "type": "integer", "minimum": 1 } } })) },
+            "responses": responses(json!({ "200": { "description": "The cluster with the new member", "content": json_content(cluster.clone()) } }),
+                &[400, 401, 408, 413, 422, 503]) } }),
+    );
+    paths.insert(
+        "/api/v1/cluster/members/{id}".into(),
+        json!({ "delete": { "operationId": "remove_cluster_member", "summary": "Remove a hub from the cluster (admin, fleet-wide token). 409 for the last voter",
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 0 } }],
+            "responses": responses(json!({ "200": { "description": "The cluster without it", "content": json_content(cluster) } }),
+                &with_common(&[400, 404, 409])) } }),
     );
     paths.insert(
         "/healthz".into(),
@@ -765,6 +818,10 @@ mod tests {
             "/api/v1/api-tokens",
             "/api/v1/api-tokens/{id}",
             "/api/v1/cluster",
+            "/api/v1/cluster/join-tokens",
+            "/api/v1/cluster/join",
+            "/api/v1/cluster/members",
+            "/api/v1/cluster/members/{id}",
             "/api/v1/openapi.json",
             "/healthz",
             "/metrics",

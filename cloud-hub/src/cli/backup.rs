@@ -30,7 +30,8 @@ pub enum BackupCommand {
         #[arg(long, value_name = "FILE")]
         secrets_key: Option<PathBuf>,
         /// Restore although the backup holds Secrets and no --secrets-key is given: they
-        /// will not open, and must be created again.
+        /// will not open, and must be created again. Refused for a backup whose fleet CA
+        /// key is sealed (every backup of this version): that needs the key.
         #[arg(long, conflicts_with = "secrets_key")]
         without_secrets_key: bool,
         /// The restored hub's Raft node id (a one-member cluster).
@@ -199,7 +200,27 @@ fn check_secrets_key(
             _ => None,
         })
         .collect();
+    // The fleet CA's private key (and a staged one's) is sealed with the same key since
+    // hubs run as clusters: without the key the restored hub could not sign anything.
+    let ca_sealed_with: std::collections::BTreeSet<String> = backup
+        .objects()
+        .iter()
+        .flat_map(|o| match o {
+            Object::FleetCa(r) => vec![r],
+            Object::CaRotation(r) => r.next.iter().collect(),
+            _ => vec![],
+        })
+        .filter_map(crate::sealing::ca_key_sealed_with)
+        .collect();
     let Some(path) = path else {
+        if let Some(id) = ca_sealed_with.iter().next() {
+            bail!(
+                "the backup's fleet CA private key is sealed with hub key {id}: give a copy of the old \
+                 hub's {} with --secrets-key FILE (without it the restored hub could neither sign device \
+                 certificates nor prove who it is; --without-secrets-key cannot help here)",
+                crate::sealing::KEY_FILE
+            );
+        }
         if !sealed_with.is_empty() && !without {
             bail!(
                 "the backup holds {} Secret(s) sealed with hub key {}: give a copy of the old hub's \
@@ -218,6 +239,13 @@ fn check_secrets_key(
         .try_into()
         .map_err(|_| anyhow::anyhow!("{} holds {} bytes; a hub key holds 32", path.display(), bytes.len()))?;
     let id = crate::sealing::HubKey::from_bytes(&key).id().to_string();
+    if let Some(other) = ca_sealed_with.iter().find(|k| **k != id) {
+        bail!(
+            "{} is hub key {id}, but the backup's fleet CA key was sealed with hub key {other}: give \
+             the secrets.key of the hub the backup was taken from",
+            path.display()
+        );
+    }
     if let Some(other) = sealed_with.iter().find(|k| **k != id) {
         bail!(
             "{} is hub key {id}, but the backup's Secrets were sealed with hub key {other}: give \

@@ -22,7 +22,10 @@ async fn open_node(
     addr: SocketAddr,
     members: &BTreeMap<NodeId, String>,
 ) -> Store {
-    Store::open_with_tuning(node_config(dir, id, addr, members), snapshot_tuning()).await.unwrap()
+    // Snapshots travel over the same mutual TLS as every other RPC.
+    static CA: std::sync::OnceLock<TestCa> = std::sync::OnceLock::new();
+    let ca = CA.get_or_init(TestCa::new);
+    Store::open_with_tuning(tls_node_config(dir, id, addr, members, ca), snapshot_tuning()).await.unwrap()
 }
 
 /// Writes `n` sites and deletes every third one, so the snapshot holds puts and tombstones.
