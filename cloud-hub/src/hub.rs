@@ -542,6 +542,8 @@ pub async fn start_joining(
     };
     let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = Arc::new(state);
+    // What the other hubs of a cluster ask this one for (blobs it holds).
+    store.serve_peers(crate::sync::replica::peer_routes(state.clone()));
 
     let context_path = data_dir.join("context.json");
     if !write_context(&context_path, new_token, api_addr, quic_addr, &state.pki.trusted_der())? {

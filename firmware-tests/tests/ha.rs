@@ -299,3 +299,54 @@ fn a_hub_is_removed_and_another_joins_while_writes_continue() {
     assert!(err.contains("join token"), "{err}");
     assert_eq!(members(&hubs[0]).unwrap().len(), 3);
 }
+
+const APP: &str = r#"apiVersion: flotilla.dev/v1
+kind: App
+metadata: {name: till}
+spec:
+  selector:
+    matchLabels: {role: till}
+  network: None
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: till:1
+"#;
+
+/// An agent connected to one hub runs an image imported through another: its hub fetches
+/// the blobs from the peer that holds them (over the hubs' mutual TLS) before serving them.
+#[test]
+fn an_agent_on_one_hub_runs_an_image_imported_through_another() {
+    firmware_tests::require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| tmp.path().join(format!("h{i}"))).collect();
+    let hubs = start_cluster(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let (importer, serving) = (&hubs[0], &hubs[2]);
+    let image = firmware_tests::busybox_image(tmp.path(), "till:1");
+    importer.cli_ok(&["image", "import", image.to_str().unwrap()]);
+    let blobs_of =
+        |hub: &Hub| std::fs::read_dir(hub.data_dir.join("blobs/blobs/sha256")).map_or(0, |d| d.count());
+    let imported = blobs_of(importer);
+    assert!(imported >= 3, "the importing hub holds the image's blobs ({imported})");
+
+    let token = serving.enrolment_token(&["--allow-label", "role"]);
+    let agent_dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let mut agent =
+        firmware_tests::Agent::configure(&agent_dir, "pi-till", &serving.quic, &token, &[("role", "till")]);
+    agent.start();
+    let out = serving.apply(tmp.path(), APP);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the app's container to run on the device of the other hub", DEADLINE, || {
+        let id = agent.runtime_containers().into_iter().find(|id| id.starts_with("till_main_"))?;
+        agent.container_pid(&id)
+    });
+    let log = std::fs::read_to_string(serving.log_path()).unwrap();
+    assert!(
+        log.contains("fetched a blob this hub lacked from a peer"),
+        "the serving hub fetched from its peer"
+    );
+    assert!(blobs_of(serving) >= imported.min(3), "the serving hub now holds the blobs it served");
+    agent.kill();
+    agent.reset();
+}

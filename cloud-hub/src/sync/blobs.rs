@@ -2,7 +2,8 @@
 //! offset, bytes straight from the content-addressed store. A device gets only the
 //! blobs of the images its desired manifest names, or the one before it (kept to roll
 //! back): each platform manifest, its config and its layers. Anything else is "not
-//! available", whether the hub has it or not.
+//! available", whether the hub has it or not. A blob imported through another hub of
+//! the cluster is fetched from it first (`replica.rs`).
 
 use super::SyncError;
 use crate::state::HubState;
@@ -32,7 +33,13 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     };
     let path = state.blobs.path(&digest);
     let file = match may_fetch(state, device, &digest).await? {
-        true => tokio::fs::File::open(&path).await.ok(),
+        true => {
+            // Imported through another hub of the cluster: fetched from it first.
+            if let Err(e) = super::replica::ensure_blob(state, &digest).await {
+                tracing::warn!(%digest, error = %format!("{e:#}"), "cannot fetch a blob from the other hubs");
+            }
+            tokio::fs::File::open(&path).await.ok()
+        }
         false => {
             tracing::info!(%device, %digest, "refusing a blob outside the device's desired images");
             None
@@ -92,6 +99,9 @@ async fn may_fetch(state: &HubState, device: &str, digest: &Digest) -> Result<bo
         let Ok(image) = Digest::parse(&image) else { continue };
         if image == *digest {
             return Ok(true);
+        }
+        if let Err(e) = super::replica::ensure_blob(state, &image).await {
+            tracing::warn!(%image, error = %format!("{e:#}"), "cannot fetch an image manifest from the other hubs");
         }
         let blobs = state.blobs.clone();
         let read = tokio::task::spawn_blocking(move || blobs.read_to_vec(&image, MAX_MANIFEST_BYTES)).await;

@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod peers;
 pub mod pki;
 pub mod renew;
+pub mod replica;
 pub mod session;
 pub mod tcp;
 

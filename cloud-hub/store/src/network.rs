@@ -86,7 +86,11 @@ impl PeerClients {
     }
 
     /// The client and base URL for `target` at `addr` (`host:port`).
-    async fn client(&self, target: NodeId, addr: &str) -> Result<(reqwest::Client, String), CallError> {
+    pub(crate) async fn client(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<(reqwest::Client, String), CallError> {
         let Some(tls) = &self.tls else {
             return Ok((self.plain.clone(), format!("http://{addr}")));
         };

@@ -192,6 +192,25 @@ async fn forward_membership(
     respond(&answer.map_err(rpc::WireError::from))
 }
 
+/// Anything but Raft's own routes goes to the hub's peer services (`Store::serve_peers`),
+/// behind the same mutual TLS.
+async fn peer_service(State(s): State<ServerState>, req: axum::extract::Request) -> Response {
+    let router = s
+        .store
+        .upgrade()
+        .and_then(|inner| inner.peer_routes.read().unwrap_or_else(|p| p.into_inner()).clone());
+    match router {
+        Some(router) => {
+            use tower::ServiceExt;
+            match router.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+        None => (StatusCode::NOT_FOUND, "no such peer route").into_response(),
+    }
+}
+
 /// A running RPC server; stop it with [`RaftServer::stop`].
 pub(crate) struct RaftServer {
     stop_tx: Option<oneshot::Sender<()>>,
@@ -220,6 +239,7 @@ impl RaftServer {
             .route(rpc::PATH_FORWARD_WRITE, post(forward_write).layer(small()))
             .route(rpc::PATH_FORWARD_READ_INDEX, post(forward_read_index).layer(small()))
             .route(rpc::PATH_FORWARD_MEMBERSHIP, post(forward_membership).layer(small()))
+            .fallback(peer_service)
             .with_state(ServerState { node_id, raft, store });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = match tls {

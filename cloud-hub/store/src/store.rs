@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     server: Mutex<Option<RaftServer>>,
     /// HTTP clients for the peers, shared with openraft's network (`forward.rs` uses them).
     pub(crate) clients: Arc<PeerClients>,
+    /// The hub's own services for its peers, on the Raft listener (`serve_peers`).
+    pub(crate) peer_routes: RwLock<Option<axum::Router>>,
     closed: AtomicBool,
 }
 
@@ -119,6 +121,7 @@ impl Store {
                 leader_task,
                 server: Mutex::new(None),
                 clients,
+                peer_routes: RwLock::new(None),
                 closed: AtomicBool::new(false),
             }),
         };
@@ -315,6 +318,44 @@ impl Store {
         })
         .await?;
         built.map_err(|e| StoreError::Fatal(e.to_string()))
+    }
+
+    /// Serves `routes` to the other hubs on this hub's Raft listener, behind the same mutual
+    /// TLS (only hubs reach them); paths must not start with `/raft/`.
+    pub fn serve_peers(&self, routes: axum::Router) {
+        *self.inner.peer_routes.write().unwrap_or_else(|p| p.into_inner()) = Some(routes);
+    }
+
+    /// A GET of `path` on member `node`'s peer services (see [`Store::serve_peers`]), over the
+    /// hubs' mutual TLS. The answer is returned whatever its status; `timeout` bounds the
+    /// whole exchange, body included.
+    pub async fn peer_get(
+        &self,
+        node: NodeId,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, StoreError> {
+        self.check_open()?;
+        let st = self.status();
+        let addr = st
+            .voters
+            .get(&node)
+            .or_else(|| st.learners.get(&node))
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| StoreError::Rejected(format!("node {node} is not a member of the cluster")))?;
+        let (client, base_url) = self
+            .inner
+            .clients
+            .client(node, addr)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("node {node}: {e}")))?;
+        client
+            .get(format!("{base_url}{path}"))
+            .header(crate::rpc::HEADER_TARGET_NODE, node.to_string())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("node {node}: {e}")))
     }
 
     /// Revision of the last applied entry (its log index; 0 for an empty store).
