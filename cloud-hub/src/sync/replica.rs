@@ -90,7 +90,7 @@ async fn fetch_from(state: &HubState, peer: u64, digest: &Digest) -> anyhow::Res
     // task, which verifies the digest and the size bound as it writes.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
     let blobs = state.blobs.clone();
-    let want = digest.clone();
+    let want = *digest;
     let writer =
         tokio::task::spawn_blocking(move || blobs.put(ChunkReader { rx, current: Bytes::new() }, &want, max));
     loop {
