@@ -53,6 +53,15 @@ pub struct NodeRecord {
     pub node_id: u64,
     /// The address the other hubs reach this one's Raft listener at.
     pub raft_addr: String,
+    /// Set while a join through this hub URL is under way (`None` for a founding hub and
+    /// once the cluster has added this one): until then the hub must join again rather
+    /// than found a cluster of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_via: Option<String>,
+    /// While joining: the members the cluster named, so a retried join waits to be added
+    /// instead of forming a cluster alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub join_members: BTreeMap<u64, String>,
 }
 
 pub fn read_node_record(data_dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
@@ -296,7 +305,15 @@ pub async fn fetch_credentials(
     std::fs::create_dir_all(data_dir)?;
     provisioning::files::write_private_file(&data_dir.join(crate::sealing::KEY_FILE), &hub_key)?;
     save_identity(data_dir, &chain, &pkcs8_der(&key)?, &trusted)?;
-    write_node_record(data_dir, &NodeRecord { node_id: grant.node_id, raft_addr: raft_addr.to_string() })?;
+    write_node_record(
+        data_dir,
+        &NodeRecord {
+            node_id: grant.node_id,
+            raft_addr: raft_addr.to_string(),
+            joined_via: Some(hub_url.to_string()),
+            join_members: grant.members.clone(),
+        },
+    )?;
     Ok((grant.node_id, grant.members))
 }
 

@@ -153,7 +153,17 @@ fn membership(
         });
     };
     let advertise = raft_advertise(args, listen)?;
-    let node_id = match (crate::cluster::read_node_record(data_dir)?, args.node_id) {
+    let record = crate::cluster::read_node_record(data_dir)?;
+    if let Some(via) = record.as_ref().and_then(|r| r.joined_via.as_ref())
+        && joined.is_none()
+    {
+        bail!(
+            "{} was joining the cluster through {via} and was not added yet: run `flotilla hub join {via} …` \
+             again rather than `hub serve`, which would found a cluster of its own",
+            data_dir.display()
+        );
+    }
+    let node_id = match (record, args.node_id) {
         (Some(n), Some(id)) if n.node_id != id => bail!(
             "{} belongs to node {}, not {id}: drop --node-id or use another data directory",
             data_dir.display(),
@@ -165,10 +175,13 @@ fn membership(
             if id == 0 {
                 bail!("node ids start at 1");
             }
-            crate::cluster::write_node_record(
-                data_dir,
-                &crate::cluster::NodeRecord { node_id: id, raft_addr: advertise.clone() },
-            )?;
+            let record = crate::cluster::NodeRecord {
+                node_id: id,
+                raft_addr: advertise.clone(),
+                joined_via: None,
+                join_members: Default::default(),
+            };
+            crate::cluster::write_node_record(data_dir, &record)?;
             id
         }
     };
@@ -442,6 +455,14 @@ pub async fn start_joining(
     if let Some((via, _)) = &join {
         let advertise = member.raft.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
         ask_to_join(&via.hub_url, &via.token, member.node_id, &advertise).await?;
+        // A member now: later starts may be plain `hub serve`.
+        let record = crate::cluster::NodeRecord {
+            node_id: member.node_id,
+            raft_addr: advertise,
+            joined_via: None,
+            join_members: Default::default(),
+        };
+        crate::cluster::write_node_record(&data_dir, &record)?;
     }
     wait_for_leader(&store).await?;
     fleet_ca(&store, &key, member.founding_ca.take()).await?;
@@ -673,7 +694,15 @@ pub async fn join(hub_url: String, token: String, args: ServeArgs) -> anyhow::Re
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let members = if crate::cluster::load_identity(&args.data_dir)?.is_some() {
         tracing::info!("this data directory has joined already: rejoining with its identity");
-        Default::default()
+        // Not added yet (a join cut short): wait to be added, as the first time. Added
+        // already: the store has its membership and ignores this.
+        let record = crate::cluster::read_node_record(&args.data_dir)?;
+        let mut members = record.map(|r| r.join_members).unwrap_or_default();
+        if members.is_empty() {
+            // Any map without this hub in it makes an empty store wait to be added.
+            members.insert(0, String::new());
+        }
+        members
     } else {
         let (node_id, members) =
             crate::cluster::fetch_credentials(&hub_url, &token, &advertise, args.node_id, &args.data_dir)
