@@ -24,6 +24,8 @@ TARGET=${TARGET:-leader}
 BIN=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release/flotilla
 WORK=$(mktemp -d /tmp/bench-hubs.XXXXXX)
 PIDS=()
+# wrk opens every connection from 127.0.0.1: lift the per-client connection cap (64).
+HUB_ARGS=(--api-max-connections-per-client 1024)
 command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null; }
 
 cleanup() {
@@ -47,11 +49,14 @@ run_topology() {
     mkdir -p "$d"; a=$(port); q=$(port); r=$(port)
     api+=("$a")
     if ((i == 1)); then
+      local raft=(--raft-listen "127.0.0.1:$r")
+      # A lone hub as the default install runs it: no Raft listener.
+      ((n == 1)) && raft=()
       "$BIN" hub serve --data-dir "$d" --api-listen 127.0.0.1:$a --quic-listen 127.0.0.1:$q \
-        --raft-listen 127.0.0.1:$r >"$d.log" 2>&1 &
+        "${raft[@]}" "${HUB_ARGS[@]}" >"$d.log" 2>&1 &
     else
       "$BIN" hub join "https://127.0.0.1:${api[0]}" --join-token "$token" --data-dir "$d" \
-        --api-listen 127.0.0.1:$a --quic-listen 127.0.0.1:$q --raft-listen 127.0.0.1:$r >"$d.log" 2>&1 &
+        --api-listen 127.0.0.1:$a --quic-listen 127.0.0.1:$q --raft-listen 127.0.0.1:$r "${HUB_ARGS[@]}" >"$d.log" 2>&1 &
     fi
     PIDS+=($!)
     wait_ready "$d.log"
@@ -61,6 +66,7 @@ run_topology() {
   local bearer leader target
   bearer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$ctx")
   leader=$(FLOTILLA_CONTEXT=$ctx "$BIN" hub members | awk '$4=="*"{print $1}')
+  leader=${leader:-1}
   target=${api[$((leader - 1))]}
   if [[ $TARGET == follower && $n -gt 1 ]]; then target=${api[$((leader % n))]}; fi
   for c in $CONCURRENCY; do
@@ -78,6 +84,7 @@ print(f"METRIC hub{n}_put_rps_c{c} {float(kv['rps']):.0f} req/s")
 print(f"METRIC hub{n}_put_p50_ms_c{c} {int(kv['p50_us'])/1000:.2f} ms")
 print(f"METRIC hub{n}_put_p99_ms_c{c} {int(kv['p99_us'])/1000:.2f} ms")
 print(f"METRIC hub{n}_put_non2xx_c{c} {kv['non2xx']} requests")
+print(f"# {line}")
 PY
   done
   if ((n > 1)); then
@@ -92,7 +99,7 @@ PY
     end=$(date +%s%N)
     echo "METRIC hub${n}_failover_ms $(((end - start) / 1000000)) ms"
   fi
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
 
