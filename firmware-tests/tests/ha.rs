@@ -350,3 +350,54 @@ fn an_agent_on_one_hub_runs_an_image_imported_through_another() {
     agent.kill();
     agent.reset();
 }
+
+/// Backup of a cluster, every hub wiped, restore into a new first hub, two more join:
+/// every object is back on every hub with the revision it had.
+#[test]
+fn a_cluster_comes_back_from_a_backup_after_every_hub_is_wiped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| tmp.path().join(format!("h{i}"))).collect();
+    let mut hubs = start_cluster(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let context = tmp.path().join("context.json");
+    std::fs::copy(&hubs[0].context, &context).unwrap();
+    let writer = Writer::start(context.clone(), hubs.iter().map(|h| h.api.clone()).collect());
+    writer.wait_for(20);
+    writer.finish();
+    let before = written_sites(&hubs[1]);
+    let file = tmp.path().join("cluster.backup");
+    let key = tmp.path().join("secrets.key");
+    std::fs::copy(hubs[0].data_dir.join("secrets.key"), &key).unwrap();
+    hubs[2].cli_ok(&["backup", "create", file.to_str().unwrap()]);
+    for hub in &mut hubs {
+        hub.kill();
+    }
+    drop(hubs);
+    for d in &dirs {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    let restored_dir = tmp.path().join("r1");
+    let raft = format!("127.0.0.1:{}", firmware_tests::free_port());
+    let out = Command::new(bin("flotilla"))
+        .args(["backup", "restore", file.to_str().unwrap(), "--secrets-key", key.to_str().unwrap()])
+        .args(["--raft-advertise", &raft, "--data-dir"])
+        .arg(restored_dir.join("hub"))
+        .env_remove("FLOTILLA_CONTEXT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The restored hub keeps the old tokens: the saved context works against it.
+    std::fs::copy(&context, restored_dir.join("hub").join("context.json")).unwrap();
+    let first = Hub::start_with(&restored_dir, HubOptions::default().arg("--raft-listen").arg(&raft));
+    let token = first.cli_ok(&["hub", "join-token", "create"]).trim().to_string();
+    let mut hubs = vec![first];
+    for i in 2..=3 {
+        let d = tmp.path().join(format!("r{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        hubs.push(Hub::start_with(&d, HubOptions::default().join(&hubs[0], &token)));
+    }
+    leader(&hubs[0], 3);
+    for hub in &hubs {
+        assert_eq!(written_sites(hub), before, "every object back with its revision on {}", hub.api);
+    }
+}

@@ -37,14 +37,29 @@ pub enum BackupCommand {
         /// The restored hub's Raft node id (a one-member cluster).
         #[arg(long, default_value_t = 1)]
         node_id: u64,
+        /// Restore as the first hub of a cluster: the `host:port` other hubs will reach its
+        /// Raft listener at (start it with `hub serve --raft-listen`, then let the others
+        /// `hub join`). Needs the hub key, which opens the fleet CA its Raft certificate
+        /// comes from.
+        #[arg(long, value_name = "HOST:PORT", requires = "secrets_key")]
+        raft_advertise: Option<String>,
     },
 }
 
 pub async fn run(args: &HubArgs, cmd: &BackupCommand) -> anyhow::Result<()> {
     match cmd {
         BackupCommand::Create { file } => create(args, file).await,
-        BackupCommand::Restore { file, data_dir, secrets_key, without_secrets_key, node_id } => {
-            let report = restore(file, data_dir, secrets_key.as_deref(), *without_secrets_key, *node_id)?;
+        BackupCommand::Restore {
+            file,
+            data_dir,
+            secrets_key,
+            without_secrets_key,
+            node_id,
+            raft_advertise,
+        } => {
+            let target =
+                RestoreTarget { node_id: *node_id, raft_addr: raft_advertise.clone().unwrap_or_default() };
+            let report = restore(file, data_dir, secrets_key.as_deref(), *without_secrets_key, &target)?;
             println!("{report}");
             Ok(())
         }
@@ -114,7 +129,7 @@ pub fn restore(
     data_dir: &Path,
     secrets_key: Option<&Path>,
     without_secrets_key: bool,
-    node_id: u64,
+    target: &RestoreTarget,
 ) -> anyhow::Result<String> {
     let backup = hub_store::read_backup_file(file).with_context(|| format!("{}", file.display()))?;
     let key_bytes = check_secrets_key(&backup, secrets_key, without_secrets_key)?;
@@ -132,7 +147,7 @@ pub fn restore(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(e).with_context(|| format!("reading {}", data_dir.display())),
     };
-    let result = write_data_dir(&backup, data_dir, key_bytes.as_deref(), node_id);
+    let result = write_data_dir(&backup, data_dir, key_bytes.as_deref(), target);
     if let Err(e) = result {
         // Leave the directory as it was found: missing, or empty.
         if created_dir {
@@ -146,8 +161,12 @@ pub fn restore(
     }
     let mut report =
         format!("restored {} into {}: {}", file.display(), data_dir.display(), describe(&backup));
+    let raft = match target.raft_addr.as_str() {
+        "" => String::new(),
+        addr => format!(" --raft-listen {addr} (node {}; other hubs then `hub join` it)", target.node_id),
+    };
     report.push_str(&format!(
-        "\nstart the hub with `flotilla hub serve --data-dir {}`: it is the one member of a new \
+        "\nstart the hub with `flotilla hub serve --data-dir {}{raft}`: it is the one member of a new \
          cluster, and new writes get revisions above {}.\nAPI tokens and the fleet CA are \
          restored, so existing CLI contexts and enrolled devices keep working.",
         data_dir.display(),
@@ -172,17 +191,64 @@ fn write_data_dir(
     backup: &VerifiedBackup,
     data_dir: &Path,
     key: Option<&[u8]>,
-    node_id: u64,
+    target: &RestoreTarget,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
-    let target = RestoreTarget { node_id, raft_addr: String::new() };
-    hub_store::restore_store(&data_dir.join("store"), backup, &target)?;
+    if !target.raft_addr.is_empty() {
+        let key = key.context("restoring as a cluster's first hub needs --secrets-key")?;
+        cluster_identity(backup, data_dir, key, target)?;
+    }
+    hub_store::restore_store(&data_dir.join("store"), backup, target)?;
     if let Some(key) = key {
         provisioning::files::write_private_file(&data_dir.join(crate::sealing::KEY_FILE), key)?;
     }
     Ok(())
+}
+
+/// A restored cluster hub's Raft identity and node record, from the backup's fleet CA
+/// (opened with the hub key), so that Raft can start before the store is read.
+fn cluster_identity(
+    backup: &VerifiedBackup,
+    data_dir: &Path,
+    key: &[u8],
+    target: &RestoreTarget,
+) -> anyhow::Result<()> {
+    let key: [u8; 32] = key.try_into().context("a hub key holds 32 bytes")?;
+    let key = crate::sealing::HubKey::from_bytes(&key);
+    let mut fleet = None;
+    let mut trusted_extra = Vec::new();
+    for o in backup.objects() {
+        match o {
+            Object::FleetCa(r) => fleet = Some(provisioning::ca::FleetCa::from_record(&key.open_ca(r)?)?),
+            Object::CaRotation(r) => {
+                trusted_extra.extend(r.next.iter().map(|n| n.cert_der.clone()));
+                trusted_extra.extend(r.previous.iter().cloned());
+            }
+            _ => {}
+        }
+    }
+    let fleet = fleet.context("the backup holds no fleet CA")?;
+    let id = target.node_id;
+    let cert = fleet.issue_hub_cert(
+        &format!("hub-{id}"),
+        &[hub_store::peer_name(id)],
+        std::time::Duration::from_secs(86_400),
+    )?;
+    let chain = [rustls_pki_types::CertificateDer::from(cert.cert_der.clone()), fleet.cert_der().clone()];
+    let mut trusted = vec![fleet.cert_der().clone()];
+    trusted.extend(trusted_extra.into_iter().map(rustls_pki_types::CertificateDer::from));
+    crate::cluster::save_identity(data_dir, &chain, &cert.key_pkcs8_der, &trusted)?;
+    crate::cluster::write_node_record(
+        data_dir,
+        &crate::cluster::NodeRecord {
+            node_id: id,
+            raft_addr: target.raft_addr.clone(),
+            joined_via: None,
+            join_members: Default::default(),
+        },
+    )
 }
 
 /// Reads the key file and checks it is the key every Secret in the backup was sealed
