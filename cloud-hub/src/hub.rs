@@ -191,10 +191,15 @@ fn membership(
         None => {
             if data_dir.join("store").join(hub_store::DB_FILE_NAME).exists() {
                 bail!(
-                    "{} has a store but no {}: this hub cannot prove who it is to its peers; remove it \
-                     from the cluster (flotilla hub remove {node_id}) and join it again from an empty data directory",
+                    "{} has a store but no {}: this hub cannot prove who it is to its peers. A lone hub \
+                     becomes a cluster's first through a backup: `flotilla backup create FILE`, then \
+                     `flotilla backup restore FILE --secrets-key {}/{} --raft-advertise HOST:PORT --data-dir NEW_DIR`. \
+                     A member that lost the file: remove it (flotilla hub remove {node_id}) and join it again \
+                     from an empty data directory",
                     data_dir.display(),
-                    crate::cluster::IDENTITY_FILE
+                    crate::cluster::IDENTITY_FILE,
+                    data_dir.display(),
+                    crate::sealing::KEY_FILE
                 );
             }
             // The first start of a new cluster's first hub: its fleet CA is made here.

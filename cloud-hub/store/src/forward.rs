@@ -97,29 +97,32 @@ impl Store {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let deadline = Instant::now() + LEADER_WAIT;
-        let body = rpc::encode("forwarded request", req)?;
+        // Encoded only if a forward is needed: on the leader a write goes straight in.
+        let mut body: Option<Vec<u8>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let retry = match self.route(deadline).await? {
+            match self.route(deadline).await? {
                 Route::Here => match here().await {
-                    Err(StoreError::NotLeader { .. }) => true,
+                    Err(StoreError::NotLeader { .. }) => {}
                     other => return other,
                 },
                 Route::Leader(id, addr) => {
+                    let bytes = match &body {
+                        Some(b) => b.clone(),
+                        None => body.insert(rpc::encode("forwarded request", req)?).clone(),
+                    };
                     let answer: Result<Forwarded<T>, CallError> =
-                        self.inner.clients.call(id, &addr, path, body.clone(), timeout).await;
+                        self.inner.clients.call(id, &addr, path, bytes, timeout).await;
                     match answer {
                         Ok(Ok(t)) => return Ok(t),
-                        Ok(Err(rpc::WireError::NotLeader { .. })) => true,
+                        Ok(Err(rpc::WireError::NotLeader { .. })) => {}
                         Ok(Err(e)) => return Err(e.into()),
                         Err(CallError::Unreachable(why)) => {
                             tracing::debug!(leader = id, %why, "the leader is unreachable; retrying");
-                            true
                         }
                         Err(e) if resend_if_unsure => {
                             tracing::debug!(leader = id, error = %e, "forwarded request failed; retrying");
-                            true
                         }
                         Err(e) => {
                             return Err(StoreError::Unavailable(format!(
@@ -129,8 +132,7 @@ impl Store {
                         }
                     }
                 }
-            };
-            debug_assert!(retry);
+            }
             if Instant::now() >= deadline {
                 return Err(StoreError::Unavailable(format!(
                     "no leader took the request within {}s: retry later",
