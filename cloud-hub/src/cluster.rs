@@ -103,6 +103,22 @@ pub fn save_identity(
     Ok(())
 }
 
+/// How long the certificate a hub starts Raft with lasts when nothing else says: the
+/// running hub replaces it at once with one of its configured lifetime (`sync::pki`).
+pub const BOOTSTRAP_CERT_LIFETIME: Duration = Duration::from_secs(86_400);
+
+/// A certificate for hub `node_id`'s Raft identity from `ca`: its chain (the certificate,
+/// then the CA) and PKCS#8 key.
+pub fn raft_certificate(
+    ca: &provisioning::ca::FleetCa,
+    node_id: u64,
+    lifetime: Duration,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<u8>), provisioning::ca::CaError> {
+    let cert = ca.issue_hub_cert(&format!("hub-{node_id}"), &[hub_store::peer_name(node_id)], lifetime)?;
+    let chain = vec![CertificateDer::from(cert.cert_der.clone()), ca.cert_der().clone()];
+    Ok((chain, cert.key_pkcs8_der.clone()))
+}
+
 /// The identity saved by [`save_identity`], if there is one, as a live TLS identity.
 pub fn load_identity(data_dir: &Path) -> anyhow::Result<Option<Arc<HubTls>>> {
     let path = data_dir.join(IDENTITY_FILE);

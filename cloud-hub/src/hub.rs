@@ -204,14 +204,9 @@ fn membership(
             }
             // The first start of a new cluster's first hub: its fleet CA is made here.
             let ca = FleetCa::generate("Flotilla fleet CA")?;
-            let cert = ca.issue_hub_cert(
-                &format!("hub-{node_id}"),
-                &[hub_store::peer_name(node_id)],
-                Duration::from_secs(86_400),
-            )?;
-            let chain =
-                vec![rustls_pki_types::CertificateDer::from(cert.cert_der.clone()), ca.cert_der().clone()];
-            crate::cluster::save_identity(data_dir, &chain, &cert.key_pkcs8_der, &[ca.cert_der().clone()])?;
+            let (chain, key) =
+                crate::cluster::raft_certificate(&ca, node_id, crate::cluster::BOOTSTRAP_CERT_LIFETIME)?;
+            crate::cluster::save_identity(data_dir, &chain, &key, &[ca.cert_der().clone()])?;
             tracing::info!(node_id, fingerprint = %ca.fingerprint(), "founding a hub cluster with a new fleet CA");
             founding_ca = Some(ca);
             crate::cluster::load_identity(data_dir)?.context("reading the identity just written")?

@@ -200,7 +200,10 @@ fn the_api_answers_as_its_document_says() {
         .args(["-H", &format!("Authorization: Bearer {}", ctx.token)])
         .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,positive_data_acceptance"])
         .args(["--exclude-operation-id", "import_image", "--exclude-operation-id", "exec_in_app"])
-        .args(["--workers", "2", "--seed", "1", "--request-timeout", "20", "--phases", "examples,coverage,fuzzing"])
+        // One worker: with two threads, hypothesis parses lambda sources with `ast.parse`
+        // concurrently, which CPython 3.11 (Debian 12's) does not survive ("AST constructor
+        // recursion depth mismatch", a tool error that fails the run at random).
+        .args(["--workers", "1", "--seed", "1", "--request-timeout", "20", "--phases", "examples,coverage,fuzzing"])
         .arg("--report-dir")
         .arg(dir.path().join("report"))
         .current_dir(dir.path())

@@ -126,22 +126,19 @@ pub async fn join(State(state): State<Arc<HubState>>, body: Bytes) -> ApiResult<
         }
         None => members.keys().max().copied().unwrap_or(0).max(st.node_id) + 1,
     };
-    let fleet = state.pki.fleet();
-    let name = format!("hub-{node_id}");
-    let cert = fleet
-        .issue_hub_cert(&name, &[hub_store::peer_name(node_id)], state.pki.hub_cert_lifetime())
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (chain, cert_key) =
+        crate::cluster::raft_certificate(&state.pki.fleet(), node_id, state.pki.hub_cert_lifetime())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
     let key_path = state.config.data_dir.join(crate::sealing::KEY_FILE);
     let hub_key = std::fs::read(&key_path)
         .map_err(|e| ApiError::Internal(format!("reading {}: {e}", key_path.display())))?;
-    let chain = [rustls_pki_types::CertificateDer::from(cert.cert_der.clone()), fleet.cert_der().clone()];
     use base64::Engine;
     tracing::info!(node_id, raft_addr = %req.raft_addr, "a hub is joining the cluster");
     Ok(Json(JoinGrant {
         node_id,
         hub_key: base64::engine::general_purpose::STANDARD.encode(hub_key),
         chain_pem: provisioning::pem::encode_cert_chain(&chain),
-        key_pem: provisioning::pem::encode_private_key(&cert.key_pkcs8_der).to_string(),
+        key_pem: provisioning::pem::encode_private_key(&cert_key).to_string(),
         trusted_pem: state.pki.trusted_der().iter().map(|c| provisioning::pem::encode_cert(c)).collect(),
         members,
     }))
@@ -173,10 +170,9 @@ pub async fn remove_member(
         return Err(ApiError::NotFound(format!("node {id} is not a member of the cluster")));
     }
     if st.voters.len() == 1 && st.voters.contains_key(&id) {
-        return Err(ApiError::Conflict(
+        return Err(ApiError::Conflict(format!(
             "node {id} is the only voter: a cluster cannot remove its last hub"
-                .replace("{id}", &id.to_string()),
-        ));
+        )));
     }
     state.store.remove_member(id).await?;
     tracing::info!(node_id = id, "removed a hub from the cluster");

@@ -231,15 +231,11 @@ fn cluster_identity(
     }
     let fleet = fleet.context("the backup holds no fleet CA")?;
     let id = target.node_id;
-    let cert = fleet.issue_hub_cert(
-        &format!("hub-{id}"),
-        &[hub_store::peer_name(id)],
-        std::time::Duration::from_secs(86_400),
-    )?;
-    let chain = [rustls_pki_types::CertificateDer::from(cert.cert_der.clone()), fleet.cert_der().clone()];
+    let (chain, cert_key) =
+        crate::cluster::raft_certificate(&fleet, id, crate::cluster::BOOTSTRAP_CERT_LIFETIME)?;
     let mut trusted = vec![fleet.cert_der().clone()];
     trusted.extend(trusted_extra.into_iter().map(rustls_pki_types::CertificateDer::from));
-    crate::cluster::save_identity(data_dir, &chain, &cert.key_pkcs8_der, &trusted)?;
+    crate::cluster::save_identity(data_dir, &chain, &cert_key, &trusted)?;
     crate::cluster::write_node_record(
         data_dir,
         &crate::cluster::NodeRecord {
