@@ -95,9 +95,14 @@ fn a_secret_reaches_its_container_and_nothing_else_and_a_change_rolls_it() {
         (std::fs::read_to_string(format!("{root}/run/creds/password")).ok()? == password).then_some(())
     });
     assert_eq!(std::fs::read_to_string(format!("{root}/etc/pay/mode")).unwrap(), "live");
-    let env = environ(pid);
-    assert!(env.contains(&format!("PAY_PASSWORD={password}")), "{env:?}");
-    assert!(env.contains(&"PAY_MODE=live".to_string()), "{env:?}");
+    // Read from the container's process as it is now: a pid read earlier may have ended
+    // and been reused by the time its environment is read (seen on a loaded CI machine).
+    let expected = [format!("PAY_PASSWORD={password}"), "PAY_MODE=live".to_string()];
+    wait_until("the secret and the config in the container's environment", LONG, || {
+        let (_, pid) = running_pid(&agent)?;
+        let env = environ(pid);
+        expected.iter().all(|e| env.contains(e)).then_some(())
+    });
 
     // The API shows its keys, never its value.
     let listed = hub.cli_ok(&["get", "secrets"]);
