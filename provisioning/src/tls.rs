@@ -252,7 +252,7 @@ impl HubTls {
         let config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::Versions)?
-            .with_client_cert_verifier(Arc::new(PeerClientVerifier(self.clone())))
+            .with_client_cert_verifier(Arc::new(LiveVerifier { tls: self.clone(), for_hubs: true }))
             .with_cert_resolver(Arc::new(LiveCert(self.clone())));
         Ok(Arc::new(config))
     }
@@ -279,7 +279,7 @@ impl HubTls {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::Versions)?
-            .with_client_cert_verifier(Arc::new(LiveVerifier(self.clone())))
+            .with_client_cert_verifier(Arc::new(LiveVerifier { tls: self.clone(), for_hubs: false }))
             .with_cert_resolver(Arc::new(LiveCert(self.clone())));
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Arc::new(config))
@@ -376,64 +376,21 @@ impl ServerCertVerifier for PeerServerVerifier {
     }
 }
 
-/// Another hub's certificate, as a client: required, and verified strictly (no grace for
-/// an expired one, unlike a device's).
-#[derive(Debug)]
-struct PeerClientVerifier(Arc<HubTls>);
-
-impl rustls::server::danger::ClientCertVerifier for PeerClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        self.0.current_verifier().verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.current_verifier().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.current_verifier().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current_verifier().supported_verify_schemes()
-    }
-}
-
 impl rustls::server::ResolvesServerCert for LiveCert {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.cert.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 
+/// Client certificates checked against the CAs trusted now. For devices (`for_hubs:
+/// false`) a certificate is optional (an enrolling device has none) and an expired one
+/// passes for the hub to quarantine; for other hubs (Raft) one is required and verified
+/// strictly.
 #[derive(Debug)]
-struct LiveVerifier(Arc<HubTls>);
+struct LiveVerifier {
+    tls: Arc<HubTls>,
+    for_hubs: bool,
+}
 
 impl rustls::server::danger::ClientCertVerifier for LiveVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -441,7 +398,7 @@ impl rustls::server::danger::ClientCertVerifier for LiveVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.for_hubs
     }
 
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
@@ -455,7 +412,10 @@ impl rustls::server::danger::ClientCertVerifier for LiveVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        let verifier = self.0.current_verifier();
+        let verifier = self.tls.current_verifier();
+        if self.for_hubs {
+            return verifier.verify_client_cert(end_entity, intermediates, now);
+        }
         match verifier.verify_client_cert(end_entity, intermediates, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
@@ -475,7 +435,7 @@ impl rustls::server::danger::ClientCertVerifier for LiveVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.current_verifier().verify_tls12_signature(message, cert, dss)
+        self.tls.current_verifier().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -484,11 +444,11 @@ impl rustls::server::danger::ClientCertVerifier for LiveVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.current_verifier().verify_tls13_signature(message, cert, dss)
+        self.tls.current_verifier().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current_verifier().supported_verify_schemes()
+        self.tls.current_verifier().supported_verify_schemes()
     }
 }
 
