@@ -64,8 +64,13 @@ pub fn compile_seccomp(seccomp: &LinuxSeccomp) -> Result<Option<Arc<CompiledSecc
     if let Some(found) = lookup(&key) {
         return Ok(Some(found));
     }
+    // Compiled outside the lock; a thread that compiled the same profile meanwhile
+    // wins, so every caller shares one program.
     let compiled = Arc::new(compile_uncached(seccomp)?);
     let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, first)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(Some(Arc::clone(first)));
+    }
     if cache.len() >= CACHE_CAPACITY {
         cache.remove(0);
     }
