@@ -523,10 +523,12 @@ pub async fn start_joining(
         burst: args.session_rate,
         ..Default::default()
     };
+    let fleet = Arc::new(crate::sync::fleet::FleetLiveness::new(live.clone()));
     let mut state = HubState {
         store: store.clone(),
         blobs,
         live: live.clone(),
+        fleet: fleet.clone(),
         fanout: fanout.clone(),
         identities: identities.clone(),
         sessions: Default::default(),
@@ -538,6 +540,7 @@ pub async fn start_joining(
         attach: Default::default(),
         peers: Default::default(),
         metrics: Default::default(),
+        hubs: Default::default(),
     };
     warn_unopenable_secrets(&store, &state.key, &data_dir);
     let endpoint = crate::sync::endpoint(&state, quic_tls.clone(), args.quic_listen)
@@ -564,7 +567,10 @@ pub async fn start_joining(
     let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = Arc::new(state);
     // What the other hubs of a cluster ask this one for (blobs it holds).
-    store.serve_peers(crate::sync::replica::peer_routes(state.clone()));
+    store.serve_peers(
+        crate::sync::replica::peer_routes(state.clone())
+            .merge(crate::sync::fleet::peer_routes(fleet.clone(), clock.clone())),
+    );
 
     let context_path = data_dir.join("context.json");
     if !write_context(&context_path, new_token, api_addr, quic_addr, &state.pki.trusted_der())? {
@@ -585,6 +591,29 @@ pub async fn start_joining(
         let store = store.clone();
         tasks.push(tokio::spawn(async move { identities.run(store).await }));
     }
+    tasks.push(tokio::spawn(crate::sync::blob_gc::run(state.clone())));
+    {
+        let store = store.clone();
+        let hubs = state.hubs.clone();
+        tasks.push(tokio::spawn(async move { hubs.run(store).await }));
+    }
+    // A clustered hub records where devices reach it, so that every hub can name it to
+    // its devices (a lone hub's devices have its address in their configuration).
+    if member.raft.is_some()
+        && let Ok(quic) = &agent_address
+    {
+        let record = shared_proto::store::HubRecord {
+            name: shared_proto::store::HubRecord::name_of(member.node_id),
+            node_id: member.node_id,
+            agents: shared_proto::wire::HubEndpoint {
+                quic: quic.clone(),
+                tcp: tcp_addr
+                    .map_or_else(|| quic.clone(), |t| crate::sync::hubs::tcp_endpoint(quic, t.port())),
+            },
+            api: format!("https://{}", crate::sync::hubs::tcp_endpoint(quic, api_addr.port())),
+        };
+        tasks.push(tokio::spawn(crate::sync::hubs::announce(store.clone(), record)));
+    }
     {
         let store = store.clone();
         let pki = pki.clone();
@@ -603,9 +632,13 @@ pub async fn start_joining(
             }
         }));
     }
+    if member.raft.is_some() {
+        // A follower tells the leader which devices it holds.
+        tasks.push(tokio::spawn(crate::sync::fleet::run_feed(store.clone(), live, clock.clone())));
+    }
     tasks.push(tokio::spawn(controllers::run(
         store.clone(),
-        live,
+        fleet,
         clock,
         ControllerConfig { offline_grace: args.offline_grace, startup_grace: args.startup_grace },
         state.metrics.clone(),

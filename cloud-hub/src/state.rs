@@ -31,6 +31,8 @@ pub struct HubState {
     pub store: Store,
     pub blobs: images::blobstore::BlobStore,
     pub live: Arc<LivenessTable>,
+    /// This hub's table merged, on the leader, with the other hubs' (`sync::fleet`).
+    pub fleet: Arc<crate::sync::fleet::FleetLiveness>,
     pub fanout: Arc<ManifestFanout>,
     /// Live authenticated connections, closed when their certificate stops counting.
     pub identities: Arc<LiveIdentities>,
@@ -50,6 +52,8 @@ pub struct HubState {
     pub peers: Arc<crate::sync::peers::PeerDirectory>,
     /// What `/metrics` reports.
     pub metrics: Arc<crate::metrics::HubMetrics>,
+    /// The cluster's hubs as devices reach them, named to every device.
+    pub hubs: Arc<crate::sync::hubs::HubDirectory>,
 }
 
 impl HubState {

@@ -32,6 +32,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The configured hub, as the cluster names hubs.
+    pub fn hub_endpoint(&self) -> shared_proto::wire::HubEndpoint {
+        shared_proto::wire::HubEndpoint { quic: self.hub.clone(), tcp: self.hub_tcp.clone() }
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
         let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
         if meta.len() > MAX_CONFIG_BYTES {

@@ -88,7 +88,7 @@ pub async fn ensure_identity(
         labels: config.labels.clone(),
     };
     let tls = provisioning::tls::enrolment_client_config(token.ca_fingerprint())?;
-    let dialer = Dialer::new(endpoint.clone(), &config.hub, &config.hub_tcp, tls)?;
+    let dialer = Dialer::new(endpoint.clone(), &[config.hub_endpoint()], tls)?;
     let mut backoff = crate::transport::Backoff::new(Duration::from_secs(30));
     let (device, chain, ca) = loop {
         match enrol_once(&dialer, &request).await {

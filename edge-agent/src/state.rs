@@ -9,7 +9,7 @@
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shared_proto::CodecError;
 use shared_proto::agent_state::{
-    AgentIdentity, BridgeAddresses, ContainerRecord, HeldDesired, ImageRecord, SitePeers,
+    AgentIdentity, BridgeAddresses, ContainerRecord, HeldDesired, ImageRecord, KnownHubs, SitePeers,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ const IDENTITY_KEY: &str = "identity";
 const DESIRED_KEY: &str = "desired";
 const PEERS_KEY: &str = "site-peers";
 const ADDRESSES_KEY: &str = "bridge-addresses";
+const HUBS_KEY: &str = "known-hubs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -178,6 +179,15 @@ impl StateDb {
 
     pub fn set_site_peers(&self, p: &SitePeers) -> Result<(), StateError> {
         self.put(SINGLETONS, PEERS_KEY, &p.encode()?)
+    }
+
+    /// The cluster's hubs the hub last named.
+    pub fn known_hubs(&self) -> Result<Option<KnownHubs>, StateError> {
+        self.get(SINGLETONS, HUBS_KEY)?.map(|b| KnownHubs::decode(&b)).transpose().map_err(Into::into)
+    }
+
+    pub fn set_known_hubs(&self, h: &KnownHubs) -> Result<(), StateError> {
+        self.put(SINGLETONS, HUBS_KEY, &h.encode()?)
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>, StateError> {

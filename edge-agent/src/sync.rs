@@ -12,13 +12,15 @@ use crate::config::AgentConfig;
 use crate::enrol::Identity;
 use crate::renew::Renewal;
 use crate::state::StateDb;
-use crate::transport::{Backoff, Dialer, HubLink};
+use crate::transport::{Backoff, Dialer, HubLink, hub_list};
 use anyhow::anyhow;
 use shared_proto::agent_state::HeldDesired;
 use shared_proto::clock::SharedClock;
 use shared_proto::manifest::DesiredManifest;
 use shared_proto::session::{AgentEvent, AgentSession, AgentSessionConfig, SessionEnd};
-use shared_proto::wire::{AgentHello, AgentReport, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, close_code};
+use shared_proto::wire::{
+    AgentHello, AgentReport, HubEndpoint, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, close_code,
+};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -100,14 +102,17 @@ struct Outcome {
     renewed: Option<Identity>,
     /// The hub named new CAs to trust (already stored).
     trusted: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    /// The hub named the cluster's hubs (already stored).
+    hubs: Option<Vec<HubEndpoint>>,
 }
 
 fn dialer_for(
     config: &AgentConfig,
     endpoint: &quinn::Endpoint,
     identity: &Identity,
+    known: &[HubEndpoint],
 ) -> anyhow::Result<Dialer> {
-    Dialer::new(endpoint.clone(), &config.hub, &config.hub_tcp, identity.client_config()?)
+    Dialer::new(endpoint.clone(), &hub_list(&config.hub_endpoint(), known), identity.client_config()?)
 }
 
 /// Runs forever: connect, sync, and reconnect with back-off when the link drops;
@@ -120,7 +125,15 @@ pub async fn run(
     clock: SharedClock,
     mut ch: SyncChannels,
 ) -> anyhow::Result<()> {
-    let mut dialer = dialer_for(config, &endpoint, &identity)?;
+    // The cluster's hubs as last named, kept across restarts.
+    let mut known: Vec<HubEndpoint> = match db.known_hubs() {
+        Ok(k) => k.map(|k| k.hubs).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cluster's hubs; starting with the configured one");
+            vec![]
+        }
+    };
+    let mut dialer = dialer_for(config, &endpoint, &identity, &known)?;
     let mut backoff = Backoff::new(MAX_BACKOFF);
     let mut reach = Reachability::default();
     let mut version = PROTOCOL_VERSION;
@@ -146,7 +159,7 @@ pub async fn run(
                                 );
                             }
                             identity = new;
-                            dialer = dialer_for(config, &endpoint, &identity)?;
+                            dialer = dialer_for(config, &endpoint, &identity, &known)?;
                             (told_expired, quarantined) = (false, false);
                             Duration::ZERO
                         }
@@ -181,13 +194,21 @@ pub async fn run(
                 let mut outcome = session(config, &identity, &link, version, &db, &clock, &mut ch).await;
                 ch.link.send_replace(None);
                 link.close(b"session ended");
+                if let Some(hubs) = outcome.hubs.take()
+                    && hubs != known
+                {
+                    known = hubs;
+                    if let Err(e) = dialer.set_hubs(&hub_list(&config.hub_endpoint(), &known)) {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot use the hubs the cluster named");
+                    }
+                }
                 if let Some(cas) = outcome.trusted.take() {
                     identity.trusted = cas;
-                    dialer = dialer_for(config, &endpoint, &identity)?;
+                    dialer = dialer_for(config, &endpoint, &identity, &known)?;
                 }
                 if let Some(new) = outcome.renewed.take() {
                     identity = new;
-                    dialer = dialer_for(config, &endpoint, &identity)?;
+                    dialer = dialer_for(config, &endpoint, &identity, &known)?;
                     tokio::time::sleep(Duration::ZERO).await;
                     continue;
                 }
@@ -240,6 +261,10 @@ pub async fn run(
                             );
                             Duration::ZERO
                         } else if outcome.welcomed {
+                            if code.is_none() {
+                                // No word from the hub: it may be gone; another first.
+                                dialer.avoid_current();
+                            }
                             tracing::info!(reason = %why, "sync session ended; reconnecting");
                             reach.failed(clock.monotonic(), &why);
                             backoff.next_wait()
@@ -370,6 +395,19 @@ async fn drive(
                             Err(e) => tracing::warn!(error = %e, "cannot keep the site's peers"),
                         }
                     }
+                }
+                AgentEvent::Hubs(hubs) => {
+                    let record = shared_proto::agent_state::KnownHubs { hubs: hubs.clone() };
+                    let db = db.clone();
+                    match tokio::task::spawn_blocking(move || db.set_known_hubs(&record)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot keep the cluster's hubs"),
+                        Err(e) => tracing::warn!(error = %e, "cannot keep the cluster's hubs"),
+                    }
+                    if outcome.hubs.as_ref() != Some(&hubs) {
+                        tracing::info!(hubs = hubs.len(), "the hub named the cluster's hubs");
+                    }
+                    outcome.hubs = Some(hubs);
                 }
                 AgentEvent::Attach(req) => match &ch.attach {
                     Some(ctx) => {

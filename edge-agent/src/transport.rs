@@ -39,7 +39,7 @@ pub fn jittered_keep_alive(random: f64) -> Duration {
 /// A connection silent this long is dead: a keep-alive and its retransmissions went
 /// unanswered. It bounds how long a device takes to notice a hub that vanished
 /// without a stateless reset reaching it.
-pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+pub const QUIC_IDLE_TIMEOUT: Duration = shared_proto::wire::LINK_IDLE_TIMEOUT;
 
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -196,34 +196,101 @@ impl HubLink {
     }
 }
 
-/// Connects to the hub by whichever transport works.
+/// One hub the agent may reach: its QUIC address and its TCP fallback.
+struct Target {
+    quic: String,
+    tcp: Arc<TcpDialer>,
+}
+
+/// Connects to a hub of the cluster by whichever transport works. With several hubs
+/// (the cluster names them, `HubFrame::Hubs`), the one that worked last is tried
+/// first, then the others from a random one on, so the devices of a hub that went
+/// away spread over the rest.
 pub struct Dialer {
     endpoint: Endpoint,
-    hub: String,
     quic: ClientConfig,
-    tcp: Arc<TcpDialer>,
+    tls: Arc<rustls::ClientConfig>,
+    /// The hubs, which worked last, and whether to try it last (its link died).
+    targets: Mutex<(Vec<Arc<Target>>, usize, bool)>,
     /// What worked last, and since when.
     preferred: Mutex<(Transport, Instant)>,
 }
 
+/// The order to try `n` hubs in: `first`, then the others from `offset` on.
+pub fn try_order(n: usize, first: usize, offset: usize) -> Vec<usize> {
+    if n == 0 {
+        return vec![];
+    }
+    let first = first.min(n - 1);
+    let others: Vec<usize> = (0..n).filter(|i| *i != first).collect();
+    let mut order = vec![first];
+    for k in 0..others.len() {
+        order.push(others[(offset + k) % others.len()]);
+    }
+    order
+}
+
+/// The hubs to try: the cluster's, then the configured one when the cluster did not
+/// name it (it may have been a load balancer's name, or a hub removed since).
+pub fn hub_list(
+    configured: &shared_proto::wire::HubEndpoint,
+    learned: &[shared_proto::wire::HubEndpoint],
+) -> Vec<shared_proto::wire::HubEndpoint> {
+    let mut list: Vec<shared_proto::wire::HubEndpoint> = Vec::new();
+    for h in learned.iter().chain(std::iter::once(configured)) {
+        if !list.iter().any(|x| x.quic == h.quic) {
+            list.push(h.clone());
+        }
+    }
+    list
+}
+
 impl Dialer {
-    /// `hub` is the QUIC `host:port`, `hub_tcp` the TCP fallback's; `tls` the client
-    /// configuration (device certificate, or the enrolment pin).
+    /// `hubs` holds the QUIC and TCP `host:port` of each hub, the one to try first
+    /// first; `tls` the client configuration (device certificate, or the enrolment pin).
     pub fn new(
         endpoint: Endpoint,
-        hub: &str,
-        hub_tcp: &str,
+        hubs: &[shared_proto::wire::HubEndpoint],
         tls: Arc<rustls::ClientConfig>,
     ) -> anyhow::Result<Dialer> {
-        let name = ServerName::try_from(server_name(hub_tcp).to_string())
-            .map_err(|e| anyhow!("{hub_tcp}: not a valid server name: {e}"))?;
-        Ok(Dialer {
+        let dialer = Dialer {
             endpoint,
-            hub: hub.to_string(),
             quic: client_config(tls.clone())?,
-            tcp: Arc::new(TcpDialer { addr: hub_tcp.to_string(), connector: TlsConnector::from(tls), name }),
+            tls,
+            targets: Mutex::new((vec![], 0, false)),
             preferred: Mutex::new((Transport::Quic, Instant::now())),
-        })
+        };
+        dialer.set_hubs(hubs)?;
+        Ok(dialer)
+    }
+
+    /// Replaces the hubs to try; the one that worked last stays first if listed.
+    pub fn set_hubs(&self, hubs: &[shared_proto::wire::HubEndpoint]) -> anyhow::Result<()> {
+        if hubs.is_empty() {
+            bail!("no hub to connect to");
+        }
+        let mut targets = Vec::with_capacity(hubs.len());
+        for h in hubs {
+            let name = ServerName::try_from(server_name(&h.tcp).to_string())
+                .map_err(|e| anyhow!("{}: not a valid server name: {e}", h.tcp))?;
+            let connector = TlsConnector::from(self.tls.clone());
+            targets.push(Arc::new(Target {
+                quic: h.quic.clone(),
+                tcp: Arc::new(TcpDialer { addr: h.tcp.clone(), connector, name }),
+            }));
+        }
+        let mut t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let current = t.0.get(t.1).map(|c| c.quic.clone());
+        let first = current.and_then(|q| targets.iter().position(|x| x.quic == q)).unwrap_or(0);
+        let avoid = t.2;
+        *t = (targets, first, avoid);
+        Ok(())
+    }
+
+    /// The link to the hub that worked last died without a word from it (a hub that
+    /// vanished, or a link that dropped): the next attempt tries the others first.
+    pub fn avoid_current(&self) {
+        self.targets.lock().unwrap_or_else(|p| p.into_inner()).2 = true;
     }
 
     fn preferred(&self) -> Transport {
@@ -238,32 +305,35 @@ impl Dialer {
         }
     }
 
-    async fn connect_quic(&self) -> anyhow::Result<HubLink> {
-        let addr = resolve(&self.hub).await?;
+    async fn connect_quic(&self, target: &Target) -> anyhow::Result<HubLink> {
+        let hub = &target.quic;
+        let addr = resolve(hub).await?;
         let connecting = self
             .endpoint
-            .connect_with(self.quic.clone(), addr, server_name(&self.hub))
-            .with_context(|| format!("connecting to {}", self.hub))?;
+            .connect_with(self.quic.clone(), addr, server_name(hub))
+            .with_context(|| format!("connecting to {hub}"))?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| anyhow!("no QUIC answer from the hub at {} within {CONNECT_TIMEOUT:?}", self.hub))?
-            .with_context(|| format!("QUIC to the hub at {}", self.hub))?;
+            .map_err(|_| anyhow!("no QUIC answer from the hub at {hub} within {CONNECT_TIMEOUT:?}"))?
+            .with_context(|| format!("QUIC to the hub at {hub}"))?;
         Ok(HubLink::Quic(conn))
     }
 
-    async fn connect_tcp(&self, head_start: Duration) -> anyhow::Result<HubLink> {
+    async fn connect_tcp(&self, target: &Target, head_start: Duration) -> anyhow::Result<HubLink> {
         tokio::time::sleep(head_start).await;
-        let stream = self.tcp.dial().await.with_context(|| format!("TCP to the hub at {}", self.tcp.addr))?;
-        Ok(HubLink::Tcp(Arc::new(TcpLink { dialer: self.tcp.clone(), first: Mutex::new(Some(stream)) })))
+        let tcp = &target.tcp;
+        let stream = tcp.dial().await.with_context(|| format!("TCP to the hub at {}", tcp.addr))?;
+        Ok(HubLink::Tcp(Arc::new(TcpLink { dialer: tcp.clone(), first: Mutex::new(Some(stream)) })))
     }
 
-    /// Races QUIC against the TCP fallback; the first handshake to finish wins.
-    pub async fn connect(&self) -> anyhow::Result<HubLink> {
+    /// Races QUIC against the TCP fallback to one hub; the first handshake to finish
+    /// wins.
+    async fn connect_to(&self, target: &Target) -> anyhow::Result<HubLink> {
         if self.preferred() == Transport::Tcp {
-            return self.connect_tcp(Duration::ZERO).await;
+            return self.connect_tcp(target, Duration::ZERO).await;
         }
-        let quic = self.connect_quic();
-        let tcp = self.connect_tcp(QUIC_HEAD_START);
+        let quic = self.connect_quic(target);
+        let tcp = self.connect_tcp(target, QUIC_HEAD_START);
         tokio::pin!(quic, tcp);
         let (mut quic_err, mut tcp_err) = (None, None);
         let link = loop {
@@ -283,10 +353,42 @@ impl Dialer {
         };
         if link.transport() == Transport::Tcp {
             let why = quic_err.map_or_else(|| "no answer yet".to_string(), |e| format!("{e:#}"));
-            tracing::info!(hub = %self.tcp.addr, quic = %why, "QUIC is not getting through; using the TCP fallback");
+            tracing::info!(hub = %target.tcp.addr, quic = %why, "QUIC is not getting through; using the TCP fallback");
         }
         self.remember(link.transport());
         Ok(link)
+    }
+
+    /// Connects to the hub tried first, else to each other hub in turn.
+    pub async fn connect(&self) -> anyhow::Result<HubLink> {
+        let (targets, first, avoid) = {
+            let t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+            (t.0.clone(), t.1, t.2)
+        };
+        let offset = (random_unit() * targets.len() as f64) as usize;
+        let mut order = try_order(targets.len(), first, offset);
+        if avoid {
+            order.rotate_left(1);
+        }
+        let mut errors = Vec::new();
+        for i in order {
+            match self.connect_to(&targets[i]).await {
+                Ok(link) => {
+                    let mut t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(pos) = t.0.iter().position(|x| x.quic == targets[i].quic) {
+                        if pos != t.1 && targets.len() > 1 {
+                            tracing::info!(hub = %targets[i].quic, "connected to another hub of the cluster");
+                        }
+                        t.1 = pos;
+                    }
+                    t.2 = false;
+                    return Ok(link);
+                }
+                Err(e) if targets.len() == 1 => return Err(e),
+                Err(e) => errors.push(format!("{}: {e:#}", targets[i].quic)),
+            }
+        }
+        bail!("cannot reach any hub of the cluster: {}", errors.join("; "))
     }
 }
 
@@ -343,6 +445,23 @@ mod tests {
         assert_eq!(server_name("hub.example:7441"), "hub.example");
         assert_eq!(server_name("127.0.0.1:7441"), "127.0.0.1");
         assert_eq!(server_name("[::1]:7441"), "::1");
+    }
+
+    #[test]
+    fn the_hub_that_worked_goes_first_and_the_others_from_a_random_one() {
+        assert_eq!(try_order(1, 0, 5), [0]);
+        assert_eq!(try_order(3, 1, 0), [1, 0, 2]);
+        assert_eq!(try_order(3, 1, 1), [1, 2, 0]);
+        assert_eq!(try_order(3, 7, 0), [2, 0, 1], "a stale index is clamped");
+        assert!(try_order(0, 0, 0).is_empty());
+        let hub = |q: &str| shared_proto::wire::HubEndpoint { quic: q.into(), tcp: q.into() };
+        assert_eq!(hub_list(&hub("lb:1"), &[]), [hub("lb:1")]);
+        assert_eq!(hub_list(&hub("b:1"), &[hub("a:1"), hub("b:1")]), [hub("a:1"), hub("b:1")]);
+        assert_eq!(
+            hub_list(&hub("lb:1"), &[hub("a:1")]),
+            [hub("a:1"), hub("lb:1")],
+            "the configured one last"
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! - the cluster's membership is what `flotilla hub members` says; a hub removed with
 //!   `flotilla hub remove` is gone from it while writes go on.
 //!
-//! Needs no root: no agent runs.
+//! - a device held by a follower is seen by the leader, and moves to another hub without
+//!   going Offline when its own dies.
+//!
+//! The tests with an agent need root (its containers); the others do not.
 
 use firmware_tests::{Hub, HubOptions, bin, wait_until};
 use serde_json::Value;
@@ -134,15 +137,19 @@ fn written_sites(hub: &Hub) -> BTreeMap<String, u64> {
 }
 
 fn start_cluster(dirs: &[&Path]) -> Vec<Hub> {
+    start_cluster_with(dirs, HubOptions::default())
+}
+
+fn start_cluster_with(dirs: &[&Path], options: HubOptions) -> Vec<Hub> {
     for d in dirs {
         std::fs::create_dir_all(d).unwrap();
     }
-    let first = Hub::start_with(dirs[0], HubOptions::default().raft());
+    let first = Hub::start_with(dirs[0], options.clone().raft());
     let token = first.cli_ok(&["hub", "join-token", "create", "--ttl", "10m"]).trim().to_string();
     assert!(token.starts_with("flj1."), "{token}");
     let mut hubs = vec![first];
     for dir in &dirs[1..] {
-        let hub = Hub::start_with(dir, HubOptions::default().join(&hubs[0], &token));
+        let hub = Hub::start_with(dir, options.clone().join(&hubs[0], &token));
         hubs.push(hub);
     }
     leader(&hubs[0], dirs.len());
@@ -399,5 +406,161 @@ fn a_cluster_comes_back_from_a_backup_after_every_hub_is_wiped() {
     leader(&hubs[0], 3);
     for hub in &hubs {
         assert_eq!(written_sites(hub), before, "every object back with its revision on {}", hub.api);
+    }
+}
+
+/// What `flotilla hub members` on `hub` says of devices: where each member takes them, and
+/// (on the leader) how many are connected to the cluster.
+fn device_addresses(hub: &Hub) -> Option<(Vec<String>, Option<u64>)> {
+    let out = hub.cli(&["hub", "members"]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let addresses = text
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().next().is_some_and(|c| c.parse::<u64>().is_ok()))
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .collect();
+    let connected = text
+        .lines()
+        .find_map(|l| l.strip_prefix("devices connected to the cluster: "))
+        .and_then(|n| n.trim().parse().ok());
+    Some((addresses, connected))
+}
+
+/// Agents on all three hubs, running a real app; the leader is SIGKILLed. The devices it
+/// held move to the other hubs (which their own named to them), none is ever written
+/// Offline, and all keep converging: a change applied after the kill reaches every one.
+/// A device that then goes away for good is marked Offline by the new leader after the
+/// grace period, though it was connected to a follower.
+#[test]
+fn agents_on_every_hub_keep_converging_and_none_goes_offline_when_a_hub_dies() {
+    firmware_tests::require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| tmp.path().join(format!("h{i}"))).collect();
+    let mut hubs = start_cluster_with(
+        &dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        HubOptions::default().offline_grace("20s"),
+    );
+    let leader_id = leader(&hubs[0], 3);
+    let leader_idx = usize::try_from(leader_id - 1).unwrap();
+    let survivor = (0..3).find(|i| *i != leader_idx).unwrap();
+    wait_until("every hub to record where devices reach it", DEADLINE, || {
+        let (addresses, _) = device_addresses(&hubs[0])?;
+        (addresses.len() == 3 && addresses.iter().all(|a| a != "-")).then_some(())
+    });
+    let (addresses, _) = device_addresses(&hubs[0]).unwrap();
+    for hub in &hubs {
+        assert!(addresses.contains(&hub.quic), "{} among {addresses:?}", hub.quic);
+    }
+
+    let image = firmware_tests::busybox_image(tmp.path(), "till:1");
+    hubs[0].cli_ok(&["image", "import", image.to_str().unwrap()]);
+    let mut agents = Vec::new();
+    for (i, hub) in hubs.iter().enumerate() {
+        let token = hub.enrolment_token(&["--allow-label", "role"]);
+        let dir = tmp.path().join(format!("agent{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut agent = firmware_tests::Agent::configure(
+            &dir,
+            &format!("pi-{i}"),
+            &hub.quic,
+            &token,
+            &[("role", "till")],
+        );
+        agent.start();
+        agents.push(agent);
+    }
+    let out = hubs[survivor].apply(tmp.path(), APP);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Only the leader writes statuses: in sync means it saw every hub's devices.
+    wait_until("every device to run the app", DEADLINE, || {
+        (firmware_tests::devices_in_sync(&hubs[survivor], "pi-") == (3, 3)).then_some(())
+    });
+    for agent in &agents {
+        wait_until("the device to learn the cluster's hubs", DEADLINE, || {
+            agent.log().contains("the hub named the cluster's hubs").then_some(())
+        });
+    }
+    wait_until("the leader to count every hub's devices", DEADLINE, || {
+        (device_addresses(&hubs[leader_idx])?.1 == Some(3)).then_some(())
+    });
+
+    let watch_log = tmp.path().join("devices.jsonl");
+    let mut watcher = Command::new(bin("flotilla"))
+        .args(["--hub", &hubs[survivor].api, "get", "devices", "-w", "-o", "json"])
+        .env("FLOTILLA_CONTEXT", &hubs[0].context)
+        .stdout(std::fs::File::create(&watch_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the watcher to list the devices", DEADLINE, || {
+        std::fs::read_to_string(&watch_log).unwrap_or_default().contains("pi-2").then_some(())
+    });
+
+    let killed_at = Instant::now();
+    hubs[leader_idx].kill();
+    let new_leader = wait_until("a new leader", DEADLINE, || {
+        let m = members(&hubs[survivor])?;
+        m.iter().find(|(_, _, l)| *l).map(|(id, _, _)| *id).filter(|id| *id != leader_id)
+    });
+    let new_leader_idx = usize::try_from(new_leader - 1).unwrap();
+    // A change while the dead hub's device is still on its way to another hub.
+    let out = hubs[survivor].apply(
+        tmp.path(),
+        &APP.replace("image: till:1", "image: till:1\n      env: [{name: V, value: \"2\"}]"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // It notices when its link times out, and connects to another hub.
+    let moved = &agents[leader_idx];
+    wait_until("the dead hub's device to move to another hub", Duration::from_secs(120), || {
+        moved.log().contains("connected to another hub of the cluster").then_some(())
+    });
+    eprintln!("the dead hub's device moved {:?} after the kill", killed_at.elapsed());
+    wait_until("every device to converge on the change", DEADLINE, || {
+        let list = hubs[survivor].get("devices", None)?;
+        let items = list["items"].as_array()?.clone();
+        let done = items.iter().filter(|d| {
+            let s = &d["status"];
+            s["desiredRevision"].as_u64().is_some_and(|r| r > 0)
+                && s["appliedRevision"] == s["desiredRevision"]
+                && s["containers"].as_array().is_some_and(|c| c.iter().any(|c| c["phase"] == "Running"))
+        });
+        (done.count() == 3).then_some(())
+    });
+    // With its old hub lost, the new leader counts the moved device through its new hub:
+    // its Offline transition is not coming.
+    wait_until("the new leader to count every device", DEADLINE, || {
+        (device_addresses(&hubs[new_leader_idx])?.1 == Some(3)).then_some(())
+    });
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let text = std::fs::read_to_string(&watch_log).unwrap();
+    let phases: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| {
+            let name = e["object"]["metadata"]["name"].as_str()?.to_string();
+            Some((name, e["object"]["status"]["phase"].as_str().unwrap_or_default().to_string()))
+        })
+        .collect();
+    assert!(phases.len() >= 3, "{phases:?}");
+    assert!(phases.iter().all(|(_, p)| p == "Online"), "the devices' phases across the kill: {phases:?}");
+
+    // Gone for good from a follower: the new leader marks it Offline after the grace.
+    let follower_idx = (0..3).find(|i| *i != leader_idx && *i != new_leader_idx).unwrap();
+    let gone = format!("pi-{follower_idx}");
+    agents[follower_idx].kill();
+    let offline =
+        wait_until("the new leader to mark the follower's device Offline", Duration::from_secs(90), || {
+            let d = hubs[new_leader_idx].get("devices", Some(&gone))?;
+            (d["status"]["phase"] == "Offline").then_some(d)
+        });
+    assert!(offline["status"]["message"].as_str().unwrap_or_default().contains("no connection since"));
+    for agent in &mut agents {
+        agent.kill();
+        agent.reset();
     }
 }

@@ -91,6 +91,13 @@ pub struct SitePeers {
     pub apps: Vec<crate::wire::AppPeers>,
 }
 
+/// The cluster's hubs as the hub last named them (`wire::HubFrame::Hubs`): kept so
+/// that a device restarted while its hub is gone still knows the others.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KnownHubs {
+    pub hubs: Vec<crate::wire::HubEndpoint>,
+}
+
 /// How a record written at an older version reads: through a frozen shape, or as
 /// it is when its shape did not change.
 trait OlderShapes: Sized + serde::de::DeserializeOwned {
@@ -147,6 +154,7 @@ impl OlderShapes for AgentIdentity {}
 impl OlderShapes for ImageRecord {}
 impl OlderShapes for BridgeAddresses {}
 impl OlderShapes for SitePeers {}
+impl OlderShapes for KnownHubs {}
 
 macro_rules! record_codec {
     ($($t:ty => $what:literal),* $(,)?) => {$(
@@ -178,6 +186,7 @@ record_codec!(
     ContainerRecord => "container record",
     BridgeAddresses => "bridge addresses",
     SitePeers => "site peers",
+    KnownHubs => "known hubs",
 );
 
 #[cfg(test)]

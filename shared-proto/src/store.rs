@@ -18,7 +18,7 @@ mod v3;
 mod v4;
 
 /// Version of every record and command this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 6;
+pub const STORE_FORMAT_VERSION: u32 = 7;
 /// Oldest version this build reads: records, snapshots and logs written by the
 /// previous version of the hub.
 pub const MIN_STORE_FORMAT_VERSION: u32 = 1;
@@ -48,6 +48,8 @@ pub enum StoreKind {
     Config,
     /// A `Secret`, sealed (format 6).
     Secret,
+    /// One hub of the cluster as devices reach it (format 7), named `hub-<node id>`.
+    Hub,
 }
 
 impl StoreKind {
@@ -66,6 +68,7 @@ impl StoreKind {
             StoreKind::PreviousImages => "previous-images",
             StoreKind::Config => "config",
             StoreKind::Secret => "secret",
+            StoreKind::Hub => "hub",
         }
     }
 
@@ -115,6 +118,7 @@ pub enum Object {
     PreviousImages(PreviousImagesRecord),
     Config(Config),
     Secret(SealedSecret),
+    Hub(HubRecord),
 }
 
 impl Object {
@@ -133,6 +137,7 @@ impl Object {
             Object::PreviousImages(_) => StoreKind::PreviousImages,
             Object::Config(_) => StoreKind::Config,
             Object::Secret(_) => StoreKind::Secret,
+            Object::Hub(_) => StoreKind::Hub,
         }
     }
 
@@ -151,6 +156,7 @@ impl Object {
             Object::PreviousImages(p) => &p.device,
             Object::Config(o) => &o.metadata.name,
             Object::Secret(o) => &o.metadata.name,
+            Object::Hub(h) => &h.name,
         }
     }
 
@@ -518,6 +524,29 @@ pub struct PreviousImagesRecord {
     pub revision: u64,
     /// `sha256:…` of each platform image manifest, sorted.
     pub image_digests: Vec<String>,
+}
+
+/// One hub of the cluster as devices reach it, named `hub-<node id>`: each hub writes
+/// its own when it starts with addresses other than the recorded ones, and the record
+/// goes when the hub is removed from the cluster. Every hub tells its devices the list
+/// (`wire::HubFrame::Hubs`), so that a device moves to another hub when its own goes
+/// away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubRecord {
+    pub name: String,
+    pub node_id: u64,
+    /// Where devices reach it.
+    pub agents: crate::wire::HubEndpoint,
+    /// The URL of its API, for operators (empty if unknown).
+    pub api: String,
+}
+
+impl HubRecord {
+    /// The record name of hub `node_id`.
+    pub fn name_of(node_id: u64) -> String {
+        format!("hub-{node_id}")
+    }
 }
 
 /// The fleet CA's rotation: `flotilla ca rotate` stages a new CA (`next`), which the

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 mod v3;
 
 /// Version of the frame bodies this build writes.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Oldest version this build still reads and can answer in: a hub and an agent one
 /// version apart interoperate. Version 2 added [`HubFrame::RetryAfter`]; version 3
 /// certificate renewal ([`HubFrame::Renew`], [`StreamOpen::Renew`], [`RenewReply`]),
@@ -42,7 +42,8 @@ pub const PROTOCOL_VERSION: u32 = 5;
 /// to manifest shape 2 (probes, volumes, init containers…), which an older peer
 /// receives in shape 1, without what it cannot express; version 5 added logs and exec
 /// through the hub ([`HubFrame::Attach`], [`StreamOpen::Attach`]), which the hub never
-/// asks of an older agent.
+/// asks of an older agent; version 6 the cluster's hubs ([`HubFrame::Hubs`]), which
+/// an older agent is not told.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Most CA certificates a renewal hands a device (the fleet CA and the ones being
 /// rotated in or out).
@@ -528,6 +529,43 @@ pub enum HubFrame {
     /// (version 5): sent when it changes, and kept by the device for when the hub is
     /// out of reach.
     Peers(Vec<AppPeers>),
+    /// Every hub of the cluster devices may connect to (version 6): sent after the
+    /// welcome and when the cluster changes, and kept by the device, which moves to
+    /// another of them when the one it holds goes away.
+    Hubs(Vec<HubEndpoint>),
+}
+
+/// An agent's link to its hub, silent this long, is dead (a keep-alive and its
+/// retransmissions went unanswered): how long a device may take to notice that its
+/// hub vanished without a word, and move to another.
+pub const LINK_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// Most hubs the hub names to a device (a cluster has 1, 3 or 5).
+pub const MAX_HUBS: usize = 16;
+/// Longest `host:port` of a hub endpoint.
+pub const MAX_ENDPOINT: usize = 262;
+
+/// Where devices reach one hub: `host:port` of its QUIC endpoint and of its TCP
+/// fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubEndpoint {
+    pub quic: String,
+    pub tcp: String,
+}
+
+/// What is wrong with a list of hub endpoints, if anything: bounded, and each a
+/// `host:port` with a port.
+pub fn hubs_problem(hubs: &[HubEndpoint]) -> Option<String> {
+    if hubs.len() > MAX_HUBS {
+        return Some(format!("{} hubs, more than {MAX_HUBS}", hubs.len()));
+    }
+    let bad = |a: &str| {
+        a.len() > MAX_ENDPOINT
+            || a.chars().any(|c| c.is_whitespace() || c.is_control())
+            || a.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    };
+    hubs.iter().flat_map(|h| [&h.quic, &h.tcp]).find(|a| bad(a)).map(|a| format!("{a:?} is not host:port"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -126,12 +126,12 @@ fn golden_attach_frames() {
         }),
     });
     let frame = wire::encode_frame(&ask).unwrap();
-    assert_eq!(hex::encode(&frame), "1000000005 07 07 0161 0163 01 01 026c73 01 00 50 18".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "1000000006 07 07 0161 0163 01 01 026c73 01 00 50 18".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), ask);
     let open = StreamOpen::Attach(wire::AttachOpen { id: 7 });
-    assert_eq!(hex::encode(wire::encode_frame(&open).unwrap()), "0300000005 04 07".replace(' ', ""));
+    assert_eq!(hex::encode(wire::encode_frame(&open).unwrap()), "0300000006 04 07".replace(' ', ""));
     let out = wire::AttachFrame::Exit { code: -1 };
-    assert_eq!(hex::encode(wire::encode_frame(&out).unwrap()), "0300000005 03 01".replace(' ', ""));
+    assert_eq!(hex::encode(wire::encode_frame(&out).unwrap()), "0300000006 03 01".replace(' ', ""));
     // Bounds the agent checks before it runs anything.
     let HubFrame::Attach(mut req) = ask else { panic!() };
     assert_eq!(req.problem(), None);
@@ -147,7 +147,12 @@ fn golden_attach_frames() {
 fn golden_sync_hello_frame() {
     let open = hello();
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(hex::encode(&frame), at_version(HELLO_V4, 5), "version 5 only appended variants");
+    assert_eq!(hex::encode(&frame), at_version(HELLO_V4, 6), "versions 5 and 6 only appended variants");
+    assert_eq!(hex::encode(wire::encode_frame_for(5, &open).unwrap()), at_version(HELLO_V4, 5));
+    assert_eq!(
+        wire::decode_frame::<StreamOpen>(&hex::decode(at_version(HELLO_V4, 5)).unwrap()).unwrap(),
+        open
+    );
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
     assert_eq!(wire::decode_frame::<StreamOpen>(&hex::decode(HELLO_V4).unwrap()).unwrap(), open);
     assert_eq!(hex::encode(wire::encode_frame_for(4, &open).unwrap()), HELLO_V4);
@@ -162,20 +167,20 @@ fn golden_sync_hello_frame() {
 fn golden_renewal_frames() {
     let ask = HubFrame::Renew { reason: "due".into() };
     let frame = wire::encode_frame(&ask).unwrap();
-    assert_eq!(hex::encode(&frame), "0600000005 05 03647565".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0600000006 05 03647565".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), ask);
     let open = StreamOpen::Renew(wire::RenewRequest { csr_der: vec![0xaa, 0xbb] });
     let frame = wire::encode_frame(&open).unwrap();
-    assert_eq!(hex::encode(&frame), "0500000005 03 02aabb".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0500000006 03 02aabb".replace(' ', ""));
     assert_eq!(wire::decode_frame::<StreamOpen>(&frame).unwrap(), open);
     let reply =
         wire::RenewReply::Renewed { cert_chain_der: vec![vec![1]], trusted_ca_der: vec![vec![2], vec![3]] };
     let frame = wire::encode_frame(&reply).unwrap();
-    assert_eq!(hex::encode(&frame), "0a00000005 00 010101 02010201 03".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0a00000006 00 010101 02010201 03".replace(' ', ""));
     assert_eq!(wire::decode_frame::<wire::RenewReply>(&frame).unwrap(), reply);
     let pending = wire::RenewReply::Pending { retry_after_ms: 1000, message: "wait".into() };
     let frame = wire::encode_frame(&pending).unwrap();
-    assert_eq!(hex::encode(&frame), "0900000005 01 e807 0477616974".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0900000006 01 e807 0477616974".replace(' ', ""));
 }
 
 #[test]
@@ -187,18 +192,18 @@ fn golden_frames_of_the_previous_version_still_decode_and_are_answered_in_kind()
     let desired = HubFrame::Desired(manifest());
     assert_eq!(hex::encode(wire::encode_frame_for(1, &desired).unwrap()), DESIRED_V1);
     assert_eq!(wire::decode_frame::<HubFrame>(&hex::decode(DESIRED_V1).unwrap()).unwrap(), desired);
-    // Version 6 is from the future: a clear error, not garbage.
-    let mut v6 = v1.clone();
-    v6[4] = 6;
-    let err = wire::decode_frame::<StreamOpen>(&v6).unwrap_err().to_string();
-    assert!(err.contains("unsupported format version 6"), "{err}");
+    // Version 7 is from the future: a clear error, not garbage.
+    let mut v7 = v1.clone();
+    v7[4] = 7;
+    let err = wire::decode_frame::<StreamOpen>(&v7).unwrap_err().to_string();
+    assert!(err.contains("unsupported format version 7"), "{err}");
 }
 
 #[test]
 fn golden_retry_after_frame() {
     let f = HubFrame::RetryAfter { after_ms: 1500, message: "busy".into() };
     let frame = wire::encode_frame(&f).unwrap();
-    assert_eq!(hex::encode(&frame), "0900000005 04 dc0b 0462757379".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0900000006 04 dc0b 0462757379".replace(' ', ""));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), f);
 }
 
@@ -206,7 +211,7 @@ fn golden_retry_after_frame() {
 fn golden_desired_manifest_frame() {
     let rich = HubFrame::Desired(rich_manifest());
     let frame = wire::encode_frame(&rich).unwrap();
-    assert_eq!(hex::encode(&frame), at_version(DESIRED_V4, 5));
+    assert_eq!(hex::encode(&frame), at_version(DESIRED_V4, 6));
     assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), rich);
     assert_eq!(hex::encode(wire::encode_frame_for(4, &rich).unwrap()), DESIRED_V4);
     // An older agent gets shape 1: what it can run of the app, byte for byte what an
@@ -258,7 +263,7 @@ fn golden_store_command() {
     let bytes = cmd.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "0600000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        "0700000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
             .replace(' ', "")
     );
     assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
@@ -389,7 +394,7 @@ fn format_four_records_still_decode() {
         changed_at: Timestamp(3),
     });
     assert_eq!(Object::decode(&hex::decode("04090001010703").unwrap()).unwrap(), rotation);
-    assert_eq!(hex::encode(rotation.encode().unwrap()), "06090001010703", "unchanged but for the version");
+    assert_eq!(hex::encode(rotation.encode().unwrap()), "07090001010703", "unchanged but for the version");
     let previous = Object::PreviousImages(shared_proto::store::PreviousImagesRecord {
         device: "pi".into(),
         revision: 7,
@@ -422,8 +427,8 @@ fn golden_format_five_records() {
     let bytes = Object::App(app.clone()).encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        format!("06{}", &APP_V5.replace(' ', "")[2..]),
-        "format 6 adds kinds only"
+        format!("07{}", &APP_V5.replace(' ', "")[2..]),
+        "formats 6 and 7 add kinds only"
     );
     assert_eq!(Object::decode(&bytes).unwrap(), Object::App(app.clone()));
     assert_eq!(Object::decode(&hex::decode(APP_V5).unwrap()).unwrap(), Object::App(app));
@@ -437,8 +442,9 @@ fn golden_format_six_records() {
     spec.data.insert("k".into(), "v".into());
     let config = Object::Config(shared_proto::Config::new(shared_proto::ObjectMeta::named("c"), spec));
     let bytes = config.encode().unwrap();
-    assert_eq!(hex::encode(&bytes), CONFIG_V6);
+    assert_eq!(hex::encode(&bytes), at_version_byte(CONFIG_V6, 7));
     assert_eq!(Object::decode(&bytes).unwrap(), config);
+    assert_eq!(Object::decode(&hex::decode(CONFIG_V6).unwrap()).unwrap(), config);
     let secret = Object::Secret(shared_proto::store::SealedSecret {
         metadata: shared_proto::ObjectMeta::named("s"),
         keys: vec!["k".into()],
@@ -447,8 +453,35 @@ fn golden_format_six_records() {
         sealed: vec![1, 2],
     });
     let bytes = secret.encode().unwrap();
-    assert_eq!(hex::encode(&bytes), SECRET_V6);
+    assert_eq!(hex::encode(&bytes), at_version_byte(SECRET_V6, 7));
     assert_eq!(Object::decode(&bytes).unwrap(), secret);
+    assert_eq!(Object::decode(&hex::decode(SECRET_V6).unwrap()).unwrap(), secret);
+}
+
+/// A record's hex with its format byte (the first) replaced.
+fn at_version_byte(hex: &str, version: u8) -> String {
+    format!("{version:02x}{}", &hex[2..])
+}
+
+#[test]
+fn golden_format_seven_records_and_hubs_frame() {
+    let endpoint = wire::HubEndpoint { quic: "h:1".into(), tcp: "h:2".into() };
+    let hub = Object::Hub(shared_proto::store::HubRecord {
+        name: "hub-1".into(),
+        node_id: 1,
+        agents: endpoint.clone(),
+        api: String::new(),
+    });
+    let bytes = hub.encode().unwrap();
+    assert_eq!(hex::encode(&bytes), "07 0d 056875622d31 01 03683a31 03683a32 00".replace(' ', ""));
+    assert_eq!(Object::decode(&bytes).unwrap(), hub);
+    let hubs = HubFrame::Hubs(vec![endpoint]);
+    let frame = wire::encode_frame(&hubs).unwrap();
+    assert_eq!(hex::encode(&frame), "0b00000006 09 01 03683a31 03683a32".replace(' ', ""));
+    assert_eq!(wire::decode_frame::<HubFrame>(&frame).unwrap(), hubs);
+    assert!(wire::hubs_problem(&[wire::HubEndpoint { quic: "h".into(), tcp: "h:2".into() }]).is_some());
+    assert!(wire::hubs_problem(&[wire::HubEndpoint { quic: "h:99999".into(), tcp: "h:2".into() }]).is_some());
+    assert!(wire::hubs_problem(&vec![wire::HubEndpoint::default(); wire::MAX_HUBS + 1]).is_some());
 }
 
 const CONFIG_V6: &str =
@@ -539,8 +572,10 @@ fn enrolment_tokens_of_format_two_let_devices_pick_any_label() {
     assert_eq!(Object::decode(&v4).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
     let v5 = hex::decode("05050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
     assert_eq!(Object::decode(&v5).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
-    let v6 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
-    assert_eq!(hex::encode(&v6), "06050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
+    let v6 = hex::decode("06050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
+    assert_eq!(Object::decode(&v6).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
+    let v7 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
+    assert_eq!(hex::encode(&v7), "07050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
 }
 
 #[test]
@@ -554,7 +589,7 @@ fn golden_usage_frame() {
         }],
     });
     let frame = wire::encode_frame(&usage).unwrap();
-    assert_eq!(hex::encode(&frame), "0b00000005 02 01 0161 0162 fa01 8008".replace(' ', ""));
+    assert_eq!(hex::encode(&frame), "0b00000006 02 01 0161 0162 fa01 8008".replace(' ', ""));
     assert_eq!(wire::decode_frame::<AgentFrame>(&frame).unwrap(), usage);
     // An older hub would read it as proof of life (the agent sends it none).
     assert_eq!(usage.for_version(3), AgentFrame::Heartbeat { seq: 0 });

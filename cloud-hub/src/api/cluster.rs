@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use shared_proto::store::Role;
+use shared_proto::store::{HubRecord, Object, Role, StoreKind};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,15 @@ pub async fn status(State(state): State<Arc<HubState>>, caller: Caller) -> ApiRe
 
 fn view(state: &HubState) -> Value {
     let st = state.store.status();
-    let member = |id: &u64, addr: &String, voter: bool| json!({ "nodeId": id, "raftAddr": addr, "voter": voter, "leader": st.leader == Some(*id) });
+    let agents = |id: u64| match state.store.get_local(StoreKind::Hub, &HubRecord::name_of(id)) {
+        Ok(Some(Object::Hub(h))) => Some(h.agents),
+        _ => None,
+    };
+    let member = |id: &u64, addr: &String, voter: bool| {
+        let a = agents(*id);
+        json!({ "nodeId": id, "raftAddr": addr, "voter": voter, "leader": st.leader == Some(*id),
+            "agentAddress": a.as_ref().map(|a| a.quic.clone()), "agentTcpAddress": a.map(|a| a.tcp) })
+    };
     let members: Vec<Value> = st
         .voters
         .iter()
@@ -39,6 +47,7 @@ fn view(state: &HubState) -> Value {
         "revision": st.revision,
         "members": members,
         "connectedDevices": state.live.n_connected(),
+        "fleetConnectedDevices": st.is_leader.then(|| state.fleet.n_connected()),
         "quicAddr": state.config.quic_addr.to_string(),
         // What devices should dial (never loopback for a hub on every interface).
         "agentAddress": state.config.agent_address.as_ref().ok(),
@@ -175,6 +184,8 @@ pub async fn remove_member(
         )));
     }
     state.store.remove_member(id).await?;
+    // Its devices stop being told of it (they hold it until then, and try it in turn).
+    crate::sync::hubs::forget(&state.store, id).await?;
     tracing::info!(node_id = id, "removed a hub from the cluster");
     Ok(Json(view(&state)))
 }

@@ -484,14 +484,17 @@ fn paths() -> Map<String, Value> {
     );
     let member = json!({ "type": "object", "required": ["nodeId", "raftAddr", "voter", "leader"], "properties": {
         "nodeId": { "type": "integer", "minimum": 1 }, "raftAddr": { "type": "string" },
-        "voter": { "type": "boolean" }, "leader": { "type": "boolean" } } });
+        "voter": { "type": "boolean" }, "leader": { "type": "boolean" },
+        "agentAddress": { "type": ["string", "null"], "description": "Where devices reach it (QUIC), as it recorded" },
+        "agentTcpAddress": { "type": ["string", "null"], "description": "Its TCP fallback for devices" } } });
     let cluster = json!({
         "type": "object", "required": ["nodeId", "isLeader", "revision", "members", "connectedDevices", "quicAddr", "version"], "properties": {
             "nodeId": { "type": "integer", "minimum": 1 },
             "leader": { "type": ["integer", "null"], "minimum": 0 }, "isLeader": { "type": "boolean" },
             "revision": { "type": "integer", "minimum": 0 },
             "members": { "type": "array", "items": member },
-            "connectedDevices": { "type": "integer", "minimum": 0 },
+            "connectedDevices": { "type": "integer", "minimum": 0, "description": "Devices connected to this hub" },
+            "fleetConnectedDevices": { "type": ["integer", "null"], "minimum": 0, "description": "On the leader: devices connected to any hub it hears from" },
             "quicAddr": { "type": "string" }, "agentAddress": { "type": ["string", "null"] },
             "agentAddressProblem": { "type": ["string", "null"] }, "version": { "type": "string" } } });
     let join_token = json!({ "type": "string", "minLength": 1, "maxLength": 512,

@@ -16,15 +16,19 @@ pub enum JoinTokenCommand {
 }
 
 fn print_members(v: &Value) {
-    println!("{:<8} {:<28} {:<8} LEADER", "NODE", "RAFT ADDRESS", "VOTER");
+    println!("{:<8} {:<28} {:<8} {:<7} DEVICES AT", "NODE", "RAFT ADDRESS", "VOTER", "LEADER");
     for m in v["members"].as_array().into_iter().flatten() {
         println!(
-            "{:<8} {:<28} {:<8} {}",
+            "{:<8} {:<28} {:<8} {:<7} {}",
             m["nodeId"].as_u64().unwrap_or(0),
             m["raftAddr"].as_str().unwrap_or("-"),
             if m["voter"].as_bool().unwrap_or(false) { "yes" } else { "learner" },
-            if m["leader"].as_bool().unwrap_or(false) { "*" } else { "" },
+            if m["leader"].as_bool().unwrap_or(false) { "*" } else { "-" },
+            m["agentAddress"].as_str().unwrap_or("-"),
         );
+    }
+    if let Some(n) = v["fleetConnectedDevices"].as_u64() {
+        println!("devices connected to the cluster: {n}");
     }
     println!("revision {}", v["revision"].as_u64().unwrap_or(0));
 }

@@ -8,8 +8,10 @@ use shared_proto::wire::DeviceFacts;
 use shared_proto::{Device, DevicePhase, DeviceStatus, Timestamp};
 use std::time::Duration;
 
-/// What this hub knows, in memory, about one device's connection.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// What this hub knows, in memory, about one device's connection. Hubs of a cluster
+/// send theirs to the leader (`crate::sync::fleet`), as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LiveDevice {
     pub connected: bool,
     /// When the connection state last changed (or the hub started, if it never

@@ -1,14 +1,15 @@
 //! Controllers: the scheduler, the manifest planner, device lifecycle and app status.
 //! Each is a pure function in its own module; [`planner::Planner`] combines them
 //! incrementally over a [`cache::FleetCache`], and [`run`] is the thin async loop that
-//! feeds the planner from the store's watch and the liveness table, runs passes on the
-//! Raft leader, and writes what they plan.
+//! feeds the planner from the store's watch and the fleet's liveness (this hub's table
+//! merged with the other hubs' reports, `crate::sync::fleet`), runs passes on the Raft
+//! leader, and writes what they plan.
 //!
 //! Data flow:
 //!
 //! ```text
 //!  store watch ──ChangeBatch──▶ FleetCache.apply ──Changed──▶ Planner (marks units,
-//!  liveness table ──dirty devices──────────────────────────▶   manifests, rows, sites)
+//!  fleet liveness ──dirty devices─────────────────────────▶   manifests, rows, sites)
 //!                                                               │ plan(now)
 //!                          store.write(Each chunk) ◀── PassPlan ┘
 //!                          outcome (conflicts) ──▶ Planner.handle_outcome (retry those)
@@ -26,7 +27,7 @@ pub mod planner;
 pub mod scheduler;
 
 use crate::metrics::HubMetrics;
-use crate::sync::liveness::LivenessTable;
+use crate::sync::fleet::FleetLiveness;
 use cache::FleetCache;
 use futures::StreamExt;
 use hub_store::Store;
@@ -72,23 +73,32 @@ enum Stop {
 /// Runs the controllers whenever this hub leads, until `shutdown` flips.
 pub async fn run(
     store: Store,
-    live: Arc<LivenessTable>,
+    live: Arc<FleetLiveness>,
     clock: SharedClock,
     cfg: ControllerConfig,
     metrics: Arc<HubMetrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let hub_started = clock.now().saturating_add(cfg.startup_grace);
+    let mut grace_until = clock.now().saturating_add(cfg.startup_grace);
+    let mut leading = false;
     let mut leader = store.leader();
     loop {
         if *shutdown.borrow() {
             return;
         }
         if !store.is_leader() {
+            leading = false;
             tokio::select! {
                 _ = leader.changed() => continue,
                 _ = shutdown.changed() => continue,
             }
+        }
+        if !leading {
+            // Taking over: the other hubs' views come again, and the devices the old
+            // leader held need time to notice and reconnect somewhere.
+            leading = true;
+            live.lead_started();
+            grace_until = grace_until.max(clock.now().saturating_add(cfg.startup_grace));
         }
         // Subscribe before loading, so nothing written in between is missed.
         let (_, mut rx) = store.subscribe();
@@ -101,7 +111,7 @@ pub async fn run(
             }
         };
         tracing::info!(devices = cache.devices.len(), apps = cache.apps.len(), "controllers running");
-        let mut planner = Planner::new(cache, cfg.clone(), hub_started);
+        let mut planner = Planner::new(cache, cfg.clone(), grace_until);
         match lead(&store, &live, &clock, &metrics, &mut planner, &mut rx, &mut leader, &mut shutdown).await {
             Stop::Relist => continue,
             Stop::Done => return,
@@ -123,7 +133,7 @@ fn thread_cpu_time() -> Duration {
 #[allow(clippy::too_many_arguments)]
 async fn lead(
     store: &Store,
-    live: &LivenessTable,
+    live: &FleetLiveness,
     clock: &SharedClock,
     metrics: &HubMetrics,
     planner: &mut Planner,
@@ -134,7 +144,8 @@ async fn lead(
     while store.is_leader() && !*shutdown.borrow() {
         let (cpu0, wall0) = (thread_cpu_time(), std::time::Instant::now());
         let mut lap_start = std::time::Instant::now();
-        let plan = planner.plan_with_laps(clock.now(), &|d| live.get(d), live.take_dirty(), &mut |c| {
+        let (dirty, hubs_due) = live.take_dirty(clock.now());
+        let plan = planner.plan_with_laps(clock.now(), &|d| live.get(d), dirty, &mut |c| {
             let now = std::time::Instant::now();
             metrics.controller_pass(c, now.duration_since(lap_start));
             lap_start = now;
@@ -172,8 +183,11 @@ async fn lead(
                 }
             }
         }
-        let mut wait =
-            plan.wake_at.map_or(IDLE_PASS, |w| w.since(clock.now()).max(Duration::from_millis(10)));
+        let wake_at = match (plan.wake_at, hubs_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut wait = wake_at.map_or(IDLE_PASS, |w| w.since(clock.now()).max(Duration::from_millis(10)));
         if planner.has_retries() {
             wait = wait.min(RETRY_AFTER_CONFLICT);
         }

@@ -297,7 +297,8 @@ async fn drive(
                 AgentEvent::UpToDate { .. }
                 | AgentEvent::Renew { .. }
                 | AgentEvent::Trust { .. }
-                | AgentEvent::Peers(_) => {}
+                | AgentEvent::Peers(_)
+                | AgentEvent::Hubs(_) => {}
                 // Simulated devices run nothing to read or enter: they say so at once.
                 AgentEvent::Attach(req) => {
                     let conn = conn.clone();

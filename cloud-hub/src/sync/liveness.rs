@@ -18,6 +18,8 @@ struct Inner {
     sessions: HashMap<String, u64>,
     next_session: u64,
     dirty: BTreeSet<String>,
+    /// Changed since this hub last told the cluster's leader (`super::fleet`).
+    feed_dirty: BTreeSet<String>,
     /// Each device's latest resource use and when it arrived: memory only, never the
     /// store (it moves all the time and matters only while fresh).
     usage: HashMap<String, (UsageReport, Timestamp)>,
@@ -28,6 +30,7 @@ struct Inner {
 pub struct LivenessTable {
     inner: Mutex<Inner>,
     changed: Notify,
+    feed_changed: Notify,
 }
 
 /// Identifies one session of one device.
@@ -45,10 +48,12 @@ impl LivenessTable {
             f(i.devices.entry(device.to_string()).or_default());
             if dirty {
                 i.dirty.insert(device.to_string());
+                i.feed_dirty.insert(device.to_string());
             }
         });
         if dirty {
             self.changed.notify_one();
+            self.feed_changed.notify_one();
         }
     }
 
@@ -119,7 +124,43 @@ impl LivenessTable {
         self.with(|i| {
             i.devices.remove(device);
             i.sessions.remove(device);
+            i.feed_dirty.insert(device.to_string());
         });
+        self.feed_changed.notify_one();
+    }
+
+    /// Every device this hub holds a view of, for a full report to the leader; clears
+    /// the changes not yet reported (the snapshot has them).
+    pub fn feed_snapshot(&self) -> Vec<(String, LiveDevice)> {
+        self.with(|i| {
+            i.feed_dirty.clear();
+            i.devices.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        })
+    }
+
+    /// The devices whose view changed since the last report to the leader, at most
+    /// `max` of them: `None` for a device this hub forgot.
+    pub fn take_feed_dirty(&self, max: usize) -> Vec<(String, Option<LiveDevice>)> {
+        self.with(|i| {
+            let names: Vec<String> = i.feed_dirty.iter().take(max).cloned().collect();
+            names
+                .into_iter()
+                .map(|n| {
+                    i.feed_dirty.remove(&n);
+                    let view = i.devices.get(&n).cloned();
+                    (n, view)
+                })
+                .collect()
+        })
+    }
+
+    /// Whether changes wait to be reported to the leader.
+    pub fn has_feed_dirty(&self) -> bool {
+        self.with(|i| !i.feed_dirty.is_empty())
+    }
+
+    pub async fn wait_feed_changed(&self) {
+        self.feed_changed.notified().await
     }
 
     pub fn get(&self, device: &str) -> Option<LiveDevice> {

@@ -7,10 +7,13 @@
 
 pub mod admission;
 pub mod attach;
+pub mod blob_gc;
 pub mod blobs;
 pub mod clones;
 pub mod enrol;
 pub mod fanout;
+pub mod fleet;
+pub mod hubs;
 pub mod identity;
 pub mod liveness;
 pub mod peers;

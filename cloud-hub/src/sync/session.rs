@@ -164,6 +164,7 @@ where
             registration = Some((reg, live, state.metrics.session_opened(transport)));
             session.welcome(clock.monotonic(), current_manifest(&state, &device)?.as_ref());
             certificates_follow(&state, &cert, &mut session);
+            session.send_hubs(&state.hubs.current());
             let state = state.clone();
             let cert = cert.clone();
             tokio::spawn(async move { drop_superseded(&state, &cert).await });
@@ -312,6 +313,7 @@ where
     let clock = state.clock.clone();
     let device = session.device().to_string();
     let mut cas = state.pki.subscribe();
+    let mut hubs = state.hubs.subscribe();
     loop {
         while let Some(bytes) = session.poll_transmit() {
             tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes))
@@ -403,6 +405,10 @@ where
             }
             _ = sleep_until(deadline) => session.handle_timeout(clock.monotonic()),
             Ok(()) = cas.changed() => certificates_follow(state, cert, session),
+            Ok(()) = hubs.changed() => {
+                let list = hubs.borrow_and_update().clone();
+                session.send_hubs(&list);
+            }
         }
     }
 }

@@ -335,6 +335,29 @@ impl Store {
         path: &str,
         timeout: Duration,
     ) -> Result<reqwest::Response, StoreError> {
+        self.peer_request(node, reqwest::Method::GET, path, None, timeout).await
+    }
+
+    /// A POST of `body` (JSON) to `path` on member `node`'s peer services, as
+    /// [`Store::peer_get`].
+    pub async fn peer_post(
+        &self,
+        node: NodeId,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, StoreError> {
+        self.peer_request(node, reqwest::Method::POST, path, Some(body), timeout).await
+    }
+
+    async fn peer_request(
+        &self,
+        node: NodeId,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, StoreError> {
         self.check_open()?;
         let st = self.status();
         let addr = st
@@ -349,13 +372,14 @@ impl Store {
             .client(node, addr)
             .await
             .map_err(|e| StoreError::Unavailable(format!("node {node}: {e}")))?;
-        client
-            .get(format!("{base_url}{path}"))
+        let mut request = client
+            .request(method, format!("{base_url}{path}"))
             .header(crate::rpc::HEADER_TARGET_NODE, node.to_string())
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("node {node}: {e}")))
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        request.send().await.map_err(|e| StoreError::Unavailable(format!("node {node}: {e}")))
     }
 
     /// Revision of the last applied entry (its log index; 0 for an empty store).
@@ -544,6 +568,11 @@ impl Store {
             flushed?;
         }
         raft_result.map_err(|e| StoreError::Fatal(format!("raft stopped abnormally: {e}")))
+    }
+
+    /// Whether [`Store::shutdown`] ran: nothing will work again.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     fn check_open(&self) -> Result<(), StoreError> {

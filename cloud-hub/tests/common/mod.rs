@@ -31,10 +31,12 @@ pub async fn hub_state(dir: &Path, store: &Store) -> Arc<HubState> {
     };
     let pki =
         Arc::new(cloud_hub::sync::pki::Pki::load(store, key.clone(), settings, clock.clone()).await.unwrap());
+    let live = Arc::new(LivenessTable::default());
     Arc::new(HubState {
         store: store.clone(),
         blobs: images::BlobStore::open(dir.join("blobs")).unwrap(),
-        live: Arc::new(LivenessTable::default()),
+        live: live.clone(),
+        fleet: Arc::new(cloud_hub::sync::fleet::FleetLiveness::new(live)),
         fanout: Arc::new(ManifestFanout::default()),
         identities: Default::default(),
         sessions: Default::default(),
@@ -53,5 +55,6 @@ pub async fn hub_state(dir: &Path, store: &Store) -> Arc<HubState> {
         attach: Default::default(),
         peers: Default::default(),
         metrics: Default::default(),
+        hubs: Default::default(),
     })
 }

@@ -140,13 +140,15 @@ impl AgentWatch {
                 }
                 HubFrame::Attach(req) if welcomed && req.problem().is_none() => AgentEvent::Attach(req),
                 HubFrame::Peers(p) if welcomed && wire::peers_problem(&p).is_none() => AgentEvent::Peers(p),
+                HubFrame::Hubs(h) if welcomed && wire::hubs_problem(&h).is_none() => AgentEvent::Hubs(h),
                 HubFrame::Welcome(_)
                 | HubFrame::Desired(_)
                 | HubFrame::UpToDate { .. }
                 | HubFrame::Renew { .. }
                 | HubFrame::Trust { .. }
                 | HubFrame::Attach(_)
-                | HubFrame::Peers(_) => protocol_error(),
+                | HubFrame::Peers(_)
+                | HubFrame::Hubs(_) => protocol_error(),
             };
             let ends = matches!(event, AgentEvent::Ended(_));
             want.push(event);

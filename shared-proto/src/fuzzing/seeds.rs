@@ -183,6 +183,17 @@ fn frame_seeds() -> Vec<Seed> {
         seed("future-version", 12, future),
         seed("truncated-hello", 3, half_hello),
         seed("renewal-v3", 9, renewal),
+        seed(
+            "hubs-v6",
+            5,
+            frame(
+                6,
+                &HubFrame::Hubs(vec![
+                    wire::HubEndpoint { quic: "hub-1.example:7441".into(), tcp: "hub-1.example:443".into() },
+                    wire::HubEndpoint { quic: "[fd00::2]:7441".into(), tcp: "[fd00::2]:7441".into() },
+                ]),
+            ),
+        ),
     ]
 }
 

@@ -10,7 +10,7 @@
 use super::SessionEnd;
 use crate::manifest::DesiredManifest;
 use crate::wire::{
-    self, AgentFrame, AgentHello, AgentReport, AppPeers, AttachRequest, FrameDecoder, HubFrame,
+    self, AgentFrame, AgentHello, AgentReport, AppPeers, AttachRequest, FrameDecoder, HubEndpoint, HubFrame,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, StreamOpen,
 };
 use std::collections::VecDeque;
@@ -53,6 +53,8 @@ pub enum AgentEvent {
     Attach(AttachRequest),
     /// Where the device's published ports are balanced to: store it, apply it.
     Peers(Vec<AppPeers>),
+    /// The cluster's hubs: store them, and move to another when this one goes away.
+    Hubs(Vec<HubEndpoint>),
     /// The session is over; the shell closes the stream.
     Ended(SessionEnd),
 }
@@ -203,6 +205,12 @@ impl AgentSession {
                 }
                 self.events.push_back(AgentEvent::Peers(peers))
             }
+            (State::Established { .. }, HubFrame::Hubs(hubs)) => {
+                if let Some(p) = wire::hubs_problem(&hubs) {
+                    return self.end(SessionEnd::Protocol(format!("hubs with {p}")));
+                }
+                self.events.push_back(AgentEvent::Hubs(hubs))
+            }
             (State::Established { .. }, HubFrame::Attach(req)) => {
                 if let Some(p) = req.problem() {
                     return self.end(SessionEnd::Protocol(format!("an attach request with {p}")));
@@ -310,5 +318,6 @@ fn frame_name(f: &HubFrame) -> &'static str {
         HubFrame::Trust { .. } => "the CAs to trust",
         HubFrame::Attach(_) => "an attach request",
         HubFrame::Peers(_) => "the site's peers",
+        HubFrame::Hubs(_) => "the cluster's hubs",
     }
 }

@@ -11,7 +11,8 @@
 use super::SessionEnd;
 use crate::manifest::DesiredManifest;
 use crate::wire::{
-    self, AgentFrame, AgentHello, AgentReport, AppPeers, AttachRequest, FrameDecoder, HubFrame, HubWelcome,
+    self, AgentFrame, AgentHello, AgentReport, AppPeers, AttachRequest, FrameDecoder, HubEndpoint, HubFrame,
+    HubWelcome,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -83,6 +84,8 @@ pub struct HubSession {
     renew_at: Option<Instant>,
     /// The peers last sent (repeats are not sent).
     peers_sent: Option<Vec<AppPeers>>,
+    /// The hubs last named (repeats are not sent).
+    hubs_sent: Option<Vec<HubEndpoint>>,
     cfg: HubSessionConfig,
 }
 
@@ -131,6 +134,7 @@ impl HubSession {
             last_heard: now,
             renew_at: None,
             peers_sent: None,
+            hubs_sent: None,
             cfg,
         };
         if let Some(p) = hello.problem() {
@@ -212,6 +216,22 @@ impl HubSession {
         }
         self.queue(&HubFrame::Peers(peers.clone()));
         self.peers_sent = Some(peers);
+    }
+
+    /// Names the cluster's hubs to the device, when they changed since it was last
+    /// told (devices older than protocol version 6 are not told; an empty list, a hub
+    /// that knows no addresses, says nothing).
+    pub fn send_hubs(&mut self, hubs: &[HubEndpoint]) {
+        let hubs = &hubs[..hubs.len().min(wire::MAX_HUBS)];
+        if self.state != State::Open
+            || self.version < 6
+            || hubs.is_empty()
+            || self.hubs_sent.as_deref() == Some(hubs)
+        {
+            return;
+        }
+        self.queue(&HubFrame::Hubs(hubs.to_vec()));
+        self.hubs_sent = Some(hubs.to_vec());
     }
 
     /// Refuses the device: it is not (or no longer) enrolled here.

@@ -150,7 +150,8 @@ impl World {
                 | AgentEvent::Renew { .. }
                 | AgentEvent::Trust { .. }
                 | AgentEvent::Attach(_)
-                | AgentEvent::Peers(_) => {}
+                | AgentEvent::Peers(_)
+                | AgentEvent::Hubs(_) => {}
             }
         }
         while let Some(b) = c.agent.poll_transmit() {
@@ -664,4 +665,48 @@ fn addresses_and_peers_travel_between_version_5_peers_only_and_repeats_are_not_s
     // A version-4 hub is not sent addresses.
     let mut old = AgentSession::new(t0, hello(0), 4, AgentReport::default(), &AgentSessionConfig::default());
     assert!(!old.send_addresses(t0, vec!["192.168.1.20".into()]));
+}
+
+#[test]
+fn the_cluster_s_hubs_reach_version_6_agents_once_and_bad_ones_end_the_session() {
+    let t0 = Instant::now();
+    let hubs = vec![
+        wire::HubEndpoint { quic: "hub-1.example:7441".into(), tcp: "hub-1.example:7441".into() },
+        wire::HubEndpoint { quic: "10.0.0.2:7441".into(), tcp: "10.0.0.2:443".into() },
+    ];
+    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    let mut agent = AgentSession::new(
+        t0,
+        hello(0),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    hub.send_hubs(&hubs);
+    assert!(hub.poll_transmit().is_none(), "nothing before the welcome");
+    hub.welcome(t0, None);
+    while let Some(b) = hub.poll_transmit() {
+        agent.handle_bytes(t0, &b);
+    }
+    while agent.poll_event().is_some() {}
+    hub.send_hubs(&hubs);
+    hub.send_hubs(&hubs);
+    hub.send_hubs(&[]);
+    let frames: Vec<Vec<u8>> = std::iter::from_fn(|| hub.poll_transmit()).collect();
+    assert_eq!(frames.len(), 1, "a repeat, or no hubs at all, is not sent");
+    agent.handle_bytes(t0, &frames[0]);
+    assert_eq!(agent.poll_event(), Some(AgentEvent::Hubs(hubs.clone())));
+
+    // A version-5 agent is not told.
+    let mut old = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), 5, FrameDecoder::new());
+    old.welcome(t0, None);
+    while old.poll_transmit().is_some() {}
+    old.send_hubs(&hubs);
+    assert!(old.poll_transmit().is_none());
+
+    // An endpoint without a port ends the session.
+    let bad = vec![wire::HubEndpoint { quic: "hub-1.example".into(), tcp: "hub-1.example:443".into() }];
+    agent.handle_bytes(t0, &wire::encode_frame(&HubFrame::Hubs(bad)).unwrap());
+    let events: Vec<AgentEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
+    assert!(matches!(events.last(), Some(AgentEvent::Ended(SessionEnd::Protocol(_)))), "{events:?}");
 }

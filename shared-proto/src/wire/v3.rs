@@ -56,6 +56,10 @@ impl From<&super::HubFrame> for HubFrame {
             super::HubFrame::Attach(_) | super::HubFrame::Peers(_) => {
                 HubFrame::Refused { message: "logs and exec need an agent of protocol version 5".into() }
             }
+            // Never sent to an agent older than version 6 (`HubSession::send_hubs`).
+            super::HubFrame::Hubs(_) => {
+                HubFrame::Refused { message: "hub clusters need an agent of protocol version 6".into() }
+            }
         }
     }
 }
