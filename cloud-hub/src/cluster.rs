@@ -21,6 +21,14 @@
 //!    directory and starts Raft, uninitialised.
 //! 2. `POST /api/v1/cluster/members` then asks the cluster to add it: the leader adds it as
 //!    a learner, streams it the log or a snapshot, and promotes it to voter.
+//!
+//! **Static peers** are the other way to form a cluster, for installs that provision every
+//! hub at once (configuration management, images): `flotilla hub bootstrap --member
+//! 1=HOST:PORT --member 2=… --out DIR` makes the fleet CA and hub key and writes one data
+//! directory per member, each with its Raft identity, the hub key, the member list
+//! (`node.json`) and the fleet CA sealed with the hub key ([`FOUNDING_CA_FILE`]). Each hub
+//! then starts with `hub serve --raft-listen`; they form the cluster together, and the
+//! first leader writes the fleet CA into the store.
 
 use anyhow::{Context, bail};
 use provisioning::tls::HubTls;
@@ -38,6 +46,13 @@ use crate::sealing::HubKey;
 pub const IDENTITY_FILE: &str = "hub-identity.pem";
 /// The node id and raft address this data directory belongs to.
 pub const NODE_FILE: &str = "node.json";
+/// The fleet CA made by `hub bootstrap`, sealed with the hub key, until the store has it.
+pub const FOUNDING_CA_FILE: &str = "founding-ca.sealed";
+/// The first admin token's record (hashed) made by `hub bootstrap`, until the store has it.
+pub const FOUNDING_TOKEN_FILE: &str = "founding-token";
+/// Life of the Raft certificates `hub bootstrap` writes: the hubs must start within it
+/// (they replace them with ones of their configured lifetime once running).
+pub const STATIC_CERT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 /// Default life of a join token.
 pub const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
 /// Longest life a join token may be given.
@@ -59,9 +74,126 @@ pub struct NodeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined_via: Option<String>,
     /// While joining: the members the cluster named, so a retried join waits to be added
-    /// instead of forming a cluster alone.
+    /// instead of forming a cluster alone. Without `joined_via`: the static peers the
+    /// cluster is formed with (`hub bootstrap`), this hub among them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub join_members: BTreeMap<u64, String>,
+}
+
+/// `id=host:port` of `hub bootstrap --member`.
+pub fn parse_member(s: &str) -> anyhow::Result<(u64, String)> {
+    let (id, addr) = s.split_once('=').context("a member is ID=HOST:PORT, e.g. 1=hub-1.example:7450")?;
+    let id: u64 = id.trim().parse().with_context(|| format!("{id:?} is not a node id"))?;
+    if id == 0 {
+        bail!("node ids start at 1");
+    }
+    let addr = addr.trim();
+    let ok = addr.len() <= 255
+        && addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        bail!("{addr:?} is not HOST:PORT");
+    }
+    Ok((id, addr.to_string()))
+}
+
+/// `flotilla hub bootstrap`: a new fleet CA and hub key, and one data directory per member
+/// under `out` (`hub-<id>`), ready for `hub serve`. Returns what to run next.
+pub fn bootstrap(out: &Path, members: &BTreeMap<u64, String>) -> anyhow::Result<String> {
+    if members.is_empty() {
+        bail!("name the cluster's hubs with --member ID=HOST:PORT (1, 3 or 5 of them)");
+    }
+    if members.len() > 7 {
+        bail!("{} members: a cluster has 1, 3 or 5 hubs (7 at most)", members.len());
+    }
+    for id in members.keys() {
+        let dir = out.join(format!("hub-{id}"));
+        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+            bail!("{} is not empty: bootstrap into a new directory", dir.display());
+        }
+    }
+    let ca = provisioning::ca::FleetCa::generate("Flotilla fleet CA")?;
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    let mut key_bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key_bytes)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let key = HubKey::from_bytes(&key_bytes);
+    let sealed = shared_proto::store::Object::FleetCa(key.seal_ca(ca.to_record(now))?).encode()?;
+    // The first admin token, so that the CLI works against whichever hub leads first.
+    let (secret, record) = crate::api::tokens::new_api_token(
+        shared_proto::store::Role::Admin,
+        "created by hub bootstrap".into(),
+        now,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token_record = shared_proto::store::Object::ApiToken(record).encode()?;
+    let ca_pem = provisioning::pem::encode_cert(ca.cert_der());
+    let mut report = format!(
+        "a cluster of {} hubs with fleet CA {}; start each with its directory:",
+        members.len(),
+        ca.fingerprint()
+    );
+    for (id, addr) in members {
+        let dir = out.join(format!("hub-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        provisioning::files::write_private_file(&dir.join(crate::sealing::KEY_FILE), &key_bytes)?;
+        let (chain, cert_key) = raft_certificate(&ca, *id, STATIC_CERT_LIFETIME)?;
+        save_identity(&dir, &chain, &cert_key, &[ca.cert_der().clone()])?;
+        provisioning::files::write_private_file(&dir.join(FOUNDING_CA_FILE), &sealed)?;
+        provisioning::files::write_private_file(&dir.join(FOUNDING_TOKEN_FILE), &token_record)?;
+        // The hub rewrites it with its own addresses when it starts (keeping the token).
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let context = shared_proto::config::CliContext {
+            hub: format!("https://{host}:7440"),
+            quic: format!("{host}:7441"),
+            token: secret.clone(),
+            ca_cert_pem: ca_pem.clone(),
+        };
+        provisioning::files::write_private_file(
+            &dir.join("context.json"),
+            &serde_json::to_vec_pretty(&context)?,
+        )?;
+        let record = NodeRecord {
+            node_id: *id,
+            raft_addr: addr.clone(),
+            joined_via: None,
+            join_members: members.clone(),
+        };
+        write_node_record(&dir, &record)?;
+        report.push_str(&format!(
+            "
+  node {id}: flotilla hub serve --data-dir {} --raft-listen {addr}",
+            dir.display()
+        ));
+    }
+    report.push_str(
+        "
+copy each directory to its machine (it holds the hub key: keep it private); the hubs          elect a leader once a majority runs, and the first leader creates the admin token          and writes the CLI context into its data directory.",
+    );
+    Ok(report)
+}
+
+/// The fleet CA `hub bootstrap` left in `data_dir`, opened with the hub key.
+pub fn read_founding_ca(data_dir: &Path, key: &HubKey) -> anyhow::Result<Option<provisioning::ca::FleetCa>> {
+    let path = data_dir.join(FOUNDING_CA_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if bytes.len() > 64 * 1024 {
+        bail!("{} is {} bytes: not a sealed CA", path.display(), bytes.len());
+    }
+    let shared_proto::store::Object::FleetCa(record) =
+        shared_proto::store::Object::decode(&bytes).with_context(|| format!("reading {}", path.display()))?
+    else {
+        bail!("{} does not hold a CA", path.display());
+    };
+    let opened = key.open_ca(&record).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Some(provisioning::ca::FleetCa::from_record(&opened)?))
 }
 
 pub fn read_node_record(data_dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
@@ -346,8 +478,39 @@ pub async fn request_membership(
     Ok(())
 }
 
+/// The first admin token `hub bootstrap` left in `data_dir`, if it did.
+pub fn read_founding_token(data_dir: &Path) -> anyhow::Result<Option<shared_proto::store::ApiTokenRecord>> {
+    let path = data_dir.join(FOUNDING_TOKEN_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if bytes.len() > 64 * 1024 {
+        bail!("{} is {} bytes: not a token record", path.display(), bytes.len());
+    }
+    match shared_proto::store::Object::decode(&bytes)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        shared_proto::store::Object::ApiToken(r) => Ok(Some(r)),
+        _ => bail!("{} does not hold a token record", path.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn static_members_are_id_equals_host_port() {
+        assert_eq!(
+            super::parse_member("2=hub-2.example:7450").unwrap(),
+            (2, "hub-2.example:7450".to_string())
+        );
+        assert_eq!(super::parse_member(" 3 = [::1]:7450").unwrap(), (3, "[::1]:7450".to_string()));
+        for bad in ["0=h:1", "x=h:1", "1=h", "1=:1", "1=h:0", "1=h:99999", "h:1"] {
+            assert!(super::parse_member(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

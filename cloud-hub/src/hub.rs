@@ -163,6 +163,12 @@ fn membership(
             data_dir.display()
         );
     }
+    // Static peers (`hub bootstrap`): the members this one forms the cluster with.
+    let static_members = record
+        .as_ref()
+        .filter(|r| r.joined_via.is_none())
+        .map(|r| r.join_members.clone())
+        .unwrap_or_default();
     let node_id = match (record, args.node_id) {
         (Some(n), Some(id)) if n.node_id != id => bail!(
             "{} belongs to node {}, not {id}: drop --node-id or use another data directory",
@@ -214,6 +220,7 @@ fn membership(
     };
     let initial_members = match joined {
         Some(members) => members.clone(),
+        None if !static_members.is_empty() => static_members,
         None => std::collections::BTreeMap::from([(node_id, advertise.clone())]),
     };
     Ok(Membership { node_id, raft: Some((listen, advertise)), initial_members, founding_ca, tls: Some(tls) })
@@ -277,7 +284,12 @@ async fn wait_for_leader(store: &Store) -> anyhow::Result<()> {
 /// The fleet CA, created on the first start of the cluster (or taken from the founding
 /// hub's identity). Its private key is stored sealed with the hub key; a record from an
 /// older hub, whose key is in clear, is sealed here by the leader.
-async fn fleet_ca(store: &Store, key: &HubKey, mut founding: Option<FleetCa>) -> anyhow::Result<FleetCa> {
+async fn fleet_ca(
+    store: &Store,
+    key: &HubKey,
+    mut founding: Option<FleetCa>,
+    may_generate: bool,
+) -> anyhow::Result<FleetCa> {
     for _ in 0..300 {
         if let Some(hub_store::Revisioned { object: Object::FleetCa(r), revision, .. }) =
             store.get_revisioned(StoreKind::FleetCa, "fleet").await?
@@ -294,7 +306,7 @@ async fn fleet_ca(store: &Store, key: &HubKey, mut founding: Option<FleetCa>) ->
             }
             return Ok(FleetCa::from_record(&opened)?);
         }
-        if store.is_leader() {
+        if store.is_leader() && (founding.is_some() || may_generate) {
             let ca = match founding.take() {
                 Some(ca) => ca,
                 None => FleetCa::generate("Flotilla fleet CA")?,
@@ -313,8 +325,28 @@ async fn fleet_ca(store: &Store, key: &HubKey, mut founding: Option<FleetCa>) ->
     bail!("the fleet CA did not appear in the store")
 }
 
-/// Creates the first admin token when the store has none; returns its secret.
-async fn first_admin_token(store: &Store) -> anyhow::Result<Option<String>> {
+/// Creates the first admin token when the store has none; returns its secret. With
+/// `founding` (`hub bootstrap` made it, and the CLI contexts hold its secret), stores
+/// that one instead, on whichever hub leads.
+async fn first_admin_token(
+    store: &Store,
+    founding: Option<shared_proto::store::ApiTokenRecord>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(record) = founding {
+        for _ in 0..300 {
+            if !store.list(StoreKind::ApiToken).await?.is_empty() {
+                return Ok(None);
+            }
+            if store.is_leader() {
+                store
+                    .write(StoreCommand::put(Object::ApiToken(record.clone()), Precondition::MustNotExist))
+                    .await?;
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("the first admin token did not appear in the store");
+    }
     if !store.list(StoreKind::ApiToken).await?.is_empty() || !store.is_leader() {
         return Ok(None);
     }
@@ -427,6 +459,12 @@ pub async fn start_joining(
     }
     let key = Arc::new(HubKey::load_or_create(&data_dir)?);
     let mut member = membership(&args, &data_dir, join.as_ref().map(|(_, m)| m))?;
+    if member.founding_ca.is_none() {
+        member.founding_ca = crate::cluster::read_founding_ca(&data_dir, &key)?;
+    }
+    // A member of a cluster formed from static peers waits for the CA `hub bootstrap`
+    // made rather than making one of its own.
+    let static_peers = member.raft.is_some() && member.initial_members.len() > 1 && join.is_none();
     let peer_tls = match &member.tls {
         Some(tls) => {
             Some(hub_store::PeerTls { server: tls.raft_server_config()?, client: tls.raft_client_config()? })
@@ -465,8 +503,11 @@ pub async fn start_joining(
         crate::cluster::write_node_record(&data_dir, &record)?;
     }
     wait_for_leader(&store).await?;
-    fleet_ca(&store, &key, member.founding_ca.take()).await?;
-    let new_token = first_admin_token(&store).await?;
+    fleet_ca(&store, &key, member.founding_ca.take(), !static_peers).await?;
+    // In the store now (sealed): the file has done its job.
+    let _ = std::fs::remove_file(data_dir.join(crate::cluster::FOUNDING_CA_FILE));
+    let new_token = first_admin_token(&store, crate::cluster::read_founding_token(&data_dir)?).await?;
+    let _ = std::fs::remove_file(data_dir.join(crate::cluster::FOUNDING_TOKEN_FILE));
 
     let hub_name = nix::unistd::gethostname()
         .ok()

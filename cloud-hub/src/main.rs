@@ -131,6 +131,17 @@ enum HubCommand {
         #[command(flatten)]
         serve: Box<cloud_hub::hub::ServeArgs>,
     },
+    /// Make the fleet CA, the hub key and one data directory per hub for a cluster formed
+    /// from static peers; then run `hub serve --raft-listen` on each.
+    Bootstrap {
+        /// A member: its node id and the HOST:PORT the other hubs reach its Raft listener
+        /// at, e.g. `--member 1=hub-1.example:7450` (once per hub).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// Where to write the data directories (`hub-<id>` each).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The hubs of the cluster, their Raft addresses and the leader.
     Members,
     /// Remove a hub from the cluster (to retire or replace it).
@@ -169,6 +180,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Hub { command: HubCommand::Serve(args) } => cloud_hub::hub::serve(*args).await,
         Command::Hub { command: HubCommand::Join { url, join_token, serve } } => {
             cloud_hub::hub::join(url, join_token, *serve).await
+        }
+        Command::Hub { command: HubCommand::Bootstrap { members, out } } => {
+            let mut map = std::collections::BTreeMap::new();
+            for m in &members {
+                let (id, addr) = anyhow::Context::with_context(cloud_hub::cluster::parse_member(m), || {
+                    format!("--member {m}")
+                })?;
+                if map.insert(id, addr).is_some() {
+                    anyhow::bail!("node {id} is named twice");
+                }
+            }
+            println!("{}", cloud_hub::cluster::bootstrap(&out, &map)?);
+            Ok(())
         }
         Command::Hub { command: HubCommand::Members } => cli::cluster::members(h).await,
         Command::Hub { command: HubCommand::Remove { node_id } } => cli::cluster::remove(h, node_id).await,

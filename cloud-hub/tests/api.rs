@@ -529,8 +529,19 @@ async fn every_mutating_call_is_audited_with_who_what_and_how_it_ended() {
     let (viewer, viewer_id) = token_with(&api.store, Role::Viewer, None, &[]).await;
     let (operator, operator_id) = token_with(&api.store, Role::Operator, None, &[]).await;
     let body = serde_json::to_vec(&app("web", "img:1")).unwrap();
-    let (s, _, _) = api.call("PUT", "/api/v1/apps/web", Some(&operator), body.clone()).await;
+    let (s, created, _) = api.call("PUT", "/api/v1/apps/web", Some(&operator), body.clone()).await;
     assert_eq!(s, StatusCode::CREATED);
+    // The change and its entry are one Raft entry: the same revision.
+    let revision = created["metadata"]["revision"].as_u64().unwrap();
+    let entries = api.store.list(shared_proto::store::StoreKind::Audit).await.unwrap();
+    let with_change: Vec<u64> = futures::future::join_all(
+        entries.iter().map(|o| api.store.get_revisioned(shared_proto::store::StoreKind::Audit, o.name())),
+    )
+    .await
+    .into_iter()
+    .map(|r| r.unwrap().unwrap().revision)
+    .collect();
+    assert_eq!(with_change, [revision], "{entries:?}");
     let (s, _, _) = api.call("PUT", "/api/v1/apps/web", Some(&viewer), body.clone()).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _, _) = api.call("DELETE", "/api/v1/apps/web", None, vec![]).await;

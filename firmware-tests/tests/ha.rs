@@ -564,3 +564,62 @@ fn agents_on_every_hub_keep_converging_and_none_goes_offline_when_a_hub_dies() {
         agent.reset();
     }
 }
+
+/// A cluster formed from static peers: `flotilla hub bootstrap` writes a data directory per
+/// hub (Raft identity, hub key, members, the fleet CA sealed, an admin CLI context), the
+/// three start at once with `hub serve`, elect a leader, and work as one.
+#[test]
+fn a_cluster_forms_from_static_peers_made_by_hub_bootstrap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rafts: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", firmware_tests::free_port())).collect();
+    let out = tmp.path().join("bootstrap");
+    let mut cmd = Command::new(bin("flotilla"));
+    cmd.args(["hub", "bootstrap", "--out"]).arg(&out);
+    for (i, r) in rafts.iter().enumerate() {
+        cmd.args(["--member", &format!("{}={r}", i + 1)]);
+    }
+    let made = cmd.output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let report = String::from_utf8_lossy(&made.stdout);
+    assert!(report.contains("--raft-listen"), "{report}");
+    // Bootstrapping over it again is refused.
+    let again = Command::new(bin("flotilla"))
+        .args(["hub", "bootstrap", "--member", &format!("1={}", rafts[0]), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    // Each directory goes to its machine (here: its own place), and all start at once.
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| tmp.path().join(format!("s{i}"))).collect();
+    for (i, d) in dirs.iter().enumerate() {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::rename(out.join(format!("hub-{}", i + 1)), d.join("hub")).unwrap();
+    }
+    let hubs: Vec<Hub> = std::thread::scope(|s| {
+        let started: Vec<_> = dirs
+            .iter()
+            .zip(&rafts)
+            .map(|(d, r)| {
+                s.spawn(move || Hub::start_with(d, HubOptions::default().arg("--raft-listen").arg(r)))
+            })
+            .collect();
+        started.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let leader_id = leader(&hubs[0], 3);
+    for hub in &hubs {
+        let ids: BTreeSet<u64> = members(hub).unwrap().iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(ids, BTreeSet::from([1, 2, 3]));
+        assert!(!hub.data_dir.join("founding-ca.sealed").exists(), "the CA is in the store now");
+    }
+    // One fleet CA for all: every hub's CLI context (rewritten by its hub) trusts the others.
+    let out = hubs[1].apply(
+        tmp.path(),
+        "apiVersion: flotilla.dev/v1\nkind: Site\nmetadata: {name: s-1}\nspec: {location: x}\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let site = wait_until("the site on another hub", DEADLINE, || hubs[2].get("sites", Some("s-1")));
+    assert_eq!(site["metadata"]["name"], "s-1");
+    eprintln!("static cluster formed; node {leader_id} leads");
+}

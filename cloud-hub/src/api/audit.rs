@@ -5,6 +5,12 @@
 //! so an answered call is never missing from it. Calls without a working token change
 //! nothing and are only logged as lines, so a flood of them costs no Raft writes.
 //!
+//! A call that changes the store writes its entry in the same Raft entry as the change
+//! ([`write_with_change`]: one commit, and the entry exists exactly when the change
+//! does); any other call's entry is written after its answer. A call whose answer
+//! differs from the one its change recorded (it failed after writing) gets a second
+//! entry with the answer it got.
+//!
 //! The log keeps the newest [`MAX_ENTRIES`]; every [`TRIM_EVERY`] writes the oldest
 //! beyond that go. `GET /api/v1/audit?since=…&limit=…` (admins) and `flotilla audit`
 //! read it.
@@ -20,7 +26,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared_proto::Timestamp;
-use shared_proto::store::{AuditRecord, Object, Precondition, Role, StoreCommand, StoreKind};
+use shared_proto::store::{AuditRecord, Object, Precondition, Role, StoreCommand, StoreKind, StoreOutcome};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +43,55 @@ const MAX_READ: usize = 10_000;
 pub struct ClientAddr(pub SocketAddr);
 
 static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// The entry of the call being answered.
+enum Pending {
+    /// Not written yet.
+    Entry(AuditRecord),
+    /// Written with the call's change (recording the status in it).
+    Written(AuditRecord),
+}
+
+tokio::task_local! {
+    /// Set by [`record`] around the handler of an authenticated mutating call.
+    static PENDING: std::cell::RefCell<Option<Pending>>;
+}
+
+/// Writes `cmd` for the call being answered, with the call's audit entry (recording
+/// `status`, the answer the handler gives when `cmd` applies) in the same Raft entry.
+/// Outside an audited call, or once its entry is written, `cmd` goes alone.
+pub async fn write_with_change(
+    state: &HubState,
+    cmd: StoreCommand,
+    status: axum::http::StatusCode,
+) -> Result<StoreOutcome, hub_store::StoreError> {
+    let entry = PENDING
+        .try_with(|c| {
+            let mut slot = c.borrow_mut();
+            match slot.take() {
+                Some(Pending::Entry(e)) => Some(e),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        })
+        .ok()
+        .flatten();
+    let Some(mut entry) = entry else { return state.store.write(cmd).await };
+    entry.status = status.as_u16();
+    let audit = StoreCommand::put(Object::Audit(entry.clone()), Precondition::MustNotExist);
+    let result = state.store.write(StoreCommand::Batch(vec![cmd, audit])).await;
+    let written = matches!(result, Ok(StoreOutcome::Applied { .. }));
+    // Not written: the middleware writes it after the answer (an entry that did land
+    // with an ambiguous failure is not written twice: same id, must not exist).
+    let back = if written { Pending::Written(entry) } else { Pending::Entry(entry) };
+    let _ = PENDING.try_with(|c| *c.borrow_mut() = Some(back));
+    if written {
+        trim_now_and_then(state).await;
+    }
+    result
+}
 
 /// The name of an entry written at `at`: sorts by time, unique with the random tail.
 pub fn entry_id(at: Timestamp) -> String {
@@ -61,27 +116,55 @@ pub async fn record(State(state): State<Arc<HubState>>, mut req: Request, next: 
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
     let remote = req.extensions().get::<ClientAddr>().map_or_else(String::new, |a| a.0.to_string());
-    let response = next.run(req).await;
+    let Ok(Caller { token_id, role, .. }) = caller else {
+        let response = next.run(req).await;
+        let status = response.status().as_u16();
+        tracing::info!(%remote, %method, %path, status, "refused a call without a working token");
+        return response;
+    };
+    let at = state.clock.now();
+    let entry = AuditRecord { id: entry_id(at), at, token_id, role, remote, method, path, status: 0 };
+    let slot = std::cell::RefCell::new(Some(Pending::Entry(entry)));
+    let (response, pending) = PENDING
+        .scope(slot, async {
+            let response = next.run(req).await;
+            (response, PENDING.with(|c| c.borrow_mut().take()))
+        })
+        .await;
     let status = response.status().as_u16();
-    match caller {
-        Ok(Caller { token_id, role, .. }) => {
-            let at = state.clock.now();
-            let entry = AuditRecord { id: entry_id(at), at, token_id, role, remote, method, path, status };
-            if let Err(e) = write(&state, entry).await {
-                tracing::error!(error = %e, "writing an audit entry failed");
-            }
+    let unwritten = match pending {
+        Some(Pending::Entry(mut e)) => {
+            e.status = status;
+            Some(e)
         }
-        Err(_) => tracing::info!(%remote, %method, %path, status, "refused a call without a working token"),
+        Some(Pending::Written(e)) if e.status != status => {
+            // Failed after its change was written: the answer it got, as well.
+            let at = state.clock.now();
+            Some(AuditRecord { id: entry_id(at), at, status, ..e })
+        }
+        Some(Pending::Written(_)) | None => None,
+    };
+    if let Some(entry) = unwritten
+        && let Err(e) = write(&state, entry).await
+    {
+        tracing::error!(error = %e, "writing an audit entry failed");
     }
     response
 }
 
 async fn write(state: &HubState, entry: AuditRecord) -> Result<(), hub_store::StoreError> {
     state.store.write(StoreCommand::put(Object::Audit(entry), Precondition::MustNotExist)).await?;
-    if WRITTEN.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
-        trim(state).await?;
-    }
+    trim_now_and_then(state).await;
     Ok(())
+}
+
+/// Counts an entry written; trims the log once per [`TRIM_EVERY`].
+async fn trim_now_and_then(state: &HubState) {
+    if WRITTEN.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1
+        && let Err(e) = trim(state).await
+    {
+        tracing::warn!(error = %e, "trimming the audit log failed");
+    }
 }
 
 /// Deletes the oldest entries beyond [`MAX_ENTRIES`].

@@ -391,12 +391,31 @@ pub async fn apply(
     validate_object(&incoming)?;
     caller.check_may_change(&incoming)?;
     let asked_revision = incoming.metadata().map_or(0, |m| m.revision);
+    // The first try reads this hub's copy: the write's precondition is checked against
+    // the leader's state, so a stale copy costs a conflict and a second try (which reads
+    // through the leader), never a wrong write. That saves a leader round trip per apply.
+    let mut linearizable = false;
     for _ in 0..8 {
-        let current = state.store.get(kind.into(), &name).await?;
-        if let Some(cur) = &current {
-            caller.check_may_change(cur)?;
+        let current = match linearizable {
+            true => state.store.get(kind.into(), &name).await?,
+            false => state.store.get_local(kind.into(), &name)?,
+        };
+        if let Some(cur) = &current
+            && let Err(e) = caller.check_may_change(cur)
+        {
+            // Refused on this hub's copy: refused only if the leader's says so too.
+            if linearizable {
+                return Err(e);
+            }
+            linearizable = true;
+            continue;
         }
         let created = current.is_none();
+        if created && asked_revision != 0 && !linearizable {
+            // Missing here, expected at a revision: ask the leader before refusing.
+            linearizable = true;
+            continue;
+        }
         let precondition = match (&current, asked_revision) {
             (None, 0) => Precondition::MustNotExist,
             (None, r) => {
@@ -412,10 +431,16 @@ pub async fn apply(
         if let Some(mut cur) = current
             && cur == next
         {
+            if !linearizable {
+                // Unchanged, as far as this hub's copy says: make sure.
+                linearizable = true;
+                continue;
+            }
             overlay(&state, &mut cur);
             return Ok((StatusCode::OK, [(APPLY_RESULT, "unchanged")], Json(to_json(&cur))));
         }
-        match state.store.write(StoreCommand::put(next, precondition)).await? {
+        let answer = if created { StatusCode::CREATED } else { StatusCode::OK };
+        match super::audit::write_with_change(&state, StoreCommand::put(next, precondition), answer).await? {
             StoreOutcome::Applied { .. } => {
                 let mut stored = state
                     .store
@@ -425,6 +450,10 @@ pub async fn apply(
                 let (code, result) =
                     if created { (StatusCode::CREATED, "created") } else { (StatusCode::OK, "configured") };
                 return Ok((code, [(APPLY_RESULT, result)], Json(to_json(&stored))));
+            }
+            StoreOutcome::Conflict { .. } if !linearizable => {
+                linearizable = true;
+                continue;
             }
             StoreOutcome::Conflict { current_revision, .. } if asked_revision != 0 => {
                 return Err(ApiError::Conflict(format!(
@@ -472,7 +501,7 @@ pub async fn delete(
         }
     };
     let cmd = StoreCommand::Delete { kind: kind.into(), name: name.clone(), precondition };
-    match state.store.write(cmd).await? {
+    match super::audit::write_with_change(&state, cmd, StatusCode::OK).await? {
         StoreOutcome::Applied { revision } => {
             if kind == Kind::Device {
                 state.live.forget(&name);
