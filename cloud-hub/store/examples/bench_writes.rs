@@ -3,6 +3,8 @@
 //!
 //! `cargo run -p hub-store --release --example bench_writes [n_writes] [data_dir]`
 //! (the data dir defaults to a fresh temp dir; pass one on the disk you want to measure).
+//! After each phase it prints the store file's size beside the live objects' encoded
+//! size: the first phase writes `n_writes` distinct objects, the second updates each once.
 
 use hub_store::{Store, StoreConfig};
 use shared_proto::store::{Object, Precondition, StoreCommand};
@@ -37,12 +39,31 @@ fn summary(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
     );
 }
 
+/// The store file's size beside the live objects' encoded size.
+fn sizes(store: &Store, file: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let objects = store.list_local(shared_proto::store::StoreKind::Site)?;
+    let mut live = 0usize;
+    for o in &objects {
+        live += o.encode()?.len();
+    }
+    let on_disk = std::fs::metadata(file)?.len();
+    println!(
+        "  store file {:.1} MB for {} objects of {:.1} MB live ({:.1}x)",
+        on_disk as f64 / 1e6,
+        objects.len(),
+        live as f64 / 1e6,
+        on_disk as f64 / live.max(1) as f64
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let n_writes: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2000);
     let tmp = tempfile::tempdir()?;
-    let data_dir = args.next().map(Into::into).unwrap_or_else(|| tmp.path().to_path_buf());
+    let data_dir: std::path::PathBuf = args.next().map(Into::into).unwrap_or_else(|| tmp.path().to_path_buf());
+    let file = data_dir.join(hub_store::DB_FILE_NAME);
     println!("object size: {} bytes encoded", site(0).encode()?.len());
 
     let store = Store::open(StoreConfig {
@@ -67,6 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latencies.push(t.elapsed());
     }
     summary("sequential", latencies, started.elapsed());
+    sizes(&store, &file)?;
 
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -87,6 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latencies.extend(task.await??);
     }
     summary(&format!("{N_WRITERS} concurrent writers"), latencies, started.elapsed());
+    sizes(&store, &file)?;
     store.shutdown().await?;
     Ok(())
 }
