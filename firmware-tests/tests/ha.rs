@@ -487,6 +487,16 @@ fn agents_on_every_hub_keep_converging_and_none_goes_offline_when_a_hub_dies() {
     wait_until("the leader to count every hub's devices", DEADLINE, || {
         (device_addresses(&hubs[leader_idx])?.1 == Some(3)).then_some(())
     });
+    // What a device's containers use stays with its hub; any hub answers for it.
+    let (asked, held) = (survivor, (survivor + 1) % 3);
+    let used = wait_until("another hub's device's usage", Duration::from_secs(90), || {
+        let out = hubs[asked].cli(&["describe", "device", &format!("pi-{held}")]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.trim_start().starts_with("till/main"))?.to_string();
+        let cols: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        (cols.len() > 4 && cols[4] != "-").then_some(cols)
+    });
+    assert!(used[4].ends_with("Mi"), "{used:?}");
 
     let watch_log = tmp.path().join("devices.jsonl");
     let mut watcher = Command::new(bin("flotilla"))

@@ -137,7 +137,8 @@ pub async fn reject(
 }
 
 /// `GET /api/v1/devices/{name}/usage`: what the device's containers use, as it last
-/// told this hub (kept in memory, never stored): CPU in millicores averaged over the
+/// told its hub (kept in that hub's memory, never stored; asked of the cluster's other
+/// hubs when this one has none): CPU in millicores averaged over the
 /// agent's sampling interval, memory as the working set.
 pub async fn usage(
     State(state): State<Arc<HubState>>,
@@ -151,7 +152,12 @@ pub async fn usage(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Device {name:?} not found")))?;
     caller.check_sees(&device)?;
-    let (containers, sampled_at) = match state.live.usage_of(&name) {
+    // Kept by the hub the device reports to: this one, or another of the cluster.
+    let usage = match state.live.usage_of(&name) {
+        Some(u) => Some(u),
+        None => crate::sync::fleet::usage_from_peers(&state.store, &name).await,
+    };
+    let (containers, sampled_at) = match usage {
         Some((u, at)) => (serde_json::to_value(&u.containers).unwrap_or_default(), Some(at)),
         None => (Value::Array(vec![]), None),
     };

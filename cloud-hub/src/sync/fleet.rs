@@ -301,10 +301,58 @@ pub fn peer_routes(fleet: Arc<FleetLiveness>, clock: SharedClock) -> axum::Route
             Err(e) => (StatusCode::BAD_REQUEST, format!("not a liveness report: {e}")).into_response(),
         }
     }
+    async fn usage(
+        State((fleet, _)): State<(Arc<FleetLiveness>, SharedClock)>,
+        axum::extract::Path(device): axum::extract::Path<String>,
+    ) -> axum::response::Response {
+        match fleet.local.usage_of(&device) {
+            Some((usage, at)) => axum::Json(PeerUsage { usage, at }).into_response(),
+            None => (StatusCode::NOT_FOUND, "this hub has no usage of that device").into_response(),
+        }
+    }
     axum::Router::new()
         .route("/peer/v1/liveness", axum::routing::post(take))
+        .route("/peer/v1/usage/{device}", axum::routing::get(usage))
         .layer(DefaultBodyLimit::max(MAX_FEED_BYTES))
         .with_state((fleet, clock))
+}
+
+/// A device's latest resource use as the hub it is connected to holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerUsage {
+    pub usage: shared_proto::wire::UsageReport,
+    pub at: Timestamp,
+}
+
+/// How long a peer has to answer for a device's usage.
+const USAGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A device's latest resource use from the other hubs (usage stays in the memory of the
+/// hub the device reports to): the newest any of them holds.
+pub async fn usage_from_peers(
+    store: &Store,
+    device: &str,
+) -> Option<(shared_proto::wire::UsageReport, Timestamp)> {
+    let st = store.status();
+    let peers: Vec<u64> =
+        st.voters.keys().chain(st.learners.keys()).copied().filter(|id| *id != st.node_id).collect();
+    let path = format!("/peer/v1/usage/{device}");
+    let asks = peers.into_iter().map(|peer| {
+        let path = path.clone();
+        async move {
+            let resp = store.peer_get(peer, &path, USAGE_TIMEOUT).await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let bytes = resp.bytes().await.ok()?;
+            // A usage report is bounded by the agent's frame limit.
+            if bytes.len() > shared_proto::wire::MAX_FRAME_BYTES {
+                return None;
+            }
+            serde_json::from_slice::<PeerUsage>(&bytes).ok()
+        }
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().max_by_key(|u| u.at).map(|u| (u.usage, u.at))
 }
 
 /// The follower's side: reports this hub's table to whichever hub leads, until the

@@ -62,7 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let n_writes: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2000);
     let tmp = tempfile::tempdir()?;
-    let data_dir: std::path::PathBuf = args.next().map(Into::into).unwrap_or_else(|| tmp.path().to_path_buf());
+    let data_dir: std::path::PathBuf =
+        args.next().map(Into::into).unwrap_or_else(|| tmp.path().to_path_buf());
     let file = data_dir.join(hub_store::DB_FILE_NAME);
     println!("object size: {} bytes encoded", site(0).encode()?.len());
 
