@@ -22,6 +22,16 @@ pub struct LiveDevice {
     /// The last report: held revision and containers.
     pub held_revision: u64,
     pub containers: Option<Vec<ObservedContainer>>,
+    /// When its offline grace starts, if later than `since`: a device whose hub went
+    /// silent first gets time to notice and move to another (`crate::sync::fleet`).
+    pub grace_from: Option<Timestamp>,
+}
+
+impl LiveDevice {
+    /// When the offline grace of a disconnected device starts.
+    pub fn grace_start(&self) -> Timestamp {
+        self.grace_from.map_or(self.since, |g| g.max(self.since))
+    }
 }
 
 /// The status `device` should have now, or `None` if the stored one is right.
@@ -46,7 +56,7 @@ pub fn device_status(
     let mut new = old.clone();
     if live.connected {
         new.phase = DevicePhase::Online;
-    } else if old.phase == DevicePhase::Online && now.since(live.since) >= offline_grace {
+    } else if old.phase == DevicePhase::Online && now.since(live.grace_start()) >= offline_grace {
         new.phase = DevicePhase::Offline;
     }
     if new.phase != old.phase {
@@ -113,6 +123,12 @@ mod tests {
         assert!(s.message.contains("no connection since"));
         // A device that never connected stays Pending.
         assert_eq!(device_status(&device(DevicePhase::Pending), &live, Timestamp(90_000), GRACE), None);
+        // Given time to move first: the grace starts later, the message keeps the truth.
+        let moving = LiveDevice { grace_from: Some(Timestamp(70_000)), ..live };
+        assert_eq!(device_status(&d, &moving, Timestamp(99_999), GRACE), None);
+        let s = device_status(&d, &moving, Timestamp(100_000), GRACE).unwrap();
+        assert_eq!(s.phase, DevicePhase::Offline);
+        assert!(s.message.contains(&Timestamp(10_000).to_string()), "{}", s.message);
     }
 
     #[test]

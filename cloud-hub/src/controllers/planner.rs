@@ -408,7 +408,7 @@ impl Planner {
                     Precondition::RevisionIs(device.metadata.revision),
                 ));
             } else if device.status.phase == DevicePhase::Online && !view.connected {
-                let due = view.since.saturating_add(self.cfg.offline_grace);
+                let due = view.grace_start().saturating_add(self.cfg.offline_grace);
                 self.offline_due.insert((due, name.clone()));
                 self.offline_at.insert(name, due);
             }

@@ -2,7 +2,8 @@
 //! signed from its CSR), a real QUIC connection with mutual TLS, and the agent's own
 //! sync core (`shared_proto::session::AgentSession`) in a thin shell that applies
 //! every desired manifest at once and reports it running, with no containers.
-//! Reconnects like the real agent: full-jitter back-off, or the hub's `RetryAfter`.
+//! Reconnects like the real agent: full-jitter back-off, or the hub's `RetryAfter`; and
+//! like it, keeps the hubs the cluster names and moves to another when its own is gone.
 
 use super::stats::SimStats;
 use crate::sync::session::{Read, spawn_quic_reader};
@@ -206,17 +207,33 @@ pub async fn run(task: AgentTask) {
     };
     let mut step = Duration::from_secs(1);
     let mut n_sessions = 0u64;
+    // As the real agent: the hubs the cluster named, the one that worked last first.
+    let mut hubs: Vec<(SocketAddr, String)> = vec![(task.hub, task.hub_name.clone())];
+    let mut current = 0usize;
     loop {
-        let wait = match connect(&task.endpoint, task.hub, &task.hub_name, tls.clone()).await {
+        let (hub, name) = hubs[current % hubs.len()].clone();
+        let wait = match connect(&task.endpoint, hub, &name, tls.clone()).await {
             Err(_) => {
                 task.stats.connect_failed();
+                current = (current + 1) % hubs.len();
                 full_jitter(&mut step)
             }
             Ok(conn) => {
                 task.stats.set_connection(task.idx, Some(conn.clone()));
-                let (welcomed, end) = session(&task, &conn, &mut held, n_sessions > 0).await;
+                let mut named = None;
+                let (welcomed, end) = session(&task, &conn, &mut held, n_sessions > 0, &mut named).await;
                 task.stats.set_connection(task.idx, None);
                 conn.close(0u32.into(), b"session ended");
+                if let Some(list) = named {
+                    hubs = resolved_hubs(&list, (hub, name.clone()));
+                    current = hubs.iter().position(|(a, _)| *a == hub).unwrap_or(0);
+                }
+                if !matches!(end, Ok(SessionEnd::PeerClosed | SessionEnd::RetryAfter { .. }))
+                    && hubs.len() > 1
+                {
+                    // The link died without a word from the hub: another first.
+                    current = (current + 1) % hubs.len();
+                }
                 if welcomed {
                     n_sessions += 1;
                     task.stats.session_ended();
@@ -233,6 +250,22 @@ pub async fn run(task: AgentTask) {
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// The hubs the cluster named that a simulated agent can dial (IP addresses; names are
+/// skipped), with `working` kept in the list.
+fn resolved_hubs(
+    named: &[shared_proto::wire::HubEndpoint],
+    working: (SocketAddr, String),
+) -> Vec<(SocketAddr, String)> {
+    let mut out: Vec<(SocketAddr, String)> = named
+        .iter()
+        .filter_map(|h| h.quic.parse::<SocketAddr>().ok().map(|a| (a, server_name(&h.quic).to_string())))
+        .collect();
+    if !out.iter().any(|(a, _)| *a == working.0) {
+        out.push(working);
+    }
+    out
 }
 
 fn unit() -> f64 {
@@ -253,9 +286,10 @@ async fn session(
     conn: &quinn::Connection,
     held: &mut DesiredManifest,
     again: bool,
+    named: &mut Option<Vec<shared_proto::wire::HubEndpoint>>,
 ) -> (bool, anyhow::Result<SessionEnd>) {
     let mut welcomed = false;
-    let end = drive(task, conn, held, again, &mut welcomed).await;
+    let end = drive(task, conn, held, again, &mut welcomed, named).await;
     (welcomed, end)
 }
 
@@ -265,6 +299,7 @@ async fn drive(
     held: &mut DesiredManifest,
     again: bool,
     welcomed: &mut bool,
+    named: &mut Option<Vec<shared_proto::wire::HubEndpoint>>,
 ) -> anyhow::Result<SessionEnd> {
     let clock = &task.clock;
     let (mut send, recv) = conn.open_bi().await?;
@@ -297,8 +332,8 @@ async fn drive(
                 AgentEvent::UpToDate { .. }
                 | AgentEvent::Renew { .. }
                 | AgentEvent::Trust { .. }
-                | AgentEvent::Peers(_)
-                | AgentEvent::Hubs(_) => {}
+                | AgentEvent::Peers(_) => {}
+                AgentEvent::Hubs(list) => *named = Some(list),
                 // Simulated devices run nothing to read or enter: they say so at once.
                 AgentEvent::Attach(req) => {
                     let conn = conn.clone();
@@ -341,5 +376,20 @@ async fn drive(
                 }
             } => s.handle_timeout(clock.monotonic()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_named_hubs_it_can_dial_and_the_working_one_stay() {
+        let hub = |q: &str| shared_proto::wire::HubEndpoint { quic: q.into(), tcp: q.into() };
+        let working: SocketAddr = "10.0.0.9:7441".parse().unwrap();
+        let list = resolved_hubs(&[hub("10.0.0.1:7441"), hub("hub-2.example:7441")], (working, "lb".into()));
+        let addrs: Vec<String> = list.iter().map(|(a, _)| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:7441", "10.0.0.9:7441"], "names skipped, the working one kept");
+        assert_eq!(list[0].1, "10.0.0.1");
     }
 }

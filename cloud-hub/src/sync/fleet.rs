@@ -7,9 +7,9 @@
 //! leader merges the views in [`FleetLiveness`].
 //!
 //! A hub the leader has not heard from for [`HUB_SILENCE`] is lost: its devices count
-//! as disconnected, but only from the moment they could have noticed and moved to
-//! another hub ([`MOVE_ALLOWANCE`] after the hub went silent), so the offline grace
-//! starts then. A device that moves within it is never marked Offline.
+//! as disconnected since it went silent, but their offline grace starts only when they
+//! could have noticed and moved to another hub ([`MOVE_ALLOWANCE`] later). A device
+//! that moves within it is never marked Offline.
 //!
 //! Messages carry the sender's epoch (random per start) and a sequence number. The
 //! leader takes a delta only if it follows the last message it took from that epoch;
@@ -79,8 +79,8 @@ pub struct FeedReply {
 
 /// The device's view to act on, from every hub's (`lost_at`: when its hub went
 /// silent, if it did). The newest connection wins; with none, the newest
-/// disconnection. A lost hub's connected device counts as disconnected from
-/// [`MOVE_ALLOWANCE`] after the hub went silent.
+/// disconnection. A lost hub's connected device counts as disconnected since the hub
+/// went silent, with its offline grace from [`MOVE_ALLOWANCE`] later.
 pub fn merge<'a>(views: impl IntoIterator<Item = (&'a LiveDevice, Option<Timestamp>)>) -> Option<LiveDevice> {
     let mut best: Option<LiveDevice> = None;
     for (view, lost_at) in views {
@@ -89,7 +89,8 @@ pub fn merge<'a>(views: impl IntoIterator<Item = (&'a LiveDevice, Option<Timesta
             && v.connected
         {
             v.connected = false;
-            v.since = at.saturating_add(MOVE_ALLOWANCE);
+            v.since = at;
+            v.grace_from = Some(at.saturating_add(MOVE_ALLOWANCE));
         }
         let better = match &best {
             None => true,
@@ -159,8 +160,10 @@ impl Remote {
                 // Connected there, and gone without its session ending (the hub
                 // restarted): disconnected from now, with time to come back.
                 if before.connected && !hub.devices.contains_key(&name) {
-                    let since = was_lost.unwrap_or(now).saturating_add(MOVE_ALLOWANCE);
-                    hub.devices.insert(name.clone(), LiveDevice { connected: false, since, ..before });
+                    let since = was_lost.unwrap_or(now);
+                    let grace_from = Some(since.saturating_add(MOVE_ALLOWANCE));
+                    hub.devices
+                        .insert(name.clone(), LiveDevice { connected: false, since, grace_from, ..before });
                 }
                 self.dirty.insert(name);
             }
@@ -514,7 +517,8 @@ mod tests {
         assert_eq!(merge([(&on2, None), (&on3, None)]).unwrap(), on3);
         let lost = merge([(&on2, Some(Timestamp(50 * S)))]).unwrap();
         assert!(!lost.connected);
-        assert_eq!(lost.since, Timestamp(50 * S).saturating_add(MOVE_ALLOWANCE));
+        assert_eq!(lost.since, Timestamp(50 * S), "last heard of through its hub");
+        assert_eq!(lost.grace_start(), Timestamp(50 * S).saturating_add(MOVE_ALLOWANCE));
         assert_eq!(merge(std::iter::empty()), None);
     }
 
@@ -554,7 +558,11 @@ mod tests {
         assert_eq!(view(&r, "a").unwrap(), live(true, 4));
         let b = view(&r, "b").unwrap();
         assert!(!b.connected, "dropped by the restart");
-        assert_eq!(b.since, Timestamp(5 * S).saturating_add(MOVE_ALLOWANCE), "with time to come back");
+        assert_eq!(
+            b.grace_start(),
+            Timestamp(5 * S).saturating_add(MOVE_ALLOWANCE),
+            "with time to come back"
+        );
         assert_eq!(r.take_dirty().into_iter().collect::<Vec<_>>(), ["a", "b"]);
     }
 
@@ -570,7 +578,11 @@ mod tests {
         assert_eq!(r.take_dirty().into_iter().collect::<Vec<_>>(), ["pi"]);
         let v = view(&r, "pi").unwrap();
         assert!(!v.connected);
-        assert_eq!(v.since, Timestamp(10 * S).saturating_add(MOVE_ALLOWANCE), "from when it went silent");
+        assert_eq!(
+            v.grace_start(),
+            Timestamp(10 * S).saturating_add(MOVE_ALLOWANCE),
+            "from when it went silent"
+        );
         assert_eq!(r.n_connected(), 0);
         // A delta from a lost hub is refused: it must resync.
         assert!(!r.receive(msg(3, 1, 2, false, true, &[]), Timestamp(20 * S)));

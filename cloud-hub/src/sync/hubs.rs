@@ -71,7 +71,7 @@ impl HubDirectory {
 
     /// Follows the store's watch until it closes. On the leader, also drops the records
     /// of hubs that are not members (left over from a restored backup, or a join that
-    /// never finished).
+    /// never finished), and on a lone hub all of them.
     pub async fn run(&self, store: Store) {
         let mut leader = store.leader();
         loop {
@@ -111,8 +111,15 @@ async fn prune(store: &Store) {
         return;
     }
     let st = store.status();
-    let members: std::collections::BTreeSet<u64> =
-        st.voters.keys().chain(st.learners.keys()).copied().collect();
+    // A lone hub (no Raft listener, no address) names no hub to its devices: records
+    // restored from a cluster's backup go too.
+    let members: std::collections::BTreeSet<u64> = st
+        .voters
+        .iter()
+        .chain(st.learners.iter())
+        .filter(|(_, addr)| !addr.is_empty())
+        .map(|(id, _)| *id)
+        .collect();
     let records: Vec<HubRecord> = match store.list_local(StoreKind::Hub) {
         Ok(objects) => objects
             .into_iter()
