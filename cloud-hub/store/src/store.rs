@@ -295,6 +295,25 @@ impl Store {
         Ok(out)
     }
 
+    /// How many objects of `kind` this hub holds, and the names of the first `first` of
+    /// them in key order, without decoding any (scans keys only).
+    pub fn names_local(&self, kind: StoreKind, first: usize) -> Result<(usize, Vec<String>), StoreError> {
+        let db = self.db()?;
+        let txn = begin_read(&db)?;
+        let objects = txn.open_table(OBJECTS).map_err(DbError::from)?;
+        let prefix = kind.prefix();
+        let end = format!("{}0", kind.as_str());
+        let (mut n, mut names) = (0usize, Vec::new());
+        for item in objects.range(prefix.as_str()..end.as_str()).map_err(DbError::from)? {
+            let (key, _) = item.map_err(DbError::from)?;
+            if names.len() < first {
+                names.push(key.value().strip_prefix(prefix.as_str()).unwrap_or_default().to_string());
+            }
+            n += 1;
+        }
+        Ok((n, names))
+    }
+
     /// A backup file of this node's state machine: a linearizable read barrier (so it holds
     /// every write acknowledged before the call), then every object with its revisions from one
     /// read transaction, at the revision applied in that same transaction. Writes go on

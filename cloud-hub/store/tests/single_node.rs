@@ -118,6 +118,10 @@ async fn writes_preconditions_and_recovery() {
     assert!(sites.iter().all(|s| meta_revisions(s).0 == r_batch), "one revision for the whole batch");
     assert_eq!(store.list(StoreKind::App).await.unwrap(), vec![]);
     assert_eq!(store.list_local(StoreKind::ApiToken).unwrap().len(), 1, "kinds do not leak into each other");
+    // Counted and named in key order without decoding.
+    assert_eq!(store.names_local(StoreKind::Site, 1).unwrap(), (2, vec!["b".to_string()]));
+    assert_eq!(store.names_local(StoreKind::Site, 9).unwrap().1, ["b", "d"]);
+    assert_eq!(store.names_local(StoreKind::App, 9).unwrap(), (0, vec![]));
 
     // A command too large to replicate is refused before it reaches the log.
     let huge = site("huge", &"x".repeat(hub_store::MAX_COMMAND_BYTES));
