@@ -164,36 +164,52 @@ pub fn bootstrap(out: &Path, members: &BTreeMap<u64, String>) -> anyhow::Result<
         };
         write_node_record(&dir, &record)?;
         report.push_str(&format!(
-            "
-  node {id}: flotilla hub serve --data-dir {} --raft-listen {addr}",
+            "\n  node {id}: flotilla hub serve --data-dir {} --raft-listen {addr}",
             dir.display()
         ));
     }
     report.push_str(
-        "
-copy each directory to its machine (it holds the hub key: keep it private); the hubs          elect a leader once a majority runs, and the first leader creates the admin token          and writes the CLI context into its data directory.",
+        "\ncopy each directory to its machine (it holds the hub key: keep it private); the hubs \
+         elect a leader once a majority runs. Each directory's context.json is an admin CLI \
+         context (FLOTILLA_CONTEXT) for its hub.",
     );
     Ok(report)
 }
 
-/// The fleet CA `hub bootstrap` left in `data_dir`, opened with the hub key.
-pub fn read_founding_ca(data_dir: &Path, key: &HubKey) -> anyhow::Result<Option<provisioning::ca::FleetCa>> {
-    let path = data_dir.join(FOUNDING_CA_FILE);
+/// A record `hub bootstrap` left in `data_dir` as `file`, if it did.
+fn read_founding(data_dir: &Path, file: &str) -> anyhow::Result<Option<shared_proto::store::Object>> {
+    let path = data_dir.join(file);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     if bytes.len() > 64 * 1024 {
-        bail!("{} is {} bytes: not a sealed CA", path.display(), bytes.len());
+        bail!("{} is {} bytes: not a record of hub bootstrap", path.display(), bytes.len());
     }
-    let shared_proto::store::Object::FleetCa(record) =
-        shared_proto::store::Object::decode(&bytes).with_context(|| format!("reading {}", path.display()))?
-    else {
-        bail!("{} does not hold a CA", path.display());
+    let object =
+        shared_proto::store::Object::decode(&bytes).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(object))
+}
+
+/// The fleet CA `hub bootstrap` left in `data_dir`, opened with the hub key.
+pub fn read_founding_ca(data_dir: &Path, key: &HubKey) -> anyhow::Result<Option<provisioning::ca::FleetCa>> {
+    let record = match read_founding(data_dir, FOUNDING_CA_FILE)? {
+        None => return Ok(None),
+        Some(shared_proto::store::Object::FleetCa(r)) => r,
+        Some(_) => bail!("{} does not hold a CA", data_dir.join(FOUNDING_CA_FILE).display()),
     };
-    let opened = key.open_ca(&record).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let opened = key.open_ca(&record).map_err(|e| anyhow::anyhow!("{FOUNDING_CA_FILE}: {e}"))?;
     Ok(Some(provisioning::ca::FleetCa::from_record(&opened)?))
+}
+
+/// The first admin token `hub bootstrap` left in `data_dir`, if it did.
+pub fn read_founding_token(data_dir: &Path) -> anyhow::Result<Option<shared_proto::store::ApiTokenRecord>> {
+    match read_founding(data_dir, FOUNDING_TOKEN_FILE)? {
+        None => Ok(None),
+        Some(shared_proto::store::Object::ApiToken(r)) => Ok(Some(r)),
+        Some(_) => bail!("{} does not hold a token record", data_dir.join(FOUNDING_TOKEN_FILE).display()),
+    }
 }
 
 pub fn read_node_record(data_dir: &Path) -> anyhow::Result<Option<NodeRecord>> {
@@ -476,25 +492,6 @@ pub async fn request_membership(
     let req = AddMemberRequest { token: token.to_string(), node_id, raft_addr: raft_addr.to_string() };
     let _: serde_json::Value = post(hub_url, "/api/v1/cluster/members", &parsed, &req).await?;
     Ok(())
-}
-
-/// The first admin token `hub bootstrap` left in `data_dir`, if it did.
-pub fn read_founding_token(data_dir: &Path) -> anyhow::Result<Option<shared_proto::store::ApiTokenRecord>> {
-    let path = data_dir.join(FOUNDING_TOKEN_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if bytes.len() > 64 * 1024 {
-        bail!("{} is {} bytes: not a token record", path.display(), bytes.len());
-    }
-    match shared_proto::store::Object::decode(&bytes)
-        .with_context(|| format!("reading {}", path.display()))?
-    {
-        shared_proto::store::Object::ApiToken(r) => Ok(Some(r)),
-        _ => bail!("{} does not hold a token record", path.display()),
-    }
 }
 
 #[cfg(test)]
