@@ -675,7 +675,7 @@ pub async fn start_joining(
     }
     if member.raft.is_some() {
         // A follower tells the leader which devices it holds.
-        tasks.push(tokio::spawn(crate::sync::fleet::run_feed(store.clone(), live, clock.clone())));
+        tasks.push(tokio::spawn(crate::sync::fleet::run_feed(store.clone(), live)));
     }
     tasks.push(tokio::spawn(controllers::run(
         store.clone(),

@@ -360,7 +360,7 @@ pub async fn usage_from_peers(
 
 /// The follower's side: reports this hub's table to whichever hub leads, until the
 /// store closes.
-pub async fn run_feed(store: Store, local: Arc<LivenessTable>, clock: SharedClock) {
+pub async fn run_feed(store: Store, local: Arc<LivenessTable>) {
     let me = store.node_id();
     let epoch = {
         let mut b = [0u8; 8];
@@ -381,7 +381,7 @@ pub async fn run_feed(store: Store, local: Arc<LivenessTable>, clock: SharedCloc
             }
             continue;
         };
-        match feed_leader(&store, &local, &clock, leader, epoch, &mut seq, &mut leader_rx).await {
+        match feed_leader(&store, &local, leader, epoch, &mut seq, &mut leader_rx).await {
             Ok(()) => {}
             Err(e) => {
                 tracing::debug!(leader, error = %format!("{e:#}"), "reporting liveness to the leader; starting again");
@@ -410,7 +410,6 @@ async fn send(store: &Store, leader: u64, msg: &FeedMessage) -> anyhow::Result<F
 async fn feed_leader(
     store: &Store,
     local: &LivenessTable,
-    clock: &SharedClock,
     leader: u64,
     epoch: u64,
     seq: &mut u64,
@@ -444,7 +443,6 @@ async fn feed_leader(
         }
     }
     tracing::debug!(leader, devices = snapshot.len(), "reported this hub's devices to the leader");
-    let _ = clock;
     loop {
         if !local.has_feed_dirty() {
             tokio::select! {
@@ -462,14 +460,8 @@ async fn feed_leader(
         }
         let devices = local.take_feed_dirty(MAX_FEED_DEVICES);
         *seq += 1;
-        let reply = match send(store, leader, &message(*seq, false, true, devices.clone())).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Not lost: the full snapshot that starts the next round has them.
-                return Err(e);
-            }
-        };
-        if reply.resync {
+        // On a failure they are not lost: the snapshot that starts the next round has them.
+        if send(store, leader, &message(*seq, false, true, devices)).await?.resync {
             return Ok(());
         }
     }

@@ -47,15 +47,8 @@ impl HubDirectory {
     }
 
     fn load(&self, store: &Store) {
-        match store.list_local(StoreKind::Hub) {
-            Ok(objects) => {
-                let records: Vec<HubRecord> = objects
-                    .into_iter()
-                    .filter_map(|o| match o {
-                        Object::Hub(h) => Some(h),
-                        _ => None,
-                    })
-                    .collect();
+        match records(store) {
+            Ok(records) => {
                 let list = endpoints(&records);
                 self.tx.send_if_modified(|cur| {
                     let changed = **cur != list;
@@ -101,6 +94,18 @@ impl HubDirectory {
     }
 }
 
+/// Every hub record in this hub's copy of the store.
+fn records(store: &Store) -> Result<Vec<HubRecord>, hub_store::StoreError> {
+    Ok(store
+        .list_local(StoreKind::Hub)?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Hub(h) => Some(h),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The records, in the store, of hubs that are not members of the cluster.
 pub fn strays(records: &[HubRecord], members: &std::collections::BTreeSet<u64>) -> Vec<String> {
     records.iter().filter(|r| !members.contains(&r.node_id)).map(|r| r.name.clone()).collect()
@@ -120,16 +125,7 @@ async fn prune(store: &Store) {
         .filter(|(_, addr)| !addr.is_empty())
         .map(|(id, _)| *id)
         .collect();
-    let records: Vec<HubRecord> = match store.list_local(StoreKind::Hub) {
-        Ok(objects) => objects
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::Hub(h) => Some(h),
-                _ => None,
-            })
-            .collect(),
-        Err(_) => return,
-    };
+    let Ok(records) = records(store) else { return };
     for name in strays(&records, &members) {
         let cmd = StoreCommand::Delete {
             kind: StoreKind::Hub,

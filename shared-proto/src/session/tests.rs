@@ -15,6 +15,19 @@ use std::time::{Duration, Instant};
 
 const DEVICE: &str = "pi-1";
 
+/// A hub session and an agent session of the current version, neither started.
+fn current_pair(t0: Instant) -> (HubSession, AgentSession) {
+    let hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
+    let agent = AgentSession::new(
+        t0,
+        hello(0),
+        PROTOCOL_VERSION,
+        AgentReport::default(),
+        &AgentSessionConfig::default(),
+    );
+    (hub, agent)
+}
+
 fn hub_cfg() -> HubSessionConfig {
     HubSessionConfig::new(Duration::from_secs(10), "test")
 }
@@ -602,14 +615,7 @@ fn attach_requests_reach_agents_of_version_5_only_and_malformed_ones_end_the_ses
     assert!(old.attach(req.clone()).unwrap_err().contains("version 5"));
     assert!(old.poll_transmit().is_none(), "nothing sent to an agent that cannot read it");
 
-    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
-    let mut agent = AgentSession::new(
-        t0,
-        hello(0),
-        PROTOCOL_VERSION,
-        AgentReport::default(),
-        &AgentSessionConfig::default(),
-    );
+    let (mut hub, mut agent) = current_pair(t0);
     hub.welcome(t0, None);
     hub.attach(req.clone()).unwrap();
     while let Some(b) = hub.poll_transmit() {
@@ -629,14 +635,7 @@ fn attach_requests_reach_agents_of_version_5_only_and_malformed_ones_end_the_ses
 #[test]
 fn addresses_and_peers_travel_between_version_5_peers_only_and_repeats_are_not_sent() {
     let t0 = Instant::now();
-    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
-    let mut agent = AgentSession::new(
-        t0,
-        hello(0),
-        PROTOCOL_VERSION,
-        AgentReport::default(),
-        &AgentSessionConfig::default(),
-    );
+    let (mut hub, mut agent) = current_pair(t0);
     hub.welcome(t0, None);
     while let Some(b) = hub.poll_transmit() {
         agent.handle_bytes(t0, &b);
@@ -674,14 +673,7 @@ fn the_cluster_s_hubs_reach_version_6_agents_once_and_bad_ones_end_the_session()
         wire::HubEndpoint { quic: "hub-1.example:7441".into(), tcp: "hub-1.example:7441".into() },
         wire::HubEndpoint { quic: "10.0.0.2:7441".into(), tcp: "10.0.0.2:443".into() },
     ];
-    let mut hub = HubSession::new(t0, hub_cfg(), DEVICE, &hello(0), PROTOCOL_VERSION, FrameDecoder::new());
-    let mut agent = AgentSession::new(
-        t0,
-        hello(0),
-        PROTOCOL_VERSION,
-        AgentReport::default(),
-        &AgentSessionConfig::default(),
-    );
+    let (mut hub, mut agent) = current_pair(t0);
     hub.send_hubs(&hubs);
     assert!(hub.poll_transmit().is_none(), "nothing before the welcome");
     hub.welcome(t0, None);
