@@ -180,7 +180,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .args(["--heartbeat-interval", "5s", "--offline-grace", "15s"]);
     let mut hub = spawn_until(hub_cmd, "hub", "hub ready", Duration::from_secs(60)).await?;
     let context = hub_dir.join("context.json");
-    let hub_args = HubArgs { hub: None, token: None, ca_cert: None, context: Some(context.clone()) };
+    let hub_args =
+        HubArgs { hub: None, token: None, ca_cert: None, context: Some(context.clone()), namespace: None };
     let client = HubClient::connect(&hub_args)?;
 
     let result = run_with_hub(&args, &dir, &agent_bin, &client, &context).await;

@@ -57,6 +57,9 @@ enum Command {
         /// connection drops).
         #[arg(short = 'w', long)]
         watch: bool,
+        /// Apps, configs or secrets of every namespace, not just `-n`'s.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
     },
     /// Create or replace a Config or a Secret from values and files.
     Create {
@@ -202,8 +205,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => cloud_hub::demo::run(args).await,
         Command::Apply { file } => cli::apply(h, &file).await,
         Command::Convert { command } => cli::convert(&command),
-        Command::Get { kind, name, output, selector, site, field_selector, watch } => {
-            let filters = cli::watch::Filters { selector, site, field_selector };
+        Command::Get { kind, name, output, selector, site, field_selector, watch, all_namespaces } => {
+            let namespace = match all_namespaces {
+                true => None,
+                false => {
+                    Some(h.namespace.clone().unwrap_or_else(|| shared_proto::DEFAULT_NAMESPACE.to_string()))
+                }
+            };
+            let filters = cli::watch::Filters { selector, site, field_selector, namespace };
             cli::get(h, &kind, name.as_deref(), output, &filters, watch).await
         }
         Command::Logs(a) => cli::attach::logs(h, &a).await,
@@ -251,5 +260,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Every subcommand: no two arguments share a name (global ones included).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -534,8 +534,9 @@ async fn every_mutating_call_is_audited_with_who_what_and_how_it_ended() {
     // The change and its entry are one Raft entry: the same revision.
     let revision = created["metadata"]["revision"].as_u64().unwrap();
     let entries = api.store.list(shared_proto::store::StoreKind::Audit).await.unwrap();
+    let names: Vec<String> = entries.iter().map(|o| o.name().into_owned()).collect();
     let with_change: Vec<u64> = futures::future::join_all(
-        entries.iter().map(|o| api.store.get_revisioned(shared_proto::store::StoreKind::Audit, o.name())),
+        names.iter().map(|n| api.store.get_revisioned(shared_proto::store::StoreKind::Audit, n)),
     )
     .await
     .into_iter()
@@ -691,4 +692,119 @@ async fn a_backup_needs_a_fleet_wide_admin_holds_every_object_and_is_audited() {
         .map(|e| (e["method"].as_str().unwrap().to_string(), e["status"].as_u64().unwrap()))
         .collect();
     assert_eq!(calls, [("GET".to_string(), 403), ("GET".to_string(), 200)], "both backup calls audited");
+}
+
+fn config_json(name: &str, namespace: Option<&str>, value: &str) -> Value {
+    let mut meta = json!({ "name": name });
+    if let Some(ns) = namespace {
+        meta["namespace"] = json!(ns);
+    }
+    json!({ "apiVersion": "flotilla.dev/v1", "kind": "Config", "metadata": meta, "spec": { "data": { "k": value } } })
+}
+
+#[tokio::test]
+async fn apps_configs_and_secrets_live_in_namespaces_and_tokens_can_be_scoped_to_them() {
+    let api = setup().await;
+    let admin = token(&api.store, Role::Admin).await;
+    let put = |path: &str, v: &Value| {
+        let (api, admin, path, body) =
+            (&api, admin.clone(), path.to_string(), serde_json::to_vec(v).unwrap());
+        async move { api.call("PUT", &path, Some(&admin), body).await }
+    };
+    // One name, two namespaces: by the query, or by the body.
+    assert_eq!(put("/api/v1/apps/web", &app("web", "img:1")).await.0, StatusCode::CREATED);
+    let (s, v, _) = put("/api/v1/apps/web?namespace=pos", &app("web", "img:2")).await;
+    assert_eq!((s, v["metadata"]["namespace"].as_str()), (StatusCode::CREATED, Some("pos")));
+    let mut in_body = app("web", "img:3");
+    in_body["metadata"]["namespace"] = json!("kitchen");
+    let (s, _, _) = put("/api/v1/apps/web?namespace=kitchen", &in_body).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // A body that names another namespace than the request is refused, by field.
+    let (s, v, _) = put("/api/v1/apps/web?namespace=pos", &in_body).await;
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("metadata.namespace"))
+    );
+    let mut site = site_json("s1");
+    site["metadata"]["namespace"] = json!("pos");
+    let (s, v, _) = put("/api/v1/sites/s1", &site).await;
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("metadata.namespace")),
+        "{v}"
+    );
+    let (s, v, _) = api.call("GET", "/api/v1/sites?namespace=pos", Some(&admin), vec![]).await;
+    assert_eq!((s, v["errors"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("namespace")));
+    // Each is read in its own namespace; a qualified name is no way around it.
+    let image_of = |v: &Value| v["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string();
+    let (_, v, _) = api.call("GET", "/api/v1/apps/web", Some(&admin), vec![]).await;
+    assert_eq!((image_of(&v), v["metadata"]["namespace"].as_str()), ("img:1".into(), Some("default")));
+    let (_, v, _) = api.call("GET", "/api/v1/apps/web?namespace=pos", Some(&admin), vec![]).await;
+    assert_eq!(image_of(&v), "img:2");
+    let (s, _, _) = api.call("GET", "/api/v1/apps/web.pos", Some(&admin), vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Lists: every namespace, one, or by field.
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["namespace"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, v, _) = api.call("GET", "/api/v1/apps", Some(&admin), vec![]).await;
+    let mut all = names(&v);
+    all.sort();
+    assert_eq!(all, ["default", "kitchen", "pos"]);
+    let (_, v, _) = api.call("GET", "/api/v1/apps?namespace=pos", Some(&admin), vec![]).await;
+    assert_eq!(names(&v), ["pos"]);
+    let (_, v, _) =
+        api.call("GET", "/api/v1/apps?fieldSelector=metadata.namespace!%3Dpos", Some(&admin), vec![]).await;
+    assert_eq!(names(&v).len(), 2);
+    // A config is used only by its own namespace's apps.
+    assert_eq!(
+        put("/api/v1/configs/cfg?namespace=pos", &config_json("cfg", None, "a")).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(put("/api/v1/configs/cfg", &config_json("cfg", None, "b")).await.0, StatusCode::CREATED);
+    let mut uses = app("web", "img:2");
+    uses["spec"]["volumes"] = json!([{ "name": "v", "config": { "name": "cfg" } }]);
+    assert_eq!(put("/api/v1/apps/web?namespace=pos", &uses).await.0, StatusCode::OK);
+    let (s, v, _) = api.call("DELETE", "/api/v1/configs/cfg?namespace=pos", Some(&admin), vec![]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v, _) = api.call("DELETE", "/api/v1/configs/cfg", Some(&admin), vec![]).await;
+    assert_eq!((s, v["deleted"]["namespace"].as_str()), (StatusCode::OK, Some("default")), "{v}");
+
+    // A token scoped to a namespace: its apps, configs and secrets, no fleet object.
+    let body = serde_json::to_vec(&json!({ "role": "admin", "namespaces": ["pos"] })).unwrap();
+    let (s, v, _) = api.call("POST", "/api/v1/api-tokens", Some(&admin), body).await;
+    assert_eq!((s, v["errors"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("namespaces")));
+    let body = serde_json::to_vec(&json!({ "role": "operator", "namespaces": ["pos"] })).unwrap();
+    let (s, v, _) = api.call("POST", "/api/v1/api-tokens", Some(&admin), body).await;
+    assert_eq!((s, v["namespaces"].clone()), (StatusCode::CREATED, json!(["pos"])));
+    let pos = v["token"].as_str().unwrap().to_string();
+    let as_pos = |method: &str, path: &str, v: Option<&Value>| {
+        let (api, pos, method, path) = (&api, pos.clone(), method.to_string(), path.to_string());
+        let body = v.map(|v| serde_json::to_vec(v).unwrap()).unwrap_or_default();
+        async move { api.call(&method, &path, Some(&pos), body).await }
+    };
+    assert_eq!(
+        as_pos("PUT", "/api/v1/apps/till?namespace=pos", Some(&app("till", "img:1"))).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        as_pos("PUT", "/api/v1/apps/till", Some(&app("till", "img:1"))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(as_pos("GET", "/api/v1/apps/web", None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(as_pos("DELETE", "/api/v1/apps/web?namespace=kitchen", None).await.0, StatusCode::FORBIDDEN);
+    let (_, v, _) = as_pos("GET", "/api/v1/apps", None).await;
+    assert_eq!(names(&v), ["pos", "pos"], "only its namespace's apps are listed");
+    assert_eq!(as_pos("GET", "/api/v1/configs/cfg?namespace=pos", None).await.0, StatusCode::OK);
+    assert_eq!(as_pos("PUT", "/api/v1/sites/s1", Some(&site_json("s1"))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(as_pos("GET", "/api/v1/sites", None).await.0, StatusCode::OK, "fleet objects stay visible");
+    let (s, _, _) = as_pos("POST", "/api/v1/enrolment-tokens", Some(&json!({ "site": "" }))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "devices serve every namespace");
+    assert_eq!(as_pos("GET", "/api/v1/backup", None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(as_pos("DELETE", "/api/v1/apps/till?namespace=pos", None).await.0, StatusCode::OK);
 }

@@ -158,3 +158,58 @@ fn a_secret_reaches_its_container_and_nothing_else_and_a_change_rolls_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("used by app pay"), "{:?}", out);
     assert_eq!(files_containing(&agent.state_dir, rotated.as_bytes()), Vec::<String>::new());
 }
+
+#[test]
+fn one_app_name_in_two_namespaces_runs_twice_on_a_device_each_with_its_own_secret() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path());
+    let token = hub.enrolment_token(&["--allow-label", "role"]);
+    let mut agent = Agent::configure(dir.path(), "pi-ns", &hub.quic, &token, &[("role", "pay")]);
+    agent.start();
+    let image = busybox_image(dir.path(), "pay:1");
+    hub.cli_ok(&["image", "import", image.to_str().unwrap()]);
+    // The same names in the default namespace and in `kiosk`: by -n, and by the document.
+    for (ns, password, mode) in [("default", "pw-default-1", "live"), ("kiosk", "pw-kiosk-2", "kiosk")] {
+        hub.cli_ok(&[
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "pay-creds",
+            "--from-literal",
+            &format!("password={password}"),
+        ]);
+        hub.cli_ok(&["-n", ns, "create", "config", "pay-conf", "--from-literal", &format!("mode={mode}")]);
+    }
+    let out = hub.apply(dir.path(), APP);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hub.apply(dir.path(), &APP.replace("  name: pay\n", "  name: pay\n  namespace: kiosk\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Two containers, each seeing its own namespace's secret and config.
+    let env_of = |prefix: &str| {
+        let id = agent.runtime_containers().into_iter().find(|id| id.starts_with(prefix))?;
+        Some(environ(agent.container_pid(&id)?))
+    };
+    for (prefix, password, mode) in
+        [("pay_main_", "pw-default-1", "live"), ("pay.kiosk_main_", "pw-kiosk-2", "kiosk")]
+    {
+        let expected = [format!("PAY_PASSWORD={password}"), format!("PAY_MODE={mode}")];
+        wait_until(&format!("{prefix} to run with its namespace's secret and config"), LONG, || {
+            let env = env_of(prefix)?;
+            expected.iter().all(|e| env.contains(e)).then_some(())
+        });
+    }
+    let all = hub.cli_ok(&["get", "apps", "-A"]);
+    assert!(all.starts_with("NAMESPACE") && all.contains("default") && all.contains("kiosk"), "{all}");
+    let kiosk = hub.cli_ok(&["-n", "kiosk", "get", "apps"]);
+    assert_eq!(kiosk.lines().count(), 2, "one app in kiosk: {kiosk}");
+    // Deleting kiosk's app leaves the default one running; then kiosk's secret may go.
+    hub.cli_ok(&["-n", "kiosk", "delete", "app", "pay"]);
+    wait_until("kiosk's container to go", LONG, || env_of("pay.kiosk_main_").is_none().then_some(()));
+    assert!(env_of("pay_main_").is_some(), "the default namespace's app keeps running");
+    hub.cli_ok(&["-n", "kiosk", "delete", "secret", "pay-creds"]);
+    let out = hub.cli(&["delete", "secret", "pay-creds"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("used by app pay"), "{out:?}");
+}

@@ -470,6 +470,7 @@ mod tests {
             description: String::new(),
             expires_at: None,
             sites: vec![],
+            namespaces: vec![],
         };
         assert!(parsed.verify(&rec));
         let (other, other_hash) = ApiToken::generate().expect("token");

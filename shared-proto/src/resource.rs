@@ -30,6 +30,12 @@ pub enum Kind {
 impl Kind {
     pub const ALL: [Kind; 6] = [Kind::Site, Kind::Device, Kind::App, Kind::Image, Kind::Config, Kind::Secret];
 
+    /// Whether objects of this kind live in a namespace: apps, configs and secrets do;
+    /// sites, devices and images belong to the whole fleet.
+    pub fn is_namespaced(self) -> bool {
+        matches!(self, Kind::App | Kind::Config | Kind::Secret)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Site => "Site",
@@ -81,6 +87,11 @@ impl fmt::Display for Kind {
 pub struct ObjectMeta {
     #[cfg_attr(feature = "openapi", schema(max_length = 255, example = "web"))]
     pub name: String,
+    /// The namespace of an `App`, `Config` or `Secret` (`default` when not given);
+    /// empty for the other kinds, which belong to the whole fleet. Format 8.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$", max_length = 63, example = "default"))]
+    #[serde(default)]
+    pub namespace: String,
     #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, crate::openapi::LabelValue>))]
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -110,6 +121,39 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     pub fn named(name: impl Into<String>) -> Self {
         ObjectMeta { name: name.into(), ..Default::default() }
+    }
+
+    /// Named `name` in `namespace`.
+    pub fn namespaced(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectMeta { name: name.into(), namespace: namespace.into(), ..Default::default() }
+    }
+
+    /// The object's name in the store and on devices: [`qualified_name`].
+    pub fn qualified_name(&self) -> String {
+        qualified_name(&self.namespace, &self.name)
+    }
+}
+
+/// The namespace of apps, configs and secrets that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The name an `App`, `Config` or `Secret` has in the store and on devices: `name` in
+/// the default namespace (so the records of hubs older than namespaces keep their
+/// keys), `name.namespace` in any other. Both parts are DNS labels, which have no dot,
+/// so the two forms never meet and [`split_qualified_name`] undoes either.
+pub fn qualified_name(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() || namespace == DEFAULT_NAMESPACE {
+        name.to_string()
+    } else {
+        format!("{name}.{namespace}")
+    }
+}
+
+/// `(namespace, name)` of a [`qualified_name`].
+pub fn split_qualified_name(qualified: &str) -> (&str, &str) {
+    match qualified.split_once('.') {
+        Some((name, namespace)) => (namespace, name),
+        None => (DEFAULT_NAMESPACE, qualified),
     }
 }
 
@@ -175,6 +219,44 @@ resource!(
     /// returned by the API, kept in memory or sealed on devices.
     Secret, ConfigSpec, ConfigStatus, Kind::Secret, "^Secret$"
 );
+
+impl App {
+    /// The app as the controllers and devices know it: its name, and every app, config
+    /// and secret it names, made [`qualified_name`]s of its namespace, so that apps of
+    /// different namespaces never meet on a device and each finds its own namespace's
+    /// configs. An app of the default namespace is unchanged.
+    pub fn qualified(&self) -> App {
+        let namespace = self.metadata.namespace.as_str();
+        let mut app = self.clone();
+        if namespace.is_empty() || namespace == DEFAULT_NAMESPACE {
+            return app;
+        }
+        let q = |name: &mut String| *name = qualified_name(namespace, name);
+        q(&mut app.metadata.name);
+        let placement = &mut app.spec.placement;
+        for other in placement.affinity.iter_mut().chain(placement.anti_affinity.iter_mut()) {
+            q(&mut other.app);
+        }
+        if let Some(policy) = &mut app.spec.network_policy {
+            for other in policy.ingress_apps.iter_mut().chain(policy.egress_apps.iter_mut()).flatten() {
+                q(other);
+            }
+        }
+        for v in &mut app.spec.volumes {
+            for r in v.config.iter_mut().chain(v.secret.iter_mut()) {
+                q(&mut r.name);
+            }
+        }
+        for c in app.spec.containers.iter_mut().chain(app.spec.init_containers.iter_mut()) {
+            for from in c.env.iter_mut().filter_map(|e| e.value_from.as_mut()) {
+                for r in from.config.iter_mut().chain(from.secret.iter_mut()) {
+                    q(&mut r.name);
+                }
+            }
+        }
+        app
+    }
+}
 
 /// The data of a `Config` or a `Secret`: keys are file names when mounted and
 /// variable sources in `valueFrom`.

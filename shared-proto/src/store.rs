@@ -9,16 +9,26 @@ use crate::manifest::DesiredManifest;
 use crate::resource::{App, Config, Device, Image, Kind, ObjectMeta, Site};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+
+fn qualified(meta: &ObjectMeta) -> Cow<'_, str> {
+    if meta.namespace.is_empty() || meta.namespace == crate::resource::DEFAULT_NAMESPACE {
+        Cow::Borrowed(&meta.name)
+    } else {
+        Cow::Owned(crate::resource::qualified_name(&meta.namespace, &meta.name))
+    }
+}
 
 mod v1;
 mod v2;
 mod v3;
 mod v4;
+mod v7;
 
 /// Version of every record and command this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 7;
+pub const STORE_FORMAT_VERSION: u32 = 8;
 /// Oldest version this build reads: records, snapshots and logs written by the
 /// previous version of the hub.
 pub const MIN_STORE_FORMAT_VERSION: u32 = 1;
@@ -81,6 +91,12 @@ impl StoreKind {
     pub fn prefix(self) -> String {
         format!("{}/", self.as_str())
     }
+
+    /// Whether records of this kind live in a namespace (their store names are
+    /// [`crate::resource::qualified_name`]s).
+    pub fn is_namespaced(self) -> bool {
+        matches!(self, StoreKind::App | StoreKind::Config | StoreKind::Secret)
+    }
 }
 
 impl From<Kind> for StoreKind {
@@ -141,27 +157,42 @@ impl Object {
         }
     }
 
-    pub fn name(&self) -> &str {
+    /// The record's name in the store: for apps, configs and secrets, the
+    /// [`crate::resource::qualified_name`] of name and namespace.
+    pub fn name(&self) -> Cow<'_, str> {
         match self {
-            Object::Site(o) => &o.metadata.name,
-            Object::Device(o) => &o.metadata.name,
-            Object::App(o) => &o.metadata.name,
-            Object::Image(o) => &o.metadata.name,
-            Object::Manifest(m) => &m.device,
-            Object::EnrolmentToken(t) => &t.id,
-            Object::ApiToken(t) => &t.id,
-            Object::FleetCa(_) => "fleet",
-            Object::Audit(a) => &a.id,
-            Object::CaRotation(_) => "fleet",
-            Object::PreviousImages(p) => &p.device,
-            Object::Config(o) => &o.metadata.name,
-            Object::Secret(o) => &o.metadata.name,
-            Object::Hub(h) => &h.name,
+            Object::Site(o) => Cow::Borrowed(&o.metadata.name),
+            Object::Device(o) => Cow::Borrowed(&o.metadata.name),
+            Object::App(o) => qualified(&o.metadata),
+            Object::Image(o) => Cow::Borrowed(&o.metadata.name),
+            Object::Manifest(m) => Cow::Borrowed(&m.device),
+            Object::EnrolmentToken(t) => Cow::Borrowed(&t.id),
+            Object::ApiToken(t) => Cow::Borrowed(&t.id),
+            Object::FleetCa(_) => Cow::Borrowed("fleet"),
+            Object::Audit(a) => Cow::Borrowed(&a.id),
+            Object::CaRotation(_) => Cow::Borrowed("fleet"),
+            Object::PreviousImages(p) => Cow::Borrowed(&p.device),
+            Object::Config(o) => qualified(&o.metadata),
+            Object::Secret(o) => qualified(&o.metadata),
+            Object::Hub(h) => Cow::Borrowed(&h.name),
+        }
+    }
+
+    /// Gives apps, configs and secrets that name no namespace the default one (records
+    /// of hubs older than namespaces), and nothing else a namespace.
+    pub fn fill_namespace(&mut self) {
+        let namespaced = self.kind().is_namespaced();
+        if let Some(meta) = self.metadata_mut() {
+            if !namespaced {
+                meta.namespace.clear();
+            } else if meta.namespace.is_empty() {
+                meta.namespace = crate::resource::DEFAULT_NAMESPACE.to_string();
+            }
         }
     }
 
     pub fn key(&self) -> String {
-        self.kind().key(self.name())
+        self.kind().key(&self.name())
     }
 
     pub fn metadata(&self) -> Option<&ObjectMeta> {
@@ -205,25 +236,32 @@ impl Object {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Object, crate::CodecError> {
-        decode_record::<Object, v1::Object, v2::Object, v3::Object, v4::Object>("stored object", bytes)
+        let mut object = decode_record::<Object, v1::Object, v2::Object, v3::Object, v4::Object, v7::Object>(
+            "stored object",
+            bytes,
+        )?;
+        object.fill_namespace();
+        Ok(object)
     }
 }
 
 /// Decodes a record of the current format, or of an earlier one through its frozen
-/// shape (`V1` to `V4`).
-fn decode_record<T, V1, V2, V3, V4>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
+/// shape (`V1` to `V4`, and `V7` for formats 5 to 7, which only added variants).
+fn decode_record<T, V1, V2, V3, V4, V7>(what: &'static str, bytes: &[u8]) -> Result<T, crate::CodecError>
 where
     T: serde::de::DeserializeOwned,
     V1: serde::de::DeserializeOwned + Into<T>,
     V2: serde::de::DeserializeOwned + Into<T>,
     V3: serde::de::DeserializeOwned + Into<T>,
     V4: serde::de::DeserializeOwned + Into<T>,
+    V7: serde::de::DeserializeOwned + Into<T>,
 {
     let decode = |v: u32, body: &[u8]| match v {
         1 => crate::codec::decode_body::<V1>(what, body).map(Into::into),
         2 => crate::codec::decode_body::<V2>(what, body).map(Into::into),
         3 => crate::codec::decode_body::<V3>(what, body).map(Into::into),
         4 => crate::codec::decode_body::<V4>(what, body).map(Into::into),
+        5..=7 => crate::codec::decode_body::<V7>(what, body).map(Into::into),
         _ => crate::codec::decode_body(what, body),
     };
     crate::codec::decode_versioned_range(MIN_STORE_FORMAT_VERSION, STORE_FORMAT_VERSION, what, bytes, decode)
@@ -288,10 +326,27 @@ impl StoreCommand {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoreCommand, crate::CodecError> {
-        decode_record::<StoreCommand, v1::StoreCommand, v2::StoreCommand, v3::StoreCommand, v4::StoreCommand>(
-            "store command",
-            bytes,
-        )
+        let mut cmd = decode_record::<
+            StoreCommand,
+            v1::StoreCommand,
+            v2::StoreCommand,
+            v3::StoreCommand,
+            v4::StoreCommand,
+            v7::StoreCommand,
+        >("store command", bytes)?;
+        cmd.fill_namespaces();
+        Ok(cmd)
+    }
+
+    /// [`Object::fill_namespace`] on every object the command puts.
+    fn fill_namespaces(&mut self) {
+        match self {
+            StoreCommand::Put { object, .. } => object.fill_namespace(),
+            StoreCommand::Delete { .. } => {}
+            StoreCommand::Batch(cmds) | StoreCommand::Each(cmds) => {
+                cmds.iter_mut().for_each(StoreCommand::fill_namespaces)
+            }
+        }
     }
 }
 
@@ -460,6 +515,9 @@ pub struct ApiTokenRecord {
     pub expires_at: Option<Timestamp>,
     /// The sites the token may see and change (format 3); empty: every site.
     pub sites: Vec<String>,
+    /// The namespaces whose apps, configs and secrets the token may see and change
+    /// (format 8); empty: every namespace.
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -79,6 +79,21 @@ pub fn dns_label_problem(s: &str) -> Option<String> {
     None
 }
 
+/// What is wrong with `namespace` on an object of `kind`: apps, configs and secrets
+/// name a DNS label (or nothing, for the default), the other kinds none.
+pub fn namespace_problem(kind: Kind, namespace: &str) -> Option<String> {
+    if namespace.is_empty() {
+        return None;
+    }
+    if !kind.is_namespaced() {
+        return Some(format!(
+            "{} objects belong to the whole fleet and have no namespace (only apps, configs and secrets do)",
+            kind.as_str()
+        ));
+    }
+    dns_label_problem(namespace)
+}
+
 fn label_part_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -172,11 +187,16 @@ fn check_header(errs: &mut FieldErrors, api_version: &str, kind: &str, expected:
     }
 }
 
-fn check_meta(errs: &mut FieldErrors, meta: &ObjectMeta, name_is_image_ref: bool) {
-    let problem =
-        if name_is_image_ref { image_reference_problem(&meta.name) } else { dns_label_problem(&meta.name) };
+fn check_meta(errs: &mut FieldErrors, meta: &ObjectMeta, kind: Kind) {
+    let problem = match kind {
+        Kind::Image => image_reference_problem(&meta.name),
+        _ => dns_label_problem(&meta.name),
+    };
     if let Some(p) = problem {
         errs.push("metadata.name", p);
+    }
+    if let Some(p) = namespace_problem(kind, &meta.namespace) {
+        errs.push("metadata.namespace", p);
     }
     check_labels(errs, "metadata.labels", &meta.labels);
     if meta.annotations.len() > MAX_LABELS {
@@ -247,7 +267,7 @@ fn check_string_list(errs: &mut FieldErrors, field: &str, list: &[String]) {
 pub fn validate_site(site: &Site) -> Result<(), FieldErrors> {
     let mut errs = FieldErrors::default();
     check_header(&mut errs, &site.api_version, &site.kind, Kind::Site);
-    check_meta(&mut errs, &site.metadata, false);
+    check_meta(&mut errs, &site.metadata, Kind::Site);
     if site.spec.display_name.len() > 256 {
         errs.push("spec.displayName", "must be at most 256 bytes");
     }
@@ -289,7 +309,7 @@ pub fn validate_config(
     use base64::Engine;
     let mut errs = FieldErrors::default();
     check_header(&mut errs, api_version, kind_field, kind);
-    check_meta(&mut errs, metadata, false);
+    check_meta(&mut errs, metadata, kind);
     if spec.data.len() + spec.binary_data.len() > MAX_CONFIG_KEYS {
         errs.push("spec.data", format!("at most {MAX_CONFIG_KEYS} keys in data and binaryData together"));
     }
@@ -321,7 +341,7 @@ pub fn validate_config(
 pub fn validate_device(device: &Device) -> Result<(), FieldErrors> {
     let mut errs = FieldErrors::default();
     check_header(&mut errs, &device.api_version, &device.kind, Kind::Device);
-    check_meta(&mut errs, &device.metadata, false);
+    check_meta(&mut errs, &device.metadata, Kind::Device);
     if !device.spec.site.is_empty()
         && let Some(p) = dns_label_problem(&device.spec.site)
     {
@@ -397,7 +417,7 @@ fn check_placement_rules(errs: &mut FieldErrors, app: &App) {
 pub fn validate_app(app: &App) -> Result<(), FieldErrors> {
     let mut errs = FieldErrors::default();
     check_header(&mut errs, &app.api_version, &app.kind, Kind::App);
-    check_meta(&mut errs, &app.metadata, false);
+    check_meta(&mut errs, &app.metadata, Kind::App);
     let spec = &app.spec;
     check_selector(&mut errs, "spec.selector", &spec.selector);
     for (i, site) in spec.placement.sites.iter().enumerate() {
@@ -645,6 +665,22 @@ mod tests {
         for bad in ["", "Demo", "demo:", "demo@sha256:xyz", "demo:t@g"] {
             assert!(image_reference_problem(bad).is_some(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn namespaces_are_dns_labels_and_only_for_namespaced_kinds() {
+        assert!(namespace_problem(Kind::App, "").is_none());
+        assert!(namespace_problem(Kind::Secret, "pos").is_none());
+        assert!(namespace_problem(Kind::Config, "Pos").is_some());
+        assert!(namespace_problem(Kind::App, "a.b").is_some(), "a dot would make qualified names ambiguous");
+        assert!(namespace_problem(Kind::Site, "").is_none());
+        assert!(namespace_problem(Kind::Device, "pos").unwrap().contains("no namespace"));
+        // Qualified names: the default namespace keeps the bare name.
+        assert_eq!(crate::qualified_name("default", "web"), "web");
+        assert_eq!(crate::qualified_name("", "web"), "web");
+        assert_eq!(crate::qualified_name("pos", "web"), "web.pos");
+        assert_eq!(crate::split_qualified_name("web.pos"), ("pos", "web"));
+        assert_eq!(crate::split_qualified_name("web"), ("default", "web"));
     }
 }
 

@@ -263,10 +263,14 @@ fn golden_store_command() {
     let bytes = cmd.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        "0700000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        "0800000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 00 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
             .replace(' ', "")
     );
     assert_eq!(StoreCommand::decode(&bytes).unwrap(), cmd);
+    // The same command as a version-7 hub wrote it: no namespace.
+    let v7 = "0700000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
+        .replace(' ', "");
+    assert_eq!(StoreCommand::decode(&hex::decode(v7).unwrap()).unwrap(), cmd);
     // The same command as a version-4 hub wrote it.
     let v4 = "0400000f666c6f74696c6c612e6465762f76310453697465 0873746f72652d3132 0000 00 00 00 00 00 0853746f7265203132 00 0000 01"
         .replace(' ', "");
@@ -293,7 +297,8 @@ const BATCH_V1: &str = "01020200020f666c6f74696c6c612e6465762f763103417070037765
 
 fn v1_app() -> App {
     let mut app = App::new(
-        ObjectMeta::named("web"),
+        // Apps written before namespaces read back in the default one.
+        ObjectMeta::namespaced("default", "web"),
         AppSpec {
             placement: Placement { sites: vec!["s1".into()], max_per_site: Some(2), ..Default::default() },
             containers: vec![ContainerSpec { name: "c".into(), image: "img:1".into(), ..Default::default() }],
@@ -394,7 +399,7 @@ fn format_four_records_still_decode() {
         changed_at: Timestamp(3),
     });
     assert_eq!(Object::decode(&hex::decode("04090001010703").unwrap()).unwrap(), rotation);
-    assert_eq!(hex::encode(rotation.encode().unwrap()), "07090001010703", "unchanged but for the version");
+    assert_eq!(hex::encode(rotation.encode().unwrap()), "08090001010703", "unchanged but for the version");
     let previous = Object::PreviousImages(shared_proto::store::PreviousImagesRecord {
         device: "pi".into(),
         revision: 7,
@@ -427,8 +432,10 @@ fn golden_format_five_records() {
     let bytes = Object::App(app.clone()).encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
-        format!("07{}", &APP_V5.replace(' ', "")[2..]),
-        "formats 6 and 7 add kinds only"
+        format!("08{}", &APP_V5.replace(' ', "")[2..])
+            .replacen("03776562", "03776562 0764656661756c74", 1)
+            .replace(' ', ""),
+        "formats 6 and 7 add kinds only, format 8 the namespace"
     );
     assert_eq!(Object::decode(&bytes).unwrap(), Object::App(app.clone()));
     assert_eq!(Object::decode(&hex::decode(APP_V5).unwrap()).unwrap(), Object::App(app));
@@ -440,20 +447,21 @@ fn golden_format_five_records() {
 fn golden_format_six_records() {
     let mut spec = shared_proto::ConfigSpec::default();
     spec.data.insert("k".into(), "v".into());
-    let config = Object::Config(shared_proto::Config::new(shared_proto::ObjectMeta::named("c"), spec));
+    let config =
+        Object::Config(shared_proto::Config::new(shared_proto::ObjectMeta::namespaced("default", "c"), spec));
     let bytes = config.encode().unwrap();
-    assert_eq!(hex::encode(&bytes), at_version_byte(CONFIG_V6, 7));
+    assert_eq!(hex::encode(&bytes), with_default_namespace(&at_version_byte(CONFIG_V6, 8), "0163"));
     assert_eq!(Object::decode(&bytes).unwrap(), config);
     assert_eq!(Object::decode(&hex::decode(CONFIG_V6).unwrap()).unwrap(), config);
     let secret = Object::Secret(shared_proto::store::SealedSecret {
-        metadata: shared_proto::ObjectMeta::named("s"),
+        metadata: shared_proto::ObjectMeta::namespaced("default", "s"),
         keys: vec!["k".into()],
         digest: "d".into(),
         key_id: "i".into(),
         sealed: vec![1, 2],
     });
     let bytes = secret.encode().unwrap();
-    assert_eq!(hex::encode(&bytes), at_version_byte(SECRET_V6, 7));
+    assert_eq!(hex::encode(&bytes), with_default_namespace(&at_version_byte(SECRET_V6, 8), "0173"));
     assert_eq!(Object::decode(&bytes).unwrap(), secret);
     assert_eq!(Object::decode(&hex::decode(SECRET_V6).unwrap()).unwrap(), secret);
 }
@@ -461,6 +469,52 @@ fn golden_format_six_records() {
 /// A record's hex with its format byte (the first) replaced.
 fn at_version_byte(hex: &str, version: u8) -> String {
     format!("{version:02x}{}", &hex[2..])
+}
+
+/// A record's hex with the namespace `default` after its name (`name_hex`, the first
+/// occurrence), as format 8 writes it.
+fn with_default_namespace(hex: &str, name_hex: &str) -> String {
+    hex.replacen(name_hex, &format!("{name_hex}0764656661756c74"), 1)
+}
+
+#[test]
+fn golden_format_eight_records() {
+    // An app in a namespace: its store name is qualified, its metadata says both.
+    let app = Object::App(App::new(ObjectMeta::namespaced("pos", "web"), AppSpec::default()));
+    assert_eq!(app.name(), "web.pos");
+    assert_eq!(app.key(), "app/web.pos");
+    let bytes = app.encode().unwrap();
+    assert_eq!(&hex::encode(&bytes)[..48], "08020f666c6f74696c6c612e6465762f7631034170700377");
+    assert!(
+        hex::encode(&bytes).contains("03776562 03706f73".replace(' ', "").as_str()),
+        "name, then namespace"
+    );
+    assert_eq!(Object::decode(&bytes).unwrap(), app);
+    // The default namespace keeps the bare name, so keys written before namespaces stay.
+    let app = Object::App(App::new(ObjectMeta::namespaced("default", "web"), AppSpec::default()));
+    assert_eq!(app.key(), "app/web");
+    // A format-7 API token reads back scoped to every namespace; format 8 names them.
+    let token = shared_proto::store::ApiTokenRecord {
+        id: "t1".into(),
+        secret_sha256: "ff".into(),
+        role: shared_proto::store::Role::Operator,
+        created_at: Timestamp(5),
+        description: String::new(),
+        expires_at: None,
+        sites: vec!["s1".into()],
+        namespaces: vec![],
+    };
+    let v7 = hex::decode("0706 027431 026666 01 05 00 00 01 027331".replace(' ', "")).unwrap();
+    assert_eq!(Object::decode(&v7).unwrap(), Object::ApiToken(token.clone()));
+    let scoped = shared_proto::store::ApiTokenRecord { namespaces: vec!["pos".into()], ..token };
+    let bytes = Object::ApiToken(scoped.clone()).encode().unwrap();
+    assert_eq!(hex::encode(&bytes), "0806 027431 026666 01 05 00 00 01 027331 01 03706f73".replace(' ', ""));
+    assert_eq!(Object::decode(&bytes).unwrap(), Object::ApiToken(scoped));
+    // Cluster-wide kinds never carry a namespace, whatever a record says.
+    let mut site = Site::new(ObjectMeta::namespaced("pos", "s1"), SiteSpec::default());
+    let bytes = Object::Site(site.clone()).encode().unwrap();
+    site.metadata.namespace.clear();
+    assert_eq!(Object::decode(&bytes).unwrap(), Object::Site(site));
 }
 
 #[test]
@@ -473,7 +527,9 @@ fn golden_format_seven_records_and_hubs_frame() {
         api: String::new(),
     });
     let bytes = hub.encode().unwrap();
-    assert_eq!(hex::encode(&bytes), "07 0d 056875622d31 01 03683a31 03683a32 00".replace(' ', ""));
+    assert_eq!(hex::encode(&bytes), "08 0d 056875622d31 01 03683a31 03683a32 00".replace(' ', ""));
+    let v7 = hex::decode("07 0d 056875622d31 01 03683a31 03683a32 00".replace(' ', "")).unwrap();
+    assert_eq!(Object::decode(&v7).unwrap(), hub);
     assert_eq!(Object::decode(&bytes).unwrap(), hub);
     let hubs = HubFrame::Hubs(vec![endpoint]);
     let frame = wire::encode_frame(&hubs).unwrap();
@@ -574,8 +630,10 @@ fn enrolment_tokens_of_format_two_let_devices_pick_any_label() {
     assert_eq!(Object::decode(&v5).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
     let v6 = hex::decode("06050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
     assert_eq!(Object::decode(&v6).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
-    let v7 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
-    assert_eq!(hex::encode(&v7), "07050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
+    let v7 = hex::decode("07050461623132026666e807d00f0103010104726f6c6503706f73027331016400").unwrap();
+    assert_eq!(Object::decode(&v7).unwrap(), Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)));
+    let v8 = Object::EnrolmentToken(token_record(LabelPolicy::TokenOnly)).encode().unwrap();
+    assert_eq!(hex::encode(&v8), "08050461623132026666e807d00f0103010104726f6c6503706f73027331016400");
 }
 
 #[test]

@@ -62,6 +62,8 @@ impl Params {
                 "stdin" => p.stdin = flag(&v, "stdin")?,
                 "cols" => p.cols = number(&v, "cols")?,
                 "rows" => p.rows = number(&v, "rows")?,
+                // Read with the app's name (`objects::target`).
+                "namespace" => {}
                 other => return Err(ApiError::BadRequest(format!("unknown query parameter {other:?}"))),
             }
         }
@@ -161,6 +163,8 @@ pub async fn logs(
 ) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let p = Params::parse(query.as_deref())?;
+    // Devices know the app by its store name.
+    let app = super::objects::target(shared_proto::Kind::App, &app, query.as_deref())?.store_name;
     let device = pick_device(&state, &caller, &app, p.device.as_deref()).await?;
     let since_unix_ms =
         p.since_seconds.map(|s| state.clock.now().millis().saturating_sub(s.saturating_mul(1000)));
@@ -211,6 +215,7 @@ pub async fn exec(
     if p.command.is_empty() {
         return Err(ApiError::BadRequest("command: give the program and its arguments".into()));
     }
+    let app = super::objects::target(shared_proto::Kind::App, &app, query.as_deref())?.store_name;
     let device = pick_device(&state, &caller, &app, p.device.as_deref()).await?;
     let what = AttachKind::Exec(ExecRequest {
         command: p.command,

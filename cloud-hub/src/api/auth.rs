@@ -29,8 +29,9 @@ impl Caller {
         }
     }
 
-    /// Refuses a token scoped to sites: for what is fleet-wide (images, API tokens).
-    pub fn require_all_sites(&self, what: &str) -> Result<(), ApiError> {
+    /// Refuses a token scoped to sites or namespaces: for what is fleet-wide (images,
+    /// API tokens, backups).
+    pub fn require_unscoped(&self, what: &str) -> Result<(), ApiError> {
         match self.scope.is_all() {
             true => Ok(()),
             false => Err(ApiError::Forbidden(format!(
@@ -40,7 +41,7 @@ impl Caller {
         }
     }
 
-    /// Refuses to show `o` outside the token's sites.
+    /// Refuses to show `o` outside the token's sites and namespaces.
     pub fn check_sees(&self, o: &Object) -> Result<(), ApiError> {
         match self.scope.sees(o) {
             true => Ok(()),
@@ -48,7 +49,7 @@ impl Caller {
         }
     }
 
-    /// Refuses to change `o` outside the token's sites.
+    /// Refuses to change `o` outside the token's sites and namespaces.
     pub fn check_may_change(&self, o: &Object) -> Result<(), ApiError> {
         match self.scope.may_change(o) {
             true => Ok(()),
@@ -95,7 +96,7 @@ pub fn authenticate(state: &HubState, headers: &HeaderMap) -> Result<Caller, Api
                     expired.to_rfc3339()
                 )));
             }
-            Ok(Caller { token_id: r.id, role: r.role, scope: Scope::from_sites(&r.sites) })
+            Ok(Caller { token_id: r.id, role: r.role, scope: Scope::of(&r.sites, &r.namespaces) })
         }
         _ => Err(ApiError::Unauthorized("invalid token".into())),
     }

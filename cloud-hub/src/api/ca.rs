@@ -91,7 +91,7 @@ fn unless_forced(force: bool, names: &[String], would: &str) -> ApiResult<()> {
 
 fn require_admin(caller: &Caller) -> ApiResult<()> {
     caller.require(Role::Admin)?;
-    caller.require_all_sites("rotating the fleet CA")
+    caller.require_unscoped("rotating the fleet CA")
 }
 
 /// `GET /api/v1/ca`: the fleet CA, the rotation under way, and which devices it still waits for.

@@ -33,7 +33,7 @@ pub async fn import(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Operator)?;
-    caller.require_all_sites("importing an image")?;
+    caller.require_unscoped("importing an image")?;
     let limit = state.config.max_image_bytes;
     let tmp_dir = state.config.data_dir.join("tmp");
     std::fs::create_dir_all(&tmp_dir)

@@ -34,6 +34,41 @@ pub fn kind_from_path(plural: &str) -> ApiResult<Kind> {
     })
 }
 
+/// Which object a request for `name` of `kind` names: its namespace (`default` unless
+/// the query's `namespace` says otherwise; empty for the fleet's kinds) and its store
+/// name ([`shared_proto::qualified_name`]).
+pub fn target(kind: Kind, name: &str, raw_query: Option<&str>) -> ApiResult<Target> {
+    let namespace = super::query::namespace_of_query(kind, raw_query)?;
+    if !kind.is_namespaced() {
+        return Ok(Target { namespace: String::new(), name: name.to_string(), store_name: name.to_string() });
+    }
+    let namespace = namespace.unwrap_or_else(|| shared_proto::DEFAULT_NAMESPACE.to_string());
+    if name.contains('.') {
+        // Not a name at all (names are DNS labels): never a way around the namespace.
+        return Err(ApiError::NotFound(format!("{} {name:?} not found: names have no dots", kind.as_str())));
+    }
+    let store_name = shared_proto::qualified_name(&namespace, name);
+    Ok(Target { namespace, name: name.to_string(), store_name })
+}
+
+/// An object a request names; see [`target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+    pub store_name: String,
+}
+
+impl Target {
+    /// `"web"`, or `"web" in namespace "pos"`, for messages.
+    pub fn describe(&self) -> String {
+        match self.namespace.as_str() {
+            "" => format!("{:?}", self.name),
+            ns => format!("{:?} in namespace {ns:?}", self.name),
+        }
+    }
+}
+
 /// Parses an object of `kind` from JSON, naming the field on error. A `Secret` is
 /// validated and sealed with the hub key here: its values go no further in the clear.
 pub fn parse_object(kind: Kind, body: &[u8], key: &crate::sealing::HubKey) -> ApiResult<Object> {
@@ -222,14 +257,15 @@ pub async fn get(
     State(state): State<Arc<HubState>>,
     caller: Caller,
     Path((plural, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let kind = kind_from_path(&plural)?;
-    let mut o = state
-        .store
-        .get(kind.into(), &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{} {name:?} not found", kind.as_str())))?;
+    let target = target(kind, &name, raw.as_deref())?;
+    let mut o =
+        state.store.get(kind.into(), &target.store_name).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("{} {} not found", kind.as_str(), target.describe()))
+        })?;
     caller.check_sees(&o)?;
     overlay(&state, &mut o);
     Ok(Json(to_json(&o)))
@@ -260,14 +296,16 @@ pub async fn get_placement(
     State(state): State<Arc<HubState>>,
     caller: Caller,
     Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    match state.store.get_local(StoreKind::App, &name)? {
+    let target = target(Kind::App, &name, raw.as_deref())?;
+    match state.store.get_local(StoreKind::App, &target.store_name)? {
         Some(app) => caller.check_sees(&app)?,
-        None => return Err(ApiError::NotFound(format!("App {name:?} not found"))),
+        None => return Err(ApiError::NotFound(format!("App {} not found", target.describe()))),
     }
     let store = state.store.clone();
-    let app = name.clone();
+    let app = target.store_name.clone();
     let scope = caller.scope.clone();
     let verdicts = tokio::task::spawn_blocking(move || {
         let cache = crate::controllers::cache::FleetCache::load(&store)?;
@@ -279,7 +317,9 @@ pub async fn get_placement(
     .await
     .map_err(|e| ApiError::Internal(format!("placement: {e}")))??;
     let n_placed = verdicts.iter().filter(|v| v.placed).count();
-    Ok(Json(json!({ "app": name, "placedDevices": n_placed, "devices": verdicts })))
+    Ok(Json(
+        json!({ "app": name, "namespace": target.namespace, "placedDevices": n_placed, "devices": verdicts }),
+    ))
 }
 
 fn merge_meta(old: &ObjectMeta, new: &mut ObjectMeta, spec_changed: bool) {
@@ -371,7 +411,8 @@ fn merge(current: Option<Object>, incoming: Object, now: Timestamp) -> ApiResult
 pub async fn apply(
     State(state): State<Arc<HubState>>,
     caller: Caller,
-    Path((plural, name)): Path<(String, String)>,
+    Path((plural, path_name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> ApiResult<(StatusCode, [(&'static str, &'static str); 1], Json<Value>)> {
     caller.require(Role::Operator)?;
@@ -381,13 +422,30 @@ pub async fn apply(
             "images are imported, not applied: use flotilla image import FILE".into(),
         ));
     }
-    let incoming = parse_object(kind, &body, &state.key)?;
-    if incoming.name() != name {
+    let mut incoming = parse_object(kind, &body, &state.key)?;
+    let meta =
+        incoming.metadata_mut().ok_or_else(|| ApiError::Internal("an API kind without metadata".into()))?;
+    if meta.name != path_name {
         return Err(ApiError::invalid(
             "metadata.name",
-            format!("{:?} does not match the name in the URL ({name:?})", incoming.name()),
+            format!("{:?} does not match the name in the URL ({path_name:?})", meta.name),
         ));
     }
+    let target = target(kind, &path_name, raw.as_deref())?;
+    if kind.is_namespaced() {
+        if meta.namespace.is_empty() {
+            meta.namespace.clone_from(&target.namespace);
+        } else if meta.namespace != target.namespace {
+            return Err(ApiError::invalid(
+                "metadata.namespace",
+                format!(
+                    "{:?} does not match the request's namespace ({:?}): leave it out or send namespace={}",
+                    meta.namespace, target.namespace, meta.namespace
+                ),
+            ));
+        }
+    }
+    let name = target.store_name.clone();
     validate_object(&incoming)?;
     caller.check_may_change(&incoming)?;
     let asked_revision = incoming.metadata().map_or(0, |m| m.revision);
@@ -420,8 +478,9 @@ pub async fn apply(
             (None, 0) => Precondition::MustNotExist,
             (None, r) => {
                 return Err(ApiError::Conflict(format!(
-                    "{} {name:?} does not exist, but the request expects revision {r}",
-                    kind.as_str()
+                    "{} {} does not exist, but the request expects revision {r}",
+                    kind.as_str(),
+                    target.describe()
                 )));
             }
             (Some(o), 0) => Precondition::RevisionIs(o.metadata().map_or(0, |m| m.revision)),
@@ -457,8 +516,9 @@ pub async fn apply(
             }
             StoreOutcome::Conflict { current_revision, .. } if asked_revision != 0 => {
                 return Err(ApiError::Conflict(format!(
-                    "{} {name:?} changed since revision {asked_revision} (now {}): get it again and re-apply",
+                    "{} {} changed since revision {asked_revision} (now {}): get it again and re-apply",
                     kind.as_str(),
+                    target.describe(),
                     current_revision.map_or("deleted".to_string(), |r| r.to_string())
                 )));
             }
@@ -466,26 +526,34 @@ pub async fn apply(
             StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => continue,
         }
     }
-    Err(ApiError::Unavailable(format!("{} {name:?} keeps changing under this request; retry", kind.as_str())))
+    Err(ApiError::Unavailable(format!(
+        "{} {} keeps changing under this request; retry",
+        kind.as_str(),
+        target.describe()
+    )))
 }
 
 pub async fn delete(
     State(state): State<Arc<HubState>>,
     caller: Caller,
-    Path((plural, name)): Path<(String, String)>,
+    Path((plural, path_name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Operator)?;
     let kind = kind_from_path(&plural)?;
     if kind == Kind::Image {
-        caller.require_all_sites("deleting an image")?;
+        caller.require_unscoped("deleting an image")?;
     }
-    let not_found = || ApiError::NotFound(format!("{} {name:?} not found", kind.as_str()));
+    let target = target(kind, &path_name, raw.as_deref())?;
+    let name = target.store_name.clone();
+    let not_found = || ApiError::NotFound(format!("{} {} not found", kind.as_str(), target.describe()));
     if matches!(kind, Kind::Config | Kind::Secret) {
-        let users = apps_using(&state.store.list(StoreKind::App).await?, kind, &name);
+        let users = apps_using(&state.store.list(StoreKind::App).await?, kind, &target);
         if !users.is_empty() {
             return Err(ApiError::Conflict(format!(
-                "{} {name:?} is used by {} {}: change or delete them first",
+                "{} {} is used by {} {}: change or delete them first",
                 kind.as_str(),
+                target.describe(),
                 if users.len() == 1 { "app" } else { "apps" },
                 users.join(", ")
             )));
@@ -506,20 +574,29 @@ pub async fn delete(
             if kind == Kind::Device {
                 state.live.forget(&name);
             }
-            Ok(Json(json!({ "deleted": { "kind": kind.as_str(), "name": name }, "revision": revision })))
+            let mut deleted = json!({ "kind": kind.as_str(), "name": target.name });
+            if kind.is_namespaced() {
+                deleted["namespace"] = json!(target.namespace);
+            }
+            Ok(Json(json!({ "deleted": deleted, "revision": revision })))
         }
-        StoreOutcome::Conflict { current_revision: Some(_), .. } => {
-            Err(ApiError::Conflict(format!("{} {name:?} changed meanwhile; retry", kind.as_str())))
-        }
+        StoreOutcome::Conflict { current_revision: Some(_), .. } => Err(ApiError::Conflict(format!(
+            "{} {} changed meanwhile; retry",
+            kind.as_str(),
+            target.describe()
+        ))),
         StoreOutcome::Conflict { .. } | StoreOutcome::Each(_) => Err(not_found()),
     }
 }
 
-/// The apps that mount or read the `Config` or `Secret` `name`.
-pub fn apps_using(apps: &[Object], kind: Kind, name: &str) -> Vec<String> {
+/// The apps of its namespace that mount or read the `Config` or `Secret` `target`.
+pub fn apps_using(apps: &[Object], kind: Kind, target: &Target) -> Vec<String> {
     apps.iter()
         .filter_map(|o| match o {
-            Object::App(a) if a.spec.config_refs(kind == Kind::Secret).contains(name) => {
+            Object::App(a)
+                if a.metadata.namespace == target.namespace
+                    && a.spec.config_refs(kind == Kind::Secret).contains(&target.name) =>
+            {
                 Some(a.metadata.name.clone())
             }
             _ => None,

@@ -99,6 +99,19 @@ fn name_param(kind: Kind) -> Value {
     json!({ "name": "name", "in": "path", "required": true, "schema": schema })
 }
 
+/// The `namespace` query parameter of apps, configs and secrets.
+fn namespace_param(list: bool) -> Value {
+    query(
+        "namespace",
+        schema_ref("DnsLabel"),
+        if list {
+            "Only this namespace's; without it, every namespace the token reaches"
+        } else {
+            "The object's namespace; default `default`"
+        },
+    )
+}
+
 fn device_name() -> Value {
     name_param(Kind::Device)
 }
@@ -186,6 +199,9 @@ fn crud(kind: Kind) -> (Value, Value) {
         json!({ "name": "Last-Event-ID", "in": "header", "schema": { "type": "string", "pattern": "^[0-9]+(:[0-9]+)?$" },
             "description": "With watch: resume after this event (the last `id:` received); wins over sinceRevision" }),
     ];
+    if kind.is_namespaced() {
+        parameters.push(namespace_param(true));
+    }
     if matches!(kind, Kind::Site | Kind::Device | Kind::App) {
         parameters.push(query(
             "site",
@@ -206,11 +222,18 @@ fn crud(kind: Kind) -> (Value, Value) {
                 &with_common(&[410, 422])),
         }
     });
+    let mut one_parameters = vec![name_param(kind)];
+    if kind.is_namespaced() {
+        one_parameters.push(namespace_param(false));
+    }
+    // A malformed namespace is 422, as in lists.
+    let get_codes: &[u16] = if kind.is_namespaced() { &[400, 404, 422] } else { &[400, 404] };
+    let delete_codes: &[u16] = if kind.is_namespaced() { &[400, 404, 409, 422] } else { &[400, 404, 409] };
     let mut one = json!({
-        "parameters": [name_param(kind)],
+        "parameters": one_parameters,
         "get": { "operationId": format!("get_{}", kind.as_str().to_lowercase()), "summary": format!("Get one {kind}"),
             "responses": responses(json!({ "200": { "description": kind.as_str(), "content": json_content(item.clone()) } }),
-                &with_common(&[400, 404])) },
+                &with_common(get_codes)) },
         "delete": { "operationId": format!("delete_{}", kind.as_str().to_lowercase()), "summary": format!("Delete one {kind} (operator)"),
             "description": match kind {
                 Kind::Config | Kind::Secret => "409 while an app uses it",
@@ -220,9 +243,9 @@ fn crud(kind: Kind) -> (Value, Value) {
             "responses": responses(json!({ "200": { "description": "Deleted", "content": json_content(json!({
                 "type": "object", "required": ["deleted", "revision"], "properties": {
                     "deleted": { "type": "object", "required": ["kind", "name"], "properties": {
-                        "kind": { "const": kind.as_str() }, "name": { "type": "string" } } },
+                        "kind": { "const": kind.as_str() }, "name": { "type": "string" }, "namespace": { "type": "string" } } },
                     "revision": { "type": "integer", "minimum": 0 } } })) } }),
-                &with_common(&[400, 404, 409])) },
+                &with_common(delete_codes)) },
     });
     if kind != Kind::Image {
         one["put"] = json!({
@@ -261,11 +284,12 @@ fn enrolment_token_schema() -> Value {
 }
 
 fn api_token_schema() -> Value {
-    json!({ "type": "object", "required": ["id", "role", "createdAt", "sites", "description"],
+    json!({ "type": "object", "required": ["id", "role", "createdAt", "sites", "namespaces", "description"],
         "properties": {
             "id": { "type": "string" }, "role": { "enum": ["viewer", "operator", "admin"] },
             "createdAt": schema_ref("Timestamp"), "expiresAt": { "oneOf": [{ "type": "null" }, schema_ref("Timestamp")] },
-            "sites": { "type": "array", "items": { "type": "string" } }, "description": { "type": "string" },
+            "sites": { "type": "array", "items": { "type": "string" } },
+            "namespaces": { "type": "array", "items": { "type": "string" } }, "description": { "type": "string" },
             "token": { "type": "string", "description": "The secret, only in the answer that creates it" } } })
 }
 
@@ -407,14 +431,14 @@ fn paths() -> Map<String, Value> {
     paths.insert(
         "/api/v1/apps/{name}/placement".into(),
         json!({ "get": { "operationId": "get_app_placement", "summary": "The scheduler's verdict on every device for this app: placed, or why not",
-            "parameters": [name_param(Kind::App)],
+            "parameters": [name_param(Kind::App), namespace_param(false)],
             "responses": responses(json!({ "200": { "description": "Verdicts", "content": json_content(json!({
-                "type": "object", "required": ["app", "placedDevices", "devices"], "properties": {
-                    "app": { "type": "string" }, "placedDevices": { "type": "integer", "minimum": 0 },
+                "type": "object", "required": ["app", "namespace", "placedDevices", "devices"], "properties": {
+                    "app": { "type": "string" }, "namespace": { "type": "string" }, "placedDevices": { "type": "integer", "minimum": 0 },
                     "devices": { "type": "array", "items": { "type": "object", "properties": {
                         "device": { "type": "string" }, "placed": { "type": "boolean" },
                         "selected": { "type": "boolean" }, "reason": { "type": "string" } } } } } })) } }),
-                &with_common(&[400, 404])) } }),
+                &with_common(&[400, 404, 422])) } }),
     );
     let device = query("device", schema_ref("DnsLabel"), "Needed when the app runs on several devices");
     let container = query("container", schema_ref("DnsLabel"), "Needed when the app has several containers");
@@ -423,7 +447,7 @@ fn paths() -> Map<String, Value> {
         "/api/v1/apps/{name}/logs".into(),
         json!({ "get": { "operationId": "get_app_logs", "summary": "A container's log, from the device through its connection to the hub (operator)",
             "description": "409 when the device is not connected",
-            "parameters": [name_param(Kind::App), device.clone(), container.clone(),
+            "parameters": [name_param(Kind::App), namespace_param(false), device.clone(), container.clone(),
                 query("follow", json!({ "type": "boolean" }), "Keep streaming what the container writes"),
                 query("tailLines", json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }), "Only the last lines"),
                 query("sinceSeconds", json!({ "type": "integer", "minimum": 1, "maximum": u32::MAX }), "Only what was written in this last while (to within 2 s)")],
@@ -433,7 +457,7 @@ fn paths() -> Map<String, Value> {
     paths.insert(
         "/api/v1/apps/{name}/exec".into(),
         json!({ "get": { "operationId": "exec_in_app", "summary": "Run a command in a container (WebSocket; operators; audited)",
-            "parameters": [name_param(Kind::App), device, container,
+            "parameters": [name_param(Kind::App), namespace_param(false), device, container,
                 query("command", json!({ "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 256 }), "Repeat for each argument"),
                 query("stdin", json!({ "type": "boolean" }), "Pass the client's input"),
                 query("tty", json!({ "type": "boolean" }), "Run on a terminal"),
@@ -601,7 +625,8 @@ fn schemas() -> Value {
     // Admin tokens reach every site: one with sites is refused.
     schemas["CreateApiToken"]["if"] =
         json!({ "required": ["role"], "properties": { "role": { "const": "admin" } } });
-    schemas["CreateApiToken"]["then"] = json!({ "properties": { "sites": { "maxItems": 0 } } });
+    schemas["CreateApiToken"]["then"] =
+        json!({ "properties": { "sites": { "maxItems": 0 }, "namespaces": { "maxItems": 0 } } });
     // An HTTP probe's header: a token name and a value without control characters.
     schemas["HttpGetAction"]["properties"]["headers"]["items"]["minItems"] = json!(2);
     schemas["HttpGetAction"]["properties"]["headers"]["items"]["maxItems"] = json!(2);

@@ -6,6 +6,8 @@
 //! - `labelSelector`: `app=pos,tier!=db,env in (a,b),!canary` ([`LabelSelector::parse`]);
 //! - `fieldSelector`: `field=value`, `field==value`, `field!=value`, comma-separated, on the
 //!   fields [`FIELDS`] names per kind;
+//! - `namespace`: apps, configs and secrets of one namespace (without it, of every
+//!   namespace the token reaches);
 //! - `site`: a site's own object, its devices, and the apps placed there (those whose
 //!   placement names it or names no site);
 //! - `limit` (1..=[`MAX_LIST_LIMIT`]; without it the whole list) and `continue` (the token the
@@ -32,10 +34,10 @@ const MAX_CONTINUE_LEN: usize = 1024;
 pub const FIELDS: &[(Kind, &[&str])] = &[
     (Kind::Site, &["metadata.name"]),
     (Kind::Device, &["metadata.name", "spec.site", "status.phase"]),
-    (Kind::App, &["metadata.name", "status.phase"]),
+    (Kind::App, &["metadata.name", "metadata.namespace", "status.phase"]),
     (Kind::Image, &["metadata.name"]),
-    (Kind::Config, &["metadata.name"]),
-    (Kind::Secret, &["metadata.name"]),
+    (Kind::Config, &["metadata.name", "metadata.namespace"]),
+    (Kind::Secret, &["metadata.name", "metadata.namespace"]),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +96,7 @@ pub struct ListQuery {
     pub labels: LabelSelector,
     pub fields: Vec<FieldRequirement>,
     pub site: Option<String>,
+    pub namespace: Option<String>,
     pub limit: Option<usize>,
     pub continue_from: Option<ContinueToken>,
     pub watch: bool,
@@ -119,6 +122,7 @@ impl ListQuery {
                         LabelSelector::parse(&v).map_err(|e| ApiError::invalid("labelSelector", e.0))?
                 }
                 "fieldSelector" => q.fields = parse_fields(kind, &v)?,
+                "namespace" => q.namespace = namespace_param(kind, &v)?,
                 "site" => {
                     if !matches!(kind, Kind::Site | Kind::Device | Kind::App) {
                         return Err(ApiError::invalid(
@@ -186,7 +190,31 @@ impl ListQuery {
                 .iter()
                 .all(|f| (field_value(o, meta, &f.field).as_deref() == Some(&f.value)) == f.equal)
             && self.site.as_ref().is_none_or(|site| in_site(o, site))
+            && self.namespace.as_ref().is_none_or(|ns| &meta.namespace == ns)
     }
+}
+
+/// Reads a `namespace` query parameter for `kind`: a DNS label for apps, configs and
+/// secrets (empty: none given), refused for the fleet's kinds.
+pub fn namespace_param(kind: Kind, value: &str) -> ApiResult<Option<String>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match shared_proto::validate::namespace_problem(kind, value) {
+        Some(p) => Err(ApiError::invalid("namespace", p)),
+        None => Ok(Some(value.to_string())),
+    }
+}
+
+/// The `namespace` parameter of a request's query string, read as [`namespace_param`].
+pub fn namespace_of_query(kind: Kind, raw: Option<&str>) -> ApiResult<Option<String>> {
+    let mut namespace = None;
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if k == "namespace" {
+            namespace = namespace_param(kind, &v)?;
+        }
+    }
+    Ok(namespace)
 }
 
 fn parse_fields(kind: Kind, text: &str) -> ApiResult<Vec<FieldRequirement>> {
@@ -224,6 +252,7 @@ fn field_value(o: &Object, meta: &ObjectMeta, field: &str) -> Option<String> {
     let text = |v: serde_json::Result<serde_json::Value>| v.ok()?.as_str().map(str::to_string);
     match (o, field) {
         (_, "metadata.name") => Some(meta.name.clone()),
+        (_, "metadata.namespace") => Some(meta.namespace.clone()),
         (Object::Device(d), "spec.site") => Some(d.spec.site.clone()),
         (Object::Device(d), "status.phase") => text(serde_json::to_value(d.status.phase)),
         (Object::App(a), "status.phase") => text(serde_json::to_value(a.status.phase)),
@@ -368,7 +397,14 @@ mod tests {
     fn bad_parameters_are_refused_by_name() {
         for (kind, query, field, says) in [
             (Kind::App, "labelSelector=app%20in%20(a", "labelSelector", "expected"),
-            (Kind::App, "fieldSelector=spec.site%3Dx", "fieldSelector", "metadata.name, status.phase"),
+            (
+                Kind::App,
+                "fieldSelector=spec.site%3Dx",
+                "fieldSelector",
+                "metadata.name, metadata.namespace, status.phase",
+            ),
+            (Kind::App, "namespace=Pos", "namespace", "lower-case"),
+            (Kind::Device, "namespace=pos", "namespace", "no namespace"),
             (Kind::App, "fieldSelector=status.phase", "fieldSelector", "field=value"),
             (Kind::Image, "site=s", "site", "no site"),
             (Kind::App, "limit=0", "limit", "1 to 1000"),

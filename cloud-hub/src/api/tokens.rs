@@ -106,6 +106,12 @@ pub async fn create_enrolment(
     caller.require(Role::Operator)?;
     let req: CreateEnrolmentToken = parse_json(&body)?;
     let ttl = parse_ttl("ttl", req.ttl.as_deref(), Duration::from_secs(24 * 3600), (MAX_TOKEN_TTL, "365d"))?;
+    if caller.scope.namespaces.is_some() {
+        return Err(ApiError::Forbidden(format!(
+            "devices serve every namespace; this token is scoped to {}",
+            caller.scope.describe()
+        )));
+    }
     if !caller.scope.has_site(&req.site) {
         return Err(ApiError::Forbidden(format!(
             "site {:?} is outside this token's {}: enrolment tokens of a scoped token must name one of its sites",
@@ -229,6 +235,13 @@ pub struct CreateApiToken {
     #[serde(default)]
     #[schema(max_items = 256, value_type = Vec<shared_proto::openapi::DnsLabel>)]
     pub sites: Vec<String>,
+    /// The namespaces whose apps, configs and secrets the token may see and change;
+    /// empty: every namespace. A token with namespaces changes no fleet object (sites,
+    /// devices, images, enrolment tokens). Viewer and operator tokens only: an admin
+    /// token with namespaces is 422.
+    #[serde(default)]
+    #[schema(max_items = 256, value_type = Vec<shared_proto::openapi::DnsLabel>)]
+    pub namespaces: Vec<String>,
 }
 
 /// How long an API token lives unless asked otherwise.
@@ -259,6 +272,7 @@ fn api_token_json(r: &ApiTokenRecord) -> Value {
         "createdAt": r.created_at,
         "expiresAt": r.expires_at,
         "sites": r.sites,
+        "namespaces": r.namespaces,
         "description": r.description,
     })
 }
@@ -279,6 +293,7 @@ pub fn new_api_token(
         description,
         expires_at: None,
         sites: vec![],
+        namespaces: vec![],
     };
     Ok((token.to_token_string(), record))
 }
@@ -314,10 +329,25 @@ pub async fn create_api(
             return Err(ApiError::invalid(&format!("sites[{i}]"), p));
         }
     }
+    if !req.namespaces.is_empty() && role == Role::Admin {
+        return Err(ApiError::invalid(
+            "namespaces",
+            "admin tokens reach every namespace; scope a viewer or operator token",
+        ));
+    }
+    if req.namespaces.len() > 256 {
+        return Err(ApiError::invalid("namespaces", "at most 256 namespaces"));
+    }
+    for (i, namespace) in req.namespaces.iter().enumerate() {
+        if let Some(p) = dns_label_problem(namespace) {
+            return Err(ApiError::invalid(&format!("namespaces[{i}]"), p));
+        }
+    }
     let now = state.clock.now();
     let (secret, mut record) = new_api_token(role, req.description, now)?;
     record.expires_at = Some(now.saturating_add(ttl));
     record.sites = req.sites;
+    record.namespaces = req.namespaces;
     let mut body = api_token_json(&record);
     body["token"] = Value::String(secret);
     match state.store.write(StoreCommand::put(Object::ApiToken(record), Precondition::MustNotExist)).await? {

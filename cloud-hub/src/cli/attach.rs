@@ -67,6 +67,7 @@ fn common(device: &Option<String>, container: &Option<String>) -> Vec<(&'static 
 pub async fn logs(args: &HubArgs, a: &LogsArgs) -> anyhow::Result<()> {
     let client = HubClient::connect(args)?;
     let mut pairs = common(&a.device, &a.container);
+    pairs.extend(args.namespace.clone().map(|ns| ("namespace", ns)));
     if a.follow {
         pairs.push(("follow", "true".into()));
     }
@@ -134,6 +135,7 @@ pub async fn exec(args: &HubArgs, a: &ExecArgs) -> anyhow::Result<i32> {
     if a.stdin {
         pairs.push(("stdin", "true".into()));
     }
+    pairs.extend(args.namespace.clone().map(|ns| ("namespace", ns)));
     let ws = client.websocket(&format!("/api/v1/apps/{}/exec?{}", a.app, query(&pairs))).await?;
     let (mut tx, mut rx) = ws.split();
     let _raw = (a.tty && a.stdin && std::io::IsTerminal::is_terminal(&std::io::stdin())).then(RawMode::enter);

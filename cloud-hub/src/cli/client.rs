@@ -21,6 +21,20 @@ pub struct HubArgs {
     /// Context file written by `flotilla hub serve` or `flotilla demo`.
     #[arg(long, global = true, env = "FLOTILLA_CONTEXT")]
     pub context: Option<PathBuf>,
+    /// The namespace of the apps, configs and secrets to act on (default: `default`).
+    #[arg(short = 'n', long, global = true, env = "FLOTILLA_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl HubArgs {
+    /// The query that names `-n`'s namespace for an object of `kind` (`?namespace=…`),
+    /// or nothing: the fleet's kinds have none, and the hub's default is `default`.
+    pub fn namespace_query(&self, kind: shared_proto::Kind) -> String {
+        match &self.namespace {
+            Some(ns) if kind.is_namespaced() => format!("?namespace={ns}"),
+            _ => String::new(),
+        }
+    }
 }
 
 fn default_context_path() -> Option<PathBuf> {

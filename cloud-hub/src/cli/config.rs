@@ -90,7 +90,7 @@ pub async fn create(args: &HubArgs, command: &CreateCommand) -> anyhow::Result<(
     let (status, headers, _) = client
         .request_with_headers(
             Method::PUT,
-            &format!("/api/v1/{}/{}", kind.plural(), data.name),
+            &format!("/api/v1/{}/{}{}", kind.plural(), data.name, args.namespace_query(kind)),
             Some(serde_json::to_vec(&body)?.into()),
             "application/json",
         )

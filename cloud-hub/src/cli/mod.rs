@@ -82,6 +82,11 @@ pub enum ApiTokenCommand {
         /// Limit the token to this site (repeatable); default: every site.
         #[arg(long = "site")]
         sites: Vec<String>,
+        /// Limit the token to the apps, configs and secrets of these namespaces
+        /// (comma-separated or repeated); default: every namespace. Such a token
+        /// changes no site, device, image or enrolment token.
+        #[arg(long = "namespaces", value_delimiter = ',')]
+        namespaces: Vec<String>,
     },
     List,
     Revoke {
@@ -266,7 +271,15 @@ pub async fn apply(args: &HubArgs, file: &Path) -> anyhow::Result<()> {
                 failed += 1;
                 continue;
             }
-            let path = format!("/api/v1/{}/{name}", kind.plural());
+            // The document's namespace, else -n's, else the hub's default.
+            let namespace = match s(&doc, &["metadata", "namespace"]) {
+                "" => args.namespace.clone().unwrap_or_default(),
+                ns => ns.to_string(),
+            };
+            let path = match namespace.as_str() {
+                "" => format!("/api/v1/{}/{name}", kind.plural()),
+                ns => format!("/api/v1/{}/{name}?namespace={ns}", kind.plural()),
+            };
             let body = serde_json::to_vec(&doc)?;
             match client.request_with_headers(Method::PUT, &path, Some(body.into()), "application/json").await
             {
@@ -422,6 +435,12 @@ pub async fn get(
 ) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let client = HubClient::connect(args)?;
+    let mut filters = filters.clone();
+    if !kind.is_namespaced() {
+        filters.namespace = None;
+    }
+    let all_namespaces = kind.is_namespaced() && filters.namespace.is_none();
+    let filters = &filters;
     if follow {
         if name.is_some() {
             bail!(
@@ -432,7 +451,8 @@ pub async fn get(
     }
     let (value, items) = match name {
         Some(n) => {
-            let v = client.get(&format!("/api/v1/{}/{n}", kind.plural())).await?;
+            let v =
+                client.get(&format!("/api/v1/{}/{n}{}", kind.plural(), args.namespace_query(kind))).await?;
             (v.clone(), vec![v])
         }
         None => {
@@ -454,7 +474,13 @@ pub async fn get(
                 eprintln!("no {} found", kind.plural());
                 return Ok(());
             }
-            let (h, rows) = rows_for(kind, &items, format == Format::Wide);
+            let (mut h, mut rows) = rows_for(kind, &items, format == Format::Wide);
+            if all_namespaces {
+                h.insert(0, "NAMESPACE");
+                for (row, item) in rows.iter_mut().zip(&items) {
+                    row.insert(0, s(item, &["metadata", "namespace"]).to_string());
+                }
+            }
             print!("{}", table(&h, &rows));
             Ok(())
         }
@@ -518,9 +544,12 @@ pub fn sandbox_lines(spec: &serde_json::Value) -> Vec<String> {
 pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let client = HubClient::connect(args)?;
-    let v = client.get(&format!("/api/v1/{}/{name}", kind.plural())).await?;
+    let v = client.get(&format!("/api/v1/{}/{name}{}", kind.plural(), args.namespace_query(kind))).await?;
     let now = now();
     println!("Name:        {}", s(&v, &["metadata", "name"]));
+    if kind.is_namespaced() {
+        println!("Namespace:   {}", s(&v, &["metadata", "namespace"]));
+    }
     println!("Kind:        {}", kind.as_str());
     println!("Labels:      {}", labels(&v));
     println!("Revision:    {}", n(&v, &["metadata", "revision"]));
@@ -657,7 +686,8 @@ pub async fn describe(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<
                     println!("  {l}");
                 }
             }
-            let p = client.get(&format!("/api/v1/apps/{name}/placement")).await?;
+            let p =
+                client.get(&format!("/api/v1/apps/{name}/placement{}", args.namespace_query(kind))).await?;
             print_placement(&p);
         }
         _ => {
@@ -703,7 +733,8 @@ fn print_placement(p: &serde_json::Value) {
 pub async fn delete(args: &HubArgs, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let client = HubClient::connect(args)?;
-    client.request(Method::DELETE, &format!("/api/v1/{}/{name}", kind.plural()), None, "").await?;
+    let path = format!("/api/v1/{}/{name}{}", kind.plural(), args.namespace_query(kind));
+    client.request(Method::DELETE, &path, None, "").await?;
     println!("{}/{name} deleted", kind.as_str().to_lowercase());
     Ok(())
 }
@@ -783,8 +814,8 @@ pub async fn token(args: &HubArgs, cmd: &TokenCommand) -> anyhow::Result<()> {
 pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<()> {
     let client = HubClient::connect(args)?;
     match cmd {
-        ApiTokenCommand::Create { role, description, ttl, sites } => {
-            let body = json!({ "role": role, "description": description, "ttl": ttl, "sites": sites });
+        ApiTokenCommand::Create { role, description, ttl, sites, namespaces } => {
+            let body = json!({ "role": role, "description": description, "ttl": ttl, "sites": sites, "namespaces": namespaces });
             let (_, v) = client.send_json(Method::POST, "/api/v1/api-tokens", &body).await?;
             println!("{}", s(&v, &["token"]));
         }
@@ -801,17 +832,16 @@ pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<
                         s(t, &["role"]).to_string(),
                         s(t, &["createdAt"]).to_string(),
                         t["expiresAt"].as_str().unwrap_or("never").to_string(),
-                        match t["sites"].as_array() {
-                            Some(sites) if !sites.is_empty() => {
-                                sites.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
-                            }
-                            _ => "*".to_string(),
-                        },
+                        list_or_star(&t["sites"]),
+                        list_or_star(&t["namespaces"]),
                         s(t, &["description"]).to_string(),
                     ]
                 })
                 .collect();
-            print!("{}", table(&["ID", "ROLE", "CREATED", "EXPIRES", "SITES", "DESCRIPTION"], &rows));
+            print!(
+                "{}",
+                table(&["ID", "ROLE", "CREATED", "EXPIRES", "SITES", "NAMESPACES", "DESCRIPTION"], &rows)
+            );
         }
         ApiTokenCommand::Revoke { id } => {
             client.request(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None, "").await?;
@@ -819,6 +849,16 @@ pub async fn api_token(args: &HubArgs, cmd: &ApiTokenCommand) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// A JSON list of names joined with commas, or `*` when empty (no limit).
+fn list_or_star(v: &Value) -> String {
+    match v.as_array() {
+        Some(items) if !items.is_empty() => {
+            items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+        }
+        _ => "*".to_string(),
+    }
 }
 
 pub async fn device(args: &HubArgs, cmd: &DeviceCommand) -> anyhow::Result<()> {

@@ -90,6 +90,8 @@ pub struct Filters {
     pub selector: Option<String>,
     pub site: Option<String>,
     pub field_selector: Option<String>,
+    /// Apps, configs and secrets of this namespace only (`None`: every namespace).
+    pub namespace: Option<String>,
 }
 
 impl Filters {
@@ -98,6 +100,7 @@ impl Filters {
         q.extend(self.selector.clone().map(|s| ("labelSelector", s)));
         q.extend(self.site.clone().map(|s| ("site", s)));
         q.extend(self.field_selector.clone().map(|s| ("fieldSelector", s)));
+        q.extend(self.namespace.clone().map(|s| ("namespace", s)));
         q
     }
 }

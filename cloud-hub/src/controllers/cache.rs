@@ -12,7 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, Default, Clone)]
 pub struct FleetCache {
     pub sites: BTreeMap<String, Site>,
+    /// By store name, as the controllers and devices see them ([`App::qualified`]):
+    /// named, and naming their configs, secrets and fellow apps, by qualified name.
     pub apps: BTreeMap<String, App>,
+    /// The same apps as stored, for writing their status back.
+    pub stored_apps: BTreeMap<String, App>,
     pub devices: BTreeMap<String, Device>,
     pub images: BTreeMap<String, Image>,
     pub manifests: BTreeMap<String, DesiredManifest>,
@@ -97,7 +101,9 @@ impl FleetCache {
                 self.sites.insert(name.clone(), x);
                 Some(Changed::Site(name))
             }
-            Object::App(a) => {
+            Object::App(stored) => {
+                let a = stored.qualified();
+                self.stored_apps.insert(a.metadata.name.clone(), stored);
                 let old = self.apps.insert(a.metadata.name.clone(), a.clone());
                 Some(Changed::App(old, Some(a)))
             }
@@ -120,7 +126,7 @@ impl FleetCache {
                 Some(Changed::Manifest(name))
             }
             Object::Config(c) => {
-                let name = c.metadata.name.clone();
+                let name = c.metadata.qualified_name();
                 let desired = DesiredConfig {
                     name: name.clone(),
                     secret: false,
@@ -131,7 +137,7 @@ impl FleetCache {
                 Some(Changed::Config(false, name))
             }
             Object::Secret(s) => {
-                let name = s.metadata.name.clone();
+                let name = s.metadata.qualified_name();
                 let desired = DesiredConfig {
                     name: name.clone(),
                     secret: true,
@@ -148,7 +154,10 @@ impl FleetCache {
     fn remove(&mut self, kind: StoreKind, name: &str) -> Option<Changed> {
         match kind {
             StoreKind::Site => self.sites.remove(name).map(|_| Changed::Site(name.to_string())),
-            StoreKind::App => self.apps.remove(name).map(|a| Changed::App(Some(a), None)),
+            StoreKind::App => {
+                self.stored_apps.remove(name);
+                self.apps.remove(name).map(|a| Changed::App(Some(a), None))
+            }
             StoreKind::Device => {
                 let old = self.devices.remove(name)?;
                 self.index_device(&old, false);

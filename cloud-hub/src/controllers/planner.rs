@@ -446,8 +446,10 @@ impl Planner {
             let Some(a) = self.cache.apps.get(&app) else { continue };
             let rows = self.rows.entry(app.clone()).or_default();
             let status = app_status(a, rows, self.unfit.get(&app));
-            if status != a.status {
-                let mut updated = a.clone();
+            if status != a.status
+                && let Some(stored) = self.cache.stored_apps.get(&app)
+            {
+                let mut updated = stored.clone();
                 updated.status = status;
                 out.push(StoreCommand::put(
                     Object::App(updated),

@@ -413,3 +413,64 @@ fn a_pass_reports_each_planner_as_it_finishes_and_plans_the_same_with_or_without
     let plain = planner(&store).plan(Timestamp(10), &online, BTreeSet::new());
     assert_eq!(timed.writes, plain.writes);
 }
+
+/// `app("web", …)` in `namespace`, mounting its namespace's config `cfg` and
+/// following its namespace's app `db` at site scope when asked.
+fn namespaced_app(namespace: &str, with_affinity: bool) -> Object {
+    let Object::App(mut a) = app("web", "web", "web:1") else { unreachable!() };
+    a.metadata.namespace = namespace.into();
+    a.spec.volumes = vec![shared_proto::VolumeSpec {
+        name: "v".into(),
+        config: Some(shared_proto::ObjectRef { name: "cfg".into() }),
+        ..Default::default()
+    }];
+    if with_affinity {
+        a.spec.placement.affinity =
+            vec![shared_proto::AppAffinity { app: "db".into(), scope: shared_proto::AffinityScope::Device }];
+    }
+    Object::App(a)
+}
+
+fn config_in(namespace: &str, value: &str) -> Object {
+    let mut spec = shared_proto::ConfigSpec::default();
+    spec.data.insert("k".into(), value.into());
+    let mut c = shared_proto::Config::new(ObjectMeta::namespaced(namespace, "cfg"), spec);
+    c.status = crate::api::objects::config_status(&c.spec);
+    Object::Config(c)
+}
+
+#[test]
+fn apps_of_two_namespaces_share_a_device_each_with_its_own_configs_and_fellows() {
+    let mut store = FakeStore::default();
+    store.put(device("pi", "", "web"));
+    store.put(image("web:1"));
+    store.put(namespaced_app("default", false));
+    store.put(config_in("default", "plain"));
+    store.put(namespaced_app("pos", true));
+    store.put(config_in("pos", "till"));
+    let mut p = planner(&store);
+    settle(&mut p, &mut store, &online);
+    let Some(Object::Manifest(m)) = store.get(StoreKind::Manifest, "pi") else { panic!("no manifest") };
+    // pos's web follows pos's db, which does not exist: it is not placed; nor is
+    // another namespace's db a stand-in for it.
+    assert_eq!(m.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["web"]);
+    let Some(Object::App(web_pos)) = store.get(StoreKind::App, "web.pos") else { panic!() };
+    assert_eq!(web_pos.metadata.name, "web", "the stored app keeps its own name");
+    assert_eq!(web_pos.status.phase, AppPhase::Pending, "{:?}", web_pos.status);
+    // Now pos gets its db, on the same device: both apps of pos run beside default's.
+    let Object::App(mut db) = app("db", "web", "web:1") else { unreachable!() };
+    db.metadata.namespace = "pos".into();
+    store.put(Object::App(db));
+    let mut p = planner(&store);
+    settle(&mut p, &mut store, &online);
+    let Some(Object::Manifest(m)) = store.get(StoreKind::Manifest, "pi") else { panic!() };
+    assert_eq!(m.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["db.pos", "web", "web.pos"]);
+    let web_pos = m.apps.iter().find(|a| a.name == "web.pos").unwrap();
+    assert_eq!(web_pos.volumes[0].config.as_ref().unwrap().name, "cfg.pos", "its own namespace's config");
+    let data: Vec<(&str, &[u8])> =
+        m.configs.iter().map(|c| (c.name.as_str(), c.data[0].1.as_slice())).collect();
+    assert_eq!(data, [("cfg", &b"plain"[..]), ("cfg.pos", &b"till"[..])]);
+    let Some(Object::App(stored)) = store.get(StoreKind::App, "web.pos") else { panic!() };
+    assert_eq!((stored.metadata.name.as_str(), stored.metadata.namespace.as_str()), ("web", "pos"));
+    assert_eq!(stored.spec.placement.affinity[0].app, "db", "status writes keep the stored spec");
+}

@@ -38,7 +38,7 @@ fn exposition(state: &HubState) -> Response {
 /// `GET /metrics` on the API port.
 pub async fn scrape(State(state): State<Arc<HubState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
-    caller.require_all_sites("metrics")?;
+    caller.require_unscoped("metrics")?;
     Ok(exposition(&state))
 }
 

@@ -22,6 +22,7 @@ fn api_token(id: &str) -> Object {
         description: String::new(),
         expires_at: None,
         sites: vec![],
+        namespaces: vec![],
     })
 }
 
@@ -30,8 +31,8 @@ fn everything(store: &Store) -> BTreeMap<String, (u64, u64, Object)> {
     let mut out = BTreeMap::new();
     for kind in KINDS {
         for object in store.list_local(kind).unwrap() {
-            let r = store.get_local_revisioned(kind, object.name()).unwrap().unwrap();
-            out.insert(kind.key(object.name()), (r.revision, r.create_revision, r.object));
+            let r = store.get_local_revisioned(kind, &object.name()).unwrap().unwrap();
+            out.insert(kind.key(&object.name()), (r.revision, r.create_revision, r.object));
         }
     }
     out

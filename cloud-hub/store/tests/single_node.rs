@@ -23,6 +23,7 @@ fn api_token(id: &str, description: &str) -> Object {
         description: description.to_string(),
         expires_at: None,
         sites: vec![],
+        namespaces: vec![],
     })
 }
 

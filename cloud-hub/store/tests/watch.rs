@@ -264,7 +264,7 @@ async fn pages_read_at_a_revision_show_the_store_as_it_was() {
     assert!(seen.entries.is_empty());
     let first = BTreeSet::from(["s0".to_string()]);
     let page = store
-        .list_page(StoreKind::Site, &PageRequest::default(), |o| first.contains(o.name()))
+        .list_page(StoreKind::Site, &PageRequest::default(), |o| first.contains(&*o.name()))
         .await
         .unwrap();
     assert_eq!(names(&page.items), ["s0"]);

@@ -27,10 +27,11 @@ use shared_proto::resource::Protocol;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
 
-/// A chain name for an app (app names are DNS labels: `-` becomes `_`, which they
-/// never contain, so names stay distinct).
+/// A chain name for an app. App names are DNS labels, or `name.namespace` for apps of
+/// other namespaces than the default: `-` becomes `_` and `.` becomes `__`, neither of
+/// which they contain, so names stay distinct and the chain is a plain nft identifier.
 fn chain(prefix: &str, app: &str) -> String {
-    format!("{prefix}_{}", app.replace('-', "_"))
+    format!("{prefix}_{}", app.replace('-', "_").replace('.', "__"))
 }
 
 fn set(items: &[String]) -> String {
@@ -207,6 +208,14 @@ mod tests {
 
     fn lines(s: &str) -> Vec<&str> {
         s.lines().map(str::trim).collect()
+    }
+
+    #[test]
+    fn chain_names_stay_distinct_and_plain_for_namespaced_apps() {
+        assert_eq!(chain("egress", "web.pos"), "egress_web__pos");
+        assert_eq!(chain("egress", "till-2"), "egress_till_2");
+        assert_ne!(chain("egress", "a-b.c"), chain("egress", "a.b-c"));
+        assert!(chain("ingress", "web.pos").bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     }
 
     /// The lines of one chain's body.

@@ -8,9 +8,10 @@
 //! version 2 froze (`v2::DeviceStatus`), and so have enrolment and API tokens.
 
 use crate::manifest::v1::DesiredManifest;
-use crate::resource::{AppStatus, Image, NetworkMode, ObjectMeta, RestartPolicy, Site};
+use crate::resource::{AppStatus, NetworkMode, RestartPolicy};
 use crate::selector::LabelSelector;
 use crate::store::v4::ContainerSpec;
+use crate::store::v7::{Image, ObjectMeta, Site};
 use crate::store::{FleetCaRecord, Precondition, StoreKind};
 use serde::Deserialize;
 
@@ -78,7 +79,7 @@ impl From<App> for crate::App {
         crate::App {
             api_version: a.api_version,
             kind: a.kind,
-            metadata: a.metadata,
+            metadata: a.metadata.into(),
             spec: crate::AppSpec {
                 selector: a.spec.selector,
                 placement: crate::Placement {
@@ -101,7 +102,7 @@ impl From<Device> for crate::Device {
         crate::Device {
             api_version: d.api_version,
             kind: d.kind,
-            metadata: d.metadata,
+            metadata: d.metadata.into(),
             spec: crate::DeviceSpec {
                 site: d.spec.site,
                 unschedulable: d.spec.unschedulable,
@@ -115,10 +116,10 @@ impl From<Device> for crate::Device {
 impl From<Object> for super::Object {
     fn from(o: Object) -> Self {
         match o {
-            Object::Site(x) => super::Object::Site(x),
+            Object::Site(x) => super::Object::Site(x.into()),
             Object::Device(x) => super::Object::Device(x.into()),
             Object::App(x) => super::Object::App(x.into()),
-            Object::Image(x) => super::Object::Image(x),
+            Object::Image(x) => super::Object::Image(x.into()),
             Object::Manifest(x) => super::Object::Manifest(x.into()),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
             Object::ApiToken(x) => super::Object::ApiToken(x.into()),

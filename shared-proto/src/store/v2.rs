@@ -8,8 +8,9 @@
 //! `EnrolmentTokenRecord::device_labels` and `ApiTokenRecord::{expires_at, sites}`.
 
 use crate::manifest::v1::{DesiredManifest, ObservedContainer};
-use crate::resource::{Capacity, DevicePhase, DeviceSpec, Image, ObjectMeta, Site};
+use crate::resource::{Capacity, DevicePhase, DeviceSpec};
 use crate::store::v4::App;
+use crate::store::v7::{Image, ObjectMeta, Site};
 use crate::store::{FleetCaRecord, LabelPolicy, Precondition, Role, StoreKind};
 use crate::time::Timestamp;
 use serde::Deserialize;
@@ -135,6 +136,7 @@ impl From<ApiTokenRecord> for crate::store::ApiTokenRecord {
             // until revoked.
             expires_at: None,
             sites: vec![],
+            namespaces: vec![],
         }
     }
 }
@@ -144,7 +146,7 @@ impl From<Device> for crate::Device {
         crate::Device {
             api_version: d.api_version,
             kind: d.kind,
-            metadata: d.metadata,
+            metadata: d.metadata.into(),
             spec: d.spec,
             status: d.status.into(),
         }
@@ -154,10 +156,10 @@ impl From<Device> for crate::Device {
 impl From<Object> for super::Object {
     fn from(o: Object) -> Self {
         match o {
-            Object::Site(x) => super::Object::Site(x),
+            Object::Site(x) => super::Object::Site(x.into()),
             Object::Device(x) => super::Object::Device(x.into()),
             Object::App(x) => super::Object::App(x.into()),
-            Object::Image(x) => super::Object::Image(x),
+            Object::Image(x) => super::Object::Image(x.into()),
             Object::Manifest(x) => super::Object::Manifest(x.into()),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x.into()),
             Object::ApiToken(x) => super::Object::ApiToken(x.into()),

@@ -7,11 +7,11 @@
 //! `DevicePhase::Quarantined`, and the `CaRotation` and `PreviousImages` records.
 
 use crate::manifest::v1::{DesiredManifest, ObservedContainer};
-use crate::resource::{Capacity, DevicePhase, DeviceSpec, IdentityConflict, Image, ObjectMeta, Site};
+use crate::resource::{Capacity, DevicePhase, DeviceSpec, IdentityConflict};
 use crate::store::v4::App;
-use crate::store::{
-    ApiTokenRecord, AuditRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition, StoreKind,
-};
+use crate::store::v7::ApiTokenRecord;
+use crate::store::v7::{Image, ObjectMeta, Site};
+use crate::store::{AuditRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition, StoreKind};
 use crate::time::Timestamp;
 use serde::Deserialize;
 
@@ -111,7 +111,7 @@ impl From<Device> for crate::Device {
         crate::Device {
             api_version: d.api_version,
             kind: d.kind,
-            metadata: d.metadata,
+            metadata: d.metadata.into(),
             spec: d.spec,
             status: d.status.into(),
         }
@@ -121,13 +121,13 @@ impl From<Device> for crate::Device {
 impl From<Object> for super::Object {
     fn from(o: Object) -> Self {
         match o {
-            Object::Site(x) => super::Object::Site(x),
+            Object::Site(x) => super::Object::Site(x.into()),
             Object::Device(x) => super::Object::Device(x.into()),
             Object::App(x) => super::Object::App(x.into()),
-            Object::Image(x) => super::Object::Image(x),
+            Object::Image(x) => super::Object::Image(x.into()),
             Object::Manifest(x) => super::Object::Manifest(x.into()),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x),
-            Object::ApiToken(x) => super::Object::ApiToken(x),
+            Object::ApiToken(x) => super::Object::ApiToken(x.into()),
             Object::FleetCa(x) => super::Object::FleetCa(x),
             Object::Audit(x) => super::Object::Audit(x),
         }

@@ -10,13 +10,15 @@
 
 use crate::manifest::v1::{DesiredManifest, ObservedContainer};
 use crate::resource::{
-    AppStatus, Capacity, DeviceCertificate, DevicePhase, DeviceSpec, IdentityConflict, Image, NetworkMode,
-    ObjectMeta, Placement, PortSpec, Quarantine, ResourceRequirements, RestartPolicy, Site,
+    AppStatus, Capacity, DeviceCertificate, DevicePhase, DeviceSpec, IdentityConflict, NetworkMode,
+    Placement, PortSpec, Quarantine, ResourceRequirements, RestartPolicy,
 };
 use crate::selector::LabelSelector;
+use crate::store::v7::ApiTokenRecord;
+use crate::store::v7::{Image, ObjectMeta, Site};
 use crate::store::{
-    ApiTokenRecord, AuditRecord, CaRotationRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition,
-    PreviousImagesRecord, StoreKind,
+    AuditRecord, CaRotationRecord, EnrolmentTokenRecord, FleetCaRecord, Precondition, PreviousImagesRecord,
+    StoreKind,
 };
 use crate::time::Timestamp;
 use serde::Deserialize;
@@ -134,7 +136,7 @@ impl From<App> for crate::App {
         crate::App {
             api_version: a.api_version,
             kind: a.kind,
-            metadata: a.metadata,
+            metadata: a.metadata.into(),
             spec: crate::AppSpec {
                 selector: a.spec.selector,
                 placement: a.spec.placement,
@@ -176,7 +178,7 @@ impl From<Device> for crate::Device {
         crate::Device {
             api_version: d.api_version,
             kind: d.kind,
-            metadata: d.metadata,
+            metadata: d.metadata.into(),
             spec: d.spec,
             status: d.status.into(),
         }
@@ -186,13 +188,13 @@ impl From<Device> for crate::Device {
 impl From<Object> for super::Object {
     fn from(o: Object) -> Self {
         match o {
-            Object::Site(x) => super::Object::Site(x),
+            Object::Site(x) => super::Object::Site(x.into()),
             Object::Device(x) => super::Object::Device(x.into()),
             Object::App(x) => super::Object::App(x.into()),
-            Object::Image(x) => super::Object::Image(x),
+            Object::Image(x) => super::Object::Image(x.into()),
             Object::Manifest(x) => super::Object::Manifest(x.into()),
             Object::EnrolmentToken(x) => super::Object::EnrolmentToken(x),
-            Object::ApiToken(x) => super::Object::ApiToken(x),
+            Object::ApiToken(x) => super::Object::ApiToken(x.into()),
             Object::FleetCa(x) => super::Object::FleetCa(x),
             Object::Audit(x) => super::Object::Audit(x),
             Object::CaRotation(x) => super::Object::CaRotation(x),
