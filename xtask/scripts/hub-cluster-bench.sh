@@ -5,7 +5,7 @@
 # Usage: xtask/scripts/hub-cluster-bench.sh PUT_LUA [DURATION]   (after
 #        `cargo build --release -p cloud-hub --bin flotilla`)
 # Env:   CONCURRENCY (default "1 16 256"), TOPOLOGIES (default "3 1"),
-#        TARGET (leader | follower, default leader)
+#        TARGET (leader | follower, default leader), BIN (the flotilla binary to run)
 #
 # For each topology it starts hubs on 127.0.0.1 from fresh data directories (the first
 # founds the cluster, the others `flotilla hub join` it), waits for every member, then
@@ -21,7 +21,7 @@ DUR=${2:-10s}
 CONCURRENCY=${CONCURRENCY:-"1 16 256"}
 TOPOLOGIES=${TOPOLOGIES:-"3 1"}
 TARGET=${TARGET:-leader}
-BIN=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release/flotilla
+BIN=${BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release/flotilla}
 WORK=$(mktemp -d /tmp/bench-hubs.XXXXXX)
 PIDS=()
 # wrk opens every connection from 127.0.0.1: lift the per-client connection cap (64).

@@ -13,7 +13,8 @@ use std::path::Path;
 
 /// The Raft log: log index -> encoded openraft `Entry`.
 pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
-/// Raft's own small records: [`KEY_VOTE`], [`KEY_COMMITTED`], [`KEY_LAST_PURGED`], [`KEY_FORMAT`].
+/// Raft's own small records: [`KEY_VOTE`], [`KEY_COMMITTED`], [`KEY_LAST_PURGED`], [`KEY_FORMAT`],
+/// [`KEY_FLUSHES`].
 pub(crate) const RAFT_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
 /// The state machine's small records: [`KEY_APPLIED`], [`KEY_MEMBERSHIP`], [`KEY_SNAPSHOT_META`].
 pub(crate) const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
@@ -29,6 +30,8 @@ pub(crate) const KEY_FORMAT: &str = "format";
 pub(crate) const KEY_VOTE: &str = "vote";
 pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+/// How many times the log's flusher made appends durable (only so its commit is never empty).
+pub(crate) const KEY_FLUSHES: &str = "flushes";
 pub(crate) const KEY_APPLIED: &str = "applied";
 pub(crate) const KEY_MEMBERSHIP: &str = "membership";
 pub(crate) const KEY_SNAPSHOT_META: &str = "snapshot_meta";
