@@ -298,6 +298,26 @@ pub fn new_api_token(
     Ok((token.to_token_string(), record))
 }
 
+/// Checks the sites (or namespaces) an API token is limited to: DNS labels, at most 256,
+/// and none for an admin token, which reaches everything.
+fn check_scope_list(field: &str, what: &str, names: &[String], role: Role) -> ApiResult<()> {
+    if !names.is_empty() && role == Role::Admin {
+        return Err(ApiError::invalid(
+            field,
+            format!("admin tokens reach every {what}; scope a viewer or operator token"),
+        ));
+    }
+    if names.len() > 256 {
+        return Err(ApiError::invalid(field, format!("at most 256 {field}")));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if let Some(p) = dns_label_problem(name) {
+            return Err(ApiError::invalid(&format!("{field}[{i}]"), p));
+        }
+    }
+    Ok(())
+}
+
 pub async fn create_api(
     State(state): State<Arc<HubState>>,
     caller: Caller,
@@ -315,34 +335,8 @@ pub async fn create_api(
         return Err(ApiError::invalid("description", "must be at most 1024 bytes"));
     }
     let ttl = parse_ttl("ttl", req.ttl.as_deref(), DEFAULT_API_TOKEN_TTL, (MAX_API_TOKEN_TTL, "1825d"))?;
-    if !req.sites.is_empty() && role == Role::Admin {
-        return Err(ApiError::invalid(
-            "sites",
-            "admin tokens reach every site; scope a viewer or operator token",
-        ));
-    }
-    if req.sites.len() > 256 {
-        return Err(ApiError::invalid("sites", "at most 256 sites"));
-    }
-    for (i, site) in req.sites.iter().enumerate() {
-        if let Some(p) = dns_label_problem(site) {
-            return Err(ApiError::invalid(&format!("sites[{i}]"), p));
-        }
-    }
-    if !req.namespaces.is_empty() && role == Role::Admin {
-        return Err(ApiError::invalid(
-            "namespaces",
-            "admin tokens reach every namespace; scope a viewer or operator token",
-        ));
-    }
-    if req.namespaces.len() > 256 {
-        return Err(ApiError::invalid("namespaces", "at most 256 namespaces"));
-    }
-    for (i, namespace) in req.namespaces.iter().enumerate() {
-        if let Some(p) = dns_label_problem(namespace) {
-            return Err(ApiError::invalid(&format!("namespaces[{i}]"), p));
-        }
-    }
+    check_scope_list("sites", "site", &req.sites, role)?;
+    check_scope_list("namespaces", "namespace", &req.namespaces, role)?;
     let now = state.clock.now();
     let (secret, mut record) = new_api_token(role, req.description, now)?;
     record.expires_at = Some(now.saturating_add(ttl));
