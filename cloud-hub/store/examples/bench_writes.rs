@@ -39,7 +39,7 @@ fn summary(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
     );
 }
 
-/// The store file's size beside the live objects' encoded size.
+/// The store file's and the raft log's sizes beside the live objects' encoded size.
 fn sizes(store: &Store, file: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let objects = store.list_local(shared_proto::store::StoreKind::Site)?;
     let mut live = 0usize;
@@ -47,12 +47,19 @@ fn sizes(store: &Store, file: &std::path::Path) -> Result<(), Box<dyn std::error
         live += o.encode()?.len();
     }
     let on_disk = std::fs::metadata(file)?.len();
+    let mut log = 0u64;
+    if let Some(dir) = file.parent() {
+        for segment in std::fs::read_dir(dir.join("raft-log"))? {
+            log += segment?.metadata()?.len();
+        }
+    }
     println!(
-        "  store file {:.1} MB for {} objects of {:.1} MB live ({:.1}x)",
+        "  store file {:.1} MB and raft log {:.1} MB for {} objects of {:.1} MB live ({:.1}x)",
         on_disk as f64 / 1e6,
+        log as f64 / 1e6,
         objects.len(),
         live as f64 / 1e6,
-        on_disk as f64 / live.max(1) as f64
+        (on_disk + log) as f64 / live.max(1) as f64
     );
     Ok(())
 }

@@ -355,9 +355,11 @@ pub struct RestoreTarget {
     pub raft_addr: String,
 }
 
-/// Creates a new store in `store_dir` (which must not hold a store file) from `backup`: every
-/// object with its revisions, and Raft state that makes the node the sole member of a new
-/// cluster whose log continues after the backup's revision.
+/// Creates a new store in `store_dir` (which must not hold a store file or a raft log) from
+/// `backup`: every object with its revisions, and Raft state that makes the node the sole member
+/// of a new cluster whose log continues after the backup's revision. The Raft state is written
+/// into the store file as a hub before store format 2 kept it; the hub's first start moves it
+/// into a new raft log (`log_store::open_log`).
 ///
 /// The file is built under a temporary name and renamed into place once complete, so a failure
 /// leaves no store behind.
@@ -367,7 +369,7 @@ pub fn restore_store(
     target: &RestoreTarget,
 ) -> Result<(), RestoreError> {
     let final_path = store_dir.join(crate::DB_FILE_NAME);
-    if final_path.exists() {
+    if final_path.exists() || store_dir.join(crate::log_store::LOG_DIR_NAME).exists() {
         return Err(RestoreError::TargetNotEmpty(store_dir.display().to_string()));
     }
     std::fs::create_dir_all(store_dir)

@@ -1,9 +1,10 @@
 //! The redb file every hub keeps its replica in: table layout, the versioned postcard
 //! envelope for openraft's own records, and the storage error type.
 //!
-//! One database holds everything (log, vote, committed, objects, applied state, snapshot), so
-//! every change that must be atomic is one redb transaction and a crash can never leave a
-//! half-written file behind.
+//! The database holds the state machine (objects, applied state, snapshot), so every change
+//! that must be atomic is one redb transaction and a crash can never leave a half-written state
+//! behind. The Raft log and its records (vote, committed, purge point) live beside it in their
+//! own files (`wal.rs`), which are fdatasync'ed before the state machine's durable commits.
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
@@ -11,10 +12,11 @@ use serde::de::DeserializeOwned;
 use shared_proto::CodecError;
 use std::path::Path;
 
-/// The Raft log: log index -> encoded openraft `Entry`.
-pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
-/// Raft's own small records: [`KEY_VOTE`], [`KEY_COMMITTED`], [`KEY_LAST_PURGED`], [`KEY_FORMAT`],
-/// [`KEY_FLUSHES`].
+/// The Raft log before file format 2: log index -> encoded openraft `Entry`. The log now lives in
+/// its own files (`wal.rs`); `log_store::open_log` moves an old one out and deletes the table.
+pub(crate) const LEGACY_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+/// [`KEY_FORMAT`]; before file format 2 also Raft's own records ([`KEY_VOTE`], [`KEY_COMMITTED`],
+/// [`KEY_LAST_PURGED`], [`KEY_FLUSHES`]), which now live in the raft log's files.
 pub(crate) const RAFT_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
 /// The state machine's small records: [`KEY_APPLIED`], [`KEY_MEMBERSHIP`], [`KEY_SNAPSHOT_META`].
 pub(crate) const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
@@ -30,17 +32,25 @@ pub(crate) const KEY_FORMAT: &str = "format";
 pub(crate) const KEY_VOTE: &str = "vote";
 pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
-/// How many times the log's flusher made appends durable (only so its commit is never empty).
+/// Before file format 2: how many times the log's flusher made appends durable.
 pub(crate) const KEY_FLUSHES: &str = "flushes";
 pub(crate) const KEY_APPLIED: &str = "applied";
 pub(crate) const KEY_MEMBERSHIP: &str = "membership";
 pub(crate) const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 pub(crate) const KEY_SNAPSHOT_BLOB: &str = "current";
 
-/// Version of this file's layout and of every openraft record in it. openraft's serde types
-/// are encoded positionally by postcard, so an openraft upgrade that changes one of them must
-/// bump this and migrate (openraft marks such changes `DataChange:` in its change log).
-pub(crate) const DB_FORMAT_VERSION: u32 = 1;
+/// Version of this file's layout, under [`KEY_FORMAT`]. 2: the Raft log and its records live in
+/// their own files. A format-1 file is migrated when opened (`log_store::open_log`); a hub
+/// from before refuses a format-2 file rather than mistaking it for a node that never voted.
+pub(crate) const DB_FORMAT_VERSION: u32 = 2;
+/// The last file format that kept the Raft log inside this file.
+pub(crate) const DB_FORMAT_LOG_INSIDE: u32 = 1;
+
+/// Version of the envelope of every openraft record (in this file and in the raft log's
+/// entries). openraft's serde types are encoded positionally by postcard, so an openraft upgrade
+/// that changes one of them must bump this and migrate (openraft marks such changes
+/// `DataChange:` in its change log).
+pub(crate) const RECORD_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DbError {
@@ -65,6 +75,8 @@ pub(crate) enum DbError {
     UnsupportedFormat { found: u32, supported: u32 },
     #[error("snapshot is unusable: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
     #[error("storage task failed: {0}")]
     Task(String),
 }
@@ -103,16 +115,15 @@ pub(crate) fn open_database(path: &Path) -> Result<Database, DbError> {
         let mut raft_meta = txn.open_table(RAFT_META)?;
         let format = raft_meta.get(KEY_FORMAT)?.map(|v| decode_u32(v.value())).transpose()?;
         match format {
-            Some(found) if found != DB_FORMAT_VERSION => {
+            Some(DB_FORMAT_VERSION | DB_FORMAT_LOG_INSIDE) => {}
+            Some(found) => {
                 return Err(DbError::UnsupportedFormat { found, supported: DB_FORMAT_VERSION });
             }
-            Some(_) => {}
             None => {
                 let bytes = encode("format version", &DB_FORMAT_VERSION)?;
                 raft_meta.insert(KEY_FORMAT, bytes.as_slice())?;
             }
         }
-        txn.open_table(LOG)?;
         txn.open_table(SM_META)?;
         txn.open_table(SNAPSHOT)?;
         txn.open_table(OBJECTS)?;
@@ -140,12 +151,12 @@ pub(crate) fn begin_write_with(db: &Database, durability: Durability) -> Result<
 
 /// Encodes one of openraft's records (or our own small values) in the versioned envelope.
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, DbError> {
-    shared_proto::encode_versioned(DB_FORMAT_VERSION, what, value)
+    shared_proto::encode_versioned(RECORD_FORMAT_VERSION, what, value)
         .map_err(|source| DbError::Encode { what, source })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DbError> {
-    shared_proto::decode_versioned(DB_FORMAT_VERSION, what, bytes)
+    shared_proto::decode_versioned(RECORD_FORMAT_VERSION, what, bytes)
         .map_err(|source| DbError::Corrupt { what, source })
 }
 

@@ -1,5 +1,5 @@
 //! The hub's replicated store: objects (sites, devices, apps, images, manifests, tokens, the
-//! fleet CA) kept by openraft over one redb file per hub. The only crate that uses openraft.
+//! fleet CA) kept by openraft over one redb file and a raft log per hub. The only crate that uses openraft.
 //!
 //! Writes go through Raft and return once committed and applied on this node; the revision of
 //! a write is the log index of its entry, identical on every hub. Reads are either linearizable
@@ -8,7 +8,7 @@
 //! to every applied change in revision order ([`Store::subscribe`]).
 //!
 //! Map of the crate: `types.rs` declares openraft's type configuration; `db.rs` the redb layout;
-//! `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
+//! `wal.rs` the raft log's own files; `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
 //! pure state-machine semantics; `snapshot.rs` the snapshot blob; `backup.rs` backup
 //! files and the offline restore; `rpc.rs`, `network.rs` and
 //! `server.rs` the hub-to-hub Raft RPCs over HTTP (mutual TLS with `peer_tls.rs`); `forward.rs`
@@ -33,6 +33,7 @@ mod snapshot;
 mod state_machine;
 mod store;
 mod types;
+mod wal;
 
 pub use backup::{
     BACKUP_FORMAT_VERSION, BackupError, BackupHeader, MAX_BACKUP_FILE_BYTES, RestoreError, RestoreTarget,

@@ -126,7 +126,7 @@ mod tests {
     type LeaderId = <TypeConfig as RaftTypeConfig>::LeaderId;
 
     /// Pins how openraft's messages encode, so an openraft upgrade that changes them fails here
-    /// and gets a new `RPC_FORMAT_VERSION` (and `DB_FORMAT_VERSION`, as the log stores entries).
+    /// and gets a new `RPC_FORMAT_VERSION` (and `db::RECORD_FORMAT_VERSION`, as the log stores entries).
     #[test]
     fn golden_vote_request() {
         let req = VoteRequest::<TypeConfig>::new(

@@ -17,6 +17,7 @@ use crate::types::{
     ApplyResponse, CommandBytes, Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
+use crate::wal::Wal;
 use crate::{Change, ChangeBatch};
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -130,12 +131,16 @@ impl Publisher {
 #[derive(Clone)]
 pub(crate) struct StateMachineStore {
     db: Arc<Database>,
+    /// The raft log, synced before every durable commit here (see [`APPLY_DURABILITY`]).
+    wal: Arc<Wal>,
     publisher: Arc<Publisher>,
+    /// Entries applied since the last durable apply commit.
+    n_applied_since_durable: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<Database>, publisher: Arc<Publisher>) -> Self {
-        StateMachineStore { db, publisher }
+    pub(crate) fn new(db: Arc<Database>, wal: Arc<Wal>, publisher: Arc<Publisher>) -> Self {
+        StateMachineStore { db, wal, publisher, n_applied_since_durable: Arc::new(AtomicU64::new(0)) }
     }
 }
 
@@ -161,29 +166,44 @@ struct AppliedEntries {
     batches: Vec<AppliedChanges>,
 }
 
-/// Durability of apply transactions: `None`, i.e. no fdatasync of its own. Recovery stays
-/// correct because:
+/// Durability of apply transactions: `None`, i.e. no fdatasync of their own, except one in every
+/// [`DURABLE_APPLY_EVERY`] entries. Recovery stays correct because:
 /// - objects and the last-applied log id are written in the same transaction, and redb commits
 ///   are atomic at any durability, so after a crash the file holds the objects of exactly the
 ///   recovered last-applied id (redb falls back to its last durable commit, all of whose
 ///   earlier commits it also persisted);
-/// - openraft only applies entries that are durable in this node's log (appends commit with
-///   `Immediate` before openraft counts them), and purges only entries covered by a snapshot,
-///   whose `Immediate` commit also persists every apply before it; so every entry above the
-///   recovered last-applied id is still in the log, and openraft re-applies it once it knows
-///   the entry is committed;
+/// - the state machine is never durable ahead of the log: every durable commit here (the
+///   periodic one, a snapshot, `Store::shutdown`) first fdatasyncs the raft log, which holds
+///   every entry applied so far;
+/// - openraft purges only entries covered by a snapshot, whose commit is durable; so every
+///   entry above the recovered last-applied id is still in the log, and openraft re-applies it
+///   once it knows the entry is committed;
 /// - until then a restarted node may serve older *local* reads than before the crash, which
 ///   local reads allow; linearizable reads stay correct because a restarted leader must win a
 ///   new election (`enable_leader_restore` is off, see `config.rs`) and commit an entry of its
-///   term, which makes it re-apply everything first;
-/// - any durable commit (the next append, vote, snapshot, or `Store::shutdown`) makes earlier
-///   applies durable, so apply work rides on the fdatasync the log pays anyway.
+///   term, which makes it re-apply everything first.
+///
+/// The periodic durable commit bounds what a restart re-applies and lets redb reuse the pages
+/// that non-durable commits freed (it cannot before a durable one).
 ///
 /// `tests/crash.rs` SIGKILLs a writer mid-stream and checks that no acknowledged write is lost.
 pub(crate) const APPLY_DURABILITY: Durability = Durability::None;
 
-fn apply_entries(db: &Database, entries: Vec<Entry>) -> Result<AppliedEntries, DbError> {
-    let txn = begin_write_with(db, APPLY_DURABILITY)?;
+/// Every this many applied entries, an apply commit is durable (see [`APPLY_DURABILITY`]).
+pub(crate) const DURABLE_APPLY_EVERY: u64 = 1024;
+
+fn apply_entries(
+    db: &Database,
+    wal: &Wal,
+    entries: Vec<Entry>,
+    durable: bool,
+) -> Result<AppliedEntries, DbError> {
+    let txn = if durable {
+        wal.sync()?;
+        begin_write(db)?
+    } else {
+        begin_write_with(db, APPLY_DURABILITY)?
+    };
     let mut responses = Vec::with_capacity(entries.len());
     let mut batches = Vec::new();
     let mut last_log_id = None;
@@ -331,7 +351,7 @@ fn decode_previous(key: &str, bytes: &[u8]) -> Option<Arc<Object>> {
 
 /// Builds a snapshot from one read transaction and keeps it as the current snapshot, unless a
 /// newer one (installed meanwhile) is already there.
-fn build_snapshot(db: &Database) -> Result<Snapshot, DbError> {
+fn build_snapshot(db: &Database, wal: &Wal) -> Result<Snapshot, DbError> {
     let (meta, blob) = {
         let txn = begin_read(db)?;
         let sm_meta = txn.open_table(SM_META)?;
@@ -343,6 +363,8 @@ fn build_snapshot(db: &Database) -> Result<Snapshot, DbError> {
             SnapshotMeta { last_log_id: applied.flatten(), last_membership: membership.unwrap_or_default() };
         (meta, blob)
     };
+    // This commit makes every earlier apply durable: the log must hold their entries first.
+    wal.sync()?;
     let txn = begin_write(db)?;
     {
         let mut sm_meta = txn.open_table(SM_META)?;
@@ -448,8 +470,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let db = self.db.clone();
-        let applied = run_blocking(move || apply_entries(&db, batch)).await?;
+        let n = batch.len() as u64;
+        let durable = self.n_applied_since_durable.fetch_add(n, Ordering::Relaxed) + n >= DURABLE_APPLY_EVERY;
+        if durable {
+            self.n_applied_since_durable.store(0, Ordering::Relaxed);
+        }
+        let applied = if durable {
+            let (db, wal) = (self.db.clone(), self.wal.clone());
+            run_blocking(move || apply_entries(&db, &wal, batch, true)).await?
+        } else {
+            // A commit without fdatasync writes a few pages to the page cache: tens of
+            // microseconds, less than the two thread switches a blocking task would cost on
+            // every write (this runs on openraft's state-machine task, not a request's).
+            apply_entries(&self.db, &self.wal, batch, false)?
+        };
         // Watchers first: once a writer hears back, `revision()` and watches already cover it.
         self.publisher.publish(applied.last_index, applied.batches);
         for (responder, response) in responders.into_iter().zip(applied.responses) {
@@ -489,8 +523,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = SnapshotBlob;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let db = self.db.clone();
-        let snapshot = run_blocking(move || build_snapshot(&db)).await?;
+        let (db, wal) = (self.db.clone(), self.wal.clone());
+        let snapshot = run_blocking(move || build_snapshot(&db, &wal)).await?;
         tracing::info!(
             last_log_id = ?snapshot.meta.last_log_id,
             n_bytes = snapshot.snapshot.len(),
@@ -523,17 +557,20 @@ mod tests {
     fn unreadable_commands_are_rejected_and_store_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_database(&dir.path().join("store.redb")).unwrap();
+        let (wal, _) = Wal::open(&dir.path().join("raft-log")).unwrap();
         let mut newer_version = put_site("b").0;
         let newer = shared_proto::store::STORE_FORMAT_VERSION + 1;
         newer_version[0] = u8::try_from(newer).unwrap();
         let applied = apply_entries(
             &db,
+            &wal,
             vec![
                 entry(1, EntryPayload::Blank),
                 entry(2, EntryPayload::Normal(CommandBytes(vec![0xff, 0xff, 0xff]))),
                 entry(3, EntryPayload::Normal(CommandBytes(newer_version))),
                 entry(4, EntryPayload::Normal(put_site("a"))),
             ],
+            true,
         )
         .unwrap();
 

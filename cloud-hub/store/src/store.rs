@@ -4,11 +4,12 @@
 use crate::config::{RaftTuning, StoreConfig};
 use crate::db::{self, DbError, OBJECTS, begin_read, run_blocking};
 use crate::history::{Compacted, HistoryPage};
-use crate::log_store::LogStore;
+use crate::log_store::{self, LogStore};
 use crate::network::{HttpNetworkFactory, PeerClients};
 use crate::server::RaftServer;
 use crate::state_machine::{self, Publisher, StateMachineStore};
 use crate::types::{ApplyResponse, CommandBytes, NodeId, Raft, TypeConfig};
+use crate::wal::Wal;
 use crate::{ChangeBatch, DB_FILE_NAME, MAX_COMMAND_BYTES, Revisioned, StoreError, StoreStatus};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     raft: Raft,
     /// `None` once shut down, so that local reads fail instead of touching a closed store.
     db: RwLock<Option<Arc<Database>>>,
+    /// The raft log, synced before the state machine's last durable commit at shutdown.
+    wal: Arc<Wal>,
     pub(crate) publisher: Arc<Publisher>,
     leader_rx: watch::Receiver<Option<NodeId>>,
     leader_task: JoinHandle<()>,
@@ -80,6 +83,10 @@ impl Store {
         })?;
         let path = cfg.data_dir.join(DB_FILE_NAME);
         let db = run_blocking(move || db::open_database(&path).map(Arc::new)).await?;
+        let wal = {
+            let (db, dir) = (db.clone(), cfg.data_dir.clone());
+            run_blocking(move || log_store::open_log(&dir, &db)).await?
+        };
         let applied = {
             let db = db.clone();
             run_blocking(move || state_machine::read_applied_state(&db)).await?.0
@@ -104,8 +111,8 @@ impl Store {
             cfg.node_id,
             Arc::new(raft_config),
             network,
-            LogStore::new(db.clone()),
-            StateMachineStore::new(db.clone(), publisher.clone()),
+            LogStore::new(wal.clone()),
+            StateMachineStore::new(db.clone(), wal.clone(), publisher.clone()),
         )
         .await
         .map_err(|e| StoreError::Fatal(format!("starting raft: {e}")))?;
@@ -116,6 +123,7 @@ impl Store {
                 node_id: cfg.node_id,
                 raft,
                 db: RwLock::new(Some(db)),
+                wal,
                 publisher,
                 leader_rx,
                 leader_task,
@@ -580,8 +588,13 @@ impl Store {
             // Applies commit without fdatasync; make them durable so a clean restart starts
             // exactly where this one stopped.
             let flushed = {
-                let db = db.clone();
-                run_blocking(move || Ok(db::begin_write(&db)?.commit()?)).await
+                let (db, wal) = (db.clone(), self.inner.wal.clone());
+                run_blocking(move || {
+                    // The state machine must never be durable ahead of the log.
+                    wal.sync()?;
+                    Ok(db::begin_write(&db)?.commit()?)
+                })
+                .await
             };
             release_database(db).await;
             flushed?;
