@@ -33,8 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Entries kept; older ones are trimmed.
 pub const MAX_ENTRIES: usize = 50_000;
-/// Trim once per this many entries written.
-const TRIM_EVERY: u64 = 256;
+/// Trim once per this many entries written by this hub. Each trim counts the log's keys (a
+/// scan of up to `MAX_ENTRIES` keys), so this is also how often that cost is paid.
+const TRIM_EVERY: u64 = 1024;
 /// Most entries one read returns.
 const MAX_READ: usize = 10_000;
 
@@ -171,13 +172,13 @@ async fn trim_now_and_then(state: &HubState) {
 /// entries: decoding the whole log every few hundred writes was most of an API write's
 /// CPU at high rates.
 async fn trim(state: &HubState) -> Result<(), hub_store::StoreError> {
-    let (n, _) = state.store.names_local(StoreKind::Audit, 0)?;
+    let n = state.store.count_local(StoreKind::Audit)?;
     let excess = n.saturating_sub(MAX_ENTRIES);
     if excess == 0 {
         return Ok(());
     }
     // In key order, which is time order.
-    let (_, oldest) = state.store.names_local(StoreKind::Audit, excess)?;
+    let oldest = state.store.first_names_local(StoreKind::Audit, excess)?;
     for chunk in oldest.chunks(256) {
         let deletes = chunk
             .iter()

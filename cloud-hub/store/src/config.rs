@@ -77,8 +77,11 @@ impl Default for RaftTuning {
             heartbeat_interval: Duration::from_millis(150),
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
-            snapshot_every_n_logs: 10_000,
-            n_logs_kept_after_snapshot: 1_000,
+            // Like etcd (100,000 and 5,000): a snapshot serialises the whole store, and the
+            // state machine is durable in its own file, so the log only has to bound disk use
+            // and how far a follower may fall behind before it gets a snapshot instead.
+            snapshot_every_n_logs: 50_000,
+            n_logs_kept_after_snapshot: 5_000,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
             watch_history: HistoryLimits::default(),
         }

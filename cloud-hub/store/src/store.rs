@@ -303,23 +303,38 @@ impl Store {
         Ok(out)
     }
 
-    /// How many objects of `kind` this hub holds, and the names of the first `first` of
-    /// them in key order, without decoding any (scans keys only).
-    pub fn names_local(&self, kind: StoreKind, first: usize) -> Result<(usize, Vec<String>), StoreError> {
+    /// How many objects of `kind` this hub holds, without decoding any (scans keys only).
+    pub fn count_local(&self, kind: StoreKind) -> Result<usize, StoreError> {
+        self.scan_names_local(kind, usize::MAX, |_| ())
+    }
+
+    /// The names of the first `n` objects of `kind` in key order, without decoding any.
+    pub fn first_names_local(&self, kind: StoreKind, n: usize) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        self.scan_names_local(kind, n, |name| names.push(name.to_string()))?;
+        Ok(names)
+    }
+
+    /// Calls `f` with the names of up to `limit` objects of `kind` in key order; returns how
+    /// many it saw.
+    fn scan_names_local(
+        &self,
+        kind: StoreKind,
+        limit: usize,
+        mut f: impl FnMut(&str),
+    ) -> Result<usize, StoreError> {
         let db = self.db()?;
         let txn = begin_read(&db)?;
         let objects = txn.open_table(OBJECTS).map_err(DbError::from)?;
         let prefix = kind.prefix();
         let end = format!("{}0", kind.as_str());
-        let (mut n, mut names) = (0usize, Vec::new());
-        for item in objects.range(prefix.as_str()..end.as_str()).map_err(DbError::from)? {
+        let mut n = 0usize;
+        for item in objects.range(prefix.as_str()..end.as_str()).map_err(DbError::from)?.take(limit) {
             let (key, _) = item.map_err(DbError::from)?;
-            if names.len() < first {
-                names.push(key.value().strip_prefix(prefix.as_str()).unwrap_or_default().to_string());
-            }
+            f(key.value().strip_prefix(prefix.as_str()).unwrap_or_default());
             n += 1;
         }
-        Ok((n, names))
+        Ok(n)
     }
 
     /// A backup file of this node's state machine: a linearizable read barrier (so it holds

@@ -43,7 +43,8 @@ pub(crate) const WAL_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 12;
 const RECORD_HEADER_LEN: usize = 8;
 /// A segment is closed and a new one started once it passes this size.
-pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Segments are deleted whole once purged, so this is also how much dead log a hub may keep.
+pub(crate) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// The largest record body: one entry of the largest command with openraft's framing. A length
 /// above it in a file is a torn or corrupt record, never an allocation.
 pub(crate) const MAX_RECORD_BODY: usize = crate::MAX_COMMAND_BYTES + 64 * 1024;

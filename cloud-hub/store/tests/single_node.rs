@@ -120,9 +120,11 @@ async fn writes_preconditions_and_recovery() {
     assert_eq!(store.list(StoreKind::App).await.unwrap(), vec![]);
     assert_eq!(store.list_local(StoreKind::ApiToken).unwrap().len(), 1, "kinds do not leak into each other");
     // Counted and named in key order without decoding.
-    assert_eq!(store.names_local(StoreKind::Site, 1).unwrap(), (2, vec!["b".to_string()]));
-    assert_eq!(store.names_local(StoreKind::Site, 9).unwrap().1, ["b", "d"]);
-    assert_eq!(store.names_local(StoreKind::App, 9).unwrap(), (0, vec![]));
+    assert_eq!(store.count_local(StoreKind::Site).unwrap(), 2);
+    assert_eq!(store.first_names_local(StoreKind::Site, 1).unwrap(), ["b"]);
+    assert_eq!(store.first_names_local(StoreKind::Site, 9).unwrap(), ["b", "d"]);
+    assert_eq!(store.count_local(StoreKind::App).unwrap(), 0);
+    assert!(store.first_names_local(StoreKind::App, 9).unwrap().is_empty());
 
     // A command too large to replicate is refused before it reaches the log.
     let huge = site("huge", &"x".repeat(hub_store::MAX_COMMAND_BYTES));
