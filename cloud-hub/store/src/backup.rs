@@ -369,7 +369,10 @@ pub fn restore_store(
     target: &RestoreTarget,
 ) -> Result<(), RestoreError> {
     let final_path = store_dir.join(crate::DB_FILE_NAME);
-    if final_path.exists() || store_dir.join(crate::log_store::LOG_DIR_NAME).exists() {
+    if final_path.exists()
+        || store_dir.join(crate::log_store::LOG_DIR_NAME).exists()
+        || store_dir.join(crate::snapshot_files::SNAPSHOT_DIR_NAME).exists()
+    {
         return Err(RestoreError::TargetNotEmpty(store_dir.display().to_string()));
     }
     std::fs::create_dir_all(store_dir)
@@ -402,7 +405,9 @@ fn write_restored(path: &Path, backup: &VerifiedBackup, target: &RestoreTarget) 
         last_log_id: Some(log_id),
         last_membership: StoredMembership::new(Some(log_id), membership),
     };
-    crate::state_machine::install_snapshot(&db, &meta, &backup.blob)?;
+    let store_dir = path.parent().unwrap_or(Path::new("."));
+    let files = crate::snapshot_files::SnapshotFiles::open(store_dir)?;
+    crate::state_machine::install_snapshot(&db, &files, &meta, &backup.blob)?;
     let write_raft_state = || -> Result<(), DbError> {
         let txn = begin_write(&db)?;
         {

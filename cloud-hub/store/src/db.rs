@@ -20,8 +20,9 @@ pub(crate) const LEGACY_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::
 pub(crate) const RAFT_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
 /// The state machine's small records: [`KEY_APPLIED`], [`KEY_MEMBERSHIP`], [`KEY_SNAPSHOT_META`].
 pub(crate) const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
-/// The current snapshot blob under [`KEY_SNAPSHOT_BLOB`]; its meta lives in [`SM_META`].
-pub(crate) const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
+/// Before file format 2, the current snapshot blob under [`KEY_SNAPSHOT_BLOB`]; it now lives in
+/// a file (`snapshot_files.rs`), named by the meta in [`SM_META`].
+pub(crate) const LEGACY_SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
 /// The objects: `kind/name` -> (mod revision, create revision, `Object::encode()` bytes).
 ///
 /// Revisions live beside the bytes rather than inside the object because only the API kinds
@@ -125,7 +126,6 @@ pub(crate) fn open_database(path: &Path) -> Result<Database, DbError> {
             }
         }
         txn.open_table(SM_META)?;
-        txn.open_table(SNAPSHOT)?;
         txn.open_table(OBJECTS)?;
     }
     txn.commit()?;

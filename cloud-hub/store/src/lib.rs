@@ -9,7 +9,7 @@
 //!
 //! Map of the crate: `types.rs` declares openraft's type configuration; `db.rs` the redb layout;
 //! `wal.rs` the raft log's own files; `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
-//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `backup.rs` backup
+//! pure state-machine semantics; `snapshot.rs` the snapshot blob; `snapshot_files.rs` where the current one is kept; `backup.rs` backup
 //! files and the offline restore; `rpc.rs`, `network.rs` and
 //! `server.rs` the hub-to-hub Raft RPCs over HTTP (mutual TLS with `peer_tls.rs`); `forward.rs`
 //! how a follower hands writes, read indexes and membership changes to the leader; `history.rs` the window of recent changes that
@@ -30,6 +30,7 @@ mod progress;
 mod rpc;
 mod server;
 mod snapshot;
+mod snapshot_files;
 mod state_machine;
 mod store;
 mod types;

@@ -322,9 +322,11 @@ mod tests {
             let dir = tempfile::tempdir().map_err(err)?;
             let db = Arc::new(db::open_database(&dir.path().join("store.redb")).map_err(|e| err(e.into()))?);
             let wal = open_log(dir.path(), &db).map_err(|e| err(e.into()))?;
+            let files = crate::snapshot_files::SnapshotFiles::open(dir.path()).map_err(|e| err(e.into()))?;
             let sm = StateMachineStore::new(
                 db.clone(),
                 wal.clone(),
+                Arc::new(files),
                 Arc::new(Publisher::new(0, Default::default())),
             );
             Ok((dir, LogStore::new(wal), sm))

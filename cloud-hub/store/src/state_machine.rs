@@ -8,11 +8,12 @@
 
 use crate::apply::{self, KeyRevisions, KeyWrite};
 use crate::db::{
-    self, DbError, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_BLOB, KEY_SNAPSHOT_META, OBJECTS, SM_META,
-    SNAPSHOT, begin_read, begin_write, begin_write_with, read_record, run_blocking,
+    self, DbError, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_META, OBJECTS, SM_META, begin_read, begin_write,
+    begin_write_with, read_record, run_blocking,
 };
 use crate::history::{History, HistoryLimits, RevisionEvents, WatchEvent, is_watched_kind};
 use crate::snapshot;
+use crate::snapshot_files::SnapshotFiles;
 use crate::types::{
     ApplyResponse, CommandBytes, Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership,
     TypeConfig,
@@ -133,14 +134,26 @@ pub(crate) struct StateMachineStore {
     db: Arc<Database>,
     /// The raft log, synced before every durable commit here (see [`APPLY_DURABILITY`]).
     wal: Arc<Wal>,
+    snapshots: Arc<SnapshotFiles>,
     publisher: Arc<Publisher>,
     /// Entries applied since the last durable apply commit.
     n_applied_since_durable: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<Database>, wal: Arc<Wal>, publisher: Arc<Publisher>) -> Self {
-        StateMachineStore { db, wal, publisher, n_applied_since_durable: Arc::new(AtomicU64::new(0)) }
+    pub(crate) fn new(
+        db: Arc<Database>,
+        wal: Arc<Wal>,
+        snapshots: Arc<SnapshotFiles>,
+        publisher: Arc<Publisher>,
+    ) -> Self {
+        StateMachineStore {
+            db,
+            wal,
+            snapshots,
+            publisher,
+            n_applied_since_durable: Arc::new(AtomicU64::new(0)),
+        }
     }
 }
 
@@ -350,8 +363,9 @@ fn decode_previous(key: &str, bytes: &[u8]) -> Option<Arc<Object>> {
 }
 
 /// Builds a snapshot from one read transaction and keeps it as the current snapshot, unless a
-/// newer one (installed meanwhile) is already there.
-fn build_snapshot(db: &Database, wal: &Wal) -> Result<Snapshot, DbError> {
+/// newer one (installed meanwhile) is already there. The blob goes to its own file first, so the
+/// database's writer is held only for the meta (see `snapshot_files.rs`).
+fn build_snapshot(db: &Database, wal: &Wal, files: &SnapshotFiles) -> Result<Snapshot, DbError> {
     let (meta, blob) = {
         let txn = begin_read(db)?;
         let sm_meta = txn.open_table(SM_META)?;
@@ -363,18 +377,24 @@ fn build_snapshot(db: &Database, wal: &Wal) -> Result<Snapshot, DbError> {
             SnapshotMeta { last_log_id: applied.flatten(), last_membership: membership.unwrap_or_default() };
         (meta, blob)
     };
+    let _files = files.lock();
+    files.write(&meta, &blob)?;
     // This commit makes every earlier apply durable: the log must hold their entries first.
     wal.sync()?;
     let txn = begin_write(db)?;
-    {
+    let current = {
         let mut sm_meta = txn.open_table(SM_META)?;
         let current: Option<SnapshotMeta> = read_record(&sm_meta, KEY_SNAPSHOT_META, "snapshot meta")?;
-        if current.is_none_or(|current| current.last_log_id < meta.last_log_id) {
-            sm_meta.insert(KEY_SNAPSHOT_META, db::encode("snapshot meta", &meta)?.as_slice())?;
-            txn.open_table(SNAPSHOT)?.insert(KEY_SNAPSHOT_BLOB, blob.as_slice())?;
+        match current {
+            Some(current) if current.last_log_id >= meta.last_log_id => current,
+            _ => {
+                sm_meta.insert(KEY_SNAPSHOT_META, db::encode("snapshot meta", &meta)?.as_slice())?;
+                meta.clone()
+            }
         }
-    }
+    };
     txn.commit()?;
+    files.remove_all_but(&current);
     Ok(Snapshot { meta, snapshot: blob })
 }
 
@@ -382,10 +402,13 @@ fn build_snapshot(db: &Database, wal: &Wal) -> Result<Snapshot, DbError> {
 /// watchers must see to go from the old state to the new one.
 pub(crate) fn install_snapshot(
     db: &Database,
+    files: &SnapshotFiles,
     meta: &SnapshotMeta,
     blob: &[u8],
 ) -> Result<Vec<Change>, DbError> {
     let records = snapshot::read_snapshot(blob)?;
+    let _files = files.lock();
+    files.write(meta, blob)?;
     let txn = begin_write(db)?;
     let mut changes = Vec::new();
     {
@@ -428,23 +451,21 @@ pub(crate) fn install_snapshot(
         sm_meta.insert(KEY_APPLIED, db::encode("last applied log id", &meta.last_log_id)?.as_slice())?;
         sm_meta.insert(KEY_MEMBERSHIP, db::encode("last membership", &meta.last_membership)?.as_slice())?;
         sm_meta.insert(KEY_SNAPSHOT_META, db::encode("snapshot meta", meta)?.as_slice())?;
-        txn.open_table(SNAPSHOT)?.insert(KEY_SNAPSHOT_BLOB, blob)?;
     }
     txn.commit()?;
+    files.remove_all_but(meta);
     Ok(changes)
 }
 
-fn current_snapshot(db: &Database) -> Result<Option<Snapshot>, DbError> {
+fn current_snapshot(db: &Database, files: &SnapshotFiles) -> Result<Option<Snapshot>, DbError> {
+    let _files = files.lock();
     let txn = begin_read(db)?;
     let sm_meta = txn.open_table(SM_META)?;
     let Some(meta) = read_record::<SnapshotMeta, _>(&sm_meta, KEY_SNAPSHOT_META, "snapshot meta")? else {
         return Ok(None);
     };
-    let snapshots = txn.open_table(SNAPSHOT)?;
-    let Some(blob) = snapshots.get(KEY_SNAPSHOT_BLOB)? else {
-        return Ok(None);
-    };
-    Ok(Some(Snapshot { meta, snapshot: blob.value().to_vec() }))
+    let blob = files.read(&meta)?;
+    Ok(Some(Snapshot { meta, snapshot: blob }))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -505,7 +526,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), io::Error> {
         let db = self.db.clone();
         let owned_meta = meta.clone();
-        let changes = run_blocking(move || install_snapshot(&db, &owned_meta, &snapshot)).await?;
+        let files = self.snapshots.clone();
+        let changes = run_blocking(move || install_snapshot(&db, &files, &owned_meta, &snapshot)).await?;
         let revision = meta.last_log_id.as_ref().map_or(0, |id| id.index);
         tracing::info!(revision, n_changes = changes.len(), "installed a snapshot");
         let batch = (!changes.is_empty()).then_some(ChangeBatch { revision, changes });
@@ -515,7 +537,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let db = self.db.clone();
-        Ok(run_blocking(move || current_snapshot(&db)).await?)
+        let files = self.snapshots.clone();
+        Ok(run_blocking(move || current_snapshot(&db, &files)).await?)
     }
 }
 
@@ -523,8 +546,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = SnapshotBlob;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (db, wal) = (self.db.clone(), self.wal.clone());
-        let snapshot = run_blocking(move || build_snapshot(&db, &wal)).await?;
+        let (db, wal, files) = (self.db.clone(), self.wal.clone(), self.snapshots.clone());
+        let snapshot = run_blocking(move || build_snapshot(&db, &wal, &files)).await?;
         tracing::info!(
             last_log_id = ?snapshot.meta.last_log_id,
             n_bytes = snapshot.snapshot.len(),

@@ -7,6 +7,7 @@ use crate::history::{Compacted, HistoryPage};
 use crate::log_store::{self, LogStore};
 use crate::network::{HttpNetworkFactory, PeerClients};
 use crate::server::RaftServer;
+use crate::snapshot_files::SnapshotFiles;
 use crate::state_machine::{self, Publisher, StateMachineStore};
 use crate::types::{ApplyResponse, CommandBytes, NodeId, Raft, TypeConfig};
 use crate::wal::Wal;
@@ -83,9 +84,15 @@ impl Store {
         })?;
         let path = cfg.data_dir.join(DB_FILE_NAME);
         let db = run_blocking(move || db::open_database(&path).map(Arc::new)).await?;
-        let wal = {
+        let (wal, snapshots) = {
             let (db, dir) = (db.clone(), cfg.data_dir.clone());
-            run_blocking(move || log_store::open_log(&dir, &db)).await?
+            run_blocking(move || {
+                let wal = log_store::open_log(&dir, &db)?;
+                let snapshots = SnapshotFiles::open(&dir)?;
+                snapshots.move_out_of(&db)?;
+                Ok((wal, Arc::new(snapshots)))
+            })
+            .await?
         };
         let applied = {
             let db = db.clone();
@@ -112,7 +119,7 @@ impl Store {
             Arc::new(raft_config),
             network,
             LogStore::new(wal.clone()),
-            StateMachineStore::new(db.clone(), wal.clone(), publisher.clone()),
+            StateMachineStore::new(db.clone(), wal.clone(), snapshots, publisher.clone()),
         )
         .await
         .map_err(|e| StoreError::Fatal(format!("starting raft: {e}")))?;
