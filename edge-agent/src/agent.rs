@@ -323,6 +323,10 @@ pub async fn reset(config: AgentConfig) -> anyhow::Result<()> {
             failed += 1;
         }
     }
+    if let Err(e) = agent_runtime::pod::release_root(&config.pods_dir()) {
+        eprintln!("warning: {}: {e}", config.pods_dir().display());
+        failed += 1;
+    }
     // The device network goes with the pods; the next start makes it again.
     if let Err(e) = crate::net::link::remove_all(&config.net) {
         eprintln!("warning: device network: {e}");

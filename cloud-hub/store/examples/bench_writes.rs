@@ -39,7 +39,8 @@ fn summary(label: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
     );
 }
 
-/// The store file's and the raft log's sizes beside the live objects' encoded size.
+/// The store file's, the raft log's and the snapshot's sizes beside the live objects' encoded
+/// size.
 fn sizes(store: &Store, file: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let objects = store.list_local(shared_proto::store::StoreKind::Site)?;
     let mut live = 0usize;
@@ -47,19 +48,24 @@ fn sizes(store: &Store, file: &std::path::Path) -> Result<(), Box<dyn std::error
         live += o.encode()?.len();
     }
     let on_disk = std::fs::metadata(file)?.len();
-    let mut log = 0u64;
-    if let Some(dir) = file.parent() {
-        for segment in std::fs::read_dir(dir.join("raft-log"))? {
-            log += segment?.metadata()?.len();
+    let dir_bytes = |name: &str| -> std::io::Result<u64> {
+        let mut n = 0;
+        if let Some(dir) = file.parent() {
+            for item in std::fs::read_dir(dir.join(name))? {
+                n += item?.metadata()?.len();
+            }
         }
-    }
+        Ok(n)
+    };
+    let (log, snapshot) = (dir_bytes("raft-log")?, dir_bytes("snapshots")?);
     println!(
-        "  store file {:.1} MB and raft log {:.1} MB for {} objects of {:.1} MB live ({:.1}x)",
+        "  store file {:.1} MB, raft log {:.1} MB, snapshot {:.1} MB for {} objects of {:.1} MB live ({:.1}x)",
         on_disk as f64 / 1e6,
         log as f64 / 1e6,
+        snapshot as f64 / 1e6,
         objects.len(),
         live as f64 / 1e6,
-        (on_disk + log) as f64 / live.max(1) as f64
+        (on_disk + log + snapshot) as f64 / live.max(1) as f64
     );
     Ok(())
 }

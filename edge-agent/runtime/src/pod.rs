@@ -107,6 +107,22 @@ fn ensure_shared_root(pods_root: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Undoes [`ensure_shared_root`] once no pod is left: `flotilla-agent reset` leaves no mount
+/// behind, so the runtime directory can be removed.
+pub fn release_root(pods_root: &Path) -> io::Result<()> {
+    if !list_pods(pods_root).is_empty() {
+        return Err(io::Error::other("pods remain: remove them first"));
+    }
+    let Ok(root) = fs::canonicalize(pods_root) else { return Ok(()) };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let n_mounts =
+        mountinfo.lines().filter(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap_or(""))).count();
+    for _ in 0..n_mounts {
+        umount2(&root, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
 /// Creates the pod's namespaces: always IPC, and a network namespace with `lo` up
 /// when `private_net`; with `user`, a user namespace owning both (which needs
 /// `private_net`). Idempotent: what exists is kept, but a pod of the other kind (with
@@ -322,6 +338,21 @@ mod tests {
         remove_pod(&pods, "host-app").unwrap();
         assert!(list_pods(&pods).is_empty());
         assert!(!p.dir.exists());
-        umount2(&pods, MntFlags::MNT_DETACH).unwrap();
+        // Nothing stays mounted: the directory can go.
+        release_root(&pods).unwrap();
+        let root = fs::canonicalize(&pods).unwrap();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mountinfo.lines().any(|l| l.split(' ').nth(4) == root.to_str()), "pods root still mounted");
+        fs::remove_dir(&pods).unwrap();
+    }
+
+    #[test]
+    fn the_root_stays_while_a_pod_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = dir.path().join("pods");
+        create_pod(&pods, "web", false, None).unwrap();
+        assert!(release_root(&pods).is_err());
+        remove_pod(&pods, "web").unwrap();
+        release_root(&pods).unwrap();
     }
 }
