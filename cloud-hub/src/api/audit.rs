@@ -33,9 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Entries kept; older ones are trimmed.
 pub const MAX_ENTRIES: usize = 50_000;
-/// Trim once per this many entries written by this hub. Each trim counts the log's keys (a
-/// scan of up to `MAX_ENTRIES` keys), so this is also how often that cost is paid.
-const TRIM_EVERY: u64 = 1024;
+/// Trim once per this many entries written by this hub.
+const TRIM_EVERY: u64 = 256;
 /// Most entries one read returns.
 const MAX_READ: usize = 10_000;
 
@@ -168,9 +167,10 @@ async fn trim_now_and_then(state: &HubState) {
     }
 }
 
-/// Deletes the oldest entries beyond [`MAX_ENTRIES`]. Counts keys without decoding the
-/// entries: decoding the whole log every few hundred writes was most of an API write's
-/// CPU at high rates.
+/// Deletes the oldest entries beyond [`MAX_ENTRIES`]. The count is the store's own (no
+/// scan), and only the names to delete are read, without decoding the entries: decoding,
+/// then counting, the whole log every few hundred writes was most of an API write's CPU
+/// at high rates.
 async fn trim(state: &HubState) -> Result<(), hub_store::StoreError> {
     let n = state.store.count_local(StoreKind::Audit)?;
     let excess = n.saturating_sub(MAX_ENTRIES);

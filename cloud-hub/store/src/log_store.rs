@@ -327,7 +327,7 @@ mod tests {
                 db.clone(),
                 wal.clone(),
                 Arc::new(files),
-                Arc::new(Publisher::new(0, Default::default())),
+                Arc::new(Publisher::new(0, Default::default(), Default::default())),
             );
             Ok((dir, LogStore::new(wal), sm))
         }

@@ -24,7 +24,7 @@ use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, Durability, ReadableTable, Table};
-use shared_proto::store::{Object, StoreCommand, StoreOutcome};
+use shared_proto::store::{Object, StoreCommand, StoreKind, StoreOutcome};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,31 @@ pub(crate) struct Publisher {
 struct PublisherInner {
     tx: broadcast::Sender<Arc<ChangeBatch>>,
     history: History,
+    /// How many objects of each kind (by `StoreKind::as_str`) are applied, so that counting
+    /// one kind (the audit log's trim does, every thousand writes) costs no scan.
+    counts: ObjectCounts,
+}
+
+/// Objects per kind, keyed by `StoreKind::as_str`.
+pub(crate) type ObjectCounts = BTreeMap<String, usize>;
+
+/// Counts every object in the table by kind: once at open and after a snapshot replaced the
+/// state; applies keep the counts from then on.
+pub(crate) fn count_objects(db: &Database) -> Result<ObjectCounts, DbError> {
+    let txn = begin_read(db)?;
+    let objects = txn.open_table(OBJECTS)?;
+    let mut counts = ObjectCounts::new();
+    for item in objects.iter()? {
+        let (key, _) = item?;
+        let kind = key.value().split_once('/').map_or(key.value(), |(kind, _)| kind);
+        match counts.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(kind.to_string(), 1);
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// What one log entry changed, for watchers: the batch for subscribers, and the watched
@@ -59,14 +84,17 @@ pub(crate) struct AppliedChanges {
     pub history: RevisionEvents,
     /// Encoded size of the history's objects, before and after.
     pub n_history_bytes: usize,
+    /// Objects added (+1) and removed (-1), by kind.
+    pub count_deltas: Vec<(StoreKind, isize)>,
 }
 
 impl Publisher {
-    pub(crate) fn new(revision: u64, limits: HistoryLimits) -> Self {
+    /// `counts`: the objects of each kind at `revision` ([`count_objects`]).
+    pub(crate) fn new(revision: u64, limits: HistoryLimits, counts: ObjectCounts) -> Self {
         let (tx, _) = broadcast::channel(WATCH_CAPACITY);
         let (applied, _) = watch::channel(revision);
         Publisher {
-            inner: Mutex::new(PublisherInner { tx, history: History::new(revision, limits) }),
+            inner: Mutex::new(PublisherInner { tx, history: History::new(revision, limits), counts }),
             revision: AtomicU64::new(revision),
             applied,
         }
@@ -74,6 +102,11 @@ impl Publisher {
 
     pub(crate) fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
+    }
+
+    /// How many objects of `kind` are applied.
+    pub(crate) fn count(&self, kind: StoreKind) -> usize {
+        self.lock().counts.get(kind.as_str()).copied().unwrap_or(0)
     }
 
     pub(crate) fn subscribe(&self) -> (u64, broadcast::Receiver<Arc<ChangeBatch>>) {
@@ -101,6 +134,10 @@ impl Publisher {
             // An error only means nobody is watching right now.
             let _ = inner.tx.send(Arc::new(c.batch));
             inner.history.push(c.history, c.n_history_bytes);
+            for (kind, delta) in c.count_deltas {
+                let n = inner.counts.entry(kind.as_str().to_string()).or_default();
+                *n = n.saturating_add_signed(delta);
+            }
         }
         inner.history.advance(revision);
         self.revision.fetch_max(revision, Ordering::AcqRel);
@@ -113,8 +150,9 @@ impl Publisher {
 
     /// Called after a snapshot replaced the whole state at `revision`: subscribers get the net
     /// difference as one batch; the history window starts again at `revision`.
-    fn publish_reset(&self, revision: u64, batch: Option<ChangeBatch>) {
+    fn publish_reset(&self, revision: u64, batch: Option<ChangeBatch>, counts: ObjectCounts) {
         let mut inner = self.lock();
+        inner.counts = counts;
         if let Some(batch) = batch {
             let _ = inner.tx.send(Arc::new(batch));
         }
@@ -298,17 +336,19 @@ fn apply_normal(
     let mut changes = Vec::with_capacity(prepared.len());
     let mut watched = Vec::new();
     let mut n_history_bytes = 0;
+    let mut count_deltas = Vec::new();
     for (write, bytes) in prepared {
         match write {
             KeyWrite::Put { key, revisions, object } => {
                 let kind = object.kind();
-                let old = objects
-                    .insert(
-                        key.as_str(),
-                        (revisions.mod_revision, revisions.create_revision, bytes.as_slice()),
-                    )?
-                    .filter(|_| is_watched_kind(kind))
-                    .map(|guard| guard.value().2.to_vec());
+                let old = objects.insert(
+                    key.as_str(),
+                    (revisions.mod_revision, revisions.create_revision, bytes.as_slice()),
+                )?;
+                if old.is_none() {
+                    count_deltas.push((kind, 1));
+                }
+                let old = old.filter(|_| is_watched_kind(kind)).map(|guard| guard.value().2.to_vec());
                 let object = Arc::new(*object);
                 if is_watched_kind(kind) {
                     n_history_bytes += bytes.len() + old.as_ref().map_or(0, Vec::len) + EVENT_OVERHEAD;
@@ -322,10 +362,11 @@ fn apply_normal(
                 changes.push(Change { kind, name: object.name().to_string(), object: Some(object) });
             }
             KeyWrite::Delete { key, kind, name } => {
-                let old = objects
-                    .remove(key.as_str())?
-                    .filter(|_| is_watched_kind(kind))
-                    .map(|guard| guard.value().2.to_vec());
+                let old = objects.remove(key.as_str())?;
+                if old.is_some() {
+                    count_deltas.push((kind, -1));
+                }
+                let old = old.filter(|_| is_watched_kind(kind)).map(|guard| guard.value().2.to_vec());
                 if is_watched_kind(kind) {
                     n_history_bytes += old.as_ref().map_or(0, Vec::len) + EVENT_OVERHEAD;
                     watched.push(WatchEvent {
@@ -343,6 +384,7 @@ fn apply_normal(
         batch: ChangeBatch { revision: index, changes },
         history: RevisionEvents { revision: index, events: watched },
         n_history_bytes,
+        count_deltas,
     });
     Ok(ApplyResponse::Outcome(applied.outcome))
 }
@@ -527,11 +569,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let db = self.db.clone();
         let owned_meta = meta.clone();
         let files = self.snapshots.clone();
-        let changes = run_blocking(move || install_snapshot(&db, &files, &owned_meta, &snapshot)).await?;
+        let (changes, counts) = run_blocking(move || {
+            let changes = install_snapshot(&db, &files, &owned_meta, &snapshot)?;
+            Ok((changes, count_objects(&db)?))
+        })
+        .await?;
         let revision = meta.last_log_id.as_ref().map_or(0, |id| id.index);
         tracing::info!(revision, n_changes = changes.len(), "installed a snapshot");
         let batch = (!changes.is_empty()).then_some(ChangeBatch { revision, changes });
-        self.publisher.publish_reset(revision, batch);
+        self.publisher.publish_reset(revision, batch, counts);
         Ok(())
     }
 

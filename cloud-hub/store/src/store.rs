@@ -94,11 +94,15 @@ impl Store {
             })
             .await?
         };
-        let applied = {
+        let (applied, counts) = {
             let db = db.clone();
-            run_blocking(move || state_machine::read_applied_state(&db)).await?.0
+            run_blocking(move || {
+                Ok((state_machine::read_applied_state(&db)?.0, state_machine::count_objects(&db)?))
+            })
+            .await?
         };
-        let publisher = Arc::new(Publisher::new(applied.map_or(0, |id| id.index), tuning.watch_history));
+        let publisher =
+            Arc::new(Publisher::new(applied.map_or(0, |id| id.index), tuning.watch_history, counts));
 
         // Bind before starting Raft: a taken port is an error of `open`, not a silent partition.
         let listener = match cfg.raft_addr {
@@ -310,38 +314,26 @@ impl Store {
         Ok(out)
     }
 
-    /// How many objects of `kind` this hub holds, without decoding any (scans keys only).
+    /// How many objects of `kind` this hub has applied: kept by the state machine as it applies,
+    /// so this costs no scan.
     pub fn count_local(&self, kind: StoreKind) -> Result<usize, StoreError> {
-        self.scan_names_local(kind, usize::MAX, |_| ())
+        self.check_open()?;
+        Ok(self.inner.publisher.count(kind))
     }
 
     /// The names of the first `n` objects of `kind` in key order, without decoding any.
     pub fn first_names_local(&self, kind: StoreKind, n: usize) -> Result<Vec<String>, StoreError> {
-        let mut names = Vec::new();
-        self.scan_names_local(kind, n, |name| names.push(name.to_string()))?;
-        Ok(names)
-    }
-
-    /// Calls `f` with the names of up to `limit` objects of `kind` in key order; returns how
-    /// many it saw.
-    fn scan_names_local(
-        &self,
-        kind: StoreKind,
-        limit: usize,
-        mut f: impl FnMut(&str),
-    ) -> Result<usize, StoreError> {
         let db = self.db()?;
         let txn = begin_read(&db)?;
         let objects = txn.open_table(OBJECTS).map_err(DbError::from)?;
         let prefix = kind.prefix();
         let end = format!("{}0", kind.as_str());
-        let mut n = 0usize;
-        for item in objects.range(prefix.as_str()..end.as_str()).map_err(DbError::from)?.take(limit) {
+        let mut names = Vec::new();
+        for item in objects.range(prefix.as_str()..end.as_str()).map_err(DbError::from)?.take(n) {
             let (key, _) = item.map_err(DbError::from)?;
-            f(key.value().strip_prefix(prefix.as_str()).unwrap_or_default());
-            n += 1;
+            names.push(key.value().strip_prefix(prefix.as_str()).unwrap_or_default().to_string());
         }
-        Ok(n)
+        Ok(names)
     }
 
     /// A backup file of this node's state machine: a linearizable read barrier (so it holds

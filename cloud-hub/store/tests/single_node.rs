@@ -145,12 +145,14 @@ async fn writes_preconditions_and_recovery() {
     assert!((revision..=revision + 1).contains(&reopened), "{revision} before, {reopened} after");
     assert_eq!(store.list_local(StoreKind::Site).unwrap(), sites);
     assert_eq!(store.list(StoreKind::Site).await.unwrap(), sites);
+    assert_eq!(store.count_local(StoreKind::Site).unwrap(), sites.len(), "counted again at open");
     let token = store.get_local_revisioned(StoreKind::ApiToken, "t1").unwrap().unwrap();
     assert_eq!((token.revision, token.create_revision), (r_t2, r_t), "side revisions survive a restart");
 
     // New writes continue above the recovered revision.
     let r_next = applied(store.write(put(site("f", "Fulda"), P::MustNotExist)).await.unwrap());
     assert!(r_next > revision);
+    assert_eq!(store.count_local(StoreKind::Site).unwrap(), sites.len() + 1);
     store.shutdown().await.unwrap();
 }
 

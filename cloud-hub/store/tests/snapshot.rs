@@ -48,7 +48,11 @@ async fn assert_same_data(leader: &Store, follower: &Store) {
     let target = leader.revision();
     eventually("the follower to catch up", || follower.revision() >= target).await;
     for kind in [StoreKind::Site, StoreKind::App, StoreKind::ApiToken] {
-        assert_eq!(follower.list_local(kind).unwrap(), leader.list(kind).await.unwrap(), "{kind}");
+        let listed = leader.list(kind).await.unwrap();
+        assert_eq!(follower.list_local(kind).unwrap(), listed, "{kind}");
+        // Counts follow snapshots, restarts and applies alike.
+        assert_eq!(follower.count_local(kind).unwrap(), listed.len(), "{kind} counted on the follower");
+        assert_eq!(leader.count_local(kind).unwrap(), listed.len(), "{kind} counted on the leader");
     }
 }
 
