@@ -11,7 +11,8 @@
 //! `wal.rs` the raft log's own files; `log_store.rs` and `state_machine.rs` implement openraft's storage traits; `apply.rs` is the
 //! pure state-machine semantics; `snapshot.rs` the snapshot blob; `snapshot_files.rs` where the current one is kept; `backup.rs` backup
 //! files and the offline restore; `rpc.rs`, `network.rs` and
-//! `server.rs` the hub-to-hub Raft RPCs over HTTP (mutual TLS with `peer_tls.rs`); `forward.rs`
+//! `server.rs` the hub-to-hub Raft RPCs over HTTP (mutual TLS with `peer_tls.rs`), the
+//! frequent ones as frames (`frames.rs`); `forward.rs`
 //! how a follower hands writes, read indexes and membership changes to the leader; `history.rs` the window of recent changes that
 //! watches and list pages at a past revision read; `paging.rs` those pages; `store.rs` the [`Store`] facade tying them
 //! together; `progress.rs` Raft's progress for metrics and the liveness probe.
@@ -21,6 +22,7 @@ mod backup;
 mod config;
 mod db;
 mod forward;
+mod frames;
 mod history;
 mod log_store;
 mod network;

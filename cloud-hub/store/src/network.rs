@@ -1,12 +1,14 @@
-//! The Raft RPC client: openraft's `RaftNetworkV2` over HTTP/1.1 with postcard bodies, and the
-//! calls a follower makes to forward writes, read indexes and membership changes to the
-//! leader (see `forward.rs`).
+//! The Raft RPC client: openraft's `RaftNetworkV2` over HTTP/1.1 with postcard bodies (append,
+//! vote and pre-vote as frames on a connection of their own when the peer agrees, see
+//! `frames.rs`), and the calls a follower makes to forward writes, read indexes and
+//! membership changes to the leader (see `forward.rs`).
 //!
 //! With [`PeerTls`] (what the hub always uses) every call is mutually authenticated TLS to
 //! `https://hub-<target>.raft.flotilla.internal`, that name resolved to the target's raft
 //! address, so the peer's certificate must name the node we meant (see `peer_tls.rs`).
 //! Without it, plain HTTP: only for tests and benchmarks on loopback.
 
+use crate::frames::{self, FrameConn, FrameRequest, FrameResponse};
 use crate::peer_tls::{PeerTls, peer_name};
 use crate::rpc;
 use crate::types::{NodeId, Snapshot, SnapshotBlob, TypeConfig, Vote};
@@ -164,16 +166,28 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
     type Network = HttpPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpPeer {
-        HttpPeer { self_id: self.self_id, target, addr: node.addr.clone(), clients: self.clients.clone() }
+        HttpPeer {
+            self_id: self.self_id,
+            target,
+            addr: node.addr.clone(),
+            clients: self.clients.clone(),
+            frames: None,
+            frames_refused: false,
+        }
     }
 }
 
-/// The client side of one peer's RPCs. Connections are made lazily, per request.
+/// The client side of one peer's RPCs. Connections are made lazily, on first use.
 pub(crate) struct HttpPeer {
     self_id: NodeId,
     target: NodeId,
     addr: String,
     clients: Arc<PeerClients>,
+    /// The frame connection for append, vote and pre-vote (with TLS only); dropped after any
+    /// error and made again on the next call.
+    frames: Option<FrameConn>,
+    /// The peer answered TLS but not frames: HTTP for good.
+    frames_refused: bool,
 }
 
 impl HttpPeer {
@@ -201,6 +215,54 @@ impl HttpPeer {
     }
 }
 
+impl HttpPeer {
+    /// Whether this call can go as a frame: connects when needed. `Ok(false)`: use HTTP.
+    async fn frames_ready(&mut self) -> Result<bool, CallError> {
+        if self.frames.is_some() {
+            return Ok(true);
+        }
+        let Some(tls) = self.clients.tls.clone() else { return Ok(false) };
+        if self.frames_refused {
+            return Ok(false);
+        }
+        match frames::connect(&self.addr, self.target, &tls, CONNECT_TIMEOUT).await? {
+            Some(conn) => {
+                self.frames = Some(conn);
+                Ok(true)
+            }
+            None => {
+                tracing::info!(target_node = self.target, "the peer does not take raft frames: using HTTP");
+                self.frames_refused = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Sends `request` as a frame on the connection `frames_ready` made.
+    async fn frame_call(
+        &mut self,
+        action: RPCTypes,
+        request: FrameRequest,
+        timeout: Duration,
+    ) -> Result<FrameResponse, RPCError<TypeConfig>> {
+        let Some(conn) = self.frames.as_mut() else {
+            return Err(RPCError::Network(NetworkError::from_string("no frame connection")));
+        };
+        let result = match tokio::time::timeout(timeout, conn.call(self.target, request)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        };
+        if matches!(result, Err(CallError::Timeout | CallError::Network(_))) {
+            self.frames = None;
+        }
+        result.map_err(|e| e.into_rpc(action, self.self_id, self.target, timeout))
+    }
+}
+
+fn unexpected(what: &str) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(format!("the peer answered a frame with {what}")))
+}
+
 fn classify(e: &reqwest::Error) -> CallError {
     if e.is_timeout() {
         CallError::Timeout
@@ -224,6 +286,16 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         } else {
             option.soft_ttl().max(MIN_REPLICATION_TIMEOUT)
         };
+        let frames = self
+            .frames_ready()
+            .await
+            .map_err(|e| e.into_rpc(RPCTypes::AppendEntries, self.self_id, self.target, timeout))?;
+        if frames {
+            return match self.frame_call(RPCTypes::AppendEntries, FrameRequest::Append(rpc), timeout).await? {
+                FrameResponse::Append(resp) => Ok(resp),
+                FrameResponse::Vote(_) => Err(unexpected("a vote")),
+            };
+        }
         self.unary(RPCTypes::AppendEntries, rpc::PATH_APPEND, &rpc, timeout).await
     }
 
@@ -232,7 +304,18 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, rpc::PATH_VOTE, &rpc, option.soft_ttl()).await
+        let timeout = option.soft_ttl();
+        let frames = self
+            .frames_ready()
+            .await
+            .map_err(|e| e.into_rpc(RPCTypes::Vote, self.self_id, self.target, timeout))?;
+        if frames {
+            return match self.frame_call(RPCTypes::Vote, FrameRequest::Vote(rpc), timeout).await? {
+                FrameResponse::Vote(resp) => Ok(resp),
+                FrameResponse::Append(_) => Err(unexpected("an append")),
+            };
+        }
+        self.unary(RPCTypes::Vote, rpc::PATH_VOTE, &rpc, timeout).await
     }
 
     async fn pre_vote(
@@ -240,7 +323,18 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, rpc::PATH_PRE_VOTE, &rpc, option.soft_ttl()).await
+        let timeout = option.soft_ttl();
+        let frames = self
+            .frames_ready()
+            .await
+            .map_err(|e| e.into_rpc(RPCTypes::Vote, self.self_id, self.target, timeout))?;
+        if frames {
+            return match self.frame_call(RPCTypes::Vote, FrameRequest::PreVote(rpc), timeout).await? {
+                FrameResponse::Vote(resp) => Ok(resp),
+                FrameResponse::Append(_) => Err(unexpected("an append")),
+            };
+        }
+        self.unary(RPCTypes::Vote, rpc::PATH_PRE_VOTE, &rpc, timeout).await
     }
 
     async fn full_snapshot(

@@ -240,7 +240,7 @@ impl RaftServer {
             .route(rpc::PATH_FORWARD_READ_INDEX, post(forward_read_index).layer(small()))
             .route(rpc::PATH_FORWARD_MEMBERSHIP, post(forward_membership).layer(small()))
             .fallback(peer_service)
-            .with_state(ServerState { node_id, raft, store });
+            .with_state(ServerState { node_id, raft: raft.clone(), store });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = match tls {
             None => tokio::spawn(async move {
@@ -251,7 +251,7 @@ impl RaftServer {
                     tracing::error!(error = %e, "raft rpc server stopped");
                 }
             }),
-            Some(tls) => tokio::spawn(serve_tls(listener, tls, app, stop_rx)),
+            Some(tls) => tokio::spawn(serve_tls(listener, tls, app, node_id, raft, stop_rx)),
         };
         RaftServer { stop_tx: Some(stop_tx), task: Some(task) }
     }
@@ -284,16 +284,25 @@ impl Drop for RaftServer {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS accept loop: one task per connection, each refused unless the client certificate
-/// names a hub; on stop, connections finish their in-flight request and close.
+/// names a hub. A connection that agreed on Raft frames by ALPN (`frames.rs`) is served
+/// frames; any other, HTTP. On stop, HTTP connections finish their in-flight request and
+/// close; frame connections close.
 async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    node_id: NodeId,
+    raft: Raft,
     mut stop_rx: oneshot::Receiver<()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // The same certificates (a clone shares the hub's certificate resolver, which renewals
+    // update); frames first, HTTP for everything else and for clients that offer no ALPN.
+    let mut config = rustls::ServerConfig::clone(&tls);
+    config.alpn_protocols = vec![crate::frames::ALPN.to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (frames_stop_tx, frames_stop_rx) = tokio::sync::watch::channel(false);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (conns_tx, mut conns_rx) = tokio::sync::mpsc::unbounded_channel();
     loop {
@@ -321,6 +330,7 @@ async fn serve_tls(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let conns_tx = conns_tx.clone();
+        let (raft, frames_stop_rx) = (raft.clone(), frames_stop_rx.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -338,6 +348,9 @@ async fn serve_tls(
                 tracing::warn!(%peer, "raft connection refused: the client certificate names no hub");
                 return;
             }
+            if stream.get_ref().1.alpn_protocol() == Some(crate::frames::ALPN) {
+                return crate::frames::serve(stream, node_id, raft, frames_stop_rx).await;
+            }
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
@@ -346,6 +359,7 @@ async fn serve_tls(
         });
     }
     drop(listener);
+    let _ = frames_stop_tx.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("raft rpc connections did not drain in time");
     }

@@ -1,7 +1,7 @@
 //! A real three-hub cluster on loopback with mutual TLS: election, replication to followers,
 //! followers forwarding writes and linearizable reads to the leader, failover without losing
 //! acknowledged writes, a restarted hub catching up from its own data directory, and peers
-//! without a hub certificate refused.
+//! without a hub certificate refused, over HTTP and over Raft frames.
 
 mod common;
 
@@ -10,6 +10,7 @@ use hub_store::{NodeId, Store};
 use shared_proto::store::{Object, Precondition as P, StoreKind};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
 
 async fn open_node(
     dir: &std::path::Path,
@@ -87,6 +88,23 @@ async fn three_hubs_replicate_fail_over_and_catch_up() {
         assert!(res.is_err(), "a non-hub peer got an answer: {res:?}");
     }
 
+    // Raft frames (append and votes, chosen by ALPN) ask for the same certificates: a hub's
+    // gets frames, and a frame that does not decode closes that one connection (the cluster
+    // goes on below); a device's is dropped before any frame is read.
+    let follower_addr = addrs[usize::try_from(*follower_id - 1).unwrap()];
+    let mut hub =
+        frame_connection(&ca.hub_tls(9), *follower_id, follower_addr).await.expect("a hub connects");
+    assert_eq!(hub.get_ref().1.alpn_protocol(), Some(&b"flotilla-raft/1"[..]), "frames are offered");
+    hub.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).await.unwrap();
+    assert_closed(&mut hub).await;
+    let (device_cert, device_key) = ca.issue(&["device-2.example".to_string()]);
+    if let Some(mut device) =
+        frame_connection(&ca.tls_with(device_cert, device_key), *follower_id, follower_addr).await
+    {
+        let _ = device.write_all(&[3, 0, 0, 0, 1, 2, 3]).await;
+        assert_closed(&mut device).await;
+    }
+
     // Kill the leader: the two others elect a new one, and nothing acknowledged is lost.
     leader.shutdown().await.unwrap();
     let old = stores.remove(&leader_id).unwrap();
@@ -122,5 +140,30 @@ async fn three_hubs_replicate_fail_over_and_catch_up() {
 
     for store in stores.values() {
         store.shutdown().await.unwrap();
+    }
+}
+
+/// A TLS connection to node `id` at `addr` offering only Raft frames, or `None` when the
+/// handshake fails.
+async fn frame_connection(
+    tls: &hub_store::PeerTls,
+    id: NodeId,
+    addr: std::net::SocketAddr,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = rustls::ClientConfig::clone(&tls.client);
+    config.alpn_protocols = vec![b"flotilla-raft/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(hub_store::peer_name(id)).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.ok()
+}
+
+/// The server closes the connection: no byte of an answer, ever.
+async fn assert_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("the server answered {n} bytes"),
+        Err(_) => panic!("the server kept the connection open"),
     }
 }
