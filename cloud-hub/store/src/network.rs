@@ -259,6 +259,30 @@ impl HttpPeer {
     }
 }
 
+impl HttpPeer {
+    /// A vote or (`pre`) a pre-vote, as a frame when the peer takes them.
+    async fn vote_call(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        pre: bool,
+        timeout: Duration,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let frames = self
+            .frames_ready()
+            .await
+            .map_err(|e| e.into_rpc(RPCTypes::Vote, self.self_id, self.target, timeout))?;
+        if frames {
+            let request = if pre { FrameRequest::PreVote(rpc) } else { FrameRequest::Vote(rpc) };
+            return match self.frame_call(RPCTypes::Vote, request, timeout).await? {
+                FrameResponse::Vote(resp) => Ok(resp),
+                FrameResponse::Append(_) => Err(unexpected("an append")),
+            };
+        }
+        let path = if pre { rpc::PATH_PRE_VOTE } else { rpc::PATH_VOTE };
+        self.unary(RPCTypes::Vote, path, &rpc, timeout).await
+    }
+}
+
 fn unexpected(what: &str) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::from_string(format!("the peer answered a frame with {what}")))
 }
@@ -304,18 +328,7 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let timeout = option.soft_ttl();
-        let frames = self
-            .frames_ready()
-            .await
-            .map_err(|e| e.into_rpc(RPCTypes::Vote, self.self_id, self.target, timeout))?;
-        if frames {
-            return match self.frame_call(RPCTypes::Vote, FrameRequest::Vote(rpc), timeout).await? {
-                FrameResponse::Vote(resp) => Ok(resp),
-                FrameResponse::Append(_) => Err(unexpected("an append")),
-            };
-        }
-        self.unary(RPCTypes::Vote, rpc::PATH_VOTE, &rpc, timeout).await
+        self.vote_call(rpc, false, option.soft_ttl()).await
     }
 
     async fn pre_vote(
@@ -323,18 +336,7 @@ impl RaftNetworkV2<TypeConfig> for HttpPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let timeout = option.soft_ttl();
-        let frames = self
-            .frames_ready()
-            .await
-            .map_err(|e| e.into_rpc(RPCTypes::Vote, self.self_id, self.target, timeout))?;
-        if frames {
-            return match self.frame_call(RPCTypes::Vote, FrameRequest::PreVote(rpc), timeout).await? {
-                FrameResponse::Vote(resp) => Ok(resp),
-                FrameResponse::Append(_) => Err(unexpected("an append")),
-            };
-        }
-        self.unary(RPCTypes::Vote, rpc::PATH_PRE_VOTE, &rpc, timeout).await
+        self.vote_call(rpc, true, option.soft_ttl()).await
     }
 
     async fn full_snapshot(
